@@ -8,6 +8,7 @@ forward in all three, so their logits agree exactly there; later steps are the c
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import torch
@@ -54,14 +55,22 @@ class PrefixCache(ForwardStrategy):
         self.kv: KVCache | None = None
 
     def logits(self, s: StepInput) -> Tensor:
-        bs, be = s.block
         if s.refresh:
+            bs, be = s.block
             n = s.x.shape[0]
             self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
             return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
                               logits_slice=slice(bs, be))
-        end = s.length if self.recompute_suffix else be
-        return self.model(s.x[:, bs:end], s.pos[:, bs:end], s.key_mask, cache=self.kv, start=bs,
+        return self._cached_step(s)
+
+    def _chunk(self, s: StepInput) -> tuple[int, int]:
+        """Absolute [start, end) of the positions a cached step recomputes."""
+        bs, be = s.block
+        return bs, (s.length if self.recompute_suffix else be)
+
+    def _cached_step(self, s: StepInput) -> Tensor:
+        (bs, be), (start, end) = s.block, self._chunk(s)
+        return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
                           kv_len=s.length, logits_slice=slice(0, be - bs))
 
     def keep(self, idx: Tensor) -> None:
@@ -76,64 +85,106 @@ class DualCache(PrefixCache):
     recompute_suffix = False
 
 
-class GraphedDualCache(DualCache):
-    """Dual cache whose block-only steps replay a CUDA graph (one per rows x live-length shape).
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    x: Tensor            # [n, width] static inputs, refilled before each replay
+    pos: Tensor
+    idx: Tensor          # [width] absolute cache slots the chunk writes
+    mask: Tensor | None  # [n, length] key mask, for graphs of padded or EoTP-cut batches
+    out: Tensor          # [n, block, V] logits written by the replay
 
-    A block step of an 8B model is ~1000 small kernels; at batch 1 their launch cost exceeds the ~5 ms
-    it takes to stream the weights. Refresh steps and steps that need a key mask (padding, EoTP cuts)
-    run eagerly. Used with ``cuda_graph=True`` on CUDA devices.
+
+class _GraphReplay:
+    """Mixin for the prefix and dual caches: cached steps replay CUDA graphs.
+
+    A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than the ~5 ms it
+    takes to stream the weights. One graph per shape (rows, live length, chunk width, key mask or not),
+    so padded batches, EoTP cuts and rows leaving a block early replay too. Refresh steps run eagerly.
+    The step that first meets a shape runs eagerly (its result is used) and then records the graph, so
+    capturing costs one kernel recording, not an extra forward. Graphs share one memory pool and at most
+    ``max_graphs`` are kept (least recently used dropped): the prefix cache needs a new shape every block.
     """
+
+    max_graphs = 8
 
     def __init__(self, model: LLaDA, batch: int, total_length: int):
         super().__init__(model, batch, total_length)
-        self._graphs: dict[tuple[int, int, int], tuple] = {}
+        self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
+        self._pool = None  # memory pool shared by all graphs, from the first capture on
+        self._stream = None  # side stream that captures run on
 
-    def _capture(self, n: int, length: int, width: int):
-        dev = self.model.device
-        x = torch.zeros(n, width, dtype=torch.long, device=dev)
-        pos = torch.zeros(n, width, dtype=torch.long, device=dev)
-        idx = torch.arange(width, device=dev)
-
-        def run():
-            return self.model(x, pos, None, cache=self.kv, start=0, kv_len=length, write_index=idx)
-
-        side = torch.cuda.Stream(dev)
-        side.wait_stream(torch.cuda.current_stream(dev))
-        with torch.cuda.stream(side):  # warm-up on a side stream, as CUDA graph capture requires
-            for _ in range(2):
-                run()
-        torch.cuda.current_stream(dev).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            out = run()
-        return graph, x, pos, idx, out
-
-    def logits(self, s: StepInput) -> Tensor:
-        if s.refresh or s.key_mask is not None or self.model.device.type != "cuda":
-            return super().logits(s)
-        bs, be = s.block
+    def _cached_step(self, s: StepInput) -> Tensor:
+        if self.model.device.type != "cuda":
+            return super()._cached_step(s)
+        start, end = self._chunk(s)
         n = s.x.shape[0]
-        key = (n, s.length, be - bs)
-        if key not in self._graphs:  # graphs stay valid: kv views of n rows always start at the buffer
-            counted = self.model.positions_computed
-            self._graphs[key] = self._capture(*key)
-            self.model.positions_computed = counted
-        graph, x, pos, idx, out = self._graphs[key]
-        x.copy_(s.x[:, bs:be])
-        pos.copy_(s.pos[:, bs:be])
-        torch.arange(bs, be, out=idx)  # the block's absolute cache slots, written in place
-        graph.replay()
-        self.model.positions_computed += n * (be - bs)
-        return out.clone()
+        key = (n, s.length, end - start, s.key_mask is not None)
+        g = self._graphs.get(key)
+        if g is None:
+            return self._capture(key, s, start, end)
+        self._graphs.move_to_end(key)
+        g.x.copy_(s.x[:, start:end])
+        g.pos.copy_(s.pos[:, start:end])
+        torch.arange(start, end, out=g.idx)
+        if g.mask is not None:
+            g.mask.copy_(s.key_mask)
+        g.graph.replay()
+        self.model.positions_computed += n * (end - start)
+        return g.out.clone()
 
+    def _capture(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> Tensor:
+        n, length, width, masked = key
+        bs, be = s.block
+        x, pos = s.x[:, start:end].clone(), s.pos[:, start:end].clone()
+        idx = torch.arange(start, end, device=x.device)
+        mask = s.key_mask.clone() if masked else None
+
+        def run() -> Tensor:  # exactly the eager step, on static buffers (same strides: no recompiles)
+            return self.model(x, pos, mask, cache=self.kv, kv_len=length, logits_slice=slice(0, be - bs),
+                              write_index=idx)
+
+        result = run()  # the real step: also initialises lazy state before capture
+        counted = self.model.positions_computed
+        graph = torch.cuda.CUDAGraph()
+        # capture_begin/end rather than ``torch.cuda.graph``, which empties the allocator's cache at every
+        # capture: with a new shape per block (prefix cache) that made every later allocation a cudaMalloc.
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(x.device)
+        self._stream.wait_stream(torch.cuda.current_stream(x.device))
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(pool=self._pool)
+            try:
+                out = run()  # recorded, not executed: the cache keeps the eager step's writes
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(x.device).wait_stream(self._stream)
+        self.model.positions_computed = counted
+        self._pool = graph.pool() if self._pool is None else self._pool
+        self._graphs[key] = _Graph(graph, x, pos, idx, mask, out)
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
+        return result
+
+
+class GraphedPrefixCache(_GraphReplay, PrefixCache):
+    pass
+
+
+class GraphedDualCache(_GraphReplay, DualCache):
+    pass
 
 
 _STRATEGIES = {c.name: c for c in (ForwardStrategy, PrefixCache, DualCache)}
 
 
+_GRAPHED = {c.name: c for c in (GraphedPrefixCache, GraphedDualCache)}
+
+
 def make_strategy(name: str, model: LLaDA, batch: int, total_length: int, cuda_graph: bool = False) -> ForwardStrategy:
+    """``cuda_graph`` replays the cached steps of ``prefix``/``dual`` as CUDA graphs (no effect for ``none``,
+    whose every step is a full forward, nor off CUDA)."""
     if name not in _STRATEGIES:
         raise ValueError(f"cache={name!r} is unknown; valid choices: {', '.join(CACHES)}")
-    if cuda_graph and name == "dual":
-        return GraphedDualCache(model, batch, total_length)
-    return _STRATEGIES[name](model, batch, total_length)
+    cls = _GRAPHED[name] if cuda_graph and name in _GRAPHED else _STRATEGIES[name]
+    return cls(model, batch, total_length)

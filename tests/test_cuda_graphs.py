@@ -1,0 +1,106 @@
+"""CUDA-graph replay of the cached steps (``cuda_graph=true``, prefix and dual caches) is bit-identical to
+eager decoding, also for padded batches, EoTP cuts and rows that leave a block early. Needs a CUDA device:
+skipped in CPU CI, run on the GPU machine (docs/benchmarks.md gives the command)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from l2pd_eval.caches import GraphedDualCache, GraphedPrefixCache, StepInput, make_strategy
+from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
+from l2pd_eval.policies import Policy, get_policy
+from l2pd_eval.policies.base import topk_mask
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+@pytest.fixture(scope="module")
+def cuda_tiny(tiny_dir):
+    model = load_model(str(tiny_dir), dtype="float32", device="cuda")
+    return model, SpecialIds.resolve(load_tokenizer(tiny_dir), model.config)
+
+
+@pytest.fixture(scope="module")
+def ragged_prompts():
+    gen = torch.Generator().manual_seed(3)
+    return [torch.randint(10, 200, (n,), generator=gen).tolist() for n in (5, 17, 3, 11)]
+
+
+class EndAt(Policy):
+    """Low-confidence plus an end-of-text at a per-row answer position: rows cut in different blocks."""
+
+    name = "_end_at"
+
+    def __init__(self, at: list[int], eos: int):
+        self.at, self.eos = at, eos
+
+    def select(self, state):
+        commit = topk_mask(state.masked_conf, state.k)
+        at = torch.tensor(self.at, device=state.conf.device)[state.rows] - state.block_start
+        hit = (at >= 0) & (at < state.conf.shape[1]) & (state.step == 0)
+        cols = torch.arange(state.conf.shape[1], device=at.device) == at.clamp(0).unsqueeze(1)
+        mark = cols & hit.unsqueeze(1)
+        state.x0.masked_fill_(mark, self.eos)
+        return commit | mark
+
+
+def _policy(name: str, special: SpecialIds) -> Policy:
+    if name == "end_at":
+        return EndAt([40, 9, 63, 25], special.eos)
+    if name == "threshold":  # low enough that rows commit different counts and leave blocks at different steps
+        return get_policy("threshold", threshold=0.02)
+    return get_policy(name)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("policy", ["low_confidence", "threshold", "end_at"])
+def test_graph_replay_decodes_exactly_like_eager(cuda_tiny, ragged_prompts, cache, policy):
+    model, special = cuda_tiny
+    kw = dict(gen_length=64, block_length=16, cache=cache, eotp=policy == "end_at")
+    eager = generate(model, ragged_prompts, GenerationConfig(**kw), _policy(policy, special), special)
+    graph = generate(model, ragged_prompts, GenerationConfig(cuda_graph=True, **kw), _policy(policy, special), special)
+    assert torch.equal(eager.sequences, graph.sequences)
+    assert [s.committed_per_step for s in eager.stats] == [s.committed_per_step for s in graph.stats]
+    assert [s.positions for s in eager.stats] == [s.positions for s in graph.stats]
+    if policy == "end_at":
+        assert len({s.nfe for s in graph.stats}) > 1  # rows really left at different times
+
+
+@pytest.mark.parametrize("cache, cls", [("prefix", GraphedPrefixCache), ("dual", GraphedDualCache)])
+def test_graphs_are_captured_once_per_shape_and_replayed(cuda_tiny, cache, cls):
+    model, _ = cuda_tiny
+    torch.manual_seed(0)
+    n, total = 3, 48
+    x = torch.randint(0, model.config.vocab_size, (n, total), device="cuda")
+    pos = torch.arange(total, device="cuda").expand(n, total)
+    mask = torch.ones(n, total, dtype=torch.bool, device="cuda")
+    mask[0, :4] = False  # a padded row
+    eager, graphed = make_strategy(cache, model, n, total), make_strategy(cache, model, n, total, cuda_graph=True)
+    assert type(graphed) is cls
+    for block in ((16, 24), (24, 32)):
+        for key_mask in (None, mask):
+            outs = []
+            for strat in (eager, graphed):
+                before = model.positions_computed
+                strat.logits(StepInput(x, pos, key_mask, block, total, refresh=True))
+                steps = [strat.logits(StepInput(x, pos, key_mask, block, total, refresh=False)) for _ in range(3)]
+                outs.append((steps, model.positions_computed - before))
+            (e_steps, e_cost), (g_steps, g_cost) = outs
+            assert all(torch.equal(e, g) for e, g in zip(e_steps, g_steps, strict=True))
+            assert e_cost == g_cost  # replays count the positions they compute, captures nothing extra
+    # one graph per (rows, length, chunk width, masked): dual reuses its two across blocks, prefix needs new ones
+    assert len(graphed._graphs) == (2 if cache == "dual" else 4)
+
+
+def test_graph_count_is_bounded(cuda_tiny):
+    model, _ = cuda_tiny
+    x = torch.randint(0, model.config.vocab_size, (1, 96), device="cuda")
+    pos = torch.arange(96, device="cuda").expand(1, 96)
+    strat = make_strategy("prefix", model, 1, 96, cuda_graph=True)
+    for bs in range(0, 96, 8):  # twelve blocks, a new chunk width each
+        strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=True))
+        strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=False))
+        strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=False))
+    assert len(strat._graphs) == strat.max_graphs < 12
