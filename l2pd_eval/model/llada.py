@@ -149,6 +149,7 @@ class LLaDA(nn.Module):
         # Query positions computed by forward passes since the last reset: lets tests and stats prove
         # what a cache or EoTP really skips.
         self.positions_computed = 0
+        self.compiled = False  # compile_blocks() ran: the engine then also compiles its vocabulary statistics
 
     @property
     def device(self) -> torch.device:
@@ -206,9 +207,15 @@ class LLaDA(nn.Module):
         """``torch.compile`` every block (dynamic shapes: one graph for all chunk lengths), fusing the
         float32 RMSNorm, rotary and SwiGLU elementwise passes around the GEMMs. Opt-in: compiling costs
         tens of seconds on first use; docs/benchmarks.md has the measured effect."""
+        # One compiled graph per guard set (cache or not, key mask or not, a single row or several,
+        # graph capture's write index...): a run meets more than dynamo's default limit of 8, past which
+        # it would silently fall back to eager for the rest.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         for block in self.model.transformer.blocks:
             block.forward = torch.compile(block.forward, dynamic=True)
+        self.compiled = True
         return self
+
 
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
