@@ -85,3 +85,17 @@ def test_too_long_prompt_is_rejected(tiny):
     with pytest.raises(ValueError, match="exceeds the model's max_sequence_length"):
         generate(model, [[5] * 1020], GenerationConfig(gen_length=16, block_length=8), get_policy("low_confidence"),
                  special)
+
+
+def test_compiled_greedy_statistics_match_eager():
+    """The fused (torch.compile) confidence path used with compile=true picks the same tokens."""
+    from l2pd_eval.engine.generate import _predict
+
+    torch.manual_seed(0)
+    logits = (torch.randn(3, 8, 1000) * 4).bfloat16()
+    logits[1, 2, 7] = logits[1, 2, 9] = logits[1, 2].max() + 1  # a tie: the first maximum wins in both
+    seeds = torch.zeros(3, dtype=torch.long)
+    x_e, c_e = _predict(logits, 0.0, seeds, (0, 0, 0))
+    x_f, c_f = _predict(logits, 0.0, seeds, (0, 0, 0), fused=True)
+    assert torch.equal(x_e, x_f) and x_f[1, 2] == 7
+    torch.testing.assert_close(c_f, c_e, rtol=1e-5, atol=0)

@@ -10,6 +10,7 @@ Per step there is a single host sync (which rows still have masks, and how long 
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class GenerationConfig:
     cache: str = "none"
     eotp: bool = False
     seed: int = 0
-    cuda_graph: bool = False  # replay dual-cache block steps as CUDA graphs (CUDA only)
+    cuda_graph: bool = False  # replay the cached steps of prefix/dual as CUDA graphs (CUDA only)
 
     def __post_init__(self) -> None:
         self.validate()
@@ -120,15 +121,30 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _predict(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...]) -> tuple[Tensor, Tensor]:
-    """x0 (argmax, or a Gumbel-max sample at ``temperature``) and its probability under the model."""
+def _greedy(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """argmax and its probability, with the softmax statistics in float32 (float64 for float64 models)."""
+    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    x0 = logits.argmax(-1)
+    return x0, torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
+
+
+@functools.cache
+def _greedy_compiled() -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+    """``_greedy`` as fused reductions: one pass over the bf16 logits instead of a float32 copy plus three
+    passes over it (0.9 -> 0.3 ms for 16 x 32 x 126k logits on an H100, docs/benchmarks.md)."""
+    return torch.compile(_greedy, dynamic=True)
+
+
+def _predict(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
+             fused: bool = False) -> tuple[Tensor, Tensor]:
+    """x0 (argmax, or a Gumbel-max sample at ``temperature``) and its probability under the model.
+    ``fused`` runs the greedy statistics through ``torch.compile`` (models compiled with compile_blocks)."""
+    if temperature <= 0:
+        return (_greedy_compiled() if fused else _greedy)(logits)
     work = torch.float64 if logits.dtype == torch.float64 else torch.float32
     logits = logits.to(work)
-    if temperature > 0:
-        u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(work)
-        x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
-    else:
-        x0 = logits.argmax(-1)
+    u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(work)
+    x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
     conf = torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
     return x0, conf
 
@@ -215,7 +231,7 @@ def generate(
             logits = strategy.logits(StepInput(x[cur, :length], pos[cur, :length], key_mask, (bs, be), length,
                                                refresh=step == 0))
             positions[cur_host] += (model.positions_computed - before) // len(cur_host)
-            x0, conf = _predict(logits, config.temperature, seeds[cur], (blk, step, _GUMBEL))
+            x0, conf = _predict(logits, config.temperature, seeds[cur], (blk, step, _GUMBEL), fused=model.compiled)
             if schedule is not None:
                 k = torch.minimum(schedule[:, step], masked.sum(-1))
             else:
