@@ -53,7 +53,7 @@ class ModelArgs:
     mask_id: int | None = None
     eos_id: int | None = None
     sidecar: str | None = None        # explicit sidecar path; default: beside lm-eval's --output_path results
-    cuda_graph: bool = False          # CUDA-graph replay of dual-cache block steps
+    cuda_graph: bool | str = "auto"   # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
@@ -97,6 +97,10 @@ class Learn2PDLM(LM):
                 dist.init_process_group(backend="nccl" if on_gpu else "gloo")
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
         self._device = torch.device(device)
+        graph = str(args.cuda_graph).lower()
+        if graph not in ("auto", "true", "false"):
+            raise ValueError(f"cuda_graph={args.cuda_graph!r}; valid choices: auto, true, false")
+        self._cuda_graph = graph == "true" or (graph == "auto" and self._device.type == "cuda")
         if args.gen_length is None and args.steps is not None:
             raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
                              "max_gen_toks and steps = gen_length)")
@@ -124,6 +128,7 @@ class Learn2PDLM(LM):
             steps=args.steps or "gen_length", model_args={k: v for k, v in kwargs.items() if v is not None},
             temperature=self.config.temperature, batch_size=self.batch_size, dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
+            cuda_graph=self._cuda_graph, compile=bool(args.compile),
         ), samples=[])
         if self._rank == 0:
             _PENDING.append(self.sidecar)
@@ -134,7 +139,7 @@ class Learn2PDLM(LM):
             self._configs[gen_length] = GenerationConfig(
                 gen_length=gen_length, block_length=int(a.block_length), steps=None if a.steps is None else int(a.steps),
                 temperature=float(a.temperature), cache=a.cache, eotp=bool(a.eotp), seed=int(a.seed),
-                cuda_graph=bool(a.cuda_graph))
+                cuda_graph=self._cuda_graph)
         return self._configs[gen_length]
 
     def _gen_length(self, gen_kwargs: dict) -> int:

@@ -44,6 +44,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     man = side["manifest"]
     assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5}, "dual", True)
     assert (man["gen_length"], man["block_length"], man["batch_size"]) == (16, 8, 2)
+    assert (man["cuda_graph"], man["compile"]) == (False, False)  # auto: graphs only on CUDA devices
     assert sorted(s["doc_id"] for s in side["samples"]) == [0, 1, 2]
     assert all(s["task"] == "l2pd_smoke" and 1 <= s["nfe"] <= 16 and s["seconds"] > 0 for s in side["samples"])
 
@@ -55,6 +56,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(cache="triple"), "cache='triple' is unknown; valid choices: none, prefix, dual"),
     (dict(policy="learn2pd"), "policy=learn2pd needs filter="),
     (dict(batch_size="many"), "batch_size='many'; valid choices: a positive integer or auto"),
+    (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
 ])
 def test_bad_model_args_fail_with_one_clear_error(tiny_dir, args, message):
     with pytest.raises(ValueError, match=message):
