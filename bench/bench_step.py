@@ -63,8 +63,9 @@ def measure_ceilings() -> dict[str, float]:
     return {"bandwidth_Bps": bw, "matmul_flops": 2 * m ** 3 / t}
 
 
-def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32) -> tuple[float, float]:
-    """(bytes, flops) a step must move/do at least, for the mid block of the answer."""
+def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32) -> dict[str, float]:
+    """What a step must move/do at least, for the mid block of the answer: totals (bytes, flops) and the
+    GEMM / attention parts, so a per-op floor can be formed (the parts run one after the other)."""
     c = model.config
     elt = 2
     total = prompt + gen
@@ -75,22 +76,43 @@ def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int =
     head = c.d_model * c.vocab_size
     weights = (layer_params + head) * elt  # embedding rows gathered are negligible
     kv_read = 0 if cache == "none" else 2 * c.n_layers * c.kv_heads * c.head_dim * total * elt * batch
-    flops = 2 * layer_params * queries * batch + 4 * c.n_layers * c.d_model * queries * total * batch
-    flops += 2 * head * block * batch
-    return weights + kv_read, flops
+    gemm_flops = 2 * layer_params * queries * batch + 2 * head * block * batch
+    attn_flops = 4 * c.n_layers * c.d_model * queries * total * batch
+    return dict(bytes=weights + kv_read, flops=gemm_flops + attn_flops, gemm_bytes=weights, gemm_flops=gemm_flops,
+                attn_bytes=kv_read, attn_flops=attn_flops)
+
+
+def floors(cost: dict[str, float], ceil: dict[str, float]) -> tuple[float, float, str]:
+    """(floor, per-op floor, bound). floor = max(bytes/BW, FLOPs/rate) of the whole step, as the issue
+    defines it; per-op floor = the same max taken for the GEMMs and for attention separately, then summed
+    (at batch 16 the GEMMs are compute-bound while attention streams the KV cache: they cannot overlap)."""
+    bw, rate = ceil["bandwidth_Bps"], ceil["matmul_flops"]
+    floor = max(cost["bytes"] / bw, cost["flops"] / rate)
+    per_op = max(cost["gemm_bytes"] / bw, cost["gemm_flops"] / rate) + max(cost["attn_bytes"] / bw,
+                                                                            cost["attn_flops"] / rate)
+    return floor, per_op, "memory" if cost["bytes"] / bw > cost["flops"] / rate else "compute"
+
+
+def step_fn(strat, x, pos, block, total):
+    return lambda: strat.logits(StepInput(x, pos, None, block, total, False))
 
 
 def time_strategy(strat, x, pos, block, total):
-    """(refresh seconds, block-step seconds, block logits) for one strategy on a filled cache."""
+    """(refresh seconds, block-step seconds) for one strategy on a filled cache."""
     strat.logits(StepInput(x, pos, None, block, total, refresh=True))
     refresh = cuda_time(lambda: strat.logits(StepInput(x, pos, None, block, total, True)), iters=3)
     strat.logits(StepInput(x, pos, None, block, total, refresh=True))
-    step = cuda_time(lambda: strat.logits(StepInput(x, pos, None, block, total, False)))
-    return refresh, step, strat.logits(StepInput(x, pos, None, block, total, False))
+    step = cuda_time(step_fn(strat, x, pos, block, total))
+    return refresh, step
 
 
-def time_policy(policy, logits) -> float:
-    """Seconds for confidence (softmax statistics over the vocabulary) + selection on block logits."""
+def time_policy(policy, step, fused: bool, reps: int = 8) -> tuple[float, float]:
+    """Seconds per step of the vocabulary statistics (x0, confidence) + selection: (isolated, in pipeline).
+
+    Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
+    is (forward + policy) - forward over ``reps`` steps enqueued back to back, as the engine runs them: the
+    host launches the policy while the GPU still runs the forward, so only its device time remains."""
+    logits = step()
     batch, width = logits.shape[:2]
     masked = torch.rand(batch, width, device=logits.device) < 0.5
     masked[:, 0] = True
@@ -98,12 +120,20 @@ def time_policy(policy, logits) -> float:
     ones = torch.ones(batch, dtype=torch.long, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
 
-    def step():
-        x0, conf = _predict(logits, 0.0, seeds, (0, 0, 0))
+    def select(lg):
+        x0, conf = _predict(lg, 0.0, seeds, (0, 0, 0), fused=fused)
         st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=0, block=0, block_start=0, rows=rows)
         return policy.select(st) & masked
 
-    return cuda_time(step)
+    isolated = cuda_time(lambda: select(logits))
+    if DEVICE == "cuda" and cuda_time(step, warmup=0, iters=1) > 0.05:
+        return isolated, isolated  # long full-forward steps: the isolated time already is a small share
+    diffs = []
+    for _ in range(9):  # interleaved, so clock drift hits both sides of each difference alike
+        with_policy = cuda_time(lambda: [select(step()) for _ in range(reps)], warmup=1, iters=1)
+        forward_only = cuda_time(lambda: [step() for _ in range(reps)], warmup=1, iters=1)
+        diffs.append((with_policy - forward_only) / reps)
+    return isolated, max(statistics.median(diffs), 0.0)
 
 
 def bench_steps(model, special, args, ceilings, out):
@@ -120,43 +150,53 @@ def bench_steps(model, special, args, ceilings, out):
                 bs = args.prompt + gen // 2
                 try:
                     strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=cache.endswith("+graph"))
-                    refresh, step, logits = time_strategy(strat, x, pos, (bs, bs + 32), total)
+                    refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
+                    iso, piped = time_policy(get_policy(args.policy_for_overhead),
+                                             step_fn(strat, x, pos, (bs, bs + 32), total), model.compiled)
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
                     continue
-                overhead = time_policy(get_policy(args.policy_for_overhead), logits)
-                nbytes, flops = step_cost(model, cache.split("+")[0], batch, args.prompt, gen)
-                floor = max(nbytes / ceilings["bandwidth_Bps"], flops / ceilings["matmul_flops"])
+                cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen)
+                floor, per_op, bound = floors(cost, ceilings)
                 row = dict(gen=gen, batch=batch, cache=cache, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
-                           floor_ms=floor * 1e3, ratio=step / floor, bound="memory" if nbytes / ceilings["bandwidth_Bps"] > flops / ceilings["matmul_flops"] else "compute",
-                           policy_ms=overhead * 1e3, policy_share=overhead / (step + overhead),
+                           floor_ms=floor * 1e3, ratio=step / floor, per_op_floor_ms=per_op * 1e3,
+                           per_op_ratio=step / per_op, bound=bound,
+                           policy_ms=iso * 1e3, policy_share=iso / (step + iso),
+                           policy_pipelined_ms=piped * 1e3, policy_pipelined_share=piped / (step + piped),
                            peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0)
                 rows.append(row)
                 print(json.dumps(row), file=out, flush=True)
-                strat = logits = x = None  # free the cache before the next configuration
+                strat = x = None  # free the cache before the next configuration
     return rows
 
 
 def check_graph(model, out) -> float:
-    """Max |graph - eager| of dual-cache block logits, and equal greedy tokens, before trusting graph timings."""
+    """Max |graph - eager| of prefix and dual cached-step logits (also with a padding mask), and equal
+    greedy tokens, before trusting graph timings. tests/test_cuda_graphs.py checks whole decodes."""
     x = torch.randint(0, model.config.vocab_size, (2, 320), device=DEVICE)
     pos = torch.arange(320, device=DEVICE).expand(2, 320)
-    res = []
-    for graph in (False, True):
-        strat = make_strategy("dual", model, 2, 320, cuda_graph=graph)
-        strat.logits(StepInput(x, pos, None, (64, 96), 320, refresh=True))
-        strat.logits(StepInput(x, pos, None, (64, 96), 320, refresh=False))
-        strat.logits(StepInput(x, pos, None, (96, 128), 320, refresh=True))
-        res.append(strat.logits(StepInput(x, pos, None, (96, 128), 320, refresh=False)).float())
-    diff = (res[0] - res[1]).abs().max().item()
-    same = bool(torch.equal(res[0].argmax(-1), res[1].argmax(-1)))
-    print(json.dumps(dict(graph_check=True, max_abs_diff=diff, same_argmax=same)), file=out, flush=True)
-    print(f"graph vs eager dual logits: max |diff| {diff:.3g}, same argmax {same}")
-    return diff
+    mask = torch.ones(2, 320, dtype=torch.bool, device=DEVICE)
+    mask[1, :40] = False
+    worst, same = 0.0, True
+    for cache in ("prefix", "dual"):
+        for key_mask in (None, mask):
+            res = []
+            for graph in (False, True):
+                strat = make_strategy(cache, model, 2, 320, cuda_graph=graph)
+                for block in ((64, 96), (96, 128)):  # second block: graphs captured, now replayed
+                    strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=True))
+                    strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=False))
+                res.append(strat.logits(StepInput(x, pos, key_mask, (96, 128), 320, refresh=False)).float())
+            worst = max(worst, (res[0] - res[1]).abs().max().item())
+            same &= bool(torch.equal(res[0].argmax(-1), res[1].argmax(-1)))
+    print(json.dumps(dict(graph_check=True, max_abs_diff=worst, same_argmax=same)), file=out, flush=True)
+    print(f"graph vs eager prefix/dual logits (with and without padding mask): max |diff| {worst:.3g}, "
+          f"same argmax {same}")
+    return worst
 
 
-def bench_e2e(model, special, args, out):
+def bench_e2e(model, special, args, out, steps: dict):
     rows = []
     for cache in args.e2e_caches:
         for batch in args.e2e_batches:
@@ -164,7 +204,8 @@ def bench_e2e(model, special, args, out):
             mode = cache.split("+")[0]
             cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 4, cache=mode,
                                    cuda_graph=graph)
-            prompts = [torch.randint(0, model.config.vocab_size - 8, (args.prompt,)).tolist() for _ in range(batch)]
+            lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
+            prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
             generate(model, prompts, GenerationConfig(gen_length=64, block_length=32, steps=8, cache=mode, cuda_graph=graph),
                      get_policy("low_confidence"), special)  # warm-up
             if DEVICE == "cuda":
@@ -173,7 +214,11 @@ def bench_e2e(model, special, args, out):
             res = generate(model, prompts, cfg, get_policy("low_confidence"), special)
             wall = time.perf_counter() - t0
             row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps,
-                       seconds=wall, gens_per_s=batch / wall, nfe=res.stats[0].nfe)
+                       seconds=wall, gens_per_s=batch / wall, nfe=res.stats[0].nfe, ragged=args.e2e_ragged)
+            timed = None if args.e2e_ragged else steps.get((args.e2e_gen, batch, cache))
+            if timed is not None:  # forward time the step benchmark predicts; the rest is engine + policy
+                forward = cfg.num_blocks * timed["refresh_ms"] + (row["nfe"] - cfg.num_blocks) * timed["step_ms"]
+                row.update(forward_s=forward / 1e3, engine_share=1 - forward / 1e3 / wall)
             rows.append(row)
             print(json.dumps(row), file=out, flush=True)
     return rows
@@ -184,10 +229,12 @@ def main() -> None:
     ap.add_argument("--prompt", type=int, default=900, help="prompt tokens (~5-shot GSM8K in LLaDA tokens)")
     ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
-    ap.add_argument("--caches", nargs="+", default=["none", "prefix", "dual", "dual+graph"])
+    ap.add_argument("--caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
     ap.add_argument("--e2e-batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--e2e-caches", nargs="+", default=["none", "prefix", "dual", "dual+graph"])
+    ap.add_argument("--e2e-caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
     ap.add_argument("--e2e-gen", type=int, default=256)
+    ap.add_argument("--e2e-ragged", action="store_true",
+                    help="e2e prompts of random lengths in [prompt/2, prompt]: padded batches, as lm-eval sends them")
     ap.add_argument("--policy-for-overhead", default="threshold")
     ap.add_argument("--out", default="bench.jsonl")
     ap.add_argument("--model", default="random:llada-8b")
@@ -210,18 +257,23 @@ def main() -> None:
         special = SpecialIds(mask=126336, eos=126081, eot=(126081, 126348)) if v > 126336 else SpecialIds(v - 1, v - 2, (v - 2,))
         check_graph(model, out)
         steps = bench_steps(model, special, args, ceilings, out)
-        e2e = bench_e2e(model, special, args, out)
+        timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}
+        e2e = bench_e2e(model, special, args, out, timed)
     print(f"{env['gpu']}  copy {env['bandwidth_Bps'] / 1e12:.2f} TB/s  bf16 matmul {env['matmul_flops'] / 1e12:.0f} TFLOP/s")
-    print(f"{'gen':>5} {'B':>3} {'cache':>10} {'step ms':>8} {'floor':>7} {'ratio':>6} {'bound':>7} {'refresh':>8} {'policy%':>7} {'peakGiB':>7}")
+    print(f"{'gen':>5} {'B':>3} {'cache':>12} {'step ms':>8} {'floor':>7} {'ratio':>6} {'per-op':>7} {'ratio':>6} "
+          f"{'bound':>7} {'refresh':>8} {'pol iso':>7} {'pol pipe':>8} {'peakGiB':>7}")
     for r in steps:
         if r.get("oom"):
-            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>10}  OOM")
+            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  OOM")
             continue
-        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>10} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
-              f"{r['bound']:>7} {r['refresh_ms']:8.1f} {100 * r['policy_share']:6.2f}% {r['peak_gib']:7.1f}")
+        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
+              f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
+              f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
     for r in e2e:
-        print(f"e2e cache={r['cache']:>10} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}: "
-              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s")
+        extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
+        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}"
+              f"{' ragged' if r['ragged'] else ''}: "
+              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
 
 
 if __name__ == "__main__":

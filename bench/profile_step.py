@@ -1,0 +1,191 @@
+"""Where a decoding step's time goes, on a CUDA machine (LLaDA-8B shape, random weights, bf16).
+
+Complements ``bench_step.py`` (which times whole steps against a roofline) with the pieces:
+  1. GEMMs at the row counts a block step feeds them (32 x batch rows) against the copy bandwidth and the
+     matmul rate, cuBLAS and (``--autotune``) inductor's max-autotune templates;
+  2. attention of a 32-query block over the KV cache per SDPA backend, against the bytes of K and V;
+  3. the vocabulary statistics (x0, confidence) eager and compiled;
+  4. a kernel-by-kernel profile of one step per configuration, grouped by kind.
+Prints short tables and writes JSON lines to --out; docs/benchmarks.md records what the numbers led to.
+
+    PYTHONPATH=. python3 bench/profile_step.py --compile --out profile.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import os
+import tempfile
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from bench.bench_step import cuda_time, measure_ceilings
+from l2pd_eval.caches import StepInput, make_strategy
+from l2pd_eval.engine.generate import _predict
+from l2pd_eval.model import load_model
+
+
+def emit(out, **row) -> dict:
+    print(json.dumps(row), file=out, flush=True)
+    return row
+
+
+def bench_gemms(out, ceil, autotune: bool) -> None:
+    """F.linear at the 8B shapes; weights rotate over copies so L2 (50 MB) never holds them."""
+    shapes = {"qkvo": (4096, 4096), "ff_in": (4096, 12288), "ff_out": (12288, 4096), "lm_head": (4096, 126464)}
+    print(f"{'gemm':>8} {'M':>5} {'impl':>9} {'us':>8} {'BW%':>6} {'MMA%':>6}")
+    for name, (k, n) in shapes.items():
+        copies = max(2, (256 << 20) // (k * n * 2))
+        ws = [torch.randn(n, k, dtype=torch.bfloat16, device="cuda") * 0.02 for _ in range(copies)]
+        for m in (32, 512):
+            x = torch.randn(m, k, dtype=torch.bfloat16, device="cuda")
+            impls = {"cublas": F.linear}
+            if autotune and name != "lm_head":
+                impls["autotune"] = torch.compile(lambda a, w: F.linear(a, w), mode="max-autotune-no-cudagraphs",
+                                                  dynamic=False)
+            for impl, fn in impls.items():
+                it = iter(range(1 << 30))
+                t = cuda_time(lambda fn=fn, x=x, ws=ws, it=it, c=copies: fn(x, ws[next(it) % c]), warmup=3, iters=30)
+                nbytes, flops = (n * k + m * k + m * n) * 2, 2 * m * n * k
+                r = emit(out, part="gemm", name=name, m=m, k=k, n=n, impl=impl, us=t * 1e6,
+                         bw_frac=nbytes / t / ceil["bandwidth_Bps"], mma_frac=flops / t / ceil["matmul_flops"])
+                print(f"{name:>8} {m:>5} {impl:>9} {r['us']:8.1f} {100 * r['bw_frac']:5.0f}% {100 * r['mma_frac']:5.0f}%")
+        ws = None
+
+
+def bench_attention(out, ceil) -> None:
+    """32 queries x 32 heads over a [B, 32, T, 128] cache slice, as in a dual-cache step."""
+    print(f"{'attn':>8} {'B':>3} {'kv':>5} {'backend':>10} {'us':>8} {'BW%':>6}")
+    for batch in (1, 16):
+        for kv in (1156, 1924):
+            buf_k = torch.randn(batch, 32, kv + 64, 128, dtype=torch.bfloat16, device="cuda")
+            buf_v = torch.randn_like(buf_k)
+            q = torch.randn(batch, 32, 32, 128, dtype=torch.bfloat16, device="cuda")
+            k, v = buf_k[:, :, :kv], buf_v[:, :, :kv]
+            for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
+                try:
+                    with sdpa_kernel(backend):
+                        t = cuda_time(lambda q=q, k=k, v=v: F.scaled_dot_product_attention(q, k, v), iters=30)
+                except RuntimeError as e:  # backend not available for these inputs
+                    emit(out, part="attn", batch=batch, kv=kv, backend=backend.name, error=str(e)[:200])
+                    continue
+                nbytes = 2 * batch * 32 * kv * 128 * 2
+                r = emit(out, part="attn", batch=batch, kv=kv, backend=backend.name, us=t * 1e6,
+                         bw_frac=nbytes / t / ceil["bandwidth_Bps"])
+                print(f"{'':>8} {batch:>3} {kv:>5} {backend.name[:10]:>10} {r['us']:8.1f} {100 * r['bw_frac']:5.0f}%")
+
+
+def bench_predict(out) -> None:
+    """Confidence statistics over the vocabulary for a block of 32, eager vs compiled."""
+    def compiled(*a):
+        return _predict(*a, fused=True)  # the path the engine takes for compiled models
+    print(f"{'predict':>8} {'B':>3} {'eager us':>9} {'compiled us':>12}")
+    for batch in (1, 16, 32):
+        logits = (torch.randn(batch, 32, 126464, device="cuda") * 3).bfloat16()
+        seeds = torch.zeros(batch, dtype=torch.long, device="cuda")
+        ref = _predict(logits, 0.0, seeds, (0, 0, 0))
+        got = compiled(logits, 0.0, seeds, (0, 0, 0))
+        same = bool(torch.equal(ref[0], got[0]))
+        err = ((ref[1] - got[1]).abs() / ref[1]).max().item()
+        te = cuda_time(lambda a=logits, s=seeds: _predict(a, 0.0, s, (0, 0, 0)), iters=20)
+        tc = cuda_time(lambda a=logits, s=seeds: compiled(a, 0.0, s, (0, 0, 0)), iters=20)
+        emit(out, part="predict", batch=batch, eager_us=te * 1e6, compiled_us=tc * 1e6, same_x0=same, conf_rel_err=err)
+        print(f"{'':>8} {batch:>3} {te * 1e6:9.1f} {tc * 1e6:12.1f}  same x0 {same}, conf rel err {err:.2g}")
+
+
+def kind(name: str) -> str:
+    n = name.lower()
+    if any(s in n for s in ("gemm", "gemv", "nvjet", "xmma", "cutlass", "splitk", "matmul")):
+        return "gemm"
+    if any(s in n for s in ("flash", "fmha", "attention", "cudnn")):
+        return "attention"
+    if n.startswith("triton"):
+        return "fused (inductor)"
+    if any(s in n for s in ("index", "copy", "memcpy", "cat", "gather", "scatter")):
+        return "copy/index"
+    return "elementwise/other"
+
+
+def profile_steps(model, out, args) -> None:
+    """One step per configuration under torch.profiler: device time per kernel kind and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for cache, batch, gen in [(c, b, g) for g in args.gen_lengths for b in args.batches for c in args.caches]:
+        total, bs = args.prompt + gen, args.prompt + gen // 2
+        x = torch.randint(0, model.config.vocab_size, (batch, total), device="cuda")
+        pos = torch.arange(total, device="cuda").expand(batch, total)
+        graph = cache.endswith("+graph")
+        strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=graph)
+
+        def step(strat=strat, x=x, pos=pos, bs=bs, total=total):
+            return strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=False))
+
+        strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=True))
+        wall = cuda_time(step, iters=10)
+        reps = 3
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            for _ in range(reps):
+                step()
+            torch.cuda.synchronize()
+        with tempfile.TemporaryDirectory() as d:
+            path = os.path.join(d, "trace.json")
+            prof.export_chrome_trace(path)
+            with open(path) as f:
+                events = json.load(f)["traceEvents"]
+        per_kind: dict[str, float] = collections.Counter()
+        per_kernel: dict[str, list[float]] = collections.defaultdict(lambda: [0.0, 0])
+        for e in events:
+            if e.get("cat") not in ("kernel", "gpu_memcpy", "gpu_memset"):
+                continue
+            per_kind[kind(e["name"])] += e["dur"] / reps
+            per_kernel[e["name"]][0] += e["dur"] / reps
+            per_kernel[e["name"]][1] += 1 / reps
+        busy = sum(per_kind.values())
+        top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
+        emit(out, part="profile", cache=cache, batch=batch, gen=gen, wall_us=wall * 1e6, kernel_us=busy,
+             kinds=dict(per_kind), top=[(n[:90], round(v[0], 1), round(v[1], 1)) for n, v in top])
+        print(f"\nprofile {cache} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
+              f"({sum(v[1] for v in per_kernel.values()):.0f} launches)")
+        for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1]):
+            print(f"  {k:<18} {v:9.1f} us  {100 * v / busy:5.1f}%")
+        for n, (us, cnt) in top[:8]:
+            print(f"    {us:8.1f} us {cnt:5.0f}x  {n[:100]}")
+        strat = x = None
+        torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--prompt", type=int, default=900)
+    ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--caches", nargs="+", default=["prefix", "dual", "dual+graph"])
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--autotune", action="store_true", help="also time max-autotune GEMMs (minutes of tuning)")
+    ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "predict", "profile"])
+    ap.add_argument("--out", default="profile.jsonl")
+    args = ap.parse_args()
+    torch._dynamo.config.cache_size_limit = 64  # one compiled GEMM per shape when autotuning
+    with open(args.out, "w") as out, torch.inference_mode():
+        ceil = measure_ceilings()
+        emit(out, part="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__, **ceil)
+        print(f"copy {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s, bf16 matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
+        if "gemm" in args.parts:
+            bench_gemms(out, ceil, args.autotune)
+        if "attn" in args.parts:
+            bench_attention(out, ceil)
+        if "predict" in args.parts:
+            bench_predict(out)
+        if "profile" in args.parts:
+            model = load_model("random:llada-8b", dtype="bfloat16", device="cuda")
+            if args.compile:
+                model.compile_blocks()
+            profile_steps(model, out, args)
+
+
+if __name__ == "__main__":
+    main()
