@@ -99,8 +99,33 @@ def test_graph_count_is_bounded(cuda_tiny):
     x = torch.randint(0, model.config.vocab_size, (1, 96), device="cuda")
     pos = torch.arange(96, device="cuda").expand(1, 96)
     strat = make_strategy("prefix", model, 1, 96, cuda_graph=True)
+    strat.max_graphs = 4
     for bs in range(0, 96, 8):  # twelve blocks, a new chunk width each
         strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=True))
         strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=False))
         strat.logits(StepInput(x, pos, None, (bs, bs + 8), 96, refresh=False))
-    assert len(strat._graphs) == strat.max_graphs < 12
+    assert sorted(k[2] for k in strat._graphs) == [8, 16, 24, 32]  # the chunks of the four latest blocks
+
+
+def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny):
+    """Rows finishing one by one pad up to a row bucket (8, then 4 here): two captures, not one per row count,
+    and the real rows' logits stay identical to eager ones."""
+    model, _ = cuda_tiny
+    torch.manual_seed(2)
+    total, block = 40, (16, 24)
+    x = torch.randint(0, model.config.vocab_size, (8, total), device="cuda")
+    pos = torch.arange(total, device="cuda").expand(8, total)
+    eager, graphed = make_strategy("dual", model, 8, total), make_strategy("dual", model, 8, total, cuda_graph=True)
+    for strat in (eager, graphed):
+        strat.logits(StepInput(x, pos, None, block, total, refresh=True))
+    rows = torch.arange(8, device="cuda")
+    for keep in (None, [0, 1, 2, 4, 6, 7], [0, 2, 3, 4, 5], [0, 2, 4]):  # 8, 6, 5, 3 rows: buckets 8, 8, 8, 4
+        if keep is not None:
+            idx = torch.tensor(keep, device="cuda")
+            rows = rows[idx]
+            for strat in (eager, graphed):
+                strat.keep(idx)
+        for _ in range(2):  # capture (eager result), then replay
+            e, g = (s.logits(StepInput(x[rows], pos[rows], None, block, total, refresh=False)) for s in (eager, graphed))
+            assert torch.equal(e, g)
+    assert sorted(k[0] for k in graphed._graphs) == [4, 8]

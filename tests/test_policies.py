@@ -223,3 +223,23 @@ def test_top1_mask_equals_topk_with_k_one_including_ties():
     assert torch.equal(top1_mask(scores), topk_mask(scores, torch.ones(3, dtype=torch.long)))
     rand = torch.rand(64, 32).masked_fill(torch.rand(64, 32) < 0.5, ninf)
     assert torch.equal(top1_mask(rand), topk_mask(rand, torch.ones(64, dtype=torch.long)))
+
+
+def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(tiny, prompts):
+    """cuda_graph=True on a CPU model decodes exactly as without it (graphs exist only on CUDA;
+    tests/test_cuda_graphs.py checks the replay itself on a GPU)."""
+    model, _, special = tiny
+    for cache in ("prefix", "dual"):
+        cfg = dict(gen_length=16, block_length=8, cache=cache, eotp=True)
+        plain = generate(model, prompts, GenerationConfig(**cfg), make("threshold", threshold=0.3), special)
+        graph = generate(model, prompts, GenerationConfig(cuda_graph=True, **cfg), make("threshold", threshold=0.3),
+                         special)
+        assert torch.equal(plain.sequences, graph.sequences)
+        assert [s.positions for s in plain.stats] == [s.positions for s in graph.stats]
+
+
+def test_graph_row_buckets():
+    from l2pd_eval.caches import row_bucket
+
+    assert [row_bucket(n, 32) for n in (1, 2, 3, 5, 8, 9, 16, 17, 31, 32)] == [1, 2, 4, 8, 8, 16, 16, 24, 32, 32]
+    assert row_bucket(11, 12) == 12 and row_bucket(3, 3) == 3  # never more rows than the strategy holds

@@ -88,28 +88,38 @@ class DualCache(PrefixCache):
 @dataclass
 class _Graph:
     graph: torch.cuda.CUDAGraph
-    x: Tensor            # [n, width] static inputs, refilled before each replay
+    x: Tensor            # [rows, width] static inputs, refilled before each replay
     pos: Tensor
     idx: Tensor          # [width] absolute cache slots the chunk writes
-    mask: Tensor | None  # [n, length] key mask, for graphs of padded or EoTP-cut batches
-    out: Tensor          # [n, block, V] logits written by the replay
+    mask: Tensor | None  # [rows, length] key mask, for graphs of padded or EoTP-cut batches
+    out: Tensor          # [rows, block, V] logits written by the replay
+
+
+def row_bucket(n: int, batch: int) -> int:
+    """Rows a graph is captured for: 1, 2, 4, 8, then multiples of 8, never more than the batch."""
+    bucket = 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+    return min(bucket, batch)
 
 
 class _GraphReplay:
     """Mixin for the prefix and dual caches: cached steps replay CUDA graphs.
 
     A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than the ~5 ms it
-    takes to stream the weights. One graph per shape (rows, live length, chunk width, key mask or not),
-    so padded batches, EoTP cuts and rows leaving a block early replay too. Refresh steps run eagerly.
+    takes to stream the weights. One graph per shape (row bucket, live length, chunk width, key mask or
+    not), so padded batches, EoTP cuts and rows leaving a block early replay too. Rows are padded up to a
+    bucket (``row_bucket``): with threshold-like policies rows finish a block one by one, and a graph per
+    row count would mean a capture at nearly every step. Padding rows compute on rows of the KV buffer no
+    one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
     The step that first meets a shape runs eagerly (its result is used) and then records the graph, so
     capturing costs one kernel recording, not an extra forward. Graphs share one memory pool and at most
     ``max_graphs`` are kept (least recently used dropped): the prefix cache needs a new shape every block.
     """
 
-    max_graphs = 8
+    max_graphs = 16
 
     def __init__(self, model: LLaDA, batch: int, total_length: int):
         super().__init__(model, batch, total_length)
+        self._batch = batch
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
         self._pool = None  # memory pool shared by all graphs, from the first capture on
         self._stream = None  # side stream that captures run on
@@ -119,33 +129,39 @@ class _GraphReplay:
             return super()._cached_step(s)
         start, end = self._chunk(s)
         n = s.x.shape[0]
-        key = (n, s.length, end - start, s.key_mask is not None)
+        key = (row_bucket(n, self._batch), s.length, end - start, s.key_mask is not None)
         g = self._graphs.get(key)
         if g is None:
             return self._capture(key, s, start, end)
         self._graphs.move_to_end(key)
-        g.x.copy_(s.x[:, start:end])
-        g.pos.copy_(s.pos[:, start:end])
+        g.x[:n].copy_(s.x[:, start:end])
+        g.pos[:n].copy_(s.pos[:, start:end])
         torch.arange(start, end, out=g.idx)
         if g.mask is not None:
-            g.mask.copy_(s.key_mask)
+            g.mask[:n].copy_(s.key_mask)
         g.graph.replay()
         self.model.positions_computed += n * (end - start)
-        return g.out.clone()
+        return g.out[:n].clone()
 
     def _capture(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> Tensor:
-        n, length, width, masked = key
+        rows, length, width, masked = key
+        n = s.x.shape[0]
         bs, be = s.block
-        x, pos = s.x[:, start:end].clone(), s.pos[:, start:end].clone()
+
+        def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
+            return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
+
+        x, pos = padded(s.x[:, start:end]), padded(s.pos[:, start:end])
         idx = torch.arange(start, end, device=x.device)
-        mask = s.key_mask.clone() if masked else None
+        mask = padded(s.key_mask) if masked else None
+        kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
 
         def run() -> Tensor:  # exactly the eager step, on static buffers (same strides: no recompiles)
-            return self.model(x, pos, mask, cache=self.kv, kv_len=length, logits_slice=slice(0, be - bs),
+            return self.model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs),
                               write_index=idx)
 
-        result = run()  # the real step: also initialises lazy state before capture
         counted = self.model.positions_computed
+        result = run()[:n]  # the real step: also initialises lazy state before capture
         graph = torch.cuda.CUDAGraph()
         # capture_begin/end rather than ``torch.cuda.graph``, which empties the allocator's cache at every
         # capture: with a new shape per block (prefix cache) that made every later allocation a cudaMalloc.
@@ -159,7 +175,7 @@ class _GraphReplay:
             finally:
                 graph.capture_end()
         torch.cuda.current_stream(x.device).wait_stream(self._stream)
-        self.model.positions_computed = counted
+        self.model.positions_computed = counted + n * width
         self._pool = graph.pool() if self._pool is None else self._pool
         self._graphs[key] = _Graph(graph, x, pos, idx, mask, out)
         while len(self._graphs) > self.max_graphs:
