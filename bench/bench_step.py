@@ -18,12 +18,13 @@ import time
 
 import torch
 
+from l2pd_eval import caches
 from l2pd_eval.caches import StepInput, make_strategy
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.engine.generate import _predict
 from l2pd_eval.model import SpecialIds, load_model
 from l2pd_eval.policies import get_policy
-from l2pd_eval.policies.base import StepState
+from l2pd_eval.policies.base import Policy, StepState, topk_mask
 
 DEVICE = "cuda"
 
@@ -196,7 +197,21 @@ def check_graph(model, out) -> float:
     return worst
 
 
+class Staggered(Policy):
+    """Bench-only workload: row r commits (r mod 4) + 1 tokens per step, so rows finish a block at different
+    steps (8 to 32), as threshold and Learn2PD rows do on real weights, which random weights cannot show."""
+
+    name = "_staggered"
+    scheduled = False
+
+    def select(self, state):
+        return topk_mask(state.masked_conf, state.rows % 4 + 1)
+
+
 def bench_e2e(model, special, args, out, steps: dict):
+    def e2e_policy():
+        return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy)
+
     rows = []
     for cache in args.e2e_caches:
         for batch in args.e2e_batches:
@@ -207,15 +222,17 @@ def bench_e2e(model, special, args, out, steps: dict):
             lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
             prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
             generate(model, prompts, GenerationConfig(gen_length=64, block_length=32, steps=8, cache=mode, cuda_graph=graph),
-                     get_policy("low_confidence"), special)  # warm-up
+                     e2e_policy(), special)  # warm-up
             if DEVICE == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            res = generate(model, prompts, cfg, get_policy("low_confidence"), special)
+            res = generate(model, prompts, cfg, e2e_policy(), special)
             wall = time.perf_counter() - t0
             row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps,
-                       seconds=wall, gens_per_s=batch / wall, nfe=res.stats[0].nfe, ragged=args.e2e_ragged)
-            timed = None if args.e2e_ragged else steps.get((args.e2e_gen, batch, cache))
+                       seconds=wall, gens_per_s=batch / wall, nfe=max(s.nfe for s in res.stats), ragged=args.e2e_ragged,
+                       policy=args.e2e_policy, row_buckets=not args.no_row_buckets)
+            plain = not args.e2e_ragged and args.e2e_policy == "low_confidence"
+            timed = steps.get((args.e2e_gen, batch, cache)) if plain else None
             if timed is not None:  # forward time the step benchmark predicts; the rest is engine + policy
                 forward = cfg.num_blocks * timed["refresh_ms"] + (row["nfe"] - cfg.num_blocks) * timed["step_ms"]
                 row.update(forward_s=forward / 1e3, engine_share=1 - forward / 1e3 / wall)
@@ -233,6 +250,10 @@ def main() -> None:
     ap.add_argument("--e2e-batches", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--e2e-caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
     ap.add_argument("--e2e-gen", type=int, default=256)
+    ap.add_argument("--e2e-policy", default="low_confidence",
+                    help="low_confidence (fixed schedule), staggered (rows finish blocks at different steps) or any policy")
+    ap.add_argument("--no-row-buckets", action="store_true",
+                    help="A/B only: capture a graph per row count instead of per row bucket")
     ap.add_argument("--e2e-ragged", action="store_true",
                     help="e2e prompts of random lengths in [prompt/2, prompt]: padded batches, as lm-eval sends them")
     ap.add_argument("--policy-for-overhead", default="threshold")
@@ -243,6 +264,8 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
+    if args.no_row_buckets:
+        caches.row_bucket = lambda n, batch: n
     torch.backends.cuda.matmul.allow_tf32 = True
     with open(args.out, "w") as out, torch.inference_mode():
         ceilings = measure_ceilings()
@@ -271,6 +294,7 @@ def main() -> None:
               f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
     for r in e2e:
         extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
+        extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
         print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}"
               f"{' ragged' if r['ragged'] else ''}: "
               f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
