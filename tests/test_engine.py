@@ -99,3 +99,16 @@ def test_compiled_greedy_statistics_match_eager():
     x_f, c_f = _predict(logits, 0.0, seeds, (0, 0, 0), fused=True)
     assert torch.equal(x_e, x_f) and x_f[1, 2] == 7
     torch.testing.assert_close(c_f, c_e, rtol=1e-5, atol=0)
+
+
+def test_batch_sizing_counts_the_kv_cache_and_graph_logits():
+    from l2pd_eval.engine.memory import bytes_per_row
+    from l2pd_eval.model import load_model
+
+    model = load_model("random:tiny")
+    c = model.config
+    none, dual = (bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache=k), 100)
+                  for k in ("none", "dual"))
+    assert dual - none == 2 * c.n_layers * c.kv_heads * c.head_dim * 164 * 4  # float32 K and V of 164 positions
+    graphed = bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache="dual", cuda_graph=True), 100)
+    assert graphed - dual == 16 * 32 * c.vocab_size * 4

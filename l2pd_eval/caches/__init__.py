@@ -17,6 +17,7 @@ from torch import Tensor
 from l2pd_eval.model.llada import KVCache, LLaDA
 
 CACHES = ("none", "prefix", "dual")
+MAX_GRAPHS = 16  # CUDA graphs kept per decode (each holds its block logits); see _GraphReplay
 
 
 @dataclass
@@ -115,7 +116,7 @@ class _GraphReplay:
     ``max_graphs`` are kept (least recently used dropped): the prefix cache needs a new shape every block.
     """
 
-    max_graphs = 16
+    max_graphs = MAX_GRAPHS
 
     def __init__(self, model: LLaDA, batch: int, total_length: int):
         super().__init__(model, batch, total_length)

@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import torch
 
+from l2pd_eval.caches import MAX_GRAPHS
 from l2pd_eval.engine.generate import GenerationConfig
 from l2pd_eval.model.llada import LLaDA
 
 
 def bytes_per_row(model: LLaDA, config: GenerationConfig, prompt_len: int) -> int:
-    """Peak bytes one row adds: KV cache (if any) + the widest activation of a full forward + block logits."""
+    """Peak bytes one row adds: KV cache (if any) + the widest activation of a full forward + block logits,
+    and with CUDA graphs the block logits each kept graph holds (bound: every graph at full batch)."""
     c, t = model.config, prompt_len + config.gen_length
     elt = torch.finfo(model.dtype).bits // 8
     kv = 2 * c.n_layers * c.kv_heads * c.head_dim * t * elt if config.cache != "none" else 0
     act = t * (3 * c.hidden_size + 4 * c.d_model) * elt       # ff_proj, up_proj, product + residual stream
     logits = config.block_length * c.vocab_size * (elt + 3 * 4)  # block logits + float32 softmax work
-    return kv + act + logits
+    graphs = MAX_GRAPHS * config.block_length * c.vocab_size * elt if config.cuda_graph and kv else 0
+    return kv + act + logits + graphs
 
 
 def largest_batch(model: LLaDA, config: GenerationConfig, prompt_len: int, cap: int = 64,
