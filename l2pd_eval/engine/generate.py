@@ -121,11 +121,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _work(logits: Tensor) -> Tensor:
+    """Softmax statistics run in float32 (float64 for float64 models, so tests can compare exactly)."""
+    return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+
+
+def _confidence(logits: Tensor, x0: Tensor) -> Tensor:
+    """Probability of ``x0`` under the model, from ``_work`` logits."""
+    return torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
+
+
 def _greedy(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """argmax and its probability, with the softmax statistics in float32 (float64 for float64 models)."""
-    logits = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    """argmax and its probability."""
+    logits = _work(logits)
     x0 = logits.argmax(-1)
-    return x0, torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
+    return x0, _confidence(logits, x0)
 
 
 @functools.cache
@@ -141,12 +151,10 @@ def _predict(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int,
     ``fused`` runs the greedy statistics through ``torch.compile`` (models compiled with compile_blocks)."""
     if temperature <= 0:
         return (_greedy_compiled() if fused else _greedy)(logits)
-    work = torch.float64 if logits.dtype == torch.float64 else torch.float32
-    logits = logits.to(work)
-    u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(work)
+    logits = _work(logits)
+    u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(logits.dtype)
     x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
-    conf = torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
-    return x0, conf
+    return x0, _confidence(logits, x0)
 
 
 @torch.no_grad()

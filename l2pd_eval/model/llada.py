@@ -216,7 +216,6 @@ class LLaDA(nn.Module):
         self.compiled = True
         return self
 
-
     @torch.no_grad()
     def init_weights(self, seed: int | None = None) -> None:
         """Random init (normal, std ``init_std``; norms at one) for testing and benchmarking without weights."""
