@@ -76,6 +76,14 @@ def _split_args(kwargs: dict[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
     return ModelArgs(**{k: v for k, v in kwargs.items() if k in own}), rest
 
 
+def _tristate(name: str, value: Any) -> str:
+    """A model_arg that is auto, true or false: lm-eval hands over a bool, or the string as typed."""
+    v = str(value).lower() if isinstance(value, bool) else str(value)
+    if v not in ("auto", "true", "false"):
+        raise ValueError(f"{name}={value!r}; valid choices: auto, true, false")
+    return v
+
+
 class Learn2PDLM(LM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
@@ -97,17 +105,14 @@ class Learn2PDLM(LM):
                 dist.init_process_group(backend="nccl" if on_gpu else "gloo")
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
         self._device = torch.device(device)
-        graph = str(args.cuda_graph).lower()
-        if graph not in ("auto", "true", "false"):
-            raise ValueError(f"cuda_graph={args.cuda_graph!r}; valid choices: auto, true, false")
+        graph = _tristate("cuda_graph", args.cuda_graph)
         self._cuda_graph = graph == "true" or (graph == "auto" and self._device.type == "cuda")
         if args.gen_length is None and args.steps is not None:
             raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
                              "max_gen_toks and steps = gen_length)")
         self._configs: dict[int, GenerationConfig] = {}
         self.config = self._config_for(self._gen_length({}))  # validates block_length against the length
-        if args.chat not in ("auto", "true", "false", True, False):
-            raise ValueError(f"chat={args.chat!r}; valid choices: auto, true, false")
+        _tristate("chat", args.chat)
         if "block_length" in {f.name for f in fields(policy_class(args.policy))}:
             policy_kwargs.setdefault("block_length", self.config.block_length)
         self.policy = get_policy(args.policy, **policy_kwargs)
@@ -199,7 +204,7 @@ class Learn2PDLM(LM):
 
     # -- requests ---------------------------------------------------------------------------------
     def _use_chat(self) -> bool:
-        chat = str(self.args.chat).lower()
+        chat = _tristate("chat", self.args.chat)
         if chat in ("true", "false"):
             return chat == "true"
         name = f"{self.args.pretrained} {self.args.tokenizer or ''}".lower()
