@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from end_at_policy import EndAt
 
 from l2pd_eval.caches import GraphedDualCache, GraphedPrefixCache, StepInput, make_strategy
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.policies import Policy, get_policy
-from l2pd_eval.policies.base import topk_mask
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
 
@@ -26,24 +26,6 @@ def cuda_tiny(tiny_dir):
 def ragged_prompts():
     gen = torch.Generator().manual_seed(3)
     return [torch.randint(10, 200, (n,), generator=gen).tolist() for n in (5, 17, 3, 11)]
-
-
-class EndAt(Policy):
-    """Low-confidence plus an end-of-text at a per-row answer position: rows cut in different blocks."""
-
-    name = "_end_at"
-
-    def __init__(self, at: list[int], eos: int):
-        self.at, self.eos = at, eos
-
-    def select(self, state):
-        commit = topk_mask(state.masked_conf, state.k)
-        at = torch.tensor(self.at, device=state.conf.device)[state.rows] - state.block_start
-        hit = (at >= 0) & (at < state.conf.shape[1]) & (state.step == 0)
-        cols = torch.arange(state.conf.shape[1], device=at.device) == at.clamp(0).unsqueeze(1)
-        mark = cols & hit.unsqueeze(1)
-        state.x0.masked_fill_(mark, self.eos)
-        return commit | mark
 
 
 def _policy(name: str, special: SpecialIds) -> Policy:

@@ -7,11 +7,12 @@ import itertools
 
 import pytest
 import torch
+from end_at_policy import EndAt
 
 from l2pd_eval.caches import StepInput, make_strategy
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
-from l2pd_eval.policies import Policy, StepState, available, get_policy
+from l2pd_eval.policies import StepState, available, get_policy
 from l2pd_eval.policies.factor import factor_count
 
 CFG = dict(gen_length=24, block_length=8)
@@ -113,30 +114,11 @@ def test_learn2pd_rejects_a_filter_of_another_block_length(filter_path):
         get_policy("learn2pd", filter=str(filter_path), block_length=32)
 
 
-class ForceEndAt(Policy):
-    """Low-confidence, but commits end-of-text at answer position ``at`` in its block's first step."""
-
-    name = "_force_end"
-
-    def __init__(self, at: int, eos: int):
-        self.at, self.eos = at, eos
-
-    def select(self, state):
-        from l2pd_eval.policies.base import topk_mask
-
-        commit = topk_mask(state.masked_conf, state.k)
-        lo = state.block_start
-        if state.step == 0 and lo <= self.at < lo + state.conf.shape[1]:
-            commit[:, self.at - lo] = True
-            state.x0[:, self.at - lo] = self.eos
-        return commit
-
-
 def test_eotp_cuts_after_end_of_text_and_skips_the_rest(tiny, prompts):
     model, _, special = tiny
     cfg = dict(gen_length=32, block_length=8)
-    plain = generate(model, prompts, GenerationConfig(**cfg), ForceEndAt(10, special.eos), special)
-    cut = generate(model, prompts, GenerationConfig(eotp=True, **cfg), ForceEndAt(10, special.eos), special)
+    plain = generate(model, prompts, GenerationConfig(**cfg), EndAt([10] * len(prompts), special.eos), special)
+    cut = generate(model, prompts, GenerationConfig(eotp=True, **cfg), EndAt([10] * len(prompts), special.eos), special)
     assert (cut.tokens[:, 11:] == special.eos).all()
     assert torch.equal(cut.tokens[:, :8], plain.tokens[:, :8])  # blocks before the cut are untouched
     for c, p in zip(cut.stats, plain.stats, strict=True):
