@@ -3,7 +3,8 @@
 Complements ``bench_step.py`` (which times whole steps against a roofline) with the pieces:
   1. GEMMs at the row counts a block step feeds them (32 x batch rows) against the copy bandwidth and the
      matmul rate, cuBLAS and (``--autotune``) inductor's max-autotune templates;
-  2. attention of a 32-query block over the KV cache per SDPA backend, against the bytes of K and V;
+  2. attention of a 32-query block over the KV cache per SDPA backend, against the bytes of K and V, and
+     and in CUDA graphs SDPA's dispatch against the key-splitting flash kernel ``cache_attention`` picks;
   3. the vocabulary statistics (x0, confidence) eager and compiled;
   4. a kernel-by-kernel profile of one step per configuration, grouped by kind.
 Prints short tables and writes JSON lines to --out; docs/benchmarks.md records what the numbers led to.
@@ -27,6 +28,7 @@ from bench.bench_step import cuda_time, measure_ceilings
 from l2pd_eval.caches import StepInput, make_strategy
 from l2pd_eval.engine.generate import _predict
 from l2pd_eval.model import load_model
+from l2pd_eval.model.attention import cache_attention
 
 
 def emit(out, **row) -> dict:
@@ -77,6 +79,45 @@ def bench_attention(out, ceil) -> None:
                 r = emit(out, part="attn", batch=batch, kv=kv, backend=backend.name, us=t * 1e6,
                          bw_frac=nbytes / t / ceil["bandwidth_Bps"])
                 print(f"{'':>8} {batch:>3} {kv:>5} {backend.name[:10]:>10} {r['us']:8.1f} {100 * r['bw_frac']:5.0f}%")
+
+
+def bench_attention_choice(out, ceil) -> None:
+    """SDPA's dispatch (cuDNN on Hopper) vs the flash kernel, as 32 layers replayed in one CUDA graph.
+
+    Each layer has its own K/V (L2 never holds them) and the graph removes launch gaps, as in a decode.
+    ``chosen`` is ``cache_attention``, what the model runs."""
+    print(f"{'choice':>8} {'B':>3} {'n':>4} {'kv':>5} {'impl':>8} {'us/layer':>9} {'BW%':>6} {'rel err':>8}")
+    layers = 32
+    impls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
+             "flash": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0],
+             "chosen": lambda q, k, v: cache_attention(q, k, v, None)}
+    for batch, n, kv in ((1, 32, 1156), (1, 32, 1924), (1, 128, 1156), (2, 32, 1156), (4, 32, 1156), (8, 32, 1156)):
+        ks = [torch.randn(batch, 32, kv, 128, dtype=torch.bfloat16, device="cuda") for _ in range(layers)]
+        vs = [torch.randn_like(t) for t in ks]
+        q = torch.randn(batch, 32, n, 128, dtype=torch.bfloat16, device="cuda")
+        ref = F.scaled_dot_product_attention(q.double(), ks[0].double(), vs[0].double())
+        for name, fn in impls.items():
+            err = ((fn(q, ks[0], vs[0]).double() - ref).norm() / ref.norm()).item()
+
+            def all_layers(fn=fn, q=q, ks=ks, vs=vs):
+                for k, v in zip(ks, vs, strict=True):
+                    fn(q, k, v)
+            stream = torch.cuda.Stream()
+            stream.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(stream):
+                for _ in range(2):
+                    all_layers()
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph):
+                    all_layers()
+            torch.cuda.current_stream().wait_stream(stream)
+            t = cuda_time(graph.replay, warmup=3, iters=20) / layers
+            nbytes = 2 * batch * 32 * kv * 128 * 2
+            r = emit(out, part="attn_choice", batch=batch, n=n, kv=kv, impl=name, us=t * 1e6,
+                     bw_frac=nbytes / t / ceil["bandwidth_Bps"], rel_err=err)
+            print(f"{'':>8} {batch:>3} {n:>4} {kv:>5} {name:>8} {r['us']:9.1f} {100 * r['bw_frac']:5.0f}% {err:8.1e}")
+            graph = None
+        ks = vs = None
 
 
 def bench_predict(out) -> None:
@@ -166,7 +207,7 @@ def main() -> None:
     ap.add_argument("--caches", nargs="+", default=["prefix", "dual", "dual+graph"])
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--autotune", action="store_true", help="also time max-autotune GEMMs (minutes of tuning)")
-    ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "predict", "profile"])
+    ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "attn_choice", "predict", "profile"])
     ap.add_argument("--out", default="profile.jsonl")
     args = ap.parse_args()
     torch._dynamo.config.cache_size_limit = 64  # one compiled GEMM per shape when autotuning
@@ -178,6 +219,8 @@ def main() -> None:
             bench_gemms(out, ceil, args.autotune)
         if "attn" in args.parts:
             bench_attention(out, ceil)
+        if "attn_choice" in args.parts:
+            bench_attention_choice(out, ceil)
         if "predict" in args.parts:
             bench_predict(out)
         if "profile" in args.parts:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l2pd_eval.model.attention import cache_attention
 from l2pd_eval.model.config import LLaDAConfig
 
 
@@ -120,7 +121,7 @@ class Block(nn.Module):
                 ck.index_copy_(2, write_index, k)
                 cv.index_copy_(2, write_index, v)
             k, v = ck[:, :, :kv_len], cv[:, :, :kv_len]
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=self.kv_heads != self.n_heads)
+        att = cache_attention(q, k, v, mask, enable_gqa=self.kv_heads != self.n_heads)
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))

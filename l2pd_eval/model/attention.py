@@ -1,0 +1,48 @@
+"""Attention of a short query chunk over a KV cache: pick the kernel that splits the keys across the GPU.
+
+A batch-1 cached step asks 32 heads x 32 queries to read 1000-2000 keys each. SDPA dispatches that to the
+cuDNN flash kernel on Hopper, which gives each (row, head, query tile) one thread block: 32 blocks on a
+132-SM H100, and the cache is read at about a third of the memory bandwidth. PyTorch's FlashAttention-2
+kernel cuts the keys into chunks itself when (rows x heads x query tiles) leave most SMs idle and merges the
+chunks by their log-sum-exp (flash-decoding). Measured on the H100 (docs/benchmarks.md, item 13): 23.1 ->
+16.9 us per layer at 1156 keys, 32.6 -> 21.4 us at 1924. Elsewhere SDPA's own choice stands.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ENABLED = True  # bench/bench_step.py --no-split-kv measures the step without it
+
+
+@torch.compiler.assume_constant_result  # a device property: no guard and no graph break when compiled
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def flash_splits_keys(q: Tensor, mask: Tensor | None, enable_gqa: bool = False) -> bool:
+    """Whether ``q`` [B, H, n, D] over the cache goes to the key-splitting flash kernel.
+
+    FlashAttention-2 splits the keys when (rows x heads x 64-query tiles) would fill fewer than 80% of the
+    SMs (its own heuristic, mirrored here). Measured, that wins at batch 1 (32 or 128 queries) but not at
+    batch 2, where cuDNN's kernel is already as fast (profile_step.py, part attn_choice); hence one row only.
+    The flash kernel takes no mask and wants 16-bit floats and a head dim that is a multiple of 8 up to
+    256; equal query and key heads only, as grouped heads were not measured."""
+    b, h, n, d = q.shape
+    if (not ENABLED or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or b != 1
+            or mask is not None or enable_gqa or d % 8 or d > 256):
+        return False
+    return h * -(-n // 64) < 0.8 * _sm_count(q.device.index or 0)
+
+
+def cache_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, enable_gqa: bool = False) -> Tensor:
+    """Softmax attention ``q`` over ``k``/``v`` ([B, H, *, D]); ``mask`` [B, 1, 1, L] True = visible.
+
+    ``enable_gqa`` comes from the config, not from ``k.shape``: under ``torch.compile(dynamic=True)`` the
+    cache's head dim is symbolic, and a symbolic flag made inductor lower SDPA differently in the eager
+    and the graph-captured step (their logits stopped being bit-identical)."""
+    if flash_splits_keys(q, mask, enable_gqa):
+        return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)
