@@ -4,6 +4,9 @@ skipped in CPU CI, run on the GPU machine (docs/benchmarks.md gives the command)
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from end_at_policy import EndAt
@@ -74,6 +77,46 @@ def test_graphs_are_captured_once_per_shape_and_replayed(cuda_tiny, cache, cls):
             assert e_cost == g_cost  # replays count the positions they compute, captures nothing extra
     # one graph per (rows, length, chunk width, masked): dual reuses its two across blocks, prefix needs new ones
     assert len(graphed._graphs) == (2 if cache == "dual" else 4)
+    assert all(g.graph is not None for g in graphed._graphs.values())  # each shape ran 3 times: recorded
+
+
+def test_a_shape_met_once_is_run_eagerly_and_not_recorded(cuda_tiny):
+    model, _ = cuda_tiny
+    x = torch.randint(0, model.config.vocab_size, (1, 64), device="cuda")
+    pos = torch.arange(64, device="cuda").expand(1, 64)
+    strat = make_strategy("prefix", model, 1, 64, cuda_graph=True)
+    eager = make_strategy("prefix", model, 1, 64)
+    for bs in (16, 24, 32):  # one cached step per block, as threshold or Learn2PD often take
+        outs = []
+        for st in (strat, eager):
+            st.logits(StepInput(x, pos, None, (bs, bs + 8), 64, refresh=True))
+            outs.append(st.logits(StepInput(x, pos, None, (bs, bs + 8), 64, refresh=False)))
+        assert torch.equal(*outs)
+    assert len(strat._graphs) == 3 and all(g.graph is None for g in strat._graphs.values())
+    again = strat.logits(StepInput(x, pos, None, (32, 40), 64, refresh=False))  # second step of the last shape
+    assert strat._graphs[(1, 64, 32, False)].graph is not None
+    assert torch.equal(again, eager.logits(StepInput(x, pos, None, (32, 40), 64, refresh=False)))
+
+
+def test_a_dropped_strategy_is_freed_at_once(cuda_tiny):
+    """No reference cycle through the recorded steps: the KV buffer (GBs at batch 16) goes when generate()
+    drops its strategy, not whenever the garbage collector runs (a benchmark ran out of memory on that)."""
+    model, _ = cuda_tiny
+    x = torch.randint(0, model.config.vocab_size, (2, 48), device="cuda")
+    pos = torch.arange(48, device="cuda").expand(2, 48)
+    gc.collect()
+    gc.disable()
+    try:
+        strat = make_strategy("dual", model, 2, 48, cuda_graph=True)
+        strat.logits(StepInput(x, pos, None, (16, 24), 48, refresh=True))
+        for _ in range(3):  # eager, recorded, replayed
+            strat.logits(StepInput(x, pos, None, (16, 24), 48, refresh=False))
+        assert next(iter(strat._graphs.values())).graph is not None
+        ref = weakref.ref(strat)
+        del strat
+        assert ref() is None
+    finally:
+        gc.enable()
 
 
 def test_graph_count_is_bounded(cuda_tiny):
@@ -107,7 +150,7 @@ def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny):
             rows = rows[idx]
             for strat in (eager, graphed):
                 strat.keep(idx)
-        for _ in range(2):  # capture (eager result), then replay
+        for _ in range(3):  # eager, record + replay, replay
             e, g = (s.logits(StepInput(x[rows], pos[rows], None, block, total, refresh=False)) for s in (eager, graphed))
             assert torch.equal(e, g)
     assert sorted(k[0] for k in graphed._graphs) == [4, 8]

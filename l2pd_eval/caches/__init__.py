@@ -9,6 +9,7 @@ forward in all three, so their logits agree exactly there; later steps are the c
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -88,12 +89,13 @@ class DualCache(PrefixCache):
 
 @dataclass
 class _Graph:
-    graph: torch.cuda.CUDAGraph
     x: Tensor            # [rows, width] static inputs, refilled before each replay
     pos: Tensor
     idx: Tensor          # [width] absolute cache slots the chunk writes
     mask: Tensor | None  # [rows, length] key mask, for graphs of padded or EoTP-cut batches
-    out: Tensor          # [rows, block, V] logits written by the replay
+    run: Callable[[], Tensor]               # the step on these buffers: eager, or recorded
+    graph: torch.cuda.CUDAGraph | None = None  # recorded at the shape's second step
+    out: Tensor | None = None               # [rows, block, V] logits written by the replay
 
 
 def row_bucket(n: int, batch: int) -> int:
@@ -111,9 +113,11 @@ class _GraphReplay:
     bucket (``row_bucket``): with threshold-like policies rows finish a block one by one, and a graph per
     row count would mean a capture at nearly every step. Padding rows compute on rows of the KV buffer no
     one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
-    The step that first meets a shape runs eagerly (its result is used) and then records the graph, so
-    capturing costs one kernel recording, not an extra forward. Graphs share one memory pool and at most
-    ``max_graphs`` are kept (least recently used dropped): the prefix cache needs a new shape every block.
+    The first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
+    recording must not); the second records the graph, which executes nothing, and replays it. A shape
+    met once costs no recording: the prefix cache has a new shape every block, and with threshold or
+    Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
+    ``max_graphs`` shapes are kept (least recently used dropped).
     """
 
     max_graphs = MAX_GRAPHS
@@ -132,20 +136,28 @@ class _GraphReplay:
         n = s.x.shape[0]
         key = (row_bucket(n, self._batch), s.length, end - start, s.key_mask is not None)
         g = self._graphs.get(key)
-        if g is None:
-            return self._capture(key, s, start, end)
+        if g is None:  # first step of this shape: eager, on the buffers a later recording will use
+            g = self._graphs[key] = self._static(key, s, start, end)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+            counted = self.model.positions_computed
+            result = g.run()[:n]
+            self.model.positions_computed = counted + n * (end - start)  # padding rows are not real work
+            return result
         self._graphs.move_to_end(key)
         g.x[:n].copy_(s.x[:, start:end])
         g.pos[:n].copy_(s.pos[:, start:end])
         torch.arange(start, end, out=g.idx)
         if g.mask is not None:
             g.mask[:n].copy_(s.key_mask)
+        if g.graph is None:
+            self._record(g)
         g.graph.replay()
         self.model.positions_computed += n * (end - start)
         return g.out[:n].clone()
 
-    def _capture(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> Tensor:
-        rows, length, width, masked = key
+    def _static(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> _Graph:
+        rows, length, _, masked = key
         n = s.x.shape[0]
         bs, be = s.block
 
@@ -156,32 +168,34 @@ class _GraphReplay:
         idx = torch.arange(start, end, device=x.device)
         mask = padded(s.key_mask) if masked else None
         kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
+        model = self.model  # not ``self``: a strategy -> graph -> closure -> strategy cycle would keep the
+        # KV buffer (GBs at batch 16) alive after generate() until the garbage collector happens to run
 
-        def run() -> Tensor:  # exactly the eager step, on static buffers (same strides: no recompiles)
-            return self.model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs),
-                              write_index=idx)
+        def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
+            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs), write_index=idx)
 
-        counted = self.model.positions_computed
-        result = run()[:n]  # the real step: also initialises lazy state before capture
+        return _Graph(x, pos, idx, mask, run)
+
+    def _record(self, g: _Graph) -> None:
+        """Record ``g.run`` (executes nothing: the replay that follows computes the step)."""
+        device = g.x.device
         graph = torch.cuda.CUDAGraph()
         # capture_begin/end rather than ``torch.cuda.graph``, which empties the allocator's cache at every
         # capture: with a new shape per block (prefix cache) that made every later allocation a cudaMalloc.
         if self._stream is None:
-            self._stream = torch.cuda.Stream(x.device)
-        self._stream.wait_stream(torch.cuda.current_stream(x.device))
+            self._stream = torch.cuda.Stream(device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        counted = self.model.positions_computed
         with torch.cuda.stream(self._stream):
             graph.capture_begin(pool=self._pool)
             try:
-                out = run()  # recorded, not executed: the cache keeps the eager step's writes
+                g.out = g.run()
             finally:
                 graph.capture_end()
-        torch.cuda.current_stream(x.device).wait_stream(self._stream)
-        self.model.positions_computed = counted + n * width
+        torch.cuda.current_stream(device).wait_stream(self._stream)
+        self.model.positions_computed = counted
         self._pool = graph.pool() if self._pool is None else self._pool
-        self._graphs[key] = _Graph(graph, x, pos, idx, mask, out)
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
-        return result
+        g.graph = graph
 
 
 class GraphedPrefixCache(_GraphReplay, PrefixCache):
