@@ -4,7 +4,7 @@ Complements ``bench_step.py`` (which times whole steps against a roofline) with 
   1. GEMMs at the row counts a block step feeds them (32 x batch rows) against the copy bandwidth and the
      matmul rate, cuBLAS and (``--autotune``) inductor's max-autotune templates;
   2. attention of a 32-query block over the KV cache per SDPA backend, against the bytes of K and V, and
-     and in CUDA graphs SDPA's dispatch against the key-splitting flash kernel ``cache_attention`` picks;
+     in CUDA graphs SDPA's dispatch against the key-splitting flash kernel ``cache_attention`` picks;
   3. the vocabulary statistics (x0, confidence) eager and compiled;
   4. a kernel-by-kernel profile of one step per configuration, grouped by kind.
 Prints short tables and writes JSON lines to --out; docs/benchmarks.md records what the numbers led to.

@@ -5,7 +5,7 @@ cuDNN flash kernel on Hopper, which gives each (row, head, query tile) one threa
 132-SM H100, and the cache is read at about a third of the memory bandwidth. PyTorch's FlashAttention-2
 kernel cuts the keys into chunks itself when (rows x heads x query tiles) leave most SMs idle and merges the
 chunks by their log-sum-exp (flash-decoding). Measured on the H100 (docs/benchmarks.md, item 13): 23.1 ->
-16.9 us per layer at 1156 keys, 32.6 -> 21.4 us at 1924. Elsewhere SDPA's own choice stands.
+17.0 us per layer at 1156 keys, 32.7 -> 21.6 us at 1924. Elsewhere SDPA's own choice stands.
 """
 
 from __future__ import annotations
