@@ -18,15 +18,19 @@ import time
 
 import torch
 
-from l2pd_eval import caches
-from l2pd_eval.caches import StepInput, make_strategy
+from l2pd_eval.caches import StepInput, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.engine.generate import _predict
-from l2pd_eval.model import SpecialIds, attention, load_model
+from l2pd_eval.model import SpecialIds, load_model
 from l2pd_eval.policies import get_policy
 from l2pd_eval.policies.base import Policy, StepState, topk_mask
 
 DEVICE = "cuda"
+
+
+def switches(args) -> dict:
+    """The A/B speed switches as ``make_strategy`` arguments (GenerationConfig has the same choices)."""
+    return dict(split_keys=not args.no_split_kv, graph_rows=exact_rows if args.no_row_buckets else row_bucket)
 
 
 def cuda_time(fn, warmup: int = 2, iters: int = 5) -> float:
@@ -150,10 +154,11 @@ def bench_steps(model, special, args, ceilings, out):
                 pos = torch.arange(total, device=DEVICE).expand(batch, total)
                 bs = args.prompt + gen // 2
                 try:
-                    strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=cache.endswith("+graph"))
+                    strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=cache.endswith("+graph"),
+                                          **switches(args))
                     refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
                     iso, piped = time_policy(get_policy(args.policy_for_overhead),
-                                             step_fn(strat, x, pos, (bs, bs + 32), total), model.compiled)
+                                             step_fn(strat, x, pos, (bs, bs + 32), total), args.compile)
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
@@ -172,7 +177,7 @@ def bench_steps(model, special, args, ceilings, out):
     return rows
 
 
-def check_graph(model, out) -> float:
+def check_graph(model, args, out) -> float:
     """Max |graph - eager| of prefix and dual cached-step logits (also with a padding mask), and equal
     greedy tokens, before trusting graph timings. tests/test_cuda_graphs.py checks whole decodes."""
     x = torch.randint(0, model.config.vocab_size, (2, 320), device=DEVICE)
@@ -184,7 +189,7 @@ def check_graph(model, out) -> float:
         for key_mask in (None, mask):
             res = []
             for graph in (False, True):
-                strat = make_strategy(cache, model, 2, 320, cuda_graph=graph)
+                strat = make_strategy(cache, model, 2, 320, cuda_graph=graph, **switches(args))
                 for block in ((64, 96), (96, 128)):  # second block: graphs captured, now replayed
                     strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=True))
                     strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=False))
@@ -219,7 +224,8 @@ def bench_e2e(model, special, args, out, steps: dict):
             mode = cache.split("+")[0]
             cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32,
                                    steps=args.e2e_gen // 32 * args.e2e_steps_per_block, cache=mode,
-                                   cuda_graph=graph)
+                                   cuda_graph=graph, compile=args.compile, split_keys=not args.no_split_kv,
+                                   graph_row_buckets=not args.no_row_buckets)
             lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
             prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
             # warm-up on the same shapes: compilation is a once-per-process cost; graph captures are not (each
@@ -275,15 +281,12 @@ def main() -> None:
     args = ap.parse_args()
     global DEVICE
     DEVICE = args.device
-    if args.no_row_buckets:
-        caches.row_bucket = lambda n, batch: n
-    attention.ENABLED = not args.no_split_kv
     torch.backends.cuda.matmul.allow_tf32 = True
     with open(args.out, "w") as out, torch.inference_mode():
         ceilings = measure_ceilings()
         gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
         env = dict(gpu=gpu, torch=torch.__version__, model=args.model, prompt=args.prompt, compiled=args.compile,
-                   split_kv=attention.ENABLED,
+                   split_kv=not args.no_split_kv,
                    **ceilings)
         print(json.dumps(env), file=out, flush=True)
         model = load_model(args.model, dtype="bfloat16", device=DEVICE)
@@ -291,7 +294,7 @@ def main() -> None:
             model.compile_blocks()
         v = model.config.vocab_size  # LLaDA's ids for the 8B shape; the last ids of a small vocab otherwise
         special = SpecialIds(mask=126336, eos=126081, eot=(126081, 126348)) if v > 126336 else SpecialIds(v - 1, v - 2, (v - 2,))
-        check_graph(model, out)
+        check_graph(model, args, out)
         steps = bench_steps(model, special, args, ceilings, out)
         timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}
         e2e = bench_e2e(model, special, args, out, timed)

@@ -144,7 +144,7 @@ class Learn2PDLM(LM):
             self._configs[gen_length] = GenerationConfig(
                 gen_length=gen_length, block_length=int(a.block_length), steps=None if a.steps is None else int(a.steps),
                 temperature=float(a.temperature), cache=a.cache, eotp=bool(a.eotp), seed=int(a.seed),
-                cuda_graph=self._cuda_graph)
+                cuda_graph=self._cuda_graph, compile=bool(a.compile))
         return self._configs[gen_length]
 
     def _gen_length(self, gen_kwargs: dict) -> int:

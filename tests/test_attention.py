@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from l2pd_eval.caches import StepInput, make_strategy
-from l2pd_eval.model import LLaDAConfig, attention
+from l2pd_eval.model import LLaDAConfig
 from l2pd_eval.model.attention import cache_attention, flash_splits_keys
 from l2pd_eval.model.loading import random_model
 
@@ -71,7 +71,7 @@ def test_flash_choice_is_as_exact_as_sdpa(queries, keys):
 @cuda
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 @pytest.mark.parametrize("compiled", [False, True])
-def test_cached_model_step_matches_sdpa_and_eager(cache, compiled, monkeypatch):
+def test_cached_model_step_matches_sdpa_and_eager(cache, compiled):
     cfg = LLaDAConfig(d_model=512, n_layers=2, n_heads=4, mlp_hidden_size=1024, vocab_size=512, embedding_size=512,
                       max_sequence_length=2048)
     model = random_model(cfg, torch.bfloat16, "cuda", seed=0)
@@ -81,9 +81,8 @@ def test_cached_model_step_matches_sdpa_and_eager(cache, compiled, monkeypatch):
     x = torch.randint(0, 512, (2, total), device="cuda")
     pos = torch.arange(total, device="cuda").expand(2, total)
 
-    def steps(enabled: bool, rows: int, graph: bool = True):
-        monkeypatch.setattr(attention, "ENABLED", enabled)
-        strat = make_strategy(cache, model, rows, total, cuda_graph=graph)
+    def steps(split_keys: bool, rows: int, graph: bool = True):
+        strat = make_strategy(cache, model, rows, total, cuda_graph=graph, split_keys=split_keys)
         strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, refresh=True))
         return [strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, refresh=False)) for _ in range(3)]
 

@@ -11,7 +11,14 @@ import pytest
 import torch
 from end_at_policy import EndAt
 
-from l2pd_eval.caches import GraphedDualCache, GraphedPrefixCache, StepInput, make_strategy
+from l2pd_eval.caches import (
+    GraphedDualCache,
+    GraphedPrefixCache,
+    StepInput,
+    exact_rows,
+    make_strategy,
+    row_bucket,
+)
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.policies import Policy, get_policy
@@ -68,13 +75,16 @@ def test_graphs_are_captured_once_per_shape_and_replayed(cuda_tiny, cache, cls):
         for key_mask in (None, mask):
             outs = []
             for strat in (eager, graphed):
-                before = model.positions_computed
                 strat.logits(StepInput(x, pos, key_mask, block, total, refresh=True))
-                steps = [strat.logits(StepInput(x, pos, key_mask, block, total, refresh=False)) for _ in range(3)]
-                outs.append((steps, model.positions_computed - before))
+                cost = strat.positions
+                steps = []
+                for _ in range(3):
+                    steps.append(strat.logits(StepInput(x, pos, key_mask, block, total, refresh=False)))
+                    cost += strat.positions
+                outs.append((steps, cost))
             (e_steps, e_cost), (g_steps, g_cost) = outs
             assert all(torch.equal(e, g) for e, g in zip(e_steps, g_steps, strict=True))
-            assert e_cost == g_cost  # replays count the positions they compute, captures nothing extra
+            assert e_cost == g_cost  # replays report the positions they compute, padding rows nothing extra
     # one graph per (rows, length, chunk width, masked): dual reuses its two across blocks, prefix needs new ones
     assert len(graphed._graphs) == (2 if cache == "dual" else 4)
     assert all(g.graph is not None for g in graphed._graphs.values())  # each shape ran 3 times: recorded
@@ -132,15 +142,17 @@ def test_graph_count_is_bounded(cuda_tiny):
     assert sorted(k[2] for k in strat._graphs) == [8, 16, 24, 32]  # the chunks of the four latest blocks
 
 
-def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny):
-    """Rows finishing one by one pad up to a row bucket (8, then 4 here): two captures, not one per row count,
-    and the real rows' logits stay identical to eager ones."""
+@pytest.mark.parametrize("graph_rows, shapes", [(row_bucket, [4, 8]), (exact_rows, [3, 5, 6, 8])])
+def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny, graph_rows, shapes):
+    """Rows finishing one by one pad up to a row bucket (8, then 4 here): two captures, not one per row count
+    (what ``graph_rows=exact_rows`` does), and the real rows' logits stay identical to eager ones."""
     model, _ = cuda_tiny
     torch.manual_seed(2)
     total, block = 40, (16, 24)
     x = torch.randint(0, model.config.vocab_size, (8, total), device="cuda")
     pos = torch.arange(total, device="cuda").expand(8, total)
-    eager, graphed = make_strategy("dual", model, 8, total), make_strategy("dual", model, 8, total, cuda_graph=True)
+    eager = make_strategy("dual", model, 8, total)
+    graphed = make_strategy("dual", model, 8, total, cuda_graph=True, graph_rows=graph_rows)
     for strat in (eager, graphed):
         strat.logits(StepInput(x, pos, None, block, total, refresh=True))
     rows = torch.arange(8, device="cuda")
@@ -153,4 +165,4 @@ def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny):
         for _ in range(3):  # eager, record + replay, replay
             e, g = (s.logits(StepInput(x[rows], pos[rows], None, block, total, refresh=False)) for s in (eager, graphed))
             assert torch.equal(e, g)
-    assert sorted(k[0] for k in graphed._graphs) == [4, 8]
+    assert sorted(k[0] for k in graphed._graphs) == shapes

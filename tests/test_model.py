@@ -90,6 +90,18 @@ def test_grouped_query_attention_and_random_preset(tmp_path):
     assert isinstance(rnd.new_cache(1, 4), KVCache)
 
 
+def test_compile_blocks_touches_dynamos_limit_only_as_its_signature_says(monkeypatch):
+    import torch._dynamo
+
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
+    load_model("random:tiny").compile_blocks(recompile_limit=None)
+    assert torch._dynamo.config.recompile_limit == 8
+    load_model("random:tiny").compile_blocks()
+    assert torch._dynamo.config.recompile_limit == 64
+    load_model("random:tiny").compile_blocks(recompile_limit=16)  # raises, never lowers
+    assert torch._dynamo.config.recompile_limit == 64
+
+
 @pytest.mark.parametrize("pretrained, message", [
     ("random:llada-70b", "valid choices: random:llada-8b"),
     ("./does/not/exist", "neither a checkpoint directory nor a hub id"),

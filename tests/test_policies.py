@@ -154,13 +154,20 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
 
 
 def _strategy_logits(model, name, x, block, refresh_first=True):
+    """Both steps' logits and query positions: counted at the model's input, and as the strategy reports."""
     strat = make_strategy(name, model, x.shape[0], x.shape[1])
     pos = torch.arange(x.shape[1]).expand_as(x)
-    before = model.positions_computed
-    first = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=True))
-    mid = model.positions_computed
-    later = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=False))
-    return first, later, mid - before, model.positions_computed - mid
+    computed = []
+    hook = model.register_forward_pre_hook(lambda _m, args: computed.append(args[0].numel()))
+    try:
+        first = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=True))
+        reported = [strat.positions]
+        later = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=False))
+        reported.append(strat.positions)
+    finally:
+        hook.remove()
+    assert reported == computed
+    return first, later, computed[0], computed[1]
 
 
 def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(tiny):

@@ -1,221 +1,33 @@
-"""Forward strategies: how one decoding step turns the sequence into the current block's logits.
-
-``none`` recomputes everything each step. ``prefix`` (Fast-dLLM) computes the whole sequence at the
-first step of a block, keeps the keys/values before the block, and recomputes block + suffix afterwards.
-``dual`` keeps prefix and suffix and recomputes only the block. The first step of every block is a full
-forward in all three, so their logits agree exactly there; later steps are the caches' approximation.
-"""
+"""Forward strategies (``none``/``prefix``/``dual``, ``strategies.py``) and their CUDA-graph replay
+(``graphs.py``); ``make_strategy`` picks one from the run's settings."""
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 
-import torch
-from torch import Tensor
+from l2pd_eval.caches.graphs import (
+    GRAPHED,
+    MAX_GRAPHS,
+    GraphedDualCache,
+    GraphedPrefixCache,
+    GraphReplay,
+    exact_rows,
+    row_bucket,
+)
+from l2pd_eval.caches.strategies import CACHES, STRATEGIES, DualCache, ForwardStrategy, PrefixCache, StepInput
+from l2pd_eval.model.llada import LLaDA
 
-from l2pd_eval.model.llada import KVCache, LLaDA
-
-CACHES = ("none", "prefix", "dual")
-MAX_GRAPHS = 16  # CUDA graphs kept per decode (each holds its block logits); see _GraphReplay
-
-
-@dataclass
-class StepInput:
-    """What the engine hands a strategy for the rows currently decoding (all sliced to ``[:, :length]``)."""
-
-    x: Tensor                # [n, length] tokens
-    pos: Tensor              # [n, length] rope positions
-    key_mask: Tensor | None  # [n, length] bool or None when every key is visible
-    block: tuple[int, int]   # absolute [start, end) of the current block
-    length: int              # live sequence length (EoTP may have cut the tail)
-    refresh: bool            # first forward of this block
+__all__ = ["CACHES", "MAX_GRAPHS", "DualCache", "ForwardStrategy", "GraphReplay", "GraphedDualCache",
+           "GraphedPrefixCache", "PrefixCache", "StepInput", "exact_rows", "make_strategy", "row_bucket"]
 
 
-class ForwardStrategy:
-    name = "none"
-
-    def __init__(self, model: LLaDA, batch: int, total_length: int):
-        self.model = model
-
-    def logits(self, s: StepInput) -> Tensor:
-        bs, be = s.block
-        return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(bs, be))
-
-    def keep(self, idx: Tensor) -> None:
-        """Rows ``idx`` (indices into the current rows) go on decoding this block; drop the others' state."""
-
-
-class PrefixCache(ForwardStrategy):
-    name = "prefix"
-    recompute_suffix = True
-
-    def __init__(self, model: LLaDA, batch: int, total_length: int):
-        super().__init__(model, batch, total_length)
-        self._buffer = model.new_cache(batch, total_length)  # allocated once; blocks use its leading rows
-        self.kv: KVCache | None = None
-
-    def logits(self, s: StepInput) -> Tensor:
-        if s.refresh:
-            bs, be = s.block
-            n = s.x.shape[0]
-            self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
-            return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
-                              logits_slice=slice(bs, be))
-        return self._cached_step(s)
-
-    def _chunk(self, s: StepInput) -> tuple[int, int]:
-        """Absolute [start, end) of the positions a cached step recomputes."""
-        bs, be = s.block
-        return bs, (s.length if self.recompute_suffix else be)
-
-    def _cached_step(self, s: StepInput) -> Tensor:
-        (bs, be), (start, end) = s.block, self._chunk(s)
-        return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
-                          kv_len=s.length, logits_slice=slice(0, be - bs))
-
-    def keep(self, idx: Tensor) -> None:
-        n = idx.numel()
-        for t in self._buffer.k + self._buffer.v:
-            t[:n] = t.index_select(0, idx)
-        self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
-
-
-class DualCache(PrefixCache):
-    name = "dual"
-    recompute_suffix = False
-
-
-@dataclass
-class _Graph:
-    x: Tensor            # [rows, width] static inputs, refilled before each replay
-    pos: Tensor
-    idx: Tensor          # [width] absolute cache slots the chunk writes
-    mask: Tensor | None  # [rows, length] key mask, for graphs of padded or EoTP-cut batches
-    run: Callable[[], Tensor]               # the step on these buffers: eager, or recorded
-    graph: torch.cuda.CUDAGraph | None = None  # recorded at the shape's second step
-    out: Tensor | None = None               # [rows, block, V] logits written by the replay
-
-
-def row_bucket(n: int, batch: int) -> int:
-    """Rows a graph is captured for: 1, 2, 4, 8, then multiples of 8, never more than the batch."""
-    bucket = 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
-    return min(bucket, batch)
-
-
-class _GraphReplay:
-    """Mixin for the prefix and dual caches: cached steps replay CUDA graphs.
-
-    A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than the ~5 ms it
-    takes to stream the weights. One graph per shape (row bucket, live length, chunk width, key mask or
-    not), so padded batches, EoTP cuts and rows leaving a block early replay too. Rows are padded up to a
-    bucket (``row_bucket``): with threshold-like policies rows finish a block one by one, and a graph per
-    row count would mean a capture at nearly every step. Padding rows compute on rows of the KV buffer no
-    one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
-    The first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
-    recording must not); the second records the graph, which executes nothing, and replays it. A shape
-    met once costs no recording: the prefix cache has a new shape every block, and with threshold or
-    Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
-    ``max_graphs`` shapes are kept (least recently used dropped).
-    """
-
-    max_graphs = MAX_GRAPHS
-
-    def __init__(self, model: LLaDA, batch: int, total_length: int):
-        super().__init__(model, batch, total_length)
-        self._batch = batch
-        self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
-        self._pool = None  # memory pool shared by all graphs, from the first capture on
-        self._stream = None  # side stream that captures run on
-
-    def _cached_step(self, s: StepInput) -> Tensor:
-        if self.model.device.type != "cuda":
-            return super()._cached_step(s)
-        start, end = self._chunk(s)
-        n = s.x.shape[0]
-        key = (row_bucket(n, self._batch), s.length, end - start, s.key_mask is not None)
-        g = self._graphs.get(key)
-        if g is None:  # first step of this shape: eager, on the buffers a later recording will use
-            g = self._graphs[key] = self._static(key, s, start, end)
-            while len(self._graphs) > self.max_graphs:
-                self._graphs.popitem(last=False)
-            counted = self.model.positions_computed
-            result = g.run()[:n]
-            self.model.positions_computed = counted + n * (end - start)  # padding rows are not real work
-            return result
-        self._graphs.move_to_end(key)
-        g.x[:n].copy_(s.x[:, start:end])
-        g.pos[:n].copy_(s.pos[:, start:end])
-        torch.arange(start, end, out=g.idx)
-        if g.mask is not None:
-            g.mask[:n].copy_(s.key_mask)
-        if g.graph is None:
-            self._record(g)
-        g.graph.replay()
-        self.model.positions_computed += n * (end - start)
-        return g.out[:n].clone()
-
-    def _static(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> _Graph:
-        rows, length, _, masked = key
-        n = s.x.shape[0]
-        bs, be = s.block
-
-        def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
-            return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
-
-        x, pos = padded(s.x[:, start:end]), padded(s.pos[:, start:end])
-        idx = torch.arange(start, end, device=x.device)
-        mask = padded(s.key_mask) if masked else None
-        kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
-        model = self.model  # not ``self``: a strategy -> graph -> closure -> strategy cycle would keep the
-        # KV buffer (GBs at batch 16) alive after generate() until the garbage collector happens to run
-
-        def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
-            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs), write_index=idx)
-
-        return _Graph(x, pos, idx, mask, run)
-
-    def _record(self, g: _Graph) -> None:
-        """Record ``g.run`` (executes nothing: the replay that follows computes the step)."""
-        device = g.x.device
-        graph = torch.cuda.CUDAGraph()
-        # capture_begin/end rather than ``torch.cuda.graph``, which empties the allocator's cache at every
-        # capture: with a new shape per block (prefix cache) that made every later allocation a cudaMalloc.
-        if self._stream is None:
-            self._stream = torch.cuda.Stream(device)
-        self._stream.wait_stream(torch.cuda.current_stream(device))
-        counted = self.model.positions_computed
-        with torch.cuda.stream(self._stream):
-            graph.capture_begin(pool=self._pool)
-            try:
-                g.out = g.run()
-            finally:
-                graph.capture_end()
-        torch.cuda.current_stream(device).wait_stream(self._stream)
-        self.model.positions_computed = counted
-        self._pool = graph.pool() if self._pool is None else self._pool
-        g.graph = graph
-
-
-class GraphedPrefixCache(_GraphReplay, PrefixCache):
-    pass
-
-
-class GraphedDualCache(_GraphReplay, DualCache):
-    pass
-
-
-_STRATEGIES = {c.name: c for c in (ForwardStrategy, PrefixCache, DualCache)}
-
-
-_GRAPHED = {c.name: c for c in (GraphedPrefixCache, GraphedDualCache)}
-
-
-def make_strategy(name: str, model: LLaDA, batch: int, total_length: int, cuda_graph: bool = False) -> ForwardStrategy:
+def make_strategy(name: str, model: LLaDA, batch: int, total_length: int, cuda_graph: bool = False,
+                  split_keys: bool = True, graph_rows: Callable[[int, int], int] = row_bucket) -> ForwardStrategy:
     """``cuda_graph`` replays the cached steps of ``prefix``/``dual`` as CUDA graphs (no effect for ``none``,
-    whose every step is a full forward, nor off CUDA)."""
-    if name not in _STRATEGIES:
+    whose every step is a full forward, nor off CUDA), recording one graph per ``graph_rows(rows, batch)``
+    rows. ``split_keys``: see ``model.attention.cache_attention``."""
+    if name not in STRATEGIES:
         raise ValueError(f"cache={name!r} is unknown; valid choices: {', '.join(CACHES)}")
-    cls = _GRAPHED[name] if cuda_graph and name in _GRAPHED else _STRATEGIES[name]
-    return cls(model, batch, total_length)
+    if cuda_graph and name in GRAPHED:
+        return GRAPHED[name](model, batch, total_length, split_keys, graph_rows)
+    return STRATEGIES[name](model, batch, total_length, split_keys)

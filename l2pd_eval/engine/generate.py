@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches import CACHES, StepInput, make_strategy
+from l2pd_eval.caches import CACHES, ForwardStrategy, StepInput, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine import rng
+from l2pd_eval.engine.layout import LeftPadded, left_pad
 from l2pd_eval.model.llada import LLaDA
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
@@ -40,6 +41,11 @@ class GenerationConfig:
     eotp: bool = False
     seed: int = 0
     cuda_graph: bool = False  # replay the cached steps of prefix/dual as CUDA graphs (CUDA only)
+    # Speed switches, chosen at the edge (none changes what is decoded beyond float rounding):
+    compile: bool = False  # fused (torch.compile) confidence statistics; the model's blocks are compiled
+    #                        separately, by LLaDA.compile_blocks
+    split_keys: bool = True  # let batch-1 attention use the key-splitting flash kernel (model.attention)
+    graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
 
     def __post_init__(self) -> None:
         self.validate()
@@ -141,20 +147,234 @@ def _greedy(logits: Tensor) -> tuple[Tensor, Tensor]:
 @functools.cache
 def _greedy_compiled() -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """``_greedy`` as fused reductions: one pass over the bf16 logits instead of a float32 copy plus three
-    passes over it (0.9 -> 0.3 ms for 16 x 32 x 126k logits on an H100, docs/benchmarks.md)."""
+    passes over it (measured in docs/benchmarks.md)."""
     return torch.compile(_greedy, dynamic=True)
 
 
 def _predict(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
              fused: bool = False) -> tuple[Tensor, Tensor]:
     """x0 (argmax, or a Gumbel-max sample at ``temperature``) and its probability under the model.
-    ``fused`` runs the greedy statistics through ``torch.compile`` (models compiled with compile_blocks)."""
+    ``fused`` runs the greedy statistics through ``torch.compile`` (``GenerationConfig.compile``)."""
     if temperature <= 0:
         return (_greedy_compiled() if fused else _greedy)(logits)
     logits = _work(logits)
     u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(logits.dtype)
     x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
     return x0, _confidence(logits, x0)
+
+
+@dataclass
+class DecodeState:
+    """The batch being decoded, on the device except ``positions`` (host counters, read once at the end)."""
+
+    x: Tensor                 # [B, T] left-padded prompts then the answer; mask id where not yet decoded
+    layout: LeftPadded        # valid keys and rope positions of ``x`` (prompt width P = layout.width)
+    seeds: Tensor             # [B] per-prompt rng seeds
+    reference: Tensor | None  # [B, gen_length] target answers for policies that need one
+    end_ids: Tensor           # ids that end an answer
+    limit: Tensor             # [B] live sequence end per row (EoTP cuts; T when uncut)
+    positions: Tensor         # [B] host: query positions the network computed per row
+    arange: Tensor            # [T] column indices, on the device
+    counts: list[Tensor] = field(default_factory=list)  # per step: committed count per row, -1 sat out
+
+    @property
+    def prompt_width(self) -> int:
+        return self.layout.width
+
+    @property
+    def total(self) -> int:
+        return self.x.shape[1]
+
+
+@dataclass
+class BlockRows:
+    """The rows still decoding the current block (shrinks as rows finish it)."""
+
+    start: int                # absolute [start, end) of the block
+    end: int
+    idx: Tensor               # [n] row indices into the batch, on the device
+    host: list[int]           # the same on the host
+    max_limit: int            # largest live sequence end among them
+    schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
+
+    def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
+        idx = torch.tensor(keep_host, device=device)
+        self.idx = self.idx[idx]
+        self.schedule = None if self.schedule is None else self.schedule[idx]
+        self.host = [self.host[j] for j in keep_host]
+        return idx
+
+
+# An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``), the commit [n, block]
+# and the predictions x0 [n, block] of the block's rows, their new live sequence ends [n] (never later than
+# ``state.limit[rows.idx]``). The engine then fills everything past a row's end with end-of-text.
+EotpRule = Callable[[DecodeState, BlockRows, Tensor, Tensor], Tensor]
+
+
+def cut_at_first_committed_end(state: DecodeState, rows: BlockRows, commit: Tensor, x0: Tensor) -> Tensor:
+    """EoTP as in Learn2PD: once an end-of-text/turn token is committed, the answer ends there."""
+    width = commit.shape[-1]
+    is_end = commit & torch.isin(x0, state.end_ids)
+    first = torch.where(is_end.any(-1), is_end.long().argmax(-1), width)
+    return torch.minimum(state.limit[rows.idx], torch.where(first < width, rows.start + first + 1, state.total))
+
+
+def eotp_rule(config: GenerationConfig) -> EotpRule | None:
+    """The EoTP rule the config selects (None: answers always run to ``gen_length``)."""
+    return cut_at_first_committed_end if config.eotp else None
+
+
+def _start(model: LLaDA, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
+           reference: Tensor | Sequence[Sequence[int]] | None) -> DecodeState:
+    """Validate the request and lay the batch out: left-padded prompts, then ``gen_length`` masks."""
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("prompts: every prompt needs at least one token")
+    device, bsz, G = model.device, len(prompts), config.gen_length
+    P = max(len(p) for p in prompts)
+    if P + G > model.config.max_sequence_length:
+        raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
+                         f"({model.config.max_sequence_length})")
+    layout = left_pad(prompts, special.eos, device, tail=G, tail_id=special.mask)
+    seeds = torch.tensor([rng.row_seed(list(p), config.seed) for p in prompts], device=device)
+    ref = None
+    if reference is not None:
+        ref = torch.as_tensor(reference, dtype=torch.long).to(device)
+        if ref.shape != (bsz, G):
+            raise ValueError(f"reference must have shape [batch, gen_length] = [{bsz}, {G}], got {list(ref.shape)}")
+    return DecodeState(
+        x=layout.ids, layout=layout, seeds=seeds, reference=ref,
+        end_ids=torch.tensor(special.end_ids, device=device),
+        limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
+        positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+    )
+
+
+def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: Policy,
+                mask_id: int) -> BlockRows | None:
+    """The rows with masks left in block ``blk`` (one host sync), with their schedule; None if none."""
+    bsz = state.x.shape[0]
+    bs = state.prompt_width + blk * config.block_length
+    be = bs + config.block_length
+    masked_all = state.x[:, bs:be] == mask_id
+    state_host = torch.cat([masked_all.any(-1).long(), state.limit]).tolist()
+    cur_host = [i for i in range(bsz) if state_host[i]]
+    if not cur_host:
+        return None
+    cur = torch.tensor(cur_host, device=state.x.device)
+    max_limit = max(state_host[bsz + i] for i in cur_host)
+    schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
+    return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
+
+
+def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
+            strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
+    """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
+    Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
+    synced = torch.cat([masked.any(-1).long(), state.limit[rows.idx]]).tolist()
+    n = rows.idx.numel()
+    keep_host = [j for j in range(n) if synced[j]]
+    if not keep_host:
+        return None
+    rows.max_limit = max(synced[n + j] for j in keep_host)
+    if len(keep_host) < n:
+        idx = rows.keep(keep_host, state.x.device)
+        block_x, masked = block_x[idx], masked[idx]
+        strategy.keep(idx)
+    return block_x, masked
+
+
+def _forward(state: DecodeState, rows: BlockRows, strategy: ForwardStrategy, refresh: bool) -> Tensor:
+    """The block's logits for the current rows over the live sequence (hiding padding and cut tails)."""
+    length = max(rows.max_limit, rows.end)
+    key_mask = None
+    if state.layout.padded or rows.max_limit < state.total:
+        visible = state.arange[:length] < state.limit[rows.idx].unsqueeze(1)
+        key_mask = state.layout.valid[rows.idx, :length] & visible
+    logits = strategy.logits(StepInput(state.x[rows.idx, :length], state.layout.positions[rows.idx, :length],
+                                       key_mask, (rows.start, rows.end), length, refresh=refresh))
+    state.positions[rows.host] += strategy.positions // len(rows.host)
+    return logits
+
+
+def _select(policy: Policy, step: StepState) -> Tensor:
+    """The policy's commit, restricted to masked positions; a row that would stall commits its top-1."""
+    commit = policy.select(step) & step.masked
+    stalled = step.masked.any(-1) & ~commit.any(-1)  # safety net: every step makes progress
+    return commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
+
+
+def _cut(state: DecodeState, rows: BlockRows, new_limit: Tensor, eos: int) -> None:
+    """Apply an EoTP cut: everything after a row's live end is end-of-text, also tokens committed there
+    in this same step."""
+    state.x[rows.idx] = state.x[rows.idx].masked_fill(state.arange >= new_limit.unsqueeze(1), eos)
+    state.limit[rows.idx] = new_limit
+
+
+def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
+    """Per-row statistics; the one host copy after the loop."""
+    bsz, answer = state.x.shape[0], state.x[:, state.prompt_width:]
+    is_end = torch.isin(answer, state.end_ids)
+    num_tokens = torch.where(is_end.any(-1), is_end.long().argmax(-1), answer.shape[1])
+    per_step = torch.stack(state.counts, 1).tolist() if state.counts else [[] for _ in range(bsz)]
+    saved, ntok = (state.total - state.limit).tolist(), num_tokens.tolist()
+    stats = []
+    for i in range(bsz):
+        row = [c for c in per_step[i] if c >= 0]
+        stats.append(RowStats(nfe=len(row), committed_per_step=row, seconds=wall / bsz, latency=wall,
+                              num_tokens=ntok[i], eotp_saved=saved[i], positions=int(state.positions[i])))
+    return stats
+
+
+@dataclass
+class _Run:
+    """What stays fixed during one ``generate`` call."""
+
+    model: LLaDA
+    config: GenerationConfig
+    policy: Policy
+    special: SpecialIds
+    strategy: ForwardStrategy
+    eotp: EotpRule | None
+    on_step: Callable[[StepEvent], None] | None
+
+
+def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -> bool:
+    """One step of block ``blk``: predict -> select -> commit -> EoTP. False when every row is done."""
+    mask_id, BL, P = run.special.mask, run.config.block_length, state.prompt_width
+    block_x = state.x[rows.idx, rows.start:rows.end]
+    masked = block_x == mask_id
+    if step > 0:
+        narrowed = _narrow(state, rows, block_x, masked, run.strategy)
+        if narrowed is None:
+            return False
+        block_x, masked = narrowed
+    # predict
+    logits = _forward(state, rows, run.strategy, refresh=step == 0)
+    seeds = state.seeds[rows.idx]
+    x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile)
+    # select
+    if rows.schedule is not None:
+        k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
+    else:
+        k = torch.ones(len(rows.host), dtype=torch.long, device=state.x.device)
+    st = StepState(
+        conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
+        reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
+        uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
+    )
+    commit = _select(run.policy, st)
+    # commit
+    state.x[rows.idx, rows.start:rows.end] = torch.where(commit, st.x0, block_x)
+    # EoTP
+    if run.eotp is not None:
+        _cut(state, rows, run.eotp(state, rows, commit, st.x0), run.special.eos)
+    step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
+    step_counts[rows.idx] = commit.sum(-1)
+    state.counts.append(step_counts)
+    if run.on_step is not None:
+        run.on_step(StepEvent(conf=conf, x0=st.x0, masked=masked, commit=commit, step=step, block=blk,
+                              rows=rows.idx))
+    return True
 
 
 @torch.no_grad()
@@ -167,116 +387,39 @@ def generate(
     reference: Tensor | Sequence[Sequence[int]] | None = None,
     on_step: Callable[[StepEvent], None] | None = None,
 ) -> GenerationOutput:
+    """Decode an answer of ``config.gen_length`` tokens for every prompt (token ids, no special tokens added).
+
+    Prompts are left-padded with ``special.eos`` to the longest (``engine.layout``), the answer starts
+    masked (``special.mask``) at the same column P in every row and is decoded block by block. Each step of
+    a block: predict (the strategy's block logits -> x0 and its probability, greedy or Gumbel-max at
+    ``config.temperature`` with per-prompt seeds) -> select (the policy; a row that would stall commits its
+    most confident position) -> commit -> EoTP (``eotp_rule``: may cut a row's answer, filling the rest with
+    ``special.eos``). Rows whose block has no masks left sit out until the next block; there is one host
+    sync per step. ``reference`` [B, gen_length] is the target answer for policies that need one (oracle).
+    ``on_step`` sees every step's prediction and commit (trajectory recording). ``stats[i]`` counts the
+    forward passes row i took part in, its commits per step, its share of the wall time, answer tokens
+    before the first end id, positions an EoTP cut spared, and query positions computed for it.
+    """
     if not prompts:
         return GenerationOutput(torch.empty(0, config.gen_length, dtype=torch.long))
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("prompts: every prompt needs at least one token")
-    device, mask_id = model.device, special.mask
-    bsz, G, BL = len(prompts), config.gen_length, config.block_length
-    P = max(len(p) for p in prompts)
-    T = P + G
-    if T > model.config.max_sequence_length:
-        raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
-                         f"({model.config.max_sequence_length})")
-    policy.to(device)
-    lengths = torch.tensor([len(p) for p in prompts])
-    x = torch.full((bsz, T), mask_id, dtype=torch.long)
-    for i, p in enumerate(prompts):  # host-side set-up, once per batch
-        x[i, P - len(p):P] = torch.tensor(p, dtype=torch.long)
-    x[:, :P].masked_fill_(torch.arange(P) < (P - lengths).unsqueeze(1), special.eos)
-    valid = torch.arange(T) >= (P - lengths).unsqueeze(1)
-    has_pad = bool((lengths < P).any())
-    x, valid = x.to(device), valid.to(device)
-    pos = (valid.long().cumsum(-1) - 1).clamp(min=0)
-    seeds = torch.tensor([rng.row_seed(list(p), config.seed) for p in prompts], device=device)
-    ref = None
-    if reference is not None:
-        ref = torch.as_tensor(reference, dtype=torch.long).to(device)
-        if ref.shape != (bsz, G):
-            raise ValueError(f"reference must have shape [batch, gen_length] = [{bsz}, {G}], got {list(ref.shape)}")
-    end_ids = torch.tensor(special.end_ids, device=device)
-    limit = torch.full((bsz,), T, dtype=torch.long, device=device)  # live sequence end per row (EoTP cuts)
-    strategy = make_strategy(config.cache, model, bsz, T, cuda_graph=config.cuda_graph)
-    counts: list[Tensor] = []  # per step: committed count per original row, -1 when the row sat out
-    positions = torch.zeros(bsz, dtype=torch.long)
-    arange_t = torch.arange(T, device=device)
+    state = _start(model, prompts, config, special, reference)
+    policy.to(model.device)
+    strategy = make_strategy(config.cache, model, len(prompts), state.total, cuda_graph=config.cuda_graph,
+                             split_keys=config.split_keys,
+                             graph_rows=row_bucket if config.graph_row_buckets else exact_rows)
+    run = _Run(model, config, policy, special, strategy, eotp_rule(config), on_step)
+    max_steps = config.steps_per_block if policy.scheduled else config.block_length
 
-    _sync(device)
+    _sync(model.device)
     t0 = time.perf_counter()
     for blk in range(config.num_blocks):
-        bs, be = P + blk * BL, P + (blk + 1) * BL
-        masked_all = x[:, bs:be] == mask_id
-        state_host = torch.cat([masked_all.any(-1).long(), limit]).tolist()  # one sync per block start
-        cur_host = [i for i in range(bsz) if state_host[i]]
-        if not cur_host:
+        rows = _block_rows(state, blk, config, policy, special.mask)
+        if rows is None:
             continue
-        cur = torch.tensor(cur_host, device=device)
-        max_limit = max(state_host[bsz + i] for i in cur_host)
-        schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
-        max_steps = config.steps_per_block if policy.scheduled else BL
         for step in range(max_steps):
-            block_x = x[cur, bs:be]
-            masked = block_x == mask_id
-            if step > 0:
-                synced = torch.cat([masked.any(-1).long(), limit[cur]]).tolist()  # the step's one sync
-                n = cur.numel()
-                keep_host = [j for j in range(n) if synced[j]]
-                if not keep_host:
-                    break
-                max_limit = max(synced[n + j] for j in keep_host)
-                if len(keep_host) < n:
-                    idx = torch.tensor(keep_host, device=device)
-                    cur, block_x, masked = cur[idx], block_x[idx], masked[idx]
-                    schedule = None if schedule is None else schedule[idx]
-                    strategy.keep(idx)
-                    cur_host = [cur_host[j] for j in keep_host]
-            length = max(max_limit, be)
-            lim = limit[cur]
-            key_mask = None
-            if has_pad or max_limit < T:
-                key_mask = valid[cur, :length] & (arange_t[:length] < lim.unsqueeze(1))
-            before = model.positions_computed
-            logits = strategy.logits(StepInput(x[cur, :length], pos[cur, :length], key_mask, (bs, be), length,
-                                               refresh=step == 0))
-            positions[cur_host] += (model.positions_computed - before) // len(cur_host)
-            x0, conf = _predict(logits, config.temperature, seeds[cur], (blk, step, _GUMBEL), fused=model.compiled)
-            if schedule is not None:
-                k = torch.minimum(schedule[:, step], masked.sum(-1))
-            else:
-                k = torch.ones(len(cur_host), dtype=torch.long, device=device)
-            state = StepState(
-                conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=bs - P, rows=cur,
-                reference=None if ref is None else ref[cur, bs - P:be - P],
-                uniform=lambda purpose, _s=seeds[cur], _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-            )
-            commit = policy.select(state) & masked
-            stalled = masked.any(-1) & ~commit.any(-1)  # safety net: every step makes progress
-            commit |= top1_mask(state.masked_conf) & stalled.unsqueeze(-1)
-            x[cur, bs:be] = torch.where(commit, state.x0, block_x)
-            if config.eotp:
-                is_end = commit & torch.isin(state.x0, end_ids)
-                first = torch.where(is_end.any(-1), is_end.long().argmax(-1), BL)
-                new_lim = torch.minimum(lim, torch.where(first < BL, bs + first + 1, T))
-                # Everything after the cut is end-of-text, also tokens committed there in this same step.
-                x[cur] = x[cur].masked_fill(arange_t >= new_lim.unsqueeze(1), special.eos)
-                limit[cur] = new_lim
-            step_counts = torch.full((bsz,), -1, dtype=torch.long, device=device)
-            step_counts[cur] = commit.sum(-1)
-            counts.append(step_counts)
-            if on_step is not None:
-                on_step(StepEvent(conf=conf, x0=state.x0, masked=masked, commit=commit, step=step, block=blk,
-                                  rows=cur))
-    _sync(device)
+            if not _step(run, state, rows, blk, step):
+                break
+    _sync(model.device)
     wall = time.perf_counter() - t0
-
-    answer = x[:, P:]
-    is_end = torch.isin(answer, end_ids)
-    num_tokens = torch.where(is_end.any(-1), is_end.long().argmax(-1), G)
-    per_step = torch.stack(counts, 1).tolist() if counts else [[] for _ in range(bsz)]
-    saved, ntok = (T - limit).tolist(), num_tokens.tolist()
-    stats = []
-    for i in range(bsz):
-        row = [c for c in per_step[i] if c >= 0]
-        stats.append(RowStats(nfe=len(row), committed_per_step=row, seconds=wall / bsz, latency=wall,
-                              num_tokens=ntok[i], eotp_saved=saved[i], positions=int(positions[i])))
-    return GenerationOutput(tokens=answer.cpu(), stats=stats, sequences=x.cpu())
+    P = state.prompt_width
+    return GenerationOutput(tokens=state.x[:, P:].cpu(), stats=_row_stats(state, wall), sequences=state.x.cpu())

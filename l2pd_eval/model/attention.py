@@ -2,10 +2,11 @@
 
 A batch-1 cached step asks 32 heads x 32 queries to read 1000-2000 keys each. SDPA dispatches that to the
 cuDNN flash kernel on Hopper, which gives each (row, head, query tile) one thread block: 32 blocks on a
-132-SM H100, and the cache is read at about a third of the memory bandwidth. PyTorch's FlashAttention-2
+132-SM H100, and the cache is read far below the memory bandwidth. PyTorch's FlashAttention-2
 kernel cuts the keys into chunks itself when (rows x heads x query tiles) leave most SMs idle and merges the
-chunks by their log-sum-exp (flash-decoding). Measured on the H100 (docs/benchmarks.md, item 13): 23.1 ->
-17.0 us per layer at 1156 keys, 32.7 -> 21.6 us at 1924. Elsewhere SDPA's own choice stands.
+chunks by their log-sum-exp (flash-decoding); docs/benchmarks.md (item 13) has the measured per-layer
+times. Elsewhere SDPA's own choice stands. Whether to use it at all is the caller's ``split_keys`` argument
+(bench/bench_step.py --no-split-kv measures the step without it).
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-ENABLED = True  # bench/bench_step.py --no-split-kv measures the step without it
 
 
 @torch.compiler.assume_constant_result  # a device property: no guard and no graph break when compiled
@@ -31,18 +30,20 @@ def flash_splits_keys(q: Tensor, mask: Tensor | None, enable_gqa: bool = False) 
     The flash kernel takes no mask and wants 16-bit floats and a head dim that is a multiple of 8 up to
     256; equal query and key heads only, as grouped heads were not measured."""
     b, h, n, d = q.shape
-    if (not ENABLED or not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or b != 1
+    if (not q.is_cuda or q.dtype not in (torch.float16, torch.bfloat16) or b != 1
             or mask is not None or enable_gqa or d % 8 or d > 256):
         return False
     return h * -(-n // 64) < 0.8 * _sm_count(q.device.index or 0)
 
 
-def cache_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, enable_gqa: bool = False) -> Tensor:
+def cache_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, enable_gqa: bool = False,
+                    split_keys: bool = True) -> Tensor:
     """Softmax attention ``q`` over ``k``/``v`` ([B, H, *, D]); ``mask`` [B, 1, 1, L] True = visible.
+    ``split_keys`` allows the key-splitting flash kernel where ``flash_splits_keys`` picks it.
 
     ``enable_gqa`` comes from the config, not from ``k.shape``: under ``torch.compile(dynamic=True)`` the
     cache's head dim is symbolic, and a symbolic flag made inductor lower SDPA differently in the eager
     and the graph-captured step (their logits stopped being bit-identical)."""
-    if flash_splits_keys(q, mask, enable_gqa):
+    if split_keys and flash_splits_keys(q, mask, enable_gqa):
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)

@@ -72,21 +72,6 @@ class KVCache:
         return cls([torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)],
                    [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)])
 
-    @property
-    def length(self) -> int:
-        return self.k[0].shape[2]
-
-    @property
-    def batch(self) -> int:
-        return self.k[0].shape[0]
-
-    def select(self, rows: Tensor) -> KVCache:
-        """A copy restricted to some batch rows (the engine drops finished rows from a block)."""
-        return KVCache([t.index_select(0, rows) for t in self.k], [t.index_select(0, rows) for t in self.v])
-
-    def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in self.k + self.v)
-
 
 class Block(nn.Module):
     def __init__(self, cfg: LLaDAConfig):
@@ -105,7 +90,7 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
-                write_index: Tensor | None = None) -> Tensor:
+                write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
         b, n, _ = x.shape
         h = self.attn_norm(x)
         q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
@@ -121,7 +106,7 @@ class Block(nn.Module):
                 ck.index_copy_(2, write_index, k)
                 cv.index_copy_(2, write_index, v)
             k, v = ck[:, :, :kv_len], cv[:, :, :kv_len]
-        att = cache_attention(q, k, v, mask, enable_gqa=self.kv_heads != self.n_heads)
+        att = cache_attention(q, k, v, mask, enable_gqa=self.kv_heads != self.n_heads, split_keys=split_keys)
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -147,10 +132,6 @@ class LLaDA(nn.Module):
         self.config = cfg
         self.model = _Transformer(cfg)
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length)
-        # Query positions computed by forward passes since the last reset: lets tests and stats prove
-        # what a cache or EoTP really skips.
-        self.positions_computed = 0
-        self.compiled = False  # compile_blocks() ran: the engine then also compiles its vocabulary statistics
 
     @property
     def device(self) -> torch.device:
@@ -174,6 +155,7 @@ class LLaDA(nn.Module):
         kv_len: int | None = None,
         logits_slice: slice | None = None,
         write_index: Tensor | None = None,
+        split_keys: bool = True,
     ) -> Tensor:
         """Logits [B, n', V] for ``input_ids`` occupying absolute positions ``[start, start + n)``.
 
@@ -183,6 +165,7 @@ class LLaDA(nn.Module):
         to the chunk: the vocabulary projection is the largest matmul, so only the block gets it.
         ``write_index`` (device tensor of the chunk's absolute positions) replaces ``start`` for cache
         writes, so the call has no Python-int dependence on the block and can be captured in a CUDA graph.
+        ``split_keys``: allow the key-splitting attention kernel (``model.attention.cache_attention``).
         """
         b, n = input_ids.shape
         t = self.model.transformer
@@ -196,25 +179,27 @@ class LLaDA(nn.Module):
         x = t.wte(input_ids)
         for i, block in enumerate(t.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index)
+            x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         if logits_slice is not None:
             x = x[:, logits_slice]
         x = t.ln_f(x)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
-        self.positions_computed += b * n
         return F.linear(x, head)[..., : self.config.vocab_size]
 
-    def compile_blocks(self) -> LLaDA:
+    def compile_blocks(self, recompile_limit: int | None = 64) -> LLaDA:
         """``torch.compile`` every block (dynamic shapes: one graph for all chunk lengths), fusing the
         float32 RMSNorm, rotary and SwiGLU elementwise passes around the GEMMs. Opt-in: compiling costs
-        tens of seconds on first use; docs/benchmarks.md has the measured effect."""
-        # One compiled graph per guard set (cache or not, key mask or not, a single row or several,
-        # graph capture's write index...): a run meets more than dynamo's default limit of 8, past which
-        # it would silently fall back to eager for the rest.
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        tens of seconds on first use; docs/benchmarks.md has the measured effect.
+
+        A run meets one compiled graph per guard set (cache or not, key mask or not, a single row or
+        several, graph capture's write index...), more than dynamo's default limit of 8, past which it
+        silently falls back to eager. ``recompile_limit`` therefore raises dynamo's **process-wide**
+        ``recompile_limit`` to at least this value (never lowers it); pass None to leave dynamo's setting
+        alone. The engine compiles its own statistics when ``GenerationConfig.compile`` is set."""
+        if recompile_limit is not None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
         for block in self.model.transformer.blocks:
             block.forward = torch.compile(block.forward, dynamic=True)
-        self.compiled = True
         return self
 
     @torch.no_grad()

@@ -1,0 +1,140 @@
+"""CUDA-graph replay of the prefix and dual caches' cached steps."""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from l2pd_eval.caches.strategies import DualCache, PrefixCache, StepInput
+from l2pd_eval.model.llada import KVCache, LLaDA
+
+MAX_GRAPHS = 16  # CUDA graphs kept per decode (each holds its block logits); see GraphReplay
+
+
+@dataclass
+class _Graph:
+    x: Tensor            # [rows, width] static inputs, refilled before each replay
+    pos: Tensor
+    idx: Tensor          # [width] absolute cache slots the chunk writes
+    mask: Tensor | None  # [rows, length] key mask, for graphs of padded or EoTP-cut batches
+    run: Callable[[], Tensor]               # the step on these buffers: eager, or recorded
+    graph: torch.cuda.CUDAGraph | None = None  # recorded at the shape's second step
+    out: Tensor | None = None               # [rows, block, V] logits written by the replay
+
+
+def row_bucket(n: int, batch: int) -> int:
+    """Rows a graph is captured for: 1, 2, 4, 8, then multiples of 8, never more than the batch."""
+    bucket = 1 << (n - 1).bit_length() if n <= 8 else -(-n // 8) * 8
+    return min(bucket, batch)
+
+
+def exact_rows(n: int, batch: int) -> int:
+    """No bucketing: one graph per row count (what the bucket rule is measured against)."""
+    return n
+
+
+class GraphReplay:
+    """Mixin for the prefix and dual caches: cached steps replay CUDA graphs.
+
+    A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than streaming the
+    weights. One graph per shape (row bucket, live length, chunk width, key mask or not), so padded
+    batches, EoTP cuts and rows leaving a block early replay too. Rows are padded up to a bucket
+    (``rows``, by default ``row_bucket``): with threshold-like policies rows finish a block one by one, and a
+    graph per row count would mean a capture at nearly every step. Padding rows compute on rows of the KV
+    buffer no one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
+    The first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
+    recording must not); the second records the graph, which executes nothing, and replays it. A shape
+    met once costs no recording: the prefix cache has a new shape every block, and with threshold or
+    Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
+    ``max_graphs`` shapes are kept (least recently used dropped).
+    """
+
+    max_graphs = MAX_GRAPHS
+
+    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True,
+                 rows: Callable[[int, int], int] = row_bucket):
+        super().__init__(model, batch, total_length, split_keys)
+        self._batch = batch
+        self._rows = rows
+        self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
+        self._pool = None  # memory pool shared by all graphs, from the first capture on
+        self._stream = None  # side stream that captures run on
+
+    def _cached_step(self, s: StepInput) -> Tensor:
+        if self.model.device.type != "cuda":
+            return super()._cached_step(s)
+        start, end = self._chunk(s)
+        n = s.x.shape[0]
+        key = (self._rows(n, self._batch), s.length, end - start, s.key_mask is not None)
+        g = self._graphs.get(key)
+        if g is None:  # first step of this shape: eager, on the buffers a later recording will use
+            g = self._graphs[key] = self._static(key, s, start, end)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+            return g.run()[:n]
+        self._graphs.move_to_end(key)
+        g.x[:n].copy_(s.x[:, start:end])
+        g.pos[:n].copy_(s.pos[:, start:end])
+        torch.arange(start, end, out=g.idx)
+        if g.mask is not None:
+            g.mask[:n].copy_(s.key_mask)
+        if g.graph is None:
+            self._record(g)
+        g.graph.replay()
+        return g.out[:n].clone()
+
+    def _static(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> _Graph:
+        rows, length, _, masked = key
+        n = s.x.shape[0]
+        bs, be = s.block
+
+        def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
+            return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
+
+        x, pos = padded(s.x[:, start:end]), padded(s.pos[:, start:end])
+        idx = torch.arange(start, end, device=x.device)
+        mask = padded(s.key_mask) if masked else None
+        kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
+        model, split_keys = self.model, self.split_keys  # not ``self``: a strategy -> graph -> closure ->
+        # strategy cycle would keep the KV buffer (GBs at batch 16) alive after generate() until the
+        # garbage collector happens to run
+
+        def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
+            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs), write_index=idx,
+                         split_keys=split_keys)
+
+        return _Graph(x, pos, idx, mask, run)
+
+    def _record(self, g: _Graph) -> None:
+        """Record ``g.run`` (executes nothing: the replay that follows computes the step)."""
+        device = g.x.device
+        graph = torch.cuda.CUDAGraph()
+        # capture_begin/end rather than ``torch.cuda.graph``, which empties the allocator's cache at every
+        # capture: with a new shape per block (prefix cache) that made every later allocation a cudaMalloc.
+        if self._stream is None:
+            self._stream = torch.cuda.Stream(device)
+        self._stream.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(self._stream):
+            graph.capture_begin(pool=self._pool)
+            try:
+                g.out = g.run()
+            finally:
+                graph.capture_end()
+        torch.cuda.current_stream(device).wait_stream(self._stream)
+        self._pool = graph.pool() if self._pool is None else self._pool
+        g.graph = graph
+
+
+class GraphedPrefixCache(GraphReplay, PrefixCache):
+    pass
+
+
+class GraphedDualCache(GraphReplay, DualCache):
+    pass
+
+
+GRAPHED: dict[str, type[GraphReplay]] = {c.name: c for c in (GraphedPrefixCache, GraphedDualCache)}
