@@ -10,9 +10,9 @@ estimated from ``mc_num`` samples. The mask counts of one request are stratified
 ``mc_num / L`` up to one sample, like LLaDA's low-discrepancy choice, but over the whole request rather than
 per mini-batch, so the estimate does not depend on how samples are batched.
 
-Each request draws its samples from its own ``torch.Generator``, seeded from the run seed and the request's
-token ids (not its position in the list): results are identical under any batching, ``mc_batch_size`` or request
-order, and identical on CPU and GPU (masks are drawn on the CPU).
+Each request draws its samples from its own ``torch.Generator``, seeded (``rng.row_seed``) from the run seed and
+the request's token ids (not its position in the list): results are identical under any batching,
+``mc_batch_size`` or request order, and identical on CPU and GPU (masks are drawn on the CPU).
 
 ``is_greedy`` follows LLaDA's evaluation: starting from the context with the whole continuation masked, unmask one
 position per forward pass (the most confident one, filled with its argmax); the continuation is "greedy" when
@@ -23,7 +23,6 @@ reports False (LLaDA's ``is_check_greedy=False``), which multiple-choice metrics
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -31,6 +30,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from l2pd_eval.engine import rng
+from l2pd_eval.engine.greedy import unmask_most_confident
+from l2pd_eval.engine.layout import LeftPadded, left_pad
 
 log = logging.getLogger(__name__)
 
@@ -88,14 +91,6 @@ def truncate_pair(context: Sequence[int], continuation: Sequence[int], max_lengt
     return list(context)[max(0, len(context) - keep):], list(continuation)
 
 
-def request_seed(seed: int, context: Sequence[int], continuation: Sequence[int]) -> int:
-    """A 63-bit seed from the run seed and the pair's ids: stable across processes, orders and batchings."""
-    h = hashlib.blake2b(digest_size=8)
-    for part in (seed, len(context), *context, -1, *continuation):
-        h.update(int(part).to_bytes(8, "little", signed=True))
-    return int.from_bytes(h.digest(), "little") & (2**63 - 1)
-
-
 def sample_masks(length: int, mc_num: int, generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """(mask counts [mc_num] in 1..length, stratified; masks [mc_num, length] bool with that many True each)."""
     u = torch.rand((), generator=generator, dtype=torch.float64)
@@ -106,33 +101,13 @@ def sample_masks(length: int, mc_num: int, generator: torch.Generator) -> tuple[
     return counts, ranks < counts[:, None]
 
 
-@dataclass
-class _Padded:
-    """Left-padded rows: every continuation ends at the right edge, so the logits window is only ``max L``
-    wide even when requests of different lengths share a batch (the vocabulary projection dominates memory)."""
-
-    ids: Tensor
-    key_mask: Tensor | None
-    position_ids: Tensor | None
-
-    @classmethod
-    def build(cls, rows: Sequence[Tensor], pad_id: int, device) -> _Padded:
-        lengths = torch.tensor([r.shape[0] for r in rows])
-        width = int(lengths.max())
-        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-        for i, row in enumerate(rows):
-            ids[i, width - row.shape[0]:] = row
-        if int(lengths.min()) == width:  # no padding: the plain (mask-free) attention path
-            return cls(ids.to(device), None, None)
-        offset = (width - lengths)[:, None]
-        pos = torch.arange(width)[None, :] - offset
-        return cls(ids.to(device), (pos >= 0).to(device), pos.clamp(min=0).to(device))
-
-    def forward(self, model, window: int) -> Tensor:
-        """Logits of the last ``window`` positions, in float32 or wider."""
-        logits = model(self.ids, position_ids=self.position_ids, key_mask=self.key_mask,
-                       logits_slice=slice(self.ids.shape[1] - window, None))
-        return _at_least_float32(logits)
+def _window_logits(model, layout: LeftPadded, window: int) -> Tensor:
+    """Logits of the last ``window`` positions, in float32 or wider. Rows are left-padded, so every
+    continuation ends at the right edge and the window is only ``max L`` wide even when requests of
+    different lengths share a batch (the vocabulary projection dominates memory)."""
+    logits = model(layout.ids, position_ids=layout.positions, key_mask=layout.key_mask,
+                   logits_slice=slice(layout.ids.shape[1] - window, None))
+    return _at_least_float32(logits)
 
 
 def _at_least_float32(logits: Tensor) -> Tensor:
@@ -165,7 +140,7 @@ def mc_loglikelihood(model, pairs: Sequence[Pair], mask_id: int, config: Loglike
             current.clear()  # rows are consumed in order: only the request being batched is held
             i = order[slot]
             (c, y), L = pairs[i], cont_lens[i]
-            gen = torch.Generator().manual_seed(request_seed(config.seed, c, y))
+            gen = torch.Generator().manual_seed(rng.row_seed([*c, -1, *y], config.seed))  # -1: the boundary
             counts, masks = sample_masks(L, n, gen)
             full = torch.zeros(n, len(seqs[i]), dtype=torch.bool)
             full[:, ctx_lens[i]:] = masks
@@ -187,10 +162,10 @@ def mc_loglikelihood(model, pairs: Sequence[Pair], mask_id: int, config: Loglike
             mask_rows.extend(masks[lo:hi].long())
             weights.append(w[lo:hi])
             window = max(window, cont_lens[i])
-        batch = _Padded.build(noisy_rows, mask_id, device)
-        target = _Padded.build(clean_rows, mask_id, device).ids[:, -window:]
-        masked = _Padded.build(mask_rows, 0, device).ids[:, -window:].bool()
-        logits = batch.forward(model, window)
+        batch = left_pad(noisy_rows, mask_id, device)
+        target = left_pad(clean_rows, mask_id, device).ids[:, -window:]
+        masked = left_pad(mask_rows, 0, device).ids[:, -window:].bool()
+        logits = _window_logits(model, batch, window)
         nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
         per_row = torch.where(masked, nll, 0.0).double().sum(dim=1) * torch.cat(weights).to(device)
         row_loss[start:stop] = per_row
@@ -219,22 +194,15 @@ def greedy_matches(model, pairs: Sequence[Pair], mask_id: int, batch_size: int) 
     out = [False] * len(pairs)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
-        clean = _Padded.build([torch.tensor([*pairs[i][0], *pairs[i][1]], dtype=torch.long) for i in idx],
-                              mask_id, device)
+        layout = left_pad([torch.tensor([*pairs[i][0], *pairs[i][1]], dtype=torch.long) for i in idx],
+                          mask_id, device)
         cont = torch.tensor([len(pairs[i][1]) for i in idx], device=device)
         window = int(cont.max())
-        target = clean.ids[:, -window:]
+        target = layout.ids[:, -window:].clone()
         cont_region = torch.arange(window, device=device)[None, :] >= (window - cont)[:, None]
-        masked = cont_region.clone()
-        state = _Padded(clean.ids.clone(), clean.key_mask, clean.position_ids)
-        x = state.ids[:, -window:]  # a view: writes land in the model's input
-        x[masked] = mask_id
-        for _ in range(window):
-            conf, token = state.forward(model, window).softmax(dim=-1).max(dim=-1)
-            pick = torch.where(masked, conf, -1.0).argmax(dim=1)
-            rows = masked.any(dim=1).nonzero().squeeze(1)
-            x[rows, pick[rows]] = token[rows, pick[rows]]
-            masked[rows, pick[rows]] = False
+        x = layout.ids[:, -window:]  # a view: the decode writes here
+        x[cont_region] = mask_id
+        unmask_most_confident(model, layout, slice(layout.ids.shape[1] - window, None), cont_region.clone(), window)
         same = torch.where(cont_region, x == target, True).all(dim=1)
         for i, ok in zip(idx, same.tolist(), strict=True):
             out[i] = bool(ok)

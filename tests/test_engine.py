@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l2pd_eval.engine import GenerationConfig, generate, linear_schedule
+from l2pd_eval.engine import GenerationConfig, generate, left_pad, linear_schedule
 from l2pd_eval.policies import get_policy
 
 
@@ -66,6 +66,22 @@ def test_stats_count_forward_positions_and_tokens(tiny, prompts):
     assert st.positions == st.nfe * (len(prompts[0]) + 16)  # no cache: every step computes the whole sequence
     assert 0 <= st.num_tokens <= 16 and st.seconds > 0 and st.latency >= st.seconds
     assert st.tokens_per_forward == pytest.approx(1.0)
+
+
+def test_left_pad_layout_hides_the_padding(tiny):
+    """The one layout engine, likelihood and testbed share: rows right-aligned, a tail after them, padding
+    invisible to attention and rope positions from each row's first token, so a padded row computes as alone."""
+    model = tiny[0]
+    lay = left_pad([[5, 6, 7], [8, 9]], pad_id=0, tail=2, tail_id=4)
+    assert lay.ids.tolist() == [[5, 6, 7, 4, 4], [0, 8, 9, 4, 4]] and lay.width == 3
+    assert lay.positions.tolist() == [[0, 1, 2, 3, 4], [0, 0, 1, 2, 3]]
+    assert lay.valid.tolist() == [[True] * 5, [False] + [True] * 4] and lay.key_mask is lay.valid
+    batched = model(lay.ids, lay.positions, lay.key_mask)
+    torch.testing.assert_close(batched[1:, 1:], model(torch.tensor([[8, 9, 4, 4]])), rtol=0, atol=1e-10)
+    even = left_pad([[1, 2], [3, 4]], pad_id=0)
+    assert even.key_mask is None and not even.padded and even.positions.tolist() == [[0, 1], [0, 1]]
+    with pytest.raises(ValueError, match="tail_id"):
+        left_pad([[1]], pad_id=0, tail=2)
 
 
 @pytest.mark.parametrize("kwargs, message", [

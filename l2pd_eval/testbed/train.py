@@ -33,6 +33,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2pd_eval.engine.greedy import unmask_most_confident
+from l2pd_eval.engine.layout import left_pad
 from l2pd_eval.testbed.data import (
     ANSWER_RE,
     DEFAULT_TEST_SEED,
@@ -268,30 +270,16 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
 def vanilla_decode(model, prompts: Sequence[Sequence[int]], gen_length: int, block_length: int,
                    mask_id: int, pad_id: int) -> Tensor:
     """Reference decoder for monitoring: semi-autoregressive blocks, greedy, one token per step (the
-    most confident masked one). Prompts are left-padded and hidden by the key mask. Returns
-    the answer region [B, gen_length]."""
+    most confident masked one, ``engine.greedy``). Prompts are left-padded and hidden by the key mask.
+    Returns the answer region [B, gen_length]."""
     if gen_length % block_length:
         raise ValueError(f"gen_length={gen_length} must be a multiple of block_length={block_length}")
-    device = model.device
-    b, p = len(prompts), max(len(q) for q in prompts)
-    x = torch.full((b, p + gen_length), mask_id, dtype=torch.long, device=device)
-    key = torch.ones_like(x, dtype=torch.bool)
-    for i, q in enumerate(prompts):
-        x[i, : p - len(q)] = pad_id
-        key[i, : p - len(q)] = False
-        x[i, p - len(q): p] = torch.tensor(list(q), device=device)
-    pos = (key.long().cumsum(1) - 1).clamp(min=0)
-    rows = torch.arange(b, device=device)
+    layout = left_pad(prompts, pad_id, model.device, tail=gen_length, tail_id=mask_id)
+    p = layout.width
     for start in range(p, p + gen_length, block_length):
         window = slice(start, start + block_length)
-        for _ in range(block_length):
-            logits = model(x, position_ids=pos, key_mask=key, logits_slice=window).float()
-            conf, pred = logits.softmax(-1).max(-1)
-            masked = x[:, window] == mask_id
-            pick = conf.masked_fill(~masked, -1.0).argmax(-1)
-            block = x[:, window]
-            block[rows, pick] = torch.where(masked[rows, pick], pred[rows, pick], block[rows, pick])
-    return x[:, p:]
+        unmask_most_confident(model, layout, window, layout.ids[:, window] == mask_id, block_length)
+    return layout.ids[:, p:]
 
 
 def extract(text: str) -> str | None:
