@@ -21,6 +21,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from l2pd_eval.policies.base import top1_mask
+
 from .data import Trajectories
 from .model import COMMITTED_CONF, FilterConfig, L2PFilter
 
@@ -133,7 +135,7 @@ def evaluate_filter(filt: L2PFilter, traj: Trajectories, threshold: float | None
     logits = filt(x)
     probs = torch.sigmoid(logits)
     conf = torch.nan_to_num(traj.conf.float(), nan=0.0, neginf=0.0).to(device)
-    top1 = F.one_hot(torch.where(masked, conf, torch.full_like(conf, -1.0)).argmax(-1), traj.block_length).bool() & masked
+    top1 = top1_mask(torch.where(masked, conf, torch.full_like(conf, -1.0))) & masked  # the vanilla commit
     rows = masked.any(-1)
 
     def decision_stats(accept: torch.Tensor) -> dict[str, float]:
