@@ -12,8 +12,10 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.model import SpecialIds, load_model, save_model
+from l2pd_eval.model import SpecialIds, load_model, load_tokenizer, save_model
 from l2pd_eval.model.dream import PRESETS, Dream, DreamConfig
+from l2pd_eval.model.family import family_of
+from l2pd_eval.model.tiny import write_tiny_dream
 from l2pd_eval.policies import get_policy
 
 CONFIG = {  # Dream-v0's config.json keys, tiny values (head_dim 8, 4 query heads over 2 KV heads)
@@ -179,15 +181,17 @@ def test_presets_save_and_unsupported_variants(tmp_path):
         DreamConfig.from_dict({**CONFIG, "use_sliding_window": True})
 
 
-def test_special_ids_follow_the_family(dream):
-    from tokenizers import Tokenizer, models
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {t: i for i, t in enumerate(["a", "b", "<|endoftext|>", "<|im_end|>", "<|mask|>", "<|beginoftext|>"])}
-    tok = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="a")),
-                                  unk_token="a", eos_token="<|endoftext|>", bos_token="<|beginoftext|>")
-    special = SpecialIds.resolve(tok, dream.config)
-    assert (special.mask, special.eos, special.end_ids, special.bos) == (4, 2, (2, 3), 5)
+def test_tiny_dream_checkpoint_and_special_ids_follow_the_family(dream, tmp_path):
+    directory = write_tiny_dream(tmp_path / "tiny-dream")
+    model, tok = load_model(str(directory), dtype="float64"), load_tokenizer(directory)
+    assert isinstance(model, Dream) and family_of(model.config).add_bos
+    special = SpecialIds.resolve(tok, model.config)
+    ids = tok.convert_tokens_to_ids
+    assert special.mask == ids("<|mask|>") == model.config.mask_token_id
+    assert (special.eos, special.end_ids, special.bos) == (ids("<|endoftext|>"), (ids("<|endoftext|>"), ids("<|im_end|>")),
+                                                          ids("<|beginoftext|>"))
+    text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
+    assert text == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
     # Without a tokenizer: config.json's ids, and the family's end of turn (151645) where the vocabulary has it.
     hub = SpecialIds.resolve(None, DreamConfig())
     assert (hub.mask, hub.eos, hub.end_ids) == (151666, 151643, (151643, 151645))

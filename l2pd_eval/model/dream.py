@@ -23,7 +23,6 @@ forward's predictions. Position 0 of a sequence (no predecessor) repeats its own
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -32,11 +31,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
+from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.llada import KVCache, LLaDA, RMSNorm, Rotary
 
 
 @dataclass
-class DreamConfig:
+class DreamConfig(FileConfig):
     """The subset of Dream's ``config.json`` the network needs; names are the file's own (Qwen2's).
 
     The properties give the family-neutral names the engine, KV cache and benchmarks read (``n_layers``,
@@ -62,6 +62,9 @@ class DreamConfig:
     bos_token_id: int | None = None
     initializer_range: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    model_type: ClassVar[str] = "Dream"
+    architectures: ClassVar[tuple[str, ...]] = ("DreamModel",)
 
     @property
     def d_model(self) -> int:
@@ -95,31 +98,13 @@ class DreamConfig:
     def init_std(self) -> float:
         return self.initializer_range
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> DreamConfig:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        cfg = cls(**{k: v for k, v in raw.items() if k in names})
-        cfg.extra = {k: v for k, v in raw.items() if k not in names}
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
-        out.update(self.extra)
-        out.setdefault("model_type", "Dream")
-        out.setdefault("architectures", ["DreamModel"])
-        return out
-
     def validate(self) -> None:
         """Reject variants this implementation does not compute, instead of silently computing another net."""
-        checks = {
+        self.check_choices({
             "hidden_act": (self.hidden_act, {"silu"}),
             "use_sliding_window": (self.use_sliding_window, {False}),
             "rope_scaling": (self.rope_scaling, {None}),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"config.json: {name}={value!r} is not supported; valid choices: {sorted(map(str, allowed))}")
+        })
         if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.kv_heads:
             raise ValueError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
                              f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")

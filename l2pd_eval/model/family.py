@@ -14,6 +14,7 @@ from torch import nn
 
 from l2pd_eval.model import config as llada_config
 from l2pd_eval.model import dream
+from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.llada import LLaDA
 
 
@@ -24,8 +25,7 @@ class Family:
     (non-chat) prompts start with the BOS token by default."""
 
     name: str
-    model_type: str                     # config.json's ``model_type``
-    config_class: type
+    config_class: type[FileConfig]      # its ``model_type`` is what config.json names
     model_class: type[nn.Module]
     presets: dict[str, dict[str, Any]]  # ``random:<preset>`` shapes
     mask_token: str
@@ -36,11 +36,11 @@ class Family:
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
-    Family("llada", "llada", llada_config.LLaDAConfig, LLaDA, llada_config.PRESETS,
+    Family("llada", llada_config.LLaDAConfig, LLaDA, llada_config.PRESETS,
            mask_token="<|mdm_mask|>", eos_token="<|endoftext|>", eot_token="<|eot_id|>", eot_id=None,
            add_bos=False),
     # Fast-dLLM evaluates Dream-v0-Base with add_bos_token=true; the Instruct chat template brings its own start.
-    Family("dream", "Dream", dream.DreamConfig, dream.Dream, dream.PRESETS,
+    Family("dream", dream.DreamConfig, dream.Dream, dream.PRESETS,
            mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|im_end|>", eot_id=151645,
            add_bos=True),
 )}
@@ -50,9 +50,9 @@ def family_of_config_json(raw: dict[str, Any], source: str = "config.json") -> F
     """The family whose ``model_type`` the file names (a file without one is LLaDA's, as before)."""
     model_type = raw.get("model_type", "llada")
     for family in FAMILIES.values():
-        if family.model_type == model_type:
+        if family.config_class.model_type == model_type:
             return family
-    valid = ", ".join(repr(f.model_type) for f in FAMILIES.values())
+    valid = ", ".join(repr(f.config_class.model_type) for f in FAMILIES.values())
     raise ValueError(f"pretrained: {source} has model_type={model_type!r}; valid choices: {valid}")
 
 

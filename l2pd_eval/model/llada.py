@@ -9,6 +9,7 @@ Prefix cache and dual cache are then the same call with a different chunk (see `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -132,6 +133,8 @@ class _Transformer(nn.Module):
 
 class LLaDA(nn.Module):
     """LLaDA mask predictor. ``forward`` returns logits for the requested positions only."""
+
+    logit_shift: ClassVar[int] = 0  # position i is predicted from its own hidden state (Dream: from i - 1)
 
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()
