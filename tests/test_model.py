@@ -90,16 +90,21 @@ def test_grouped_query_attention_and_random_preset(tmp_path):
     assert isinstance(rnd.new_cache(1, 4), KVCache)
 
 
-def test_compile_blocks_touches_dynamos_limit_only_as_its_signature_says(monkeypatch):
+def test_compile_blocks_touches_dynamos_limit_only_as_its_signature_says():
     import torch._dynamo
 
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 8)
-    load_model("random:tiny").compile_blocks(recompile_limit=None)
-    assert torch._dynamo.config.recompile_limit == 8
-    load_model("random:tiny").compile_blocks()
-    assert torch._dynamo.config.recompile_limit == 64
-    load_model("random:tiny").compile_blocks(recompile_limit=16)  # raises, never lowers
-    assert torch._dynamo.config.recompile_limit == 64
+    # Saved and restored by hand: monkeypatch's undo breaks dynamo's config module for later tests.
+    saved = torch._dynamo.config.recompile_limit
+    try:
+        torch._dynamo.config.recompile_limit = 8
+        load_model("random:tiny").compile_blocks(recompile_limit=None)
+        assert torch._dynamo.config.recompile_limit == 8
+        load_model("random:tiny").compile_blocks()
+        assert torch._dynamo.config.recompile_limit == 64
+        load_model("random:tiny").compile_blocks(recompile_limit=16)  # raises, never lowers
+        assert torch._dynamo.config.recompile_limit == 64
+    finally:
+        torch._dynamo.config.recompile_limit = saved
 
 
 @pytest.mark.parametrize("pretrained, message", [

@@ -47,3 +47,23 @@ def cache_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, enable
     if split_keys and flash_splits_keys(q, mask, enable_gqa):
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)
+
+
+def attend_over_cache(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor] | None,
+                      start: int, kv_len: int, write_index: Tensor | None, enable_gqa: bool,
+                      split_keys: bool = True) -> Tensor:
+    """One layer's attention for a chunk at ``[start, start + n)``: write its fresh keys/values into the
+    layer's cache (``write_index``, a device tensor of positions, replaces ``start`` so a CUDA graph serves
+    every block) and attend over ``cache[:kv_len]``; without a cache the chunk attends to itself.
+    Shared by every model family, so the caches' call pattern means the same thing for all of them."""
+    if cache is not None:
+        ck, cv = cache
+        n = k.shape[2]
+        if write_index is None:
+            ck[:, :, start:start + n] = k
+            cv[:, :, start:start + n] = v
+        else:
+            ck.index_copy_(2, write_index, k)
+            cv.index_copy_(2, write_index, v)
+        k, v = ck[:, :, :kv_len], cv[:, :, :kv_len]
+    return cache_attention(q, k, v, mask, enable_gqa=enable_gqa, split_keys=split_keys)

@@ -4,12 +4,49 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
+
+
+class FileConfig:
+    """A dataclass of a family's ``config.json`` fields under the file's own names: keys it does not model
+    are kept in ``extra`` and written back, so a saved checkpoint keeps what the hub file said."""
+
+    model_type: ClassVar[str]
+    architectures: ClassVar[tuple[str, ...]]
+    extra: dict[str, Any]
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]):
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        cfg = cls(**{k: v for k, v in raw.items() if k in names})
+        cfg.extra = {k: v for k, v in raw.items() if k not in names}
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
+        out.update(self.extra)
+        out.setdefault("model_type", self.model_type)
+        out.setdefault("architectures", list(self.architectures))
+        return out
+
+    def validate(self) -> None:
+        raise NotImplementedError
+
+    @staticmethod
+    def check_choices(checks: dict[str, tuple[Any, set[Any]]]) -> None:
+        """``{name: (value, allowed)}``: one error naming the first unsupported setting and the valid ones."""
+        for name, (value, allowed) in checks.items():
+            if value not in allowed:
+                raise ValueError(f"config.json: {name}={value!r} is not supported; valid choices: {sorted(map(str, allowed))}")
 
 
 @dataclass
-class LLaDAConfig:
+class LLaDAConfig(FileConfig):
     """The subset of LLaDA's ``config.json`` the network needs; names are the file's own."""
+
+    model_type: ClassVar[str] = "llada"
+    architectures: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
 
     d_model: int = 4096
     n_layers: int = 32
@@ -47,36 +84,22 @@ class LLaDAConfig:
         return self.mlp_hidden_size or self.mlp_ratio * self.d_model
 
     @property
+    def mlp_width(self) -> int:  # the family-neutral name (Qwen2-style configs use hidden_size for the model width)
+        return self.hidden_size
+
+    @property
     def padded_vocab(self) -> int:
         return self.embedding_size or self.vocab_size
 
-    @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> LLaDAConfig:
-        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        cfg = cls(**{k: v for k, v in raw.items() if k in names})
-        cfg.extra = {k: v for k, v in raw.items() if k not in names}
-        cfg.validate()
-        return cfg
-
-    def to_dict(self) -> dict[str, Any]:
-        out = {k: v for k, v in dataclasses.asdict(self).items() if k != "extra"}
-        out.update(self.extra)
-        out.setdefault("model_type", "llada")
-        out.setdefault("architectures", ["LLaDAModelLM"])
-        return out
-
     def validate(self) -> None:
         """Reject variants this implementation does not compute, instead of silently computing another net."""
-        checks = {
+        self.check_choices({
             "block_type": (self.block_type, {"llama"}),
             "layer_norm_type": (self.layer_norm_type, {"rms"}),
             "activation_type": (self.activation_type, {"silu", "swiglu"}),
             "include_bias": (self.include_bias, {False}),
             "scale_logits": (self.scale_logits, {False}),
-        }
-        for name, (value, allowed) in checks.items():
-            if value not in allowed:
-                raise ValueError(f"config.json: {name}={value!r} is not supported; valid choices: {sorted(map(str, allowed))}")
+        })
         if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
             raise ValueError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
 

@@ -9,12 +9,13 @@ Prefix cache and dual cache are then the same call with a different chunk (see `
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from l2pd_eval.model.attention import cache_attention
+from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import LLaDAConfig
 
 
@@ -97,16 +98,8 @@ class Block(nn.Module):
         k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
-        if cache is not None:
-            ck, cv = cache
-            if write_index is None:
-                ck[:, :, start:start + n] = k
-                cv[:, :, start:start + n] = v
-            else:  # positions as a device tensor: one CUDA graph serves every block
-                ck.index_copy_(2, write_index, k)
-                cv.index_copy_(2, write_index, v)
-            k, v = ck[:, :, :kv_len], cv[:, :, :kv_len]
-        att = cache_attention(q, k, v, mask, enable_gqa=self.kv_heads != self.n_heads, split_keys=split_keys)
+        att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
+                                split_keys)
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
         return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
@@ -126,6 +119,8 @@ class _Transformer(nn.Module):
 
 class LLaDA(nn.Module):
     """LLaDA mask predictor. ``forward`` returns logits for the requested positions only."""
+
+    logit_shift: ClassVar[int] = 0  # position i is predicted from its own hidden state (Dream: from i - 1)
 
     def __init__(self, cfg: LLaDAConfig):
         super().__init__()

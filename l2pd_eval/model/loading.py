@@ -1,4 +1,5 @@
-"""Load LLaDA checkpoints (local directory or hub id), random-weight presets, tokenizers and special ids."""
+"""Load checkpoints of every model family (local directory or hub id), random-weight presets, tokenizers and
+special ids. Which network a checkpoint gets is decided in one place, :func:`_family_config`."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 
 from l2pd_eval.model.config import PRESETS, LLaDAConfig
+from l2pd_eval.model.family import FAMILIES, family_of, family_of_config_json, family_of_preset
 from l2pd_eval.model.llada import LLaDA, Rotary
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
@@ -51,10 +53,17 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
 def read_config(directory: Path) -> LLaDAConfig:
     with open(directory / "config.json") as fh:
         raw = json.load(fh)
-    model_type = raw.get("model_type", "llada")
-    if model_type != "llada":
-        raise ValueError(f"pretrained: config.json has model_type={model_type!r}; valid choices: 'llada'")
-    return LLaDAConfig.from_dict(raw)
+    return family_of_config_json(raw, str(directory / "config.json")).config_class.from_dict(raw)
+
+
+def _family_config(pretrained: str, directory: Path | None) -> tuple[Any, type[torch.nn.Module]]:
+    """(config, network class) for ``random:<preset>`` or a checkpoint directory: the family dispatch."""
+    if directory is None:
+        preset = pretrained.split(":", 1)[1]
+        family = family_of_preset(preset)
+        return family.config_class.from_dict(family.presets[preset]), family.model_class
+    cfg = read_config(directory)
+    return cfg, family_of(cfg).model_class
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -76,15 +85,11 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
 
     torch_dtype = resolve_dtype(dtype, device)
     if pretrained.startswith("random:"):
-        preset = pretrained.split(":", 1)[1]
-        if preset not in PRESETS:
-            raise ValueError(f"pretrained={pretrained!r}: unknown preset; valid choices: "
-                             + ", ".join(f"random:{p}" for p in PRESETS))
-        return random_model(LLaDAConfig.from_dict(PRESETS[preset]), torch_dtype, device, seed)
+        return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
     directory = resolve_checkpoint(pretrained, revision)
-    cfg = read_config(directory)
+    cfg, model_class = _family_config(pretrained, directory)
     with torch.device("meta"):
-        model = LLaDA(cfg)
+        model = model_class(cfg)
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         state.update(load_file(str(file), device=str(torch.device(device))))
@@ -92,7 +97,7 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
     expected = set(model.state_dict())
     missing, unexpected = expected - set(state), set(state) - expected
     if missing or unexpected:
-        raise ValueError(f"pretrained={pretrained!r}: checkpoint keys do not match LLaDA "
+        raise ValueError(f"pretrained={pretrained!r}: checkpoint keys do not match {type(model).__name__} "
                          f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
     model.load_state_dict(state, assign=True)
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length).to(device)
@@ -103,7 +108,7 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
 def random_model(cfg: LLaDAConfig, dtype: torch.dtype, device: str | torch.device, seed: int = 0) -> LLaDA:
     # Built on meta and materialised in the target dtype: an 8B float32 detour would need 32 GB.
     with torch.device("meta"):
-        model = LLaDA(cfg).to(dtype)
+        model = family_of(cfg).model_class(cfg).to(dtype)
     model.to_empty(device=device)
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length).to(device)
     model.init_weights(seed)
@@ -150,11 +155,13 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
 
 @dataclass(frozen=True)
 class SpecialIds:
-    """Token ids the decoder needs. ``eot`` is the set that ends an answer (end-of-text and end-of-turn)."""
+    """Token ids the decoder needs. ``eot`` is the set that ends an answer (end-of-text and end-of-turn);
+    ``bos`` is what a family with ``add_bos`` puts before plain prompts (None: the tokenizer has none)."""
 
     mask: int
     eos: int
     eot: tuple[int, ...] = field(default=())
+    bos: int | None = None
 
     @property
     def end_ids(self) -> tuple[int, ...]:
@@ -163,7 +170,9 @@ class SpecialIds:
     @classmethod
     def resolve(cls, tokenizer=None, config: LLaDAConfig | None = None, mask_id: int | None = None,
                 eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None) -> SpecialIds:
-        """Overrides first, then the tokenizer's special tokens, then config.json."""
+        """Overrides first, then the tokenizer's special tokens (spelt as the model family spells them), then
+        config.json, then the family's defaults."""
+        family = FAMILIES["llada"] if config is None else family_of(config)
 
         def from_tok(token: str) -> int | None:
             if tokenizer is None:
@@ -171,10 +180,10 @@ class SpecialIds:
             idx = tokenizer.convert_tokens_to_ids(token)
             return None if idx is None or idx == tokenizer.unk_token_id else int(idx)
 
-        mask = mask_id if mask_id is not None else from_tok("<|mdm_mask|>")
+        mask = mask_id if mask_id is not None else from_tok(family.mask_token)
         if mask is None and config is not None:
             mask = config.mask_token_id
-        eos = eos_id if eos_id is not None else from_tok("<|endoftext|>")
+        eos = eos_id if eos_id is not None else from_tok(family.eos_token)
         if eos is None and tokenizer is not None and tokenizer.eos_token_id is not None:
             eos = int(tokenizer.eos_token_id)
         if eos is None and config is not None:
@@ -183,6 +192,11 @@ class SpecialIds:
             raise ValueError("cannot find the mask / end-of-text token ids in tokenizer or config.json; "
                              "pass mask_id=<int> and eos_id=<int> in model_args")
         if eot_ids is None:
-            turn = from_tok("<|eot_id|>")
+            turn = from_tok(family.eot_token)
+            if turn is None and family.eot_id is not None and (config is None or family.eot_id < config.vocab_size):
+                turn = family.eot_id
             eot_ids = (eos,) if turn is None else (eos, turn)
-        return cls(mask=int(mask), eos=int(eos), eot=tuple(int(i) for i in eot_ids))
+        bos = None if tokenizer is None or tokenizer.bos_token_id is None else int(tokenizer.bos_token_id)
+        if bos is None and config is not None:
+            bos = getattr(config, "bos_token_id", None)
+        return cls(mask=int(mask), eos=int(eos), eot=tuple(int(i) for i in eot_ids), bos=bos)

@@ -1,12 +1,13 @@
-"""Build a small byte-level BPE fast tokenizer with LLaDA's special tokens and chat template.
+"""Build a small byte-level BPE fast tokenizer with a model family's special tokens and chat template.
 
-Used for the tiny test checkpoint and the embedded testbed model, so they go through the same
-``AutoTokenizer`` + ``apply_chat_template`` path as LLaDA-8B-Instruct.
+Used for the tiny test checkpoints and the embedded testbed model, so they go through the same
+``AutoTokenizer`` + ``apply_chat_template`` path as LLaDA-8B-Instruct (or Dream-v0-Instruct-7B).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 SPECIAL_TOKENS = ["<|startoftext|>", "<|endoftext|>", "<|eot_id|>", "<|mdm_mask|>",
                   "<|start_header_id|>", "<|end_header_id|>"]
@@ -26,7 +27,32 @@ DEFAULT_CORPUS = (
 )
 
 
-def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 320):
+@dataclass(frozen=True)
+class TokenizerStyle:
+    """A family's special tokens (the first ones get the lowest ids) and chat template."""
+
+    special_tokens: tuple[str, ...]
+    bos: str
+    eos: str
+    mask: str
+    additional: tuple[str, ...]
+    chat_template: str
+
+
+LLADA_STYLE = TokenizerStyle(tuple(SPECIAL_TOKENS), "<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>",
+                             ("<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"), CHAT_TEMPLATE)
+
+# Dream-Instruct's shape (Qwen2's ChatML): no bos in the template, turns closed by <|im_end|>.
+DREAM_STYLE = TokenizerStyle(
+    ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|beginoftext|>", "<|mask|>"),
+    "<|beginoftext|>", "<|endoftext|>", "<|mask|>", ("<|im_start|>", "<|im_end|>"),
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+)
+
+
+def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 320,
+                    style: TokenizerStyle = LLADA_STYLE):
     """Train a byte-level BPE on ``corpus`` (every byte stays encodable) and wrap it for transformers."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -34,13 +60,12 @@ def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 320):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS, show_progress=False,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=list(style.special_tokens),
+                                  show_progress=False, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(list(corpus) if corpus is not None else [DEFAULT_CORPUS], trainer=trainer)
     fast = PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
-        pad_token="<|endoftext|>", mask_token="<|mdm_mask|>",
-        additional_special_tokens=["<|eot_id|>", "<|start_header_id|>", "<|end_header_id|>"],
+        tokenizer_object=tok, bos_token=style.bos, eos_token=style.eos, pad_token=style.eos,
+        mask_token=style.mask, additional_special_tokens=list(style.additional),
     )
-    fast.chat_template = CHAT_TEMPLATE
+    fast.chat_template = style.chat_template
     return fast

@@ -30,6 +30,7 @@ class StepState:
     rows: Tensor      # [B] long: original batch rows present in this step
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
+    stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
 
     @property
     def masked_conf(self) -> Tensor:
@@ -56,6 +57,9 @@ class Policy:
     name: ClassVar[str] = ""
     # Scheduled policies follow the linear steps schedule; the others run until the block is filled.
     scheduled: ClassVar[bool] = True
+    # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
+    # engine computes them once per step for the block and hands them over in ``StepState.stats``.
+    needs: ClassVar[tuple[str, ...]] = ()
 
     def select(self, state: StepState) -> Tensor:
         raise NotImplementedError

@@ -9,7 +9,8 @@ from typing import Any
 from l2pd_eval.policies.base import Policy
 
 _REGISTRY: dict[str, type[Policy]] = {}
-_BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd")
+_BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd",
+            "entropy", "topk_margin", "maskgit_plus", "origin")
 
 
 def register(cls: type[Policy]) -> type[Policy]:

@@ -1,0 +1,263 @@
+"""Dream network (Qwen2 layout run bidirectionally) with the same call interface as :class:`LLaDA`.
+
+Module names mirror the hub checkpoint (``model.layers.{i}.self_attn.q_proj`` ..., ``lm_head``), so its
+state dict loads without renaming. Norm, rotary and KV cache are LLaDA's (the same math as Qwen2's: RMSNorm
+statistics in float32, split-half rotary); the differences are q/k/v biases, grouped KV heads and the
+Qwen2 key names.
+
+Shifted logits. Dream predicts the token at position ``i`` from the hidden state at ``i - 1`` (its
+generation code shifts the logits right by one and repeats position 0's). ``forward`` hides this: for
+``logits_slice = [a, b)`` it returns the predictions FOR chunk positions ``a .. b-1``, read from the hidden
+states at ``a-1 .. b-2``, so the engine, policies and loglikelihood use both families alike. A cached step
+must therefore include the position just before its block in its chunk: the caches start the chunk at
+``block_start - logit_shift`` and ask for ``logits_slice = [logit_shift, logit_shift + block)``. That one
+extra query position's fresh keys/values overwrite its cache slot, like the rest of the chunk.
+
+Source of the choice: Fast-dLLM's Dream cache (``dream/model/generation_utils_block.py`` in NVlabs/Fast-dLLM)
+runs the cached chunk from the block start and shifts inside the chunk, so the block's first position gets
+the hidden state of that position itself; it gets away with it because the refresh step always commits the
+block's first token. Our engine makes no such commit, so the chunk starts one position earlier instead,
+which gives every block position its true predecessor and, at the first step of a block, exactly the full
+forward's predictions. Position 0 of a sequence (no predecessor) repeats its own, as Dream's code does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from l2pd_eval.model.attention import attend_over_cache
+from l2pd_eval.model.config import FileConfig
+from l2pd_eval.model.llada import KVCache, LLaDA, RMSNorm, Rotary
+
+
+@dataclass
+class DreamConfig(FileConfig):
+    """The subset of Dream's ``config.json`` the network needs; names are the file's own (Qwen2's).
+
+    The properties give the family-neutral names the engine, KV cache and benchmarks read (``n_layers``,
+    ``kv_heads``, ``head_dim``, ``max_sequence_length``, ...). Note ``hidden_size`` is the model width here,
+    as in Qwen2; the MLP width is ``intermediate_size`` (``mlp_width`` in both families)."""
+
+    hidden_size: int = 3584
+    intermediate_size: int = 18944
+    num_hidden_layers: int = 28
+    num_attention_heads: int = 28
+    num_key_value_heads: int = 4
+    vocab_size: int = 152064
+    max_position_embeddings: int = 131072
+    rope_theta: float = 1000000.0
+    rms_norm_eps: float = 1e-6
+    hidden_act: str = "silu"
+    tie_word_embeddings: bool = False
+    use_sliding_window: bool = False
+    rope_scaling: dict[str, Any] | None = None
+    mask_token_id: int | None = 151666
+    eos_token_id: int | None = 151643
+    pad_token_id: int | None = 151643
+    bos_token_id: int | None = None
+    initializer_range: float = 0.02
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    model_type: ClassVar[str] = "Dream"
+    architectures: ClassVar[tuple[str, ...]] = ("DreamModel",)
+
+    @property
+    def d_model(self) -> int:
+        return self.hidden_size
+
+    @property
+    def n_layers(self) -> int:
+        return self.num_hidden_layers
+
+    @property
+    def n_heads(self) -> int:
+        return self.num_attention_heads
+
+    @property
+    def kv_heads(self) -> int:
+        return self.num_key_value_heads or self.num_attention_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def mlp_width(self) -> int:
+        return self.intermediate_size
+
+    @property
+    def max_sequence_length(self) -> int:
+        return self.max_position_embeddings
+
+    @property
+    def init_std(self) -> float:
+        return self.initializer_range
+
+    def validate(self) -> None:
+        """Reject variants this implementation does not compute, instead of silently computing another net."""
+        self.check_choices({
+            "hidden_act": (self.hidden_act, {"silu"}),
+            "use_sliding_window": (self.use_sliding_window, {False}),
+            "rope_scaling": (self.rope_scaling, {None}),
+        })
+        if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.kv_heads:
+            raise ValueError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
+                             f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")
+
+
+# Shapes for random-weight runs (``pretrained=random:<name>``); dream-7b from Dream-v0-*-7B's config.json.
+PRESETS: dict[str, dict[str, Any]] = {
+    "dream-7b": {},
+    "dream-tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=320, max_position_embeddings=1024, rope_theta=10000.0,
+                       mask_token_id=None, eos_token_id=None, pad_token_id=None),
+}
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        d, hd = cfg.d_model, cfg.head_dim
+        self.n_heads, self.kv_heads, self.head_dim = cfg.n_heads, cfg.kv_heads, hd
+        self.q_proj = nn.Linear(d, cfg.n_heads * hd, bias=True)
+        self.k_proj = nn.Linear(d, cfg.kv_heads * hd, bias=True)
+        self.v_proj = nn.Linear(d, cfg.kv_heads * hd, bias=True)
+        self.o_proj = nn.Linear(cfg.n_heads * hd, d, bias=False)
+
+    def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
+                split_keys: bool = True) -> Tensor:
+        b, n, _ = h.shape
+        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
+                                split_keys)
+        return self.o_proj(att.transpose(1, 2).reshape(b, n, -1))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.d_model, cfg.mlp_width, bias=False)
+        self.up_proj = nn.Linear(cfg.d_model, cfg.mlp_width, bias=False)
+        self.down_proj = nn.Linear(cfg.mlp_width, cfg.d_model, bias=False)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+
+
+class Layer(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
+                write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start, kv_len, write_index,
+                               split_keys)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class _Backbone(nn.Module):
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.d_model)
+        self.layers = nn.ModuleList(Layer(cfg) for _ in range(cfg.n_layers))
+        self.norm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
+
+
+def _shifted_rows(n: int, logits_slice: slice | None, first_is_sequence_start: bool) -> tuple[int, int, bool]:
+    """Hidden-state rows ``[lo, hi)`` that predict ``logits_slice`` of an ``n``-position chunk, and whether
+    position 0's prediction (its own row, Dream's convention) must be put in front."""
+    a, b, step = (logits_slice or slice(None)).indices(n)
+    if step != 1 or b <= a:
+        raise ValueError(f"logits_slice={logits_slice!r} must be a non-empty contiguous slice of the {n}-position chunk")
+    if a > 0:
+        return a - 1, b - 1, False
+    if not first_is_sequence_start:
+        raise ValueError("Dream's prediction for a chunk's first position comes from the position before the "
+                         "chunk: start a cached chunk at block_start - model.logit_shift and pass "
+                         "logits_slice=slice(model.logit_shift, model.logit_shift + block_length)")
+    return 0, b - 1, True
+
+
+class Dream(nn.Module):
+    """Dream mask predictor. ``forward`` returns the predictions for the requested positions only."""
+
+    logit_shift: ClassVar[int] = 1  # a chunk's first prediction needs the hidden state one position earlier
+
+    def __init__(self, cfg: DreamConfig):
+        super().__init__()
+        self.config = cfg
+        self.model = _Backbone(cfg)
+        if not cfg.tie_word_embeddings:
+            self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
+        self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length)
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        return KVCache.empty(self.config, batch, length, self.dtype, self.device)
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        position_ids: Tensor | None = None,
+        key_mask: Tensor | None = None,
+        *,
+        cache: KVCache | None = None,
+        start: int = 0,
+        kv_len: int | None = None,
+        logits_slice: slice | None = None,
+        write_index: Tensor | None = None,
+        split_keys: bool = True,
+    ) -> Tensor:
+        """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
+        positions ``[start, start + n)``; arguments as in :meth:`LLaDA.forward`. The slice must not start at
+        the chunk's first position unless the chunk starts the sequence (see the module docstring)."""
+        b, n = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(start, start + n, device=input_ids.device).expand(b, n)
+        kv_len = (start + n) if kv_len is None else kv_len
+        if cache is None and start != 0:
+            raise ValueError("start must be 0 without a cache")
+        lo, hi, repeat_first = _shifted_rows(n, logits_slice, start == 0 and write_index is None)
+        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
+        cos, sin = self.rotary.tables(position_ids, self.dtype)
+        x = self.model.embed_tokens(input_ids)
+        for i, layer in enumerate(self.model.layers):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x = layer(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
+        x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
+        x = self.model.norm(x)
+        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return F.linear(x, head)
+
+    def compile_blocks(self, recompile_limit: int | None = 64) -> Dream:
+        """``torch.compile`` every layer; ``recompile_limit`` as in :meth:`LLaDA.compile_blocks` (it raises
+        dynamo's process-wide limit; None leaves it alone)."""
+        if recompile_limit is not None:
+            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+        for layer in self.model.layers:
+            layer.forward = torch.compile(layer.forward, dynamic=True)
+        return self
+
+    # Same rule as LLaDA's (normal with the config's init_std, norms at one): the names it tests fit Dream's.
+    init_weights = LLaDA.init_weights

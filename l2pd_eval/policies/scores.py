@@ -1,0 +1,87 @@
+"""Statistics of the block's predicted distributions beyond (x0, its probability), and the rule that ranks
+masked positions by one of them: Dream's remasking algorithms (``alg=`` of its ``diffusion_generate``).
+
+Source: Dream's ``generation_utils.py`` (HKUNLP/Dream; the same ``sample_tokens`` is in NVlabs/Fast-dLLM
+``dream/model/generation_utils_block.py``). There, every score comes from ``softmax(logits / temperature)``
+(plain logits at temperature 0): ``maskgit_plus`` ranks by the probability of the chosen token,
+``topk_margin`` by top-1 minus top-2 probability (the chosen token plays no part), ``entropy`` by
+``sum(p * log(p + 1e-10))`` (the negative entropy). With ``alg_temp`` > 0 Dream draws the positions from
+``softmax(score / alg_temp)`` without replacement instead of taking the top ones; a Gumbel-top-k over
+``score / alg_temp`` is that same distribution, drawn here from the engine's batch-invariant streams.
+
+Deliberate differences: the per-step count is the engine's linear schedule per row (Dream uses
+``floor(mean masked count over the batch * (1 - s/t))`` on ``linspace(1, 1e-3, steps + 1)``, a batch-level
+count; both spread the block evenly over the steps); ties go to the earlier position (stable sort; Dream's
+``torch.topk`` leaves the order of ties unspecified); top_p/top_k truncation is not applied (the engine
+has none).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from l2pd_eval.policies.base import Policy, StepState, topk_mask
+
+STATISTICS = ("neg_entropy", "margin", "chosen_prob")
+_ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
+_ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
+
+
+def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0.0,
+                    x0: Tensor | None = None) -> dict[str, Tensor]:
+    """``{name: [B, L]}`` for each requested statistic of the block's logits [B, L, V].
+
+    One softmax over the block only (never the prompt or suffix), in float32 (float64 for float64 logits),
+    at ``temperature`` as Dream scores. ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
+    """
+    needs = tuple(dict.fromkeys(needs))
+    unknown = [n for n in needs if n not in STATISTICS]
+    if unknown:
+        raise ValueError(f"unknown step statistics {unknown}; valid choices: {', '.join(STATISTICS)}")
+    if not needs:
+        return {}
+    work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
+    if temperature > 0:
+        work = work / temperature
+    logp = torch.log_softmax(work, dim=-1)
+    out: dict[str, Tensor] = {}
+    if "neg_entropy" in needs:
+        p = logp.exp()
+        out["neg_entropy"] = (p * torch.log(p + _ENTROPY_EPS)).sum(-1)
+    if "margin" in needs:
+        top = logp.topk(2, dim=-1).values.exp()
+        out["margin"] = top[..., 0] - top[..., 1]
+    if "chosen_prob" in needs:
+        if x0 is None:
+            raise ValueError("step_statistics: 'chosen_prob' needs x0, the step's predicted tokens")
+        out["chosen_prob"] = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
+    return out
+
+
+@dataclass
+class ScoredPolicy(Policy):
+    """Commit the scheduled number of masked positions with the highest ``statistic`` (or, with
+    ``alg_temp`` > 0, a draw without replacement weighted by ``softmax(statistic / alg_temp)``)."""
+
+    alg_temp: float = 0.0
+
+    statistic: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        if self.alg_temp < 0:
+            raise ValueError(f"alg_temp={self.alg_temp} must be >= 0")
+
+    def select(self, state: StepState) -> Tensor:
+        if self.statistic not in state.stats:
+            raise ValueError(f"policy={self.name!r} scores by {self.statistic!r}, which the engine did not "
+                             f"compute: call step_statistics(logits, policy.needs, ...) into StepState.stats")
+        scores = state.stats[self.statistic].masked_fill(~state.masked, float("-inf"))
+        if self.alg_temp > 0:
+            u = state.uniform(_ALG_TEMP_PURPOSE).to(scores.dtype)
+            scores = scores / self.alg_temp - torch.log(-torch.log(u))
+        return topk_mask(scores, state.k)
