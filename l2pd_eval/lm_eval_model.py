@@ -10,17 +10,21 @@ from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, fields
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lm_eval.api.model import LM
 
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
-from l2pd_eval.policies import get_policy, policy_class, policy_params
-from l2pd_eval.policies.registry import available
+from l2pd_eval.model.loading import check_vocab
+from l2pd_eval.model.tokenizer import chat_user_prompt
+from l2pd_eval.policies import RunSettings, policy_class
+from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
 DEFAULT_GEN_LENGTH = 256  # when neither gen_length= nor the task's max_gen_toks says otherwise
@@ -29,9 +33,17 @@ DEFAULT_GEN_LENGTH = 256  # when neither gen_length= nor the task's max_gen_toks
 _PENDING: list = []
 
 
+Tristate = Literal["auto", "true", "false"]
+#: lm-eval 0.4.13 passes ``device="cuda:0"`` when --device is not given (EvaluatorConfig's default).
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"
+
+
 @dataclass
 class ModelArgs:
-    """Everything ``--model_args`` accepts besides the chosen policy's own parameters."""
+    """Everything ``--model_args`` accepts besides the chosen policy's own parameters.
+
+    Built only by :func:`parse_model_args`, so every field already has its declared type.
+    """
 
     pretrained: str
     tokenizer: str | None = None
@@ -49,80 +61,92 @@ class ModelArgs:
     device: str | None = None
     batch_size: int | str = 1
     max_batch_size: int | None = None
-    chat: str = "auto"                # auto: use the chat template for Instruct models
+    chat: Tristate = "auto"           # auto: use the chat template for Instruct models
     mask_id: int | None = None
     eos_id: int | None = None
     sidecar: str | None = None        # explicit sidecar path; default: beside lm-eval's --output_path results
-    cuda_graph: bool | str = "auto"   # CUDA-graph replay of cached steps; auto: on for CUDA devices
+    cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
 
+    def __post_init__(self) -> None:
+        for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be a positive integer")
+        self.end_ids()
+        if self.gen_length is None and self.steps is not None:
+            raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
+                             "max_gen_toks and steps = gen_length)")
 
-def _split_args(kwargs: dict[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
-    own = {f.name for f in fields(ModelArgs)}
-    if "pretrained" not in kwargs:
+    def end_ids(self) -> list[int] | None:
+        if self.eot_ids is None:
+            return None
+        parts = [p.strip() for p in self.eot_ids.split(";") if p.strip()]
+        if not parts or not all(INTEGER.match(p) for p in parts):
+            raise ValueError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
+        return [int(p) for p in parts]
+
+
+def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
+    """The one parse of ``--model_args``: (typed ModelArgs, typed parameters of the chosen policy).
+
+    ``None`` means "not given" (lm-eval reads ``key=none`` as None). Each value is coerced once by its
+    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours nor the policy's are an error
+    listing both.
+    """
+    values = {k: v for k, v in raw.items() if v is not None}
+    if "pretrained" not in values:
         raise ValueError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
-    policy = str(kwargs.get("policy", "low_confidence"))
-    if policy not in available():
-        raise ValueError(f"policy={policy!r} is unknown; valid choices: {', '.join(available())}")
-    allowed = set(policy_params(policy))
-    rest = {k: v for k, v in kwargs.items() if k not in own}
-    unknown = sorted(set(rest) - allowed)
-    if unknown:
-        raise ValueError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={policy!r}; valid: "
-                         f"{', '.join(sorted(own | allowed))}")
-    return ModelArgs(**{k: v for k, v in kwargs.items() if k in own}), rest
+    own = parameters(ModelArgs)
+    args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
+    rest = {k: v for k, v in values.items() if k not in own}
+    return args, parse_policy_params(args.policy, rest, also_valid=own)
 
 
-def _tristate(name: str, value: Any) -> str:
-    """A model_arg that is auto, true or false: lm-eval hands over a bool, or the string as typed."""
-    v = str(value).lower() if isinstance(value, bool) else str(value)
-    if v not in ("auto", "true", "false"):
-        raise ValueError(f"{name}={value!r}; valid choices: auto, true, false")
-    return v
+def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, Any]) -> dict[str, Any]:
+    """Join --model_args with the settings lm-eval always passes (batch_size, max_batch_size, device).
+
+    lm-eval hands over its own values even when the user gave none, so a key in both would be a
+    ``TypeError: got multiple values``: --model_args wins and the override is said once. lm-eval's default
+    ``device=cuda:0`` on a machine without CUDA is no request at all: the model picks its device itself.
+    """
+    merged = dict(model_args)
+    for key, value in lm_eval.items():
+        if value is None:
+            continue
+        if key in model_args:
+            if str(model_args[key]) != str(value):
+                log.warning("model_args %s=%s overrides lm-eval's --%s %s", key, model_args[key], key, value)
+            continue
+        if key == "device" and value == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            continue
+        merged[key] = value
+    return merged
 
 
 class Learn2PDLM(LM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
-        args, policy_kwargs = _split_args({k: v for k, v in kwargs.items() if v is not None})
+        args, policy_params = parse_model_args(kwargs)
         self.args = args
         self._rank, self._world_size = 0, 1
-        device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-        if str(device).startswith("cuda") and not torch.cuda.is_available():
-            log.warning("device=%s requested but CUDA is not available; decoding on cpu", device)
-            device = "cpu"
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch` / torchrun: one rank per GPU
-            import torch.distributed as dist
-
-            on_gpu = str(device).startswith("cuda")
-            if on_gpu:
-                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-                torch.cuda.set_device(device)
-            if not dist.is_initialized():
-                dist.init_process_group(backend="nccl" if on_gpu else "gloo")
-            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
-        self._device = torch.device(device)
-        graph = _tristate("cuda_graph", args.cuda_graph)
-        self._cuda_graph = graph == "true" or (graph == "auto" and self._device.type == "cuda")
-        if args.gen_length is None and args.steps is not None:
-            raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
-                             "max_gen_toks and steps = gen_length)")
+        self._device = self._choose_device(args.device)
+        self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
         self._configs: dict[int, GenerationConfig] = {}
         self.config = self._config_for(self._gen_length({}))  # validates block_length against the length
-        _tristate("chat", args.chat)
-        if "block_length" in {f.name for f in fields(policy_class(args.policy))}:
-            policy_kwargs.setdefault("block_length", self.config.block_length)
-        self.policy = get_policy(args.policy, **policy_kwargs)
+        self.policy = policy_class(args.policy)(**policy_params).bind(
+            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
         if args.compile:
             self.model.compile_blocks()
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
-        eot = None if args.eot_ids is None else [int(i) for i in str(args.eot_ids).split(";") if str(i).strip()]
-        self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id, eot)
+        check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
+        self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
+                                          args.end_ids())
         self.batch_size = self._resolve_batch_size(args.batch_size, args.max_batch_size)
         from l2pd_eval.results.sidecar import Sidecar, build_manifest
 
@@ -133,26 +157,53 @@ class Learn2PDLM(LM):
             steps=args.steps or "gen_length", model_args={k: v for k, v in kwargs.items() if v is not None},
             temperature=self.config.temperature, batch_size=self.batch_size, dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
-            cuda_graph=self._cuda_graph, compile=bool(args.compile),
+            cuda_graph=self._cuda_graph, compile=args.compile,
         ), samples=[])
         if self._rank == 0:
             _PENDING.append(self.sidecar)
+
+    @classmethod
+    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Learn2PDLM:
+        """lm-eval's entry point for ``--model_args``: same text parsing as lm-eval, then our merge."""
+        from lm_eval.utils import simple_parse_args_string
+
+        return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
+
+    @classmethod
+    def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> Learn2PDLM:
+        return cls(**merge_lm_eval_settings(arg_dict, additional_config or {}))
+
+    def _choose_device(self, requested: str | None) -> torch.device:
+        device = requested or ("cuda" if torch.cuda.is_available() else "cpu")
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            log.warning("device=%s requested but CUDA is not available; decoding on cpu", device)
+            device = "cpu"
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # `accelerate launch` / torchrun: one rank per GPU
+            import torch.distributed as dist
+
+            on_gpu = device.startswith("cuda")
+            if on_gpu:
+                device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+                torch.cuda.set_device(device)
+            if not dist.is_initialized():
+                dist.init_process_group(backend="nccl" if on_gpu else "gloo")
+            self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
+        return torch.device(device)
 
     def _config_for(self, gen_length: int) -> GenerationConfig:
         if gen_length not in self._configs:
             a = self.args
             self._configs[gen_length] = GenerationConfig(
-                gen_length=gen_length, block_length=int(a.block_length), steps=None if a.steps is None else int(a.steps),
-                temperature=float(a.temperature), cache=a.cache, eotp=bool(a.eotp), seed=int(a.seed),
-                cuda_graph=self._cuda_graph, compile=bool(a.compile))
+                gen_length=gen_length, block_length=a.block_length, steps=a.steps, temperature=a.temperature,
+                cache=a.cache, eotp=a.eotp, seed=a.seed, cuda_graph=self._cuda_graph, compile=a.compile)
         return self._configs[gen_length]
 
     def _gen_length(self, gen_kwargs: dict) -> int:
         """gen_length= if given; else the task's max_gen_toks rounded up to whole blocks (the 256/1024 tasks)."""
         if self.args.gen_length is not None:
-            return int(self.args.gen_length)
+            return self.args.gen_length
         want = int(gen_kwargs.get("max_gen_toks") or DEFAULT_GEN_LENGTH)
-        block = int(self.args.block_length)
+        block = self.args.block_length  # >= 1: ModelArgs checked it
         return -(-want // block) * block
 
     # -- lm-eval plumbing -------------------------------------------------------------------------
@@ -204,18 +255,22 @@ class Learn2PDLM(LM):
 
     # -- requests ---------------------------------------------------------------------------------
     def _use_chat(self) -> bool:
-        chat = _tristate("chat", self.args.chat)
-        if chat in ("true", "false"):
-            return chat == "true"
+        if self.args.chat != "auto":
+            return self.args.chat == "true"
         name = f"{self.args.pretrained} {self.args.tokenizer or ''}".lower()
         return "instruct" in name and bool(getattr(self.tokenizer, "chat_template", None))
 
-    def _encode(self, context: str) -> list[int]:
-        # With --apply_chat_template lm-eval has already rendered the template (it starts with the bos).
+    def _render(self, context: str) -> tuple[str, bool]:
+        """The context as the model sees it, and whether it is chat-rendered. The one chat rule for
+        generation and likelihood: with --apply_chat_template lm-eval has already rendered the template
+        (the text starts with the bos), so it is never wrapped twice."""
         bos = getattr(self.tokenizer, "bos_token", None)
         if self._use_chat() and not (bos and context.startswith(bos)):
-            context = self.apply_chat_template([{"role": "user", "content": context}])
-        return self.tokenizer(context, add_special_tokens=False)["input_ids"]
+            context = chat_user_prompt(self.tokenizer, context)
+        return context, bool(bos and context.startswith(bos))
+
+    def _encode(self, context: str) -> list[int]:
+        return self.tokenizer(self._render(context)[0], add_special_tokens=False)["input_ids"]
 
     def _decode(self, tokens: list[int], until: list[str]) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -294,14 +349,11 @@ class Learn2PDLM(LM):
         from l2pd_eval.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
 
         config = LoglikelihoodConfig(mc_num=self.args.mc_num, mc_batch_size=self.args.mc_batch_size,
-                                     seed=int(self.args.seed))
-        bos = getattr(self.tokenizer, "bos_token", None)
+                                     seed=self.args.seed)
         pairs = []
         for req in requests:
-            context, continuation = req.args
-            if self._use_chat() and not (bos and context.startswith(bos)):
-                context = self.apply_chat_template([{"role": "user", "content": context}])
-            rendered = bool(bos and context.startswith(bos))
+            context, rendered = self._render(req.args[0])
+            continuation = req.args[1]
             pairs.append(encode_pair(self.tokenizer, context, continuation, move_whitespace=not rendered))
         show = self.args.progress and not disable_tqdm and self._rank == 0
         with tqdm(total=len(requests), desc=f"learn2pd loglikelihood (mc_num={config.mc_num})",

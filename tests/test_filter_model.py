@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from l2pd_eval.filters import FilterBlockLengthError, FilterConfig, L2PFilter, load_filter, save_filter
-from l2pd_eval.filters.model import convert_published_state_dict
+from l2pd_eval.policies.filter_net import convert_published_state_dict
 
 
 def _random_filter(block_length: int = 8, seed: int = 0, **kw) -> L2PFilter:

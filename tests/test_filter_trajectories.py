@@ -15,7 +15,7 @@ from l2pd_eval.filters.data import load_trajectories, read_manifest
 from l2pd_eval.filters.trajectories import TrajectoryConfig, encode_prompts, prompts_from_jsonl, record_batch
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.tiny import write_tiny_llada
-from l2pd_eval.policies import get_policy
+from l2pd_eval.policies import RunSettings, get_policy
 
 GEN, BLOCK = 16, 8
 QUESTIONS = [
@@ -129,13 +129,13 @@ def test_learn2pd_policy_uses_filter_and_requires_one(tiny, tmp_path):
     save_filter(tmp_path / "eager", eager)
     prompts = encode_prompts(tok, QUESTIONS[:2], chat_template=True)
     cfg = GenerationConfig(gen_length=GEN, block_length=BLOCK, steps=GEN)
-    out = generate(model, prompts, cfg, get_policy("learn2pd", filter=str(tmp_path / "eager"), block_length=BLOCK),
-                   special)
+    policy = get_policy("learn2pd", filter=str(tmp_path / "eager")).bind(RunSettings(block_length=BLOCK))
+    out = generate(model, prompts, cfg, policy, special)
     assert all(s.nfe == GEN // BLOCK for s in out.stats)
     with pytest.raises(ValueError, match="filter="):
         get_policy("learn2pd")
     with pytest.raises(FilterBlockLengthError, match="block_length=32"):
-        get_policy("learn2pd", filter=str(tmp_path / "eager"), block_length=32)
+        get_policy("learn2pd", filter=str(tmp_path / "eager")).bind(RunSettings(block_length=32))
 
 
 def test_jsonl_prompts_name_missing_fields(tmp_path):

@@ -28,11 +28,15 @@ def test_hook_is_lazy_and_registers_the_model():
 
 def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_path):
     cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
-           f"pretrained={tiny_dir},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=true",
-           "--tasks", "l2pd_smoke", "--include_path", "tests/fixtures/lm_eval_smoke", "--batch_size", "2",
+           f"pretrained={tiny_dir},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=True,"
+           "batch_size=2", "--tasks", "l2pd_smoke", "--include_path", "tests/fixtures/lm_eval_smoke",
            "--output_path", str(tmp_path), "--log_samples"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    # batch_size= in model_args (as the README documents) beats lm-eval's default --batch_size 1, said once;
+    # lm-eval's default device (cuda:0) is no request, so a CPU run does not warn about it.
+    assert proc.stderr.count("model_args batch_size=2 overrides lm-eval's --batch_size 1") == 1
+    assert "requested but CUDA is not available" not in proc.stderr
     results = list(tmp_path.rglob("results_*.json"))
     sidecars = list(tmp_path.rglob("l2pd_*.json"))
     assert len(results) == 1 and len(sidecars) == 1
@@ -57,6 +61,8 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(policy="learn2pd"), "policy=learn2pd needs filter="),
     (dict(batch_size="many"), "batch_size='many'; valid choices: a positive integer or auto"),
     (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
+    (dict(eotp="maybe"), "eotp='maybe' is not a boolean; valid values: true, false, 1, 0 \\(any case\\)"),
+    (dict(block_length=0), "block_length=0 must be a positive integer"),
 ])
 def test_bad_model_args_fail_with_one_clear_error(tiny_dir, args, message):
     with pytest.raises(ValueError, match=message):

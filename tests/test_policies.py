@@ -12,7 +12,7 @@ from end_at_policy import EndAt
 from l2pd_eval.caches import StepInput, make_strategy
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
-from l2pd_eval.policies import StepState, available, get_policy
+from l2pd_eval.policies import RunSettings, StepState, available, get_policy, policy_params
 from l2pd_eval.policies.factor import factor_count
 
 CFG = dict(gen_length=24, block_length=8)
@@ -32,8 +32,8 @@ def filter_path(tmp_path_factory):
 
 def make(name, filter_path=None, **kw):
     if name == "learn2pd":
-        kw = {"filter": str(filter_path), "block_length": 8, **kw}
-    return get_policy(name, **kw)
+        kw = {"filter": str(filter_path), **kw}
+    return get_policy(name, **kw).bind(RunSettings(block_length=8))
 
 
 class Recorder:
@@ -110,8 +110,21 @@ def test_learn2pd_adds_filter_accepted_tokens_to_the_schedule(tiny, prompts, fil
 
 
 def test_learn2pd_rejects_a_filter_of_another_block_length(filter_path):
-    with pytest.raises(ValueError, match="block_length"):
-        get_policy("learn2pd", filter=str(filter_path), block_length=32)
+    policy = get_policy("learn2pd", filter=str(filter_path))
+    with pytest.raises(ValueError, match="trained for block_length=8, but this run uses block_length=32"):
+        policy.bind(RunSettings(block_length=32))
+    assert policy.bind(RunSettings(block_length=8)) is policy
+
+
+def test_learn2pd_parameters_are_only_the_user_settable_ones(filter_path):
+    """The loaded network is internal state: not listed, not accepted, not recorded."""
+    assert policy_params("learn2pd") == ["filter", "accept_thres"]
+    with pytest.raises(ValueError, match="does not take _net; valid parameters: filter, accept_thres$"):
+        get_policy("learn2pd", filter=str(filter_path), _net=None)
+    with pytest.raises(ValueError, match="does not take block_length; valid parameters: filter, accept_thres$"):
+        get_policy("learn2pd", filter=str(filter_path), block_length=8)  # the run's setting comes through bind()
+    assert get_policy("learn2pd", filter=str(filter_path)).params() == {"filter": str(filter_path),
+                                                                        "accept_thres": 0.6}
 
 
 def test_eotp_cuts_after_end_of_text_and_skips_the_rest(tiny, prompts):

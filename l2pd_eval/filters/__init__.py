@@ -1,6 +1,7 @@
-"""Learn2PD filter: trajectory recording, training, checkpoints (safetensors + JSON)."""
+"""Learn2PD filter: trajectory recording and training. The network and its checkpoints live in
+:mod:`l2pd_eval.policies.filter_net` (the learn2pd policy needs them without this package's engine imports)."""
 
-from .model import (
+from l2pd_eval.policies.filter_net import (
     FilterBlockLengthError,
     FilterConfig,
     L2PFilter,

@@ -46,7 +46,8 @@ def _fmt(v: Any) -> str:
 
 
 def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    from .model import ACTIVATIONS, COMMITTED_CONF
+    from l2pd_eval.policies.filter_net import ACTIVATIONS, COMMITTED_CONF
+
     from .train import SPLIT_BY, TrainConfig
 
     d = TrainConfig()
@@ -84,8 +85,9 @@ def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def train_filter_main(args: argparse.Namespace) -> int:
+    from l2pd_eval.policies.filter_net import load_published_filter, save_filter
+
     from .data import load_trajectories
-    from .model import load_published_filter, save_filter
     from .train import TrainConfig, train_filter
 
     if args.threads is not None:

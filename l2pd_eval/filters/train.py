@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from l2pd_eval.policies.base import top1_mask
+from l2pd_eval.policies.filter_net import COMMITTED_CONF, FilterConfig, L2PFilter
 
 from .data import Trajectories
-from .model import COMMITTED_CONF, FilterConfig, L2PFilter
 
 SPLIT_BY = ("prompt", "record")
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.96, 0.98, 0.99)

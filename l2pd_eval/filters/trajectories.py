@@ -22,6 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from l2pd_eval.model.tokenizer import chat_user_prompt
+
 from .data import CONF_DTYPES, TrajectoryWriter
 
 ROLLOUTS = ("low_confidence", "oracle")
@@ -103,8 +105,7 @@ def encode_prompts(tokenizer: Any, texts: Sequence[str], chat_template: bool | N
     out = []
     for text in texts:
         if use_chat:
-            text = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True,
-                                                 tokenize=False)
+            text = chat_user_prompt(tokenizer, text)
             out.append(list(tokenizer(text, add_special_tokens=False)["input_ids"]))
         else:
             out.append(list(tokenizer(text)["input_ids"]))
@@ -286,6 +287,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from l2pd_eval.model import load_model, load_tokenizer
+    from l2pd_eval.model.loading import check_vocab
 
     from .train import resolve_device
 
@@ -302,6 +304,7 @@ def main(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     model = load_model(args.model, dtype=args.dtype, device=device)
     tokenizer = load_tokenizer(args.tokenizer or args.model)
+    check_vocab(tokenizer, model.config, args.tokenizer or args.model, args.model)
     manifest = record_trajectories(model, tokenizer, prompts, args.out, cfg,
                                    info={"model": args.model, "data": data, "dtype": str(model.dtype)},
                                    progress=not args.no_progress)

@@ -78,11 +78,52 @@ def _weight_files(directory: Path) -> list[Path]:
     raise FileNotFoundError(f"{directory}: no model.safetensors or model.safetensors.index.json")
 
 
+def read_safetensors(path: Path, fix: str, device: str | torch.device = "cpu") -> tuple[dict[str, torch.Tensor],
+                                                                                     dict[str, str]]:
+    """Tensors and header metadata of one ``.safetensors`` file; a truncated or foreign file is one error
+    naming the file and ``fix`` (safetensors itself names neither)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(torch.device(device))) as f:
+            return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+    except SafetensorError as err:
+        raise ValueError(f"{path}: not a readable .safetensors file ({err}): the file is truncated or corrupt; "
+                         f"{fix}") from None
+
+
+def _check_shapes(model: LLaDA, state: dict[str, torch.Tensor], pretrained: str, directory: Path) -> None:
+    """config.json decides every shape; weights of other shapes mean the two files do not belong together."""
+    expected = model.state_dict()
+    missing, unexpected = set(expected) - set(state), set(state) - set(expected)
+    if missing or unexpected:
+        raise ValueError(
+            f"pretrained={pretrained!r}: the weights do not match {directory / 'config.json'} "
+            f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]}); check n_layers and "
+            f"weight_tying in config.json, or use the config.json that came with these weights")
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise ValueError(
+            f"pretrained={pretrained!r}: {directory / 'config.json'} does not match the weights: {k} has shape "
+            f"{list(state[k].shape)} in the weights but config.json implies {list(expected[k].shape)} "
+            f"({len(wrong)} tensor(s) differ). Check config.json's d_model, n_heads, n_kv_heads, mlp_hidden_size, "
+            f"vocab_size / embedding_size, or use the config.json that came with these weights")
+
+
+def check_vocab(tokenizer: Any, config: LLaDAConfig, tokenizer_name: str, model_name: str) -> None:
+    """A token id past the embedding would fail deep inside the forward pass; refuse the pair at load."""
+    size = len(tokenizer)
+    if size > config.padded_vocab:
+        raise ValueError(
+            f"tokenizer={tokenizer_name!r} has {size} tokens but pretrained={model_name!r} has only "
+            f"{config.padded_vocab} embedding rows, so its ids would run past the model's vocabulary: use the "
+            f"tokenizer that belongs to this model (tokenizer=<its directory or hub id>)")
+
+
 def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
                revision: str | None = None, seed: int = 0) -> LLaDA:
     """Build LLaDA from a checkpoint directory, a hub id, or ``random:<preset>`` (random weights, e.g. 8B shape)."""
-    from safetensors.torch import load_file
-
     torch_dtype = resolve_dtype(dtype, device)
     if pretrained.startswith("random:"):
         return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
@@ -92,13 +133,9 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
         model = model_class(cfg)
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
-        state.update(load_file(str(file), device=str(torch.device(device))))
+        state.update(read_safetensors(file, "download or copy the checkpoint again", device)[0])
     state = {k: v.to(torch_dtype) for k, v in state.items()}
-    expected = set(model.state_dict())
-    missing, unexpected = expected - set(state), set(state) - expected
-    if missing or unexpected:
-        raise ValueError(f"pretrained={pretrained!r}: checkpoint keys do not match {type(model).__name__} "
-                         f"(missing {sorted(missing)[:5]}, unexpected {sorted(unexpected)[:5]})")
+    _check_shapes(model, state, pretrained, directory)
     model.load_state_dict(state, assign=True)
     model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length).to(device)
     model.name_or_path = str(pretrained)

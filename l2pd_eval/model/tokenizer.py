@@ -19,6 +19,14 @@ CHAT_TEMPLATE = (
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 
+
+def chat_user_prompt(tokenizer, content: str) -> str:
+    """How an Instruct dLLM is asked: ``content`` as one user turn, then the assistant header to answer under.
+    The one place this rule is written (evaluation, likelihood, trajectories and the testbed all use it)."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
 DEFAULT_CORPUS = (
     "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?\nAnswer: Natalia sold 48/2 = <<48/2=24>>24 "

@@ -15,6 +15,8 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
+from l2pd_eval.typed_args import parameters as dataclass_parameters
+
 
 @dataclass
 class StepState:
@@ -26,7 +28,7 @@ class StepState:
     k: Tensor         # [B] long: tokens the linear schedule asks for at this step (>= 1 while masked)
     step: int         # step index within the block
     block: int        # block index
-    block_start: int  # absolute position of the block in the answer region (0-based, answer-relative)
+    block_start: int  # offset of the block's first position from the start of the answer (0-based)
     rows: Tensor      # [B] long: original batch rows present in this step
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
@@ -51,6 +53,15 @@ def top1_mask(scores: Tensor) -> Tensor:
     return torch.arange(scores.shape[-1], device=scores.device) == scores.argmax(-1, keepdim=True)
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run fixes before decoding that a policy may have to check or prepare for (see ``bind``)."""
+
+    block_length: int
+    gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
+    device: torch.device = torch.device("cpu")
+
+
 class Policy:
     """Base class. Subclasses are dataclasses of their parameters, registered by ``name``."""
 
@@ -64,8 +75,18 @@ class Policy:
     def select(self, state: StepState) -> Tensor:
         raise NotImplementedError
 
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Parameter name -> declared type: what ``policy=<name>`` accepts in model_args (no internals)."""
+        return dataclass_parameters(cls) if dataclasses.is_dataclass(cls) else {}
+
     def params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self) if dataclasses.is_dataclass(self) else {}
+        return {k: getattr(self, k) for k in self.parameters()}
+
+    def bind(self, run: RunSettings) -> Policy:
+        """Called once by a run before its first request, so a policy rejects settings it cannot serve
+        (a filter trained for another block length) before any decoding; the default needs nothing."""
+        return self
 
     def to(self, device: torch.device) -> Policy:
         """Move any tensors/modules the policy owns (the Learn2PD filter) to the decoding device."""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
 import importlib
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from l2pd_eval.policies.base import Policy
+from l2pd_eval.typed_args import coerce_fields
 
 _REGISTRY: dict[str, type[Policy]] = {}
 _BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd",
@@ -33,7 +34,7 @@ def available() -> list[str]:
 
 
 def policy_params(name: str) -> list[str]:
-    return [f.name for f in dataclasses.fields(policy_class(name))]
+    return list(policy_class(name).parameters())
 
 
 def policy_class(name: str) -> type[Policy]:
@@ -43,26 +44,24 @@ def policy_class(name: str) -> type[Policy]:
     return _REGISTRY[name]
 
 
-def _coerce(value: Any, kind: Any) -> Any:
-    kind = str(kind)
-    if isinstance(value, str):
-        if "bool" in kind:
-            return value.lower() in ("1", "true", "yes")
-        if "float" in kind:
-            return float(value)
-        if "int" in kind:
-            return int(value)
-    if "float" in kind and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    return value
+def parse_policy_params(name: str, params: Mapping[str, Any], also_valid: Collection[str] = ()) -> dict[str, Any]:
+    """Check the names and coerce the values of ``policy=name``'s parameters (the one place this happens).
+
+    ``also_valid`` are the caller's own argument names (the lm-eval adapter's model_args), listed in the
+    error so it shows everything the user could have meant.
+    """
+    cls = policy_class(name)
+    kinds = cls.parameters()
+    unknown = sorted(set(params) - set(kinds))
+    if unknown and also_valid:
+        raise ValueError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={name!r}; valid: "
+                         f"{', '.join(sorted({*also_valid, *kinds}))}")
+    if unknown:
+        raise ValueError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: "
+                         f"{', '.join(kinds) or '(none)'}")
+    return coerce_fields(cls, params)
 
 
 def get_policy(name: str, **params: Any) -> Policy:
     """Build a policy; an unknown parameter is an error naming the policy's valid parameters."""
-    cls = policy_class(name)
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(params) - set(fields))
-    if unknown:
-        valid = ", ".join(fields) or "(none)"
-        raise ValueError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: {valid}")
-    return cls(**{k: _coerce(v, fields[k].type) for k, v in params.items()})
+    return policy_class(name)(**parse_policy_params(name, params))

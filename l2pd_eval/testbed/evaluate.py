@@ -46,7 +46,7 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
     """One result dict per setting: accuracy, mean NFE, mean committed tokens per forward, seconds."""
     from l2pd_eval.engine import GenerationConfig, generate
     from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
-    from l2pd_eval.policies import get_policy
+    from l2pd_eval.policies import RunSettings, get_policy
 
     problems = list(load_test_split() if problems is None else problems)
     model = load_model(str(checkpoint), dtype=dtype, device=device)
@@ -55,13 +55,13 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
     prompts = [tok(format_prompt(p.question), add_special_tokens=False).input_ids for p in problems]
     settings = list(settings)
     if filter_path:
-        settings += [Setting("learn2pd", "learn2pd", {"filter": filter_path, "block_length": block_length}),
-                     Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path, "block_length": block_length},
-                             eotp=True)]
+        settings += [Setting("learn2pd", "learn2pd", {"filter": filter_path}),
+                     Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path}, eotp=True)]
     reference: list[torch.Tensor] | None = None
     results = []
     for s in settings:
-        policy = get_policy(s.policy, **s.params)
+        policy = get_policy(s.policy, **s.params).bind(
+            RunSettings(block_length=block_length, gen_length=gen_length, device=model.device))
         cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, eotp=s.eotp)
         if getattr(policy, "needs_reference", False) and reference is None:
             raise ValueError(f"setting {s.label!r} needs the vanilla setting to run first (its output is the reference)")
@@ -77,7 +77,7 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
         texts = [tok.decode(row, skip_special_tokens=True) for t in outs for row in t.tolist()]
         correct = [extract(text) == str(p.final) for text, p in zip(texts, problems, strict=True)]
         results.append({
-            "setting": s.label, "policy": s.policy, "params": {k: v for k, v in s.params.items() if k != "block_length"},
+            "setting": s.label, "policy": s.policy, "params": dict(s.params),
             "eotp": s.eotp, "accuracy": sum(correct) / len(correct), "n": len(correct),
             "mean_nfe": sum(st.nfe for st in stats) / len(stats),
             "tokens_per_forward": sum(st.tokens_per_forward for st in stats) / len(stats),

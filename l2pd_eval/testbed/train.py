@@ -35,6 +35,7 @@ from torch import Tensor
 
 from l2pd_eval.engine.greedy import unmask_most_confident
 from l2pd_eval.engine.layout import left_pad
+from l2pd_eval.model.tokenizer import chat_user_prompt
 from l2pd_eval.testbed.data import (
     ANSWER_RE,
     DEFAULT_TEST_SEED,
@@ -108,8 +109,7 @@ class TrainConfig:
 
 def chat_prompt(tokenizer, question: str) -> str:
     """The prompt lm-eval's ``--apply_chat_template`` produces: one user turn plus the assistant header."""
-    return tokenizer.apply_chat_template([{"role": "user", "content": format_prompt(question)}],
-                                         add_generation_prompt=True, tokenize=False)
+    return chat_user_prompt(tokenizer, format_prompt(question))
 
 
 def train_tokenizer(cfg: TrainConfig):
@@ -160,9 +160,7 @@ def encode(tokenizer, problem: Problem, fmt: str, special: Special) -> tuple[lis
 def chat_frame(tokenizer) -> tuple[str, str]:
     """The chat template's text before and after the user content, to format prompts without jinja."""
     sentinel = "\x00SENTINEL\x00"
-    text = tokenizer.apply_chat_template([{"role": "user", "content": sentinel}], add_generation_prompt=True,
-                                         tokenize=False)
-    head, tail = text.split(sentinel)
+    head, tail = chat_user_prompt(tokenizer, sentinel).split(sentinel)
     return head, tail
 
 

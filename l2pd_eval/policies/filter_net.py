@@ -215,30 +215,70 @@ def load_filter(
     if p.is_file() and p.suffix in PUBLISHED_SUFFIXES:
         filt = load_published_filter(p)
     else:
-        weights, cfg_path = _resolve_paths(p)
-        if not weights.is_file():
-            raise FileNotFoundError(f"filter={str(path)!r}: no {weights.name} found at {weights}")
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        with safe_open(str(weights), framework="pt") as f:
-            header = (f.metadata() or {}).get(_HEADER_KEY)
-        if header is not None:
-            cfg = FilterConfig.from_json(json.loads(header))
-        elif cfg_path.is_file():
-            cfg = FilterConfig.from_json(json.loads(cfg_path.read_text()))
-        else:
-            raise ValueError(f"filter={str(path)!r}: {weights.name} has no embedded config and no {cfg_path.name}")
-        filt = L2PFilter(cfg)
-        state = load_file(str(weights))
-        try:
-            filt.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            raise ValueError(f"filter={str(path)!r}: weights do not match its config {cfg.to_json()}: {e}") from e
+        filt = _load_ours(p)
     check_block_length(filt, expected_block_length, source=str(path))
     if accept_threshold is not None:
         filt.set_accept_threshold(accept_threshold)
     return filt.to(device).eval()
+
+
+def _load_ours(path: Path) -> L2PFilter:
+    from l2pd_eval.model.loading import read_safetensors
+
+    weights, cfg_path = _resolve_paths(path)
+    if not weights.is_file():
+        raise FileNotFoundError(f"filter={str(path)!r}: no {weights.name} found at {weights}")
+    state, header = read_safetensors(weights, "train the filter again (`l2pd-eval train-filter`) or copy it again")
+    cfg = _settings(weights, cfg_path, header.get(_HEADER_KEY))
+    filt = L2PFilter(cfg)
+    _check_weights(filt, state, weights, cfg_path if header.get(_HEADER_KEY) is None else weights)
+    filt.load_state_dict(state, strict=True)
+    return filt
+
+
+# What a filter computes with; metadata (model, data, metrics) only describes it and may differ.
+_SETTINGS = ("block_length", "hidden_sizes", "activation", "accept_threshold", "committed_conf")
+
+
+def _settings(weights: Path, cfg_path: Path, header: str | None) -> FilterConfig:
+    """One source of truth: the settings embedded in the weights file, written with the weights. filter.json
+    is a copy for people; an edited copy is refused, since it would otherwise be silently ignored."""
+    if header is None and not cfg_path.is_file():
+        raise ValueError(f"filter={str(weights)!r}: {weights.name} has no embedded settings and there is no "
+                         f"{cfg_path.name} beside it")
+    if header is None:
+        return _read_settings(cfg_path.read_text(), cfg_path)
+    cfg = _read_settings(header, weights)
+    if cfg_path.is_file():
+        copy = _read_settings(cfg_path.read_text(), cfg_path).to_json()
+        ours = cfg.to_json()
+        differ = [k for k in _SETTINGS if copy[k] != ours[k]]
+        if differ:
+            detail = ", ".join(f"{k}: {copy[k]!r} in {cfg_path.name}, {ours[k]!r} in {weights.name}" for k in differ)
+            raise ValueError(
+                f"filter: {cfg_path} disagrees with the settings stored in {weights} ({detail}). The weights file's "
+                f"settings are the ones the filter was trained with and are used; {cfg_path.name} is a copy for "
+                f"reading. To run with another threshold pass accept_thres=<value> in model_args; otherwise "
+                f"restore {cfg_path.name} (or delete it)")
+    return cfg
+
+
+def _read_settings(text: str, source: Path) -> FilterConfig:
+    try:
+        return FilterConfig.from_json(json.loads(text))
+    except (ValueError, TypeError) as err:  # bad JSON, or a value FilterConfig rejects
+        raise ValueError(f"filter: bad settings in {source}: {err}") from None
+
+
+def _check_weights(filt: L2PFilter, state: Mapping[str, torch.Tensor], weights: Path, settings: Path) -> None:
+    expected = {k: tuple(v.shape) for k, v in filt.state_dict().items()}
+    found = {k: tuple(v.shape) for k, v in state.items()}
+    if expected != found:
+        c = filt.config
+        raise ValueError(
+            f"filter: the weights in {weights} do not match the settings in {settings} (block_length="
+            f"{c.block_length}, hidden_sizes={list(c.hidden_sizes)}): the settings need tensors {expected}, the "
+            f"file has {found}. Use the settings saved with these weights, or train the filter again")
 
 
 def check_block_length(filt: L2PFilter, expected_block_length: int | None, source: str = "filter") -> None:
@@ -321,7 +361,11 @@ def convert_published_state_dict(
 
 
 def load_published_filter(path: str | Path) -> L2PFilter:
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as err:  # pickle, zip and EOF errors alike: the file is not a saved state dict
+        raise ValueError(f"filter={str(path)!r}: not a readable PyTorch state dict ({type(err).__name__}: "
+                         f"{str(err)[:200]}); download or copy the published filter again") from None
     if isinstance(state, nn.Module):  # pragma: no cover - weights_only forbids this; kept for clarity
         state = state.state_dict()
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
