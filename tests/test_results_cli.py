@@ -27,7 +27,7 @@ def test_report_files_by_suffix_match_golden(tmp_path, capsys):
 
 
 def test_report_console_to_stdout(capsys):
-    assert main(["report", "runs", "--width", "200"]) == 0
+    assert main(["report", "runs", "--width", "200", "--tps", "mean"]) == 0
     out = capsys.readouterr().out
     assert "l2pd-eval report" in out and "low_confidence (baseline)" in out and "13.28 / 10.00x / 83.33*" in out
 
@@ -80,7 +80,7 @@ def test_save_baseline_then_compare_passes_on_the_same_runs(tmp_path, capsys):
     base = tmp_path / "b.json"
     assert main(["report", "runs", "--format", "csv", "--save-baseline", str(base)]) == 0
     data = json.loads(base.read_text())
-    assert data["schema"] == "l2pd-eval/baseline" and data["tps_kind"] == "mean" and len(data["cells"]) == 11
+    assert data["schema"] == "l2pd-eval/baseline" and data["tps_kind"] == "paper" and len(data["cells"]) == 11
     assert data["environment"]["gpu"] == "NVIDIA H100 80GB HBM3"
     capsys.readouterr()
     assert main(["compare", "--baseline", str(base), "runs"]) == 0

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from l2pd_eval.results.methods import Method
 from l2pd_eval.results.published import available, load_published, match_method, published_dirs
-from l2pd_eval.results.runs import Method
 from l2pd_eval.results.table import Report
 
 REPO = Path(__file__).resolve().parents[1]

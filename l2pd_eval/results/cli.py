@@ -20,8 +20,10 @@ EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="lm-eval output folder (searched recursively), results_*.json, or l2pd_*.json sidecar")
-    parser.add_argument("--tps", choices=TPS_KINDS, default="mean",
-                        help="mean: per-sample tokens/s averaged (papers' convention, default); total: sum/sum")
+    parser.add_argument("--tps", choices=TPS_KINDS, default="paper",
+                        help="paper (default): TPS (papers') = answer tokens cut at the stop strings / wall time of "
+                             "the generate_until loop, as Learn2PD and Fast-dLLM report it; decode-only figures: "
+                             "mean (per-sample tokens/s averaged) or total (sum of tokens / sum of decode seconds)")
     parser.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC[,FILTER]",
                         help="accuracy metric for a task (base name like gsm8k, or the full lm-eval task name); "
                              "repeatable. Default: the task's primary metric (gsm8k: exact_match,flexible-extract)")

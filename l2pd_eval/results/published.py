@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results import render
-from l2pd_eval.results.runs import Method
+from l2pd_eval.results.methods import Method
 from l2pd_eval.results.table import Report, fmt_acc, fmt_speedup, fmt_tps
 
 SCHEMA = "l2pd-eval/published"
