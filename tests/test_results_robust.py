@@ -4,10 +4,10 @@ corrupt files: what the adapter writes mid-run, what `report` / `compare` make o
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
+from results_runs import FIX, copy_runs, upgrade
 
 from l2pd_eval.cli import main
 from l2pd_eval.results.methods import Method
@@ -15,8 +15,6 @@ from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import LoopRecord, SampleRecord, Sidecar, count_paper_tokens
 from l2pd_eval.results.table import build_report, render_report
 
-FIX = Path(__file__).resolve().parent / "fixtures" / "results"
-RUN_DIR = "GSAI-ML__LLaDA-8B-Instruct"
 L2PD = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", True)
 BASE = Method("low_confidence")
 
@@ -24,30 +22,6 @@ BASE = Method("low_confidence")
 def rec(task: str = "t", doc_id: int = 0, tokens: int = 10, seconds: float = 1.0, paper: int | None = 8) -> SampleRecord:
     return SampleRecord(task=task, doc_id=doc_id, tokens=tokens, seconds=seconds, nfe=5, gen_length=256,
                         paper_tokens=paper)
-
-
-def copy_runs(tmp_path: Path) -> Path:
-    out = tmp_path / "runs"
-    shutil.copytree(FIX / "runs", out)
-    return out / RUN_DIR
-
-
-def upgrade(folder: Path, loop_factor: float = 1.5, rank_split: bool = False) -> None:
-    """Give the fixture's old sidecars what the adapter now records: paper_tokens = tokens - 2 and one
-    generate_until call per run lasting loop_factor x its decode seconds (or two ranks sharing it)."""
-    for path in sorted(folder.glob("l2pd_*.json")):
-        side = Sidecar.load(path)
-        for s in side.samples:
-            s.paper_tokens = max(s.tokens - 2, 0)
-        counts: dict[str, int] = {}
-        for s in side.samples:
-            counts[s.task] = counts.get(s.task, 0) + 1
-        total = loop_factor * sum(s.seconds for s in side.samples)
-        if rank_split:
-            side.loops = [LoopRecord(0, 0.25 * total, counts, True), LoopRecord(1, 0.75 * total, counts, True)]
-        else:
-            side.loops = [LoopRecord(0, total, counts, True)]
-        side.save(path)
 
 
 # --------------------------------------------------------------------------------------------------

@@ -71,8 +71,9 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the speed/accuracy trade-off")
     parser.add_argument("--plot-x", choices=("auto", "speedup", "tps"), default="auto",
                         help="x axis of --plot (auto: speedup if a baseline run exists, else TPS)")
-    parser.add_argument("--published", default=None, metavar="NAME",
-                        help="also show a published table side by side (e.g. learn2pd, or a JSON path)")
+    parser.add_argument("--published", action="append", default=[], metavar="NAME",
+                        help="also show a published table side by side: learn2pd, fastdllm_llada, fastdllm_dream, "
+                             "all, or a JSON path; repeatable")
     parser.add_argument("--save-baseline", default=None, metavar="FILE.json",
                         help="store this report's cells as a regression baseline for `l2pd-eval compare`")
 
@@ -92,9 +93,9 @@ def report_main(args: argparse.Namespace) -> int:
         runs, report = _build(args)
         published = None
         if args.published:
-            from l2pd_eval.results.published import load_published
+            from l2pd_eval.results.published import load_tables
 
-            published = load_published(args.published)
+            published = load_tables(args.published)
     except ValueError as exc:
         return _error(str(exc))
 

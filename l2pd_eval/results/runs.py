@@ -171,6 +171,7 @@ class Cell:
     accuracy_stderr: float | None = None
     n_eval: int | None = None
     timing: TaskAggregate | None = None
+    n_shot: int | None = None  # few-shot count lm-eval recorded ("n-shot")
 
 
 @dataclass
@@ -191,6 +192,14 @@ class Run:
         if self.results is not None and self.results.start is not None:
             return self.results.start
         return 0.0
+
+    @property
+    def model(self) -> str | None:
+        """The evaluated model's name or path (sidecar manifest, else lm-eval's ``pretrained``)."""
+        name = self.manifest.get("model")
+        if name is None and self.results is not None:
+            name = self.results.model_args.get("pretrained")
+        return str(name) if name is not None else None
 
     @property
     def partial(self) -> str | None:
@@ -244,8 +253,9 @@ class Run:
                 entry = self.results.results.get(name, {})
                 overrides = metric_overrides or {}
                 metric = choose_metric(base, entry, overrides.get(name) or overrides.get(base))
+                shots = (self.results.data.get("n-shot") or {}).get(name)
                 cell = Cell(base, self._length_for(name, leaves), name, metric=metric,
-                            n_eval=self.results.n_samples(name))
+                            n_eval=self.results.n_samples(name), n_shot=shots if isinstance(shots, int) else None)
                 if metric is not None:
                     cell.accuracy = _as_float(entry.get(metric))
                     mname, _, filt = metric.partition(",")
