@@ -222,3 +222,34 @@ def test_unrelated_broken_json_in_a_run_folder_is_skipped(tmp_path):
     (folder / "renamed.json").write_text('{"schema": "l2pd-eval/sidecar", "version": 2, "samp')
     with pytest.raises(ValueError, match=r"renamed\.json: truncated sidecar"):
         discover([folder])
+
+
+def test_a_killed_writer_leaves_a_readable_partial_sidecar(tmp_path):
+    """SIGKILL a process that checkpoints as fast as it can: the file on disk is always a whole sidecar."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "l2pd_k.json"
+    code = (
+        "import sys\n"
+        "from l2pd_eval.results.sidecar import SampleRecord, Sidecar\n"
+        "s = Sidecar({'policy': 'threshold', 'started_at': 1.0})\n"
+        "s.begin_loop(0, ['t'] * 100000)\n"
+        "for i in range(100000):\n"
+        "    s.add(SampleRecord('t', i, 3, 0.1, 1, 8, paper_tokens=2))\n"
+        "    s.checkpoint(sys.argv[1], min_interval_s=0.0)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.Popen([sys.executable, "-c", code, str(path)], env=env)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and (not path.exists() or Sidecar.load(path).requests_done < 50):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    side = Sidecar.load(path)
+    assert not side.complete and 50 <= side.requests_done < 100000
+    assert side.progress_label() == f"partial: {side.requests_done}/100000"
+    assert [p.name for p in tmp_path.iterdir() if p.name != "l2pd_k.json"] in ([], [f".l2pd_k.json.tmp{proc.pid}"])

@@ -69,10 +69,12 @@ class SampleRecord:
         self.seconds = float(self.seconds)
 
     @classmethod
-    def from_row_stats(cls, task: str, doc_id: int, stats: Any, gen_length: int) -> SampleRecord:
+    def from_row_stats(cls, task: str, doc_id: int, stats: Any, gen_length: int,
+                       paper_tokens: int | None = None) -> SampleRecord:
         """From the engine's per-row ``RowStats`` (``num_tokens``, ``seconds``, ``nfe``, ``eotp_saved``)."""
         return cls(task=task, doc_id=int(doc_id), tokens=int(stats.num_tokens), seconds=float(stats.seconds),
-                   nfe=int(stats.nfe), gen_length=int(gen_length), eotp_saved=int(getattr(stats, "eotp_saved", 0)))
+                   nfe=int(stats.nfe), gen_length=int(gen_length), eotp_saved=int(getattr(stats, "eotp_saved", 0)),
+                   paper_tokens=paper_tokens)
 
     @property
     def tokens_per_forward(self) -> float:
