@@ -374,7 +374,8 @@ def _classify(path: Path, folder: _Folder, explicit: bool = False) -> str | None
         data = read_json(path, "JSON file")
     except ValueError as exc:
         try:
-            looks_ours = SCHEMA.encode() in path.read_bytes()[:4096]
+            with path.open("rb") as fh:
+                looks_ours = SCHEMA.encode() in fh.read(4096)
         except OSError:
             looks_ours = False
         if explicit or named_ours or looks_ours:
