@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from results_runs import copy_runs, set_shots
 
 from l2pd_eval.cli import main
 
@@ -27,7 +28,7 @@ def test_report_files_by_suffix_match_golden(tmp_path, capsys):
 
 
 def test_report_console_to_stdout(capsys):
-    assert main(["report", "runs", "--width", "200"]) == 0
+    assert main(["report", "runs", "--width", "200", "--tps", "mean"]) == 0
     out = capsys.readouterr().out
     assert "l2pd-eval report" in out and "low_confidence (baseline)" in out and "13.28 / 10.00x / 83.33*" in out
 
@@ -46,13 +47,19 @@ def test_plot_without_baseline_falls_back_to_tps(tmp_path, capsys):
     assert "x axis: tps" in capsys.readouterr().out
 
 
-def test_report_published_side_by_side(capsys):
-    assert main(["report", "runs", "--format", "markdown", "--published", "learn2pd"]) == 0
+def test_report_published_side_by_side(tmp_path, capsys):
+    folder = copy_runs(tmp_path)
+    set_shots(folder, {"gsm8k_l2pd_256": 5, "gsm8k_l2pd_1024": 5})
+    assert main(["report", str(folder), "--format", "markdown", "--published", "learn2pd", "--tps", "mean"]) == 0
     out = capsys.readouterr().out
-    # Paper row next to ours (gsm8k 1024): ours 12.07 TPS, 18.18x, 83.33 in the fixture.
-    assert "| Learn2PD & EoTP | gsm8k | 1024 | 12.26 | 12.07 | 22.58x | 18.18x | -4.40 | 79.83 | 83.33 | +3.50 |" in out
-    assert "| Learn2PD & EoTP + Prefix Cache | gsm8k | 1024 | 14.79 | n/a | 27.23x | n/a | n/a | 77.71 | n/a | n/a |" in out
-    assert "Missing: The paper's main table" in out
+    # Paper row next to ours (gsm8k 1024): ours 12.07 TPS (mean), 18.18x, 83.33 in the fixture.
+    assert ("| learn2pd | Learn2PD + EoTP | gsm8k | 1024 | 5 | 79.83 | 83.33 | +3.50 | 22.58x | 18.18x | 0.81 | "
+            "12.26 | 12.07 |") in out
+    assert ("| learn2pd | Learn2PD + EoTP + prefix cache | gsm8k | 1024 | 5 | 77.71 | n/a | n/a | 27.23x | n/a | n/a | "
+            "14.79 | n/a |") in out
+    assert "Not paired: learn2pd Learn2PD + EoTP minerva_math 256 (0-shot run vs 4-shot paper)" in out
+    assert main(["report", str(folder), "--format", "csv", "--published", "all"]) == 0
+    assert capsys.readouterr().out.count("\nfastdllm_dream,") == 32
 
 
 def test_report_published_csv_goes_to_a_second_file(tmp_path):
@@ -60,12 +67,12 @@ def test_report_published_csv_goes_to_a_second_file(tmp_path):
     assert main(["report", "runs", "-o", str(out), "--published", "learn2pd"]) == 0
     side = tmp_path / "t.published.csv"
     assert out.read_text() == (FIX / "golden" / "report.csv").read_text()
-    assert side.read_text().splitlines()[0].startswith("Method (paper),Task,Len,TPS paper")
+    assert side.read_text().splitlines()[0].startswith("Paper,Method (paper),Task,Len,Shots,Acc paper,Acc ours,d acc (pp)")
 
 
 @pytest.mark.parametrize("argv,message", [
     (["report", "nope"], "RUN nope: no such file or folder"),
-    (["report", "runs", "--published", "nope"], "valid choices: learn2pd"),
+    (["report", "runs", "--published", "nope"], "valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all"),
     (["report", "runs", "--metric", "gsm8k"], "--metric 'gsm8k': expected TASK=METRIC"),
     (["report", "runs", "--metric", "gsm8k=bogus"], "valid choices: exact_match,flexible-extract"),
     (["compare", "--baseline", "nope.json", "runs"], "--baseline nope.json: no such file"),
@@ -80,7 +87,7 @@ def test_save_baseline_then_compare_passes_on_the_same_runs(tmp_path, capsys):
     base = tmp_path / "b.json"
     assert main(["report", "runs", "--format", "csv", "--save-baseline", str(base)]) == 0
     data = json.loads(base.read_text())
-    assert data["schema"] == "l2pd-eval/baseline" and data["tps_kind"] == "mean" and len(data["cells"]) == 11
+    assert data["schema"] == "l2pd-eval/baseline" and data["tps_kind"] == "paper" and len(data["cells"]) == 11
     assert data["environment"]["gpu"] == "NVIDIA H100 80GB HBM3"
     capsys.readouterr()
     assert main(["compare", "--baseline", str(base), "runs"]) == 0

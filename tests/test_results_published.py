@@ -6,36 +6,80 @@ import json
 from pathlib import Path
 
 import pytest
+from results_runs import copy_runs, set_shots, upgrade
 
-from l2pd_eval.results.published import available, load_published, match_method, published_dirs
-from l2pd_eval.results.runs import Method
-from l2pd_eval.results.table import Report
+from l2pd_eval.results.methods import Method
+from l2pd_eval.results.published import (
+    available,
+    comparison_grid,
+    comparison_notes,
+    load_published,
+    load_tables,
+    match_method,
+    pair_published,
+    published_dirs,
+)
+from l2pd_eval.results.runs import discover
+from l2pd_eval.results.table import Report, build_report
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_learn2pd_table_holds_the_protocol_numbers_with_sources():
-    pub = load_published("learn2pd")
-    assert pub.path == REPO / "results" / "published" / "learn2pd.json"  # source-tree fallback
-    rows = {(e.method["cache"], e.task, e.gen_length): (e.tps, e.speedup, e.accuracy) for e in pub.entries}
-    # shared/notes/protocol.md: GSM8K len 1024, Learn2PD+EoTP with no / prefix / dual cache.
-    assert rows == {
-        ("none", "gsm8k", 1024): (12.26, 22.58, 79.83),
-        ("prefix", "gsm8k", 1024): (14.79, 27.23, 77.71),
-        ("dual", "gsm8k", 1024): (31.23, 57.51, 74.00),
-    }
+# A few cells per table, copied from the papers' tables (see results/published/README.md for sources).
+SPOT_CHECKS = {
+    "learn2pd": {
+        ("LLaDA baseline", "gsm8k", 256): (3.41, 1.00, 78.70),
+        ("Learn2PD + EoTP", "gsm8k", 1024): (12.26, 22.58, 79.83),
+        ("Learn2PD", "humaneval", 256): (11.66, 3.5, 38.41),
+        ("Learn2PD + EoTP", "mbpp", 1024): (9.89, 17.16, 11.02),
+        ("Learn2PD + EoTP + dual cache", "gsm8k", 1024): (31.23, 57.51, 74.00),
+    },
+    "fastdllm_llada": {
+        ("LLaDA", "gsm8k", 256): (6.7, 1.0, 79.3),
+        ("LLaDA", "gsm8k", 512): (3.2, None, 77.5),
+        ("Fast-dLLM (parallel + cache)", "mbpp", 512): (39.5, 9.2, 13.8),
+        ("+Parallel", "humaneval", 256): (101.5, 3.3, 43.9),
+    },
+    "fastdllm_dream": {
+        ("Dream", "minerva_math", 512): (9.6, None, 39.8),
+        ("Fast-dLLM (parallel + cache)", "gsm8k", 256): (48.2, 5.3, 74.8),
+    },
+}
+
+
+@pytest.mark.parametrize("name,count,lengths,family", [
+    ("learn2pd", 4 * 2 * 3 + 2, {256, 1024}, "llada"),
+    ("fastdllm_llada", 4 * 2 * 4 + 2 * 4, {256, 512, 1024}, "llada"),
+    ("fastdllm_dream", 4 * 2 * 4, {256, 512}, "dream"),
+])
+def test_every_published_cell_is_stored_with_its_source(name, count, lengths, family):
+    pub = load_published(name)
+    assert pub.path == REPO / "results" / "published" / f"{name}.json"  # source-tree fallback
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv in {"2509.25188", "2505.22618"}
+    assert {e.gen_length for e in pub.entries} == lengths
+    assert {e.task for e in pub.entries} == {"gsm8k", "minerva_math", "humaneval", "mbpp"}
+    keys = [(e.label, e.task, e.gen_length, e.num_fewshot) for e in pub.entries]
+    assert len(set(keys)) == len(keys)  # no cell twice
     for e in pub.entries:
-        assert e.method["policy"] == "learn2pd" and e.method["eotp"] is True
-        assert e.source in pub.sources and pub.sources[e.source]
-    assert pub.missing and all(m["what"] and m["why"] for m in pub.missing)
+        assert e.source in pub.sources and pub.arxiv in pub.sources[e.source]
+        assert e.accuracy is not None and e.tps is not None
+    for (label, task, length), cell in SPOT_CHECKS[name].items():
+        hits = [e for e in pub.entries if (e.label, e.task, e.gen_length) == (label, task, length)]
+        assert [(e.tps, e.speedup, e.accuracy) for e in hits] == [cell]
     assert {"tps", "speedup", "accuracy"} <= set(pub.units)
+
+
+def test_fastdllm_gsm8k_1024_rows_keep_their_shot_counts():
+    rows = [e for e in load_published("fastdllm_llada").entries if e.gen_length == 1024]
+    assert sorted((e.num_fewshot, e.method["cache"], e.accuracy) for e in rows if e.method["policy"] == "threshold") == [
+        (5, "dual", 74.7), (5, "none", 77.4), (5, "prefix", 75.2), (8, "dual", 76.0), (8, "none", 78.0), (8, "prefix", 75.7)]
 
 
 def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert "learn2pd" in available()
+    assert available() == ["fastdllm_dream", "fastdllm_llada", "learn2pd"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -45,8 +89,12 @@ def test_published_file_by_path_and_errors(tmp_path):
          "accuracy": None, "source": "x"}]}))
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
-    with pytest.raises(ValueError, match="valid choices: learn2pd"):
+    with pytest.raises(ValueError, match="valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
         load_published("fast_dllm")
+    trunc = tmp_path / "trunc.json"
+    trunc.write_text(path.read_text()[:40])
+    with pytest.raises(ValueError, match=r"trunc\.json: truncated published-results file"):
+        load_published(str(trunc))
     bad = tmp_path / "bad.json"
     bad.write_text('{"schema": "other"}')
     with pytest.raises(ValueError, match="not a published-results file"):
@@ -67,3 +115,40 @@ def test_rows_match_on_policy_cache_eotp_and_compatible_params():
     assert match_method(report(no_eotp, ours), dual) == ours
     assert match_method(report(other_threshold), dual) is None
     assert match_method(report(unlabelled), dual) == unlabelled
+
+
+def _side_by_side(tmp_path, shots: int):
+    folder = copy_runs(tmp_path)
+    upgrade(folder)
+    set_shots(folder, {"gsm8k_l2pd_256": shots, "gsm8k_l2pd_1024": shots})
+    report = build_report(discover([folder]))
+    return report, pair_published(report, load_tables(["learn2pd"]))
+
+
+def test_side_by_side_numbers_come_from_the_runs(tmp_path):
+    report, pairs = _side_by_side(tmp_path, shots=5)
+    l2pd = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", True)
+    p = next(p for p in pairs if p.entry.label == "Learn2PD + EoTP" and (p.entry.task, p.entry.gen_length) == ("gsm8k", 1024))
+    ours = report.cell(l2pd, ("gsm8k", 1024))
+    assert p.ours is ours and not ours.tps_fallback
+    assert p.acc_diff == pytest.approx(100 * ours.accuracy - 79.83)
+    assert p.speedup_ratio == pytest.approx(ours.speedup / 22.58)
+    headers, rows = comparison_grid(report, load_tables(["learn2pd"]))
+    row = dict(zip(headers, next(r for r in rows if r[1] == "Learn2PD + EoTP" and r[2:4] == ["gsm8k", "1024"]), strict=True))
+    assert row["Acc ours"] == f"{100 * ours.accuracy:.2f}" and row["d acc (pp)"] == f"{p.acc_diff:+.2f}"
+    assert row["Speedup ours/paper"] == f"{p.speedup_ratio:.2f}" and row["TPS paper (their GPU)"] == "12.26"
+    assert row["TPS ours (our GPU)"] == f"{ours.tps:.2f}"
+    # Published rows the runs do not cover stay beside "n/a" (learn2pd without EoTP was not run).
+    assert all(p.ours is None for p in pairs if p.entry.label == "Learn2PD")
+    # The LLaDA-family tables never pair with a Dream run and vice versa.
+    dream = pair_published(report, load_tables(["fastdllm_dream"]))
+    assert all(p.ours is None and "not of the dream family" in (p.unpaired or "x") for p in dream if p.unpaired)
+
+
+def test_other_shot_counts_are_not_paired_but_named(tmp_path):
+    report, pairs = _side_by_side(tmp_path, shots=2)
+    p = next(p for p in pairs if p.entry.label == "Learn2PD + EoTP" and (p.entry.task, p.entry.gen_length) == ("gsm8k", 1024))
+    assert p.ours is None and p.unpaired == "2-shot run vs 5-shot paper"
+    notes = comparison_notes(report, load_tables(["learn2pd"]))
+    assert "Not paired: learn2pd Learn2PD + EoTP gsm8k 1024 (2-shot run vs 5-shot paper)" in notes
+    assert any(n.startswith("Absolute TPS were measured on different GPUs (ours: NVIDIA H100 80GB HBM3)") for n in notes)

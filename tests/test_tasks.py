@@ -1,4 +1,4 @@
-"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/tasks_support.py).
+"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/tasks_support.py, l2pd_eval/tasks_code.py).
 
 Runs offline on tests/fixtures/tasks (L2PD_DATA_DIR layout). Model-free: an oracle LM that answers
 with each document's gold solution (wrapped like a chat dLLM would) must score 1.0 and a wrong one

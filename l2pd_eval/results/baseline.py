@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results import render
-from l2pd_eval.results.runs import Method
+from l2pd_eval.results.methods import Method
 from l2pd_eval.results.table import Report, column_label, fmt_acc, fmt_tps
 
 SCHEMA = "l2pd-eval/baseline"
@@ -31,7 +31,8 @@ def baseline_from_report(report: Report, runs: list[str] | None = None) -> dict[
                 continue
             cells.append({
                 "method": method.to_json(), "label": method.label, "task": column[0], "gen_length": column[1],
-                "accuracy": c.accuracy, "metric": c.metric, "tps": c.tps, "tps_mean": c.tps_mean,
+                "accuracy": c.accuracy, "metric": c.metric, "tps": c.tps, "tps_fallback": c.tps_fallback,
+                "tps_paper": c.tps_paper, "tps_mean": c.tps_mean,
                 "tps_total": c.tps_total, "nfe_mean": c.nfe_mean, "n_timing": c.n_timing, "n_eval": c.n_eval,
             })
     return {
@@ -106,6 +107,14 @@ def compare(
             continue
         check.acc_new, check.tps_new = cell.accuracy, cell.tps
         problems, missing = [], []
+        if cell.partial:
+            missing.append(f"the run is {cell.partial} requests")
+        # An old sidecar on one side: its TPS is the decode-only sum/sum, not the papers' figure.
+        kinds_differ = bool(check_tps and check.tps_base and bool(row.get("tps_fallback")) != cell.tps_fallback)
+        if kinds_differ:
+            missing.append("TPS kinds differ (baseline: " + _kind_text(bool(row.get("tps_fallback"))) + ", run: "
+                           + _kind_text(cell.tps_fallback) + ")")
+            check.tps_new = None
         if check.acc_base is not None:
             if check.acc_new is None:
                 missing.append("accuracy n/a")
@@ -114,7 +123,7 @@ def compare(
                 if drop > acc_tol + 1e-9:
                     problems.append(f"accuracy {fmt_acc(check.acc_base)} -> {fmt_acc(check.acc_new)} "
                                     f"(-{drop:.2f} pp > {acc_tol:g} pp)")
-        if check_tps and check.tps_base:
+        if check_tps and check.tps_base and not kinds_differ:
             if check.tps_new is None:
                 missing.append("TPS n/a")
             else:
@@ -128,6 +137,10 @@ def compare(
             check.status, check.detail = "missing", "; ".join(missing)
         checks.append(check)
     return checks
+
+
+def _kind_text(fallback: bool) -> str:
+    return "decode-only sum/sum, old sidecar" if fallback else "as recorded"
 
 
 def render_checks(checks: list[Check], width: int | None = None) -> str:

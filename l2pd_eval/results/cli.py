@@ -20,8 +20,10 @@ EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="lm-eval output folder (searched recursively), results_*.json, or l2pd_*.json sidecar")
-    parser.add_argument("--tps", choices=TPS_KINDS, default="mean",
-                        help="mean: per-sample tokens/s averaged (papers' convention, default); total: sum/sum")
+    parser.add_argument("--tps", choices=TPS_KINDS, default="paper",
+                        help="paper (default): TPS (papers') = answer tokens cut at the stop strings / wall time of "
+                             "the generate_until loop, as Learn2PD and Fast-dLLM report it; decode-only figures: "
+                             "mean (per-sample tokens/s averaged) or total (sum of tokens / sum of decode seconds)")
     parser.add_argument("--metric", action="append", default=[], metavar="TASK=METRIC[,FILTER]",
                         help="accuracy metric for a task (base name like gsm8k, or the full lm-eval task name); "
                              "repeatable. Default: the task's primary metric (gsm8k: exact_match,flexible-extract)")
@@ -69,8 +71,9 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the speed/accuracy trade-off")
     parser.add_argument("--plot-x", choices=("auto", "speedup", "tps"), default="auto",
                         help="x axis of --plot (auto: speedup if a baseline run exists, else TPS)")
-    parser.add_argument("--published", default=None, metavar="NAME",
-                        help="also show a published table side by side (e.g. learn2pd, or a JSON path)")
+    parser.add_argument("--published", action="append", default=[], metavar="NAME",
+                        help="also show a published table side by side: learn2pd, fastdllm_llada, fastdllm_dream, "
+                             "all, or a JSON path; repeatable")
     parser.add_argument("--save-baseline", default=None, metavar="FILE.json",
                         help="store this report's cells as a regression baseline for `l2pd-eval compare`")
 
@@ -90,9 +93,9 @@ def report_main(args: argparse.Namespace) -> int:
         runs, report = _build(args)
         published = None
         if args.published:
-            from l2pd_eval.results.published import load_published
+            from l2pd_eval.results.published import load_tables
 
-            published = load_published(args.published)
+            published = load_tables(args.published)
     except ValueError as exc:
         return _error(str(exc))
 

@@ -3,18 +3,22 @@
 The JSON files ship inside the wheel as ``l2pd_eval/published`` (pyproject force-include) and live at
 ``results/published`` in a source checkout; :func:`load_published` tries both. Only numbers actually
 found in a cited source are stored; cells known to exist but not found are listed under ``missing``.
+
+Matching rule (docs/results.md): a published cell pairs with the report cell of the same task and
+generation length whose method has the same policy, cache and EoTP with no contradicting parameter,
+whose model is of the table's family (``llada``/``dream`` in its name; a name with neither is
+accepted and noted), and whose few-shot count equals the cell's when both are known.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results import render
-from l2pd_eval.results.runs import Method
-from l2pd_eval.results.table import Report, fmt_acc, fmt_speedup, fmt_tps
+from l2pd_eval.results.methods import Method
+from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tps
 
 SCHEMA = "l2pd-eval/published"
 
@@ -42,6 +46,7 @@ class PublishedEntry:
     speedup: float | None
     accuracy: float | None  # percent, as printed in the paper
     source: str
+    num_fewshot: int | None = None
 
 
 @dataclass
@@ -53,38 +58,65 @@ class Published:
     units: dict[str, str]
     missing: list[dict[str, Any]] = field(default_factory=list)
     path: Path | None = None
+    family: str | None = None  # "llada" / "dream": which runs may stand beside it
+    gpu: str | None = None
+    arxiv: str | None = None
 
 
 def _num(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def load_published(name_or_path: str) -> Published:
-    """``learn2pd`` (a shipped table) or a path to a JSON file of the same format."""
+def _find(name_or_path: str) -> Path:
     candidate = Path(name_or_path)
-    path = candidate if candidate.suffix == ".json" and candidate.is_file() else None
-    if path is None:
-        for folder in published_dirs():
-            if (folder / f"{name_or_path}.json").is_file():
-                path = folder / f"{name_or_path}.json"
-                break
-    if path is None:
-        raise ValueError(f"--published {name_or_path!r}: no such table; valid choices: {', '.join(available()) or '(none)'}"
-                         " or a path to a JSON file")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data.get("schema") != SCHEMA:
+    if candidate.suffix == ".json" and candidate.is_file():
+        return candidate
+    for folder in published_dirs():
+        if (folder / f"{name_or_path}.json").is_file():
+            return folder / f"{name_or_path}.json"
+    raise ValueError(f"--published {name_or_path!r}: no such table; valid choices: "
+                     f"{', '.join(available()) or '(none)'}, all, or a path to a JSON file")
+
+
+def _entry(path: Path, i: int, e: Any) -> PublishedEntry:
+    if not isinstance(e, dict) or not isinstance(e.get("method"), dict) or "task" not in e:
+        raise ValueError(f"{path}: entries[{i}] needs \"task\" and a \"method\" object")
+    shots = e.get("num_fewshot")
+    return PublishedEntry(
+        task=e["task"], gen_length=e.get("gen_length"), label=e.get("label", ""), method=e["method"],
+        tps=_num(e.get("tps")), speedup=_num(e.get("speedup")), accuracy=_num(e.get("accuracy")),
+        source=e.get("source", ""), num_fewshot=shots if isinstance(shots, int) else None,
+    )
+
+
+def load_published(name_or_path: str) -> Published:
+    """``learn2pd``, ``fastdllm_llada``, ``fastdllm_dream`` (shipped tables) or a JSON file path."""
+    from l2pd_eval.results.sidecar import read_json
+
+    path = _find(name_or_path)
+    data = read_json(path, "published-results file")
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ValueError(f"{path}: not a published-results file (schema must be {SCHEMA!r})")
-    entries = [
-        PublishedEntry(
-            task=e["task"], gen_length=e.get("gen_length"), label=e.get("label", ""), method=e["method"],
-            tps=_num(e.get("tps")), speedup=_num(e.get("speedup")), accuracy=_num(e.get("accuracy")),
-            source=e.get("source", ""),
-        )
-        for e in data.get("entries", [])
-    ]
-    return Published(name=data.get("name", path.stem), title=(data.get("paper") or {}).get("title", ""),
+    entries = [_entry(path, i, e) for i, e in enumerate(data.get("entries", []))]
+    paper, setup = data.get("paper") or {}, data.get("setup") or {}
+    return Published(name=data.get("name", path.stem), title=paper.get("title", ""),
                      entries=entries, sources=data.get("sources", {}), units=data.get("units", {}),
-                     missing=data.get("missing", []), path=path)
+                     missing=data.get("missing", []), path=path, family=data.get("family"),
+                     gpu=setup.get("gpu"), arxiv=paper.get("arxiv"))
+
+
+def load_tables(names: list[str]) -> list[Published]:
+    """``--published`` values (repeatable); ``all`` = every shipped table."""
+    wanted = [n for name in names for n in (available() if name == "all" else [name])]
+    return [load_published(n) for n in dict.fromkeys(wanted)]
+
+
+def model_family(name: str | None) -> str | None:
+    low = (name or "").lower()
+    for family in ("dream", "llada"):
+        if family in low:
+            return family
+    return None
 
 
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
@@ -100,65 +132,136 @@ def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
     return True
 
 
-def match_method(report: Report, entry: PublishedEntry) -> Method | None:
-    """Our row for a published method: same policy, cache and EoTP; parameters must not contradict."""
+def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | None) -> bool:
+    if cell is None:
+        return False
+    theirs = model_family(cell.model)
+    if family is not None and theirs is not None and theirs != family:
+        return False
+    return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
+
+
+def _same_method(report: Report, entry: PublishedEntry) -> list[Method]:
     spec = entry.method
-    candidates = [
+    return [
         m for m in report.methods
         if m.policy == spec.get("policy") and m.cache == spec.get("cache", "none")
         and m.eotp == bool(spec.get("eotp", False)) and _params_agree(m, spec.get("params") or {})
     ]
-    with_cell = [m for m in candidates if report.cell(m, (entry.task, entry.gen_length)) is not None]
-    pool = with_cell or candidates
-    return pool[0] if pool else None
 
 
-def _diff(ours: float | None, theirs: float | None, fmt: str) -> str:
-    if ours is None or theirs is None:
-        return "n/a"
-    return format(ours - theirs, fmt)
+def match_method(report: Report, entry: PublishedEntry, family: str | None = None) -> Method | None:
+    """Our row for a published method: same policy, cache and EoTP; parameters must not contradict.
+    Among those, one whose cell for the entry's column fits (model family, shots) wins."""
+    candidates = _same_method(report, entry)
+    column = (entry.task, entry.gen_length)
+    with_cell = [m for m in candidates if _cell_fits(report.cell(m, column), entry, family)]
+    if with_cell or not report.columns:
+        return (with_cell or candidates or [None])[0]
+    return None
 
 
-def comparison_grid(report: Report, published: Published) -> tuple[list[str], list[list[str]]]:
-    headers = ["Method (paper)", "Task", "Len", "TPS paper", "TPS ours", "Speedup paper", "Speedup ours",
-               "d speedup", "Acc paper", "Acc ours", "d acc (pp)"]
+@dataclass
+class Pairing:
+    """One published cell and the reproduced cell beside it (``None``: not reproduced)."""
+
+    table: Published
+    entry: PublishedEntry
+    ours: ReportCell | None
+    unpaired: str | None = None  # why a reproduced cell of the same method/task/length was not paired
+
+    @property
+    def acc_ours(self) -> float | None:
+        return None if self.ours is None or self.ours.accuracy is None else 100 * self.ours.accuracy
+
+    @property
+    def acc_diff(self) -> float | None:
+        ours, theirs = self.acc_ours, self.entry.accuracy
+        return None if ours is None or theirs is None else ours - theirs
+
+    @property
+    def speedup_ratio(self) -> float | None:
+        ours = self.ours.speedup if self.ours is not None else None
+        theirs = self.entry.speedup
+        return None if ours is None or not theirs else ours / theirs
+
+
+def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
+    out = []
+    for table in tables:
+        for e in table.entries:
+            method = match_method(report, e, table.family)
+            column = (e.task, e.gen_length)
+            if method is None:  # a cell of this method that does not fit says why it is not beside it
+                method = next((m for m in _same_method(report, e) if report.cell(m, column)), None)
+            cell = report.cell(method, column) if method is not None else None
+            if cell is None or _cell_fits(cell, e, table.family):
+                out.append(Pairing(table, e, cell))
+            elif cell.n_shot != e.num_fewshot and model_family(cell.model) in (None, table.family):
+                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
+            else:
+                out.append(Pairing(table, e, None, f"model {cell.model} is not of the {table.family} family"))
+    return out
+
+
+def _shots(entry: PublishedEntry) -> str:
+    return "" if entry.num_fewshot is None else str(entry.num_fewshot)
+
+
+def comparison_grid(report: Report, tables: Published | list[Published]) -> tuple[list[str], list[list[str]]]:
+    tables = [tables] if isinstance(tables, Published) else tables
+    headers = ["Paper", "Method (paper)", "Task", "Len", "Shots", "Acc paper", "Acc ours", "d acc (pp)",
+               "Speedup paper", "Speedup ours", "Speedup ours/paper", "TPS paper (their GPU)", "TPS ours (our GPU)"]
     rows = []
-    for e in published.entries:
-        method = match_method(report, e)
-        cell = report.cell(method, (e.task, e.gen_length)) if method is not None else None
-        ours_acc = None if cell is None or cell.accuracy is None else 100 * cell.accuracy
+    for p in pair_published(report, tables):
+        e, c = p.entry, p.ours
         rows.append([
-            e.label or Method.from_json(e.method).label, e.task, "" if e.gen_length is None else str(e.gen_length),
-            fmt_tps(e.tps), fmt_tps(cell.tps if cell else None),
-            fmt_speedup(e.speedup), fmt_speedup(cell.speedup if cell else None),
-            _diff(cell.speedup if cell else None, e.speedup, "+.2f"),
-            "missing" if e.accuracy is None else f"{e.accuracy:.2f}", fmt_acc(cell.accuracy if cell else None),
-            _diff(ours_acc, e.accuracy, "+.2f"),
+            p.table.name, e.label or Method.from_json(e.method).label, e.task,
+            "" if e.gen_length is None else str(e.gen_length), _shots(e),
+            "missing" if e.accuracy is None else f"{e.accuracy:.2f}",
+            "n/a" if p.acc_ours is None else f"{p.acc_ours:.2f}",
+            "n/a" if p.acc_diff is None else f"{p.acc_diff:+.2f}",
+            fmt_speedup(e.speedup), fmt_speedup(c.speedup, c.speedup_fallback) if c else "n/a",
+            "n/a" if p.speedup_ratio is None else f"{p.speedup_ratio:.2f}",
+            fmt_tps(e.tps), fmt_tps(c.tps, c.tps_fallback) if c else "n/a",
         ])
     return headers, rows
 
 
-def comparison_notes(published: Published) -> list[str]:
-    lines = [f"Published: {published.title or published.name} ({published.path.name if published.path else ''})."]
-    for key, text in published.sources.items():
-        lines.append(f"Source [{key}]: {text}")
-    for item in published.missing:
-        lines.append(f"Missing: {item.get('what', '')} {item.get('why', '')}".rstrip())
-    lines.append("TPS depends on the GPU: compare speedups and accuracy; d = ours - paper.")
+def comparison_notes(report: Report, tables: Published | list[Published]) -> list[str]:
+    tables = [tables] if isinstance(tables, Published) else tables
+    lines = [f"Not paired: {p.table.name} {p.entry.label} {p.entry.task} {p.entry.gen_length} ({p.unpaired})"
+             for p in pair_published(report, tables) if p.unpaired]
+    for t in tables:
+        where = f"arXiv {t.arxiv}, " if t.arxiv else ""
+        lines.append(f"Published [{t.name}]: {t.title or t.name} ({where}{t.path.name if t.path else ''}; "
+                     f"model family {t.family or '?'}; timing GPU: {t.gpu or 'not stated'}).")
+        for key, text in t.sources.items():
+            lines.append(f"Source [{t.name}/{key}]: {text}")
+        for item in t.missing:
+            lines.append(f"Missing [{t.name}]: {item.get('what', '')} ({item.get('why', '')})")
+    unknown = sorted({c.model for c in report.cells.values() if c.model and model_family(c.model) is None})
+    if unknown:
+        lines.append(f"Model family unknown for {', '.join(unknown)}: matched by method, task and length only.")
+    gpu = report.environment.get("gpu")
+    lines.append("Absolute TPS were measured on different GPUs (ours: " + (str(gpu) if gpu else "not recorded")
+                 + "): compare accuracy (d = ours - paper, points) and speedup (ours / paper).")
+    lines.append(f"Our TPS: {report.tps_kind} kind; n/a = not reproduced. Matching rule: docs/results.md.")
     return lines
 
 
-def render_comparison(report: Report, published: Published, fmt: str, width: int | None = None,
+def render_comparison(report: Report, tables: Published | list[Published], fmt: str, width: int | None = None,
                       color: bool = False) -> str:
-    headers, rows = comparison_grid(report, published)
-    notes = comparison_notes(published)
+    headers, rows = comparison_grid(report, tables)
+    notes = comparison_notes(report, tables)
+    align = "lllrrrrrrrrrr"
     if fmt == "markdown":
-        return render.markdown_table(headers, rows, align="lllrrrrrrrr") + "\n" + "".join(f"- {n}\n" for n in notes)
+        return render.markdown_table(headers, rows, align=align) + "\n" + "".join(f"- {n}\n" for n in notes)
     if fmt == "csv":
         return render.csv_table(headers, rows)
     if fmt == "latex":
-        return render.latex_table(headers, rows, align="lllrrrrrrrr") + "".join(f"% {n}\n" for n in notes)
+        return render.latex_table(headers, rows, align=align) + "".join(f"% {n}\n" for n in notes)
     if fmt == "console":
-        return (render.console_table(headers, rows, title=f"published ({published.name}) vs reproduced",
-                                     width=width, color=color) + "".join(f"{n}\n" for n in notes))
+        return (render.console_table(headers, rows, title="published vs reproduced", width=width, color=color)
+                + "".join(f"{n}\n" for n in notes))
     raise ValueError(f"--format {fmt!r} is not valid; valid choices: {', '.join(render.FORMATS)}")

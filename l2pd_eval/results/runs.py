@@ -23,7 +23,6 @@ results without a sidecar report accuracy only, with the method read from ``mode
 
 from __future__ import annotations
 
-import json
 import os
 import re
 from collections.abc import Iterable
@@ -31,201 +30,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from l2pd_eval.results.sidecar import Sidecar, TaskAggregate, aggregate, is_sidecar_json, parse_date_id
+from l2pd_eval.results.columns import choose_metric, metric_keys, split_task
+from l2pd_eval.results.methods import MODEL_ARGS_PARAMS, Method, method_from_settings
+from l2pd_eval.results.sidecar import (
+    SCHEMA,
+    Sidecar,
+    TaskAggregate,
+    is_sidecar_json,
+    parse_date_id,
+    read_json,
+)
 
 WINDOW_BEFORE_S = 600.0  # model built before lm-eval's clock started (python API with an LM instance)
 WINDOW_AFTER_S = 60.0
 
 # --------------------------------------------------------------------------------------------------
-# Methods
-
-
-@dataclass(frozen=True, order=True)
-class Method:
-    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row."""
-
-    policy: str
-    params: tuple[tuple[str, str], ...] = ()
-    cache: str = "none"
-    eotp: bool = False
-
-    @property
-    def label(self) -> str:
-        text = self.policy
-        if self.params:
-            text += "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
-        if self.cache and self.cache != "none":
-            text += f" + {self.cache} cache"
-        if self.eotp:
-            text += " + EoTP"
-        return text
-
-    def sort_key(self) -> tuple:
-        order = {p: i for i, p in enumerate(POLICY_ORDER)}
-        caches = {c: i for i, c in enumerate(CACHE_ORDER)}
-        return (order.get(self.policy, len(order)), self.policy, self.eotp,
-                caches.get(self.cache, len(caches)), self.cache, self.params)
-
-    def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Method:
-        return method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"), data.get("eotp"))
-
-
-# Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
-MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
-POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
-CACHE_ORDER = ("none", "prefix", "dual")
-
-
-def _fmt_param(value: Any) -> str | None:
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, str):
-        # A filter checkpoint path: its file name identifies it, the folder does not.
-        return os.path.basename(value.rstrip("/\\")) if ("/" in value or "\\" in value) else value
-    return None  # lists/dicts/None do not go into a row label
-
-
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
-    return bool(value)
-
-
-def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any, eotp: Any) -> Method:
-    items = []
-    for key, value in sorted((params or {}).items()):
-        text = _fmt_param(value)
-        if text is not None:
-            items.append((str(key), text))
-    return Method(
-        policy=str(policy or "unknown"),
-        params=tuple(items),
-        cache=str(cache or "none"),
-        eotp=_to_bool(eotp) if eotp is not None else False,
-    )
-
-
-BASELINE = Method("low_confidence")
-
-
-def parse_method_spec(spec: str) -> dict[str, str]:
-    """``policy=threshold,threshold=0.9,cache=none,eotp=false`` (or just ``low_confidence``) -> fields."""
-    fields: dict[str, str] = {}
-    for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
-        if "=" in part:
-            key, value = part.split("=", 1)
-            fields[key.strip()] = value.strip()
-        elif i == 0:
-            fields["policy"] = part
-        else:
-            raise ValueError(f"--baseline-method: cannot read {part!r}; use KEY=VALUE (policy, cache, eotp, params)")
-    if "policy" not in fields:
-        raise ValueError(f"--baseline-method {spec!r} names no policy; e.g. 'policy=low_confidence,cache=none'")
-    return fields
-
-
-def method_matches(method: Method, fields: dict[str, str]) -> bool:
-    """Does ``method`` satisfy a parsed spec? cache/eotp default to none/false, params must match if given."""
-    if method.policy != fields["policy"]:
-        return False
-    if method.cache != fields.get("cache", "none"):
-        return False
-    if method.eotp != _to_bool(fields.get("eotp", "false")):
-        return False
-    params = dict(method.params)
-    for key, value in fields.items():
-        if key in {"policy", "cache", "eotp"}:
-            continue
-        if key not in params:
-            return False
-        mine = params[key]
-        try:
-            if float(mine) != float(value):
-                return False
-        except ValueError:
-            if mine != value:
-                return False
-    return True
-
-
-# --------------------------------------------------------------------------------------------------
-# Task names, columns and metrics
-
-_L2PD_TASK = re.compile(r"^(?P<base>.+?)_l2pd_(?P<length>\d+)$")
-
-# Primary metric per task family, in order of preference ("metric,filter" as lm-eval 0.4.13 writes it).
-PRIMARY_METRICS: dict[str, tuple[str, ...]] = {
-    "gsm8k": ("exact_match,flexible-extract", "exact_match,strict-match"),
-    "minerva_math": ("math_verify,none", "exact_match,none"),
-    "minerva_math500": ("math_verify,none", "exact_match,none"),
-    "humaneval": ("pass_at_1_humaneval,extract_code", "pass_at_k,create_test", "pass@1,create_test"),
-    "humaneval_instruct": ("pass_at_k,create_test", "pass@1,create_test"),
-    "mbpp": ("pass_at_1,extract_code", "pass_at_1,none", "pass@1,none"),
-}
-# Fallback for other tasks: the first metric (any filter) found in this order, else the first metric.
-GENERIC_METRIC_ORDER = ("exact_match", "math_verify", "pass_at_1", "pass_at_k", "pass@1", "acc_norm", "acc")
-TASK_ORDER = ("gsm8k", "minerva_math", "minerva_math500", "humaneval", "mbpp")
-
-
-def split_task(name: str) -> tuple[str, int | None]:
-    """``gsm8k_l2pd_256`` -> ``("gsm8k", 256)``; any other name -> ``(name, None)``."""
-    m = _L2PD_TASK.match(name)
-    if m:
-        return m["base"], int(m["length"])
-    return name, None
-
-
-def column_sort_key(column: tuple[str, int | None]) -> tuple:
-    task, length = column
-    order = {t: i for i, t in enumerate(TASK_ORDER)}
-    return (order.get(task, len(order)), task, length if length is not None else -1)
-
-
-def metric_keys(entry: dict[str, Any]) -> list[str]:
-    return [k for k in entry if "," in k and k != "alias" and "_stderr," not in k]
-
-
-def choose_metric(base_task: str, entry: dict[str, Any], wanted: str | None = None) -> str | None:
-    """Key of the task's primary metric in an lm-eval results entry, or ``None`` if it has none.
-
-    ``wanted`` (from ``--metric TASK=...``) is ``metric`` (any filter) or ``metric,filter``.
-    """
-    keys = metric_keys(entry)
-    if not keys:
-        return None
-    if wanted is not None:
-        if wanted in entry:
-            return wanted
-        hits = sorted(k for k in keys if k.split(",", 1)[0] == wanted)
-        if hits:
-            return hits[0]
-        raise ValueError(
-            f"--metric {base_task}={wanted}: no such metric in the results; valid choices: {', '.join(sorted(keys))}"
-        )
-    for key in PRIMARY_METRICS.get(base_task, ()):
-        if key in entry:
-            return key
-    for name in GENERIC_METRIC_ORDER:
-        hits = sorted(k for k in keys if k.split(",", 1)[0] == name)
-        if hits:
-            return hits[0]
-    return sorted(keys)[0]
+# lm-eval results files
 
 
 def _as_float(value: Any) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-
-
-# --------------------------------------------------------------------------------------------------
-# lm-eval results files
 
 
 def is_results_json(data: Any) -> bool:
@@ -317,11 +141,18 @@ class ResultsFile:
             return None
 
 
-def load_json_file(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-        return None
+def check_results_json(path: Path, data: dict[str, Any]) -> None:
+    """The parts of an lm-eval results file the report reads must have their types, or one error names
+    the file and the key (a hand-edited or half-copied file would otherwise surface as a traceback)."""
+    for key in ("results", "n-samples", "group_subtasks", "config"):
+        value = data.get(key)
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"{path}: corrupt lm-eval results file (\"{key}\" must be an object, "
+                             f"got {type(value).__name__})")
+    for task, entry in data["results"].items():
+        if not isinstance(entry, dict):
+            raise ValueError(f"{path}: corrupt lm-eval results file (results[{task!r}] must be an object, "
+                             f"got {type(entry).__name__})")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -340,6 +171,7 @@ class Cell:
     accuracy_stderr: float | None = None
     n_eval: int | None = None
     timing: TaskAggregate | None = None
+    n_shot: int | None = None  # few-shot count lm-eval recorded ("n-shot")
 
 
 @dataclass
@@ -360,6 +192,19 @@ class Run:
         if self.results is not None and self.results.start is not None:
             return self.results.start
         return 0.0
+
+    @property
+    def model(self) -> str | None:
+        """The evaluated model's name or path (sidecar manifest, else lm-eval's ``pretrained``)."""
+        name = self.manifest.get("model")
+        if name is None and self.results is not None:
+            name = self.results.model_args.get("pretrained")
+        return str(name) if name is not None else None
+
+    @property
+    def partial(self) -> str | None:
+        """``"partial: 37/200"`` when the run's sidecar was written mid-run (interrupted or still going)."""
+        return self.sidecar.progress_label() if self.sidecar is not None else None
 
     @property
     def manifest(self) -> dict[str, Any]:
@@ -408,15 +253,16 @@ class Run:
                 entry = self.results.results.get(name, {})
                 overrides = metric_overrides or {}
                 metric = choose_metric(base, entry, overrides.get(name) or overrides.get(base))
+                shots = (self.results.data.get("n-shot") or {}).get(name)
                 cell = Cell(base, self._length_for(name, leaves), name, metric=metric,
-                            n_eval=self.results.n_samples(name))
+                            n_eval=self.results.n_samples(name), n_shot=shots if isinstance(shots, int) else None)
                 if metric is not None:
                     cell.accuracy = _as_float(entry.get(metric))
                     mname, _, filt = metric.partition(",")
                     cell.accuracy_stderr = _as_float(entry.get(f"{mname}_stderr,{filt}"))
                 if self.sidecar is not None:
                     rows = [s for s in self.sidecar.samples if s.task in leaves]
-                    cell.timing = aggregate(name, rows) if rows else None
+                    cell.timing = self.sidecar.aggregate(leaves, name=name) if rows else None
                 out.append(cell)
         if self.sidecar is not None:
             for task in self.sidecar.tasks():
@@ -517,14 +363,36 @@ class _Folder:
     results: list[ResultsFile] = field(default_factory=list)
 
 
-def _classify(path: Path, folder: _Folder) -> str | None:
-    data = load_json_file(path)
+_OURS = re.compile(r"^(results|l2pd)_.*\.json$")
+
+
+def _classify(path: Path, folder: _Folder, explicit: bool = False) -> str | None:
+    """Add ``path`` to ``folder`` as a sidecar or a results file. Unrelated JSON in a folder is skipped;
+    a file that is (by name or content) a sidecar or results file but cannot be read is an error."""
+    named_ours = bool(_OURS.match(path.name))
+    try:
+        data = read_json(path, "JSON file")
+    except ValueError as exc:
+        try:
+            with path.open("rb") as fh:
+                looks_ours = SCHEMA.encode() in fh.read(4096)
+        except OSError:
+            looks_ours = False
+        if explicit or named_ours or looks_ours:
+            what = "sidecar" if path.name.startswith("l2pd_") or looks_ours else (
+                "lm-eval results file" if path.name.startswith("results_") else "file")
+            raise ValueError(str(exc).replace("JSON file", what)) from exc
+        return None
     if is_sidecar_json(data):
         folder.sidecars.append(Sidecar.from_json(data, path=path))
         return "sidecar"
     if is_results_json(data):
+        check_results_json(path, data)
         folder.results.append(ResultsFile(path, data))
         return "results"
+    if path.name.startswith("results_") and isinstance(data, dict) and "results" in data:
+        raise ValueError(f"{path}: corrupt lm-eval results file (\"results\" must be an object and "
+                         "\"config\"/\"configs\" present)")
     return None
 
 
@@ -544,7 +412,7 @@ def discover(paths: Iterable[str | os.PathLike]) -> list[Run]:
                 raise ValueError(f"RUN {path}: no lm-eval results or l2pd sidecar JSON found under this folder")
         elif path.is_file():
             single = _Folder()
-            kind = _classify(path, single)
+            kind = _classify(path, single, explicit=True)
             if kind is None:
                 raise ValueError(f"RUN {path}: neither an lm-eval results JSON nor an l2pd-eval sidecar")
             siblings = _Folder()

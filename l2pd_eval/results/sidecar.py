@@ -1,12 +1,17 @@
 """Timing sidecars: per-sample decode timing written beside lm-eval's results.
 
 lm-eval's results JSON knows accuracy but nothing about decoding speed, so the ``learn2pd`` model
-records one :class:`SampleRecord` per generated answer and writes a :class:`Sidecar` file
-``l2pd_<run_id>.json`` into the same folder lm-eval writes ``results_<date_id>.json`` to. The report
-joins the two (see :mod:`l2pd_eval.results.runs` for the pairing rule).
+records one :class:`SampleRecord` per generated answer and one :class:`LoopRecord` per
+``generate_until`` call, and writes a :class:`Sidecar` file ``l2pd_<date_id>.json`` beside the
+``results_<date_id>.json`` lm-eval just saved (or to ``sidecar=PATH``). The report joins the two (see
+:mod:`l2pd_eval.results.runs` for the pairing rule).
 
-Torch-free on purpose: the report and the regression check must run on a laptop without torch, and the
-GPU name is only recorded when the caller already imported torch.
+While a run is going, :meth:`Sidecar.checkpoint` rewrites the file atomically with ``"complete": false``
+and the number of requests done, so an interrupted run leaves a readable partial sidecar;
+:meth:`Sidecar.save` at the end marks it complete. Schema and the adapter's calls: docs/results.md.
+
+Torch-free on purpose: the report and the regression check must run on a laptop without torch. Where the
+file goes and the run manifest: :mod:`l2pd_eval.results.manifest`.
 """
 
 from __future__ import annotations
@@ -14,24 +19,32 @@ from __future__ import annotations
 import json
 import math
 import os
-import platform
-import re
-import subprocess
-import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-SCHEMA = "l2pd-eval/sidecar"
-SCHEMA_VERSION = 1
-SIDECAR_PREFIX = "l2pd_"
+# Re-exported: the lm-eval model, the fixtures' stand-in model and tests import these from here.
+from l2pd_eval.results.manifest import (  # noqa: F401
+    SIDECAR_PREFIX,
+    build_manifest,
+    harness_git_commit,
+    lm_eval_model_name,
+    new_run_id,
+    output_path_from_argv,
+    parse_date_id,
+    results_dir,
+    sanitize_model_name,
+    sidecar_path,
+)
 
-# lm-eval 0.4.13 (loggers/evaluation_tracker.py, GeneralConfigTracker._get_model_name): the first of
-# these keys found in model_args names the results sub-folder. Order matters (peft before pretrained).
-_LM_EVAL_NAME_KEYS = ("peft", "delta", "pretrained", "model", "path", "engine")
+SCHEMA = "l2pd-eval/sidecar"
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)  # version 1: no completion marker, no papers' TPS fields (always complete)
+# The papers drop LLaDA's <|endoftext|> after re-tokenising the cut answer (see count_paper_tokens).
+PAPER_DROP_IDS = (126081,)
+
 
 
 @dataclass
@@ -40,15 +53,20 @@ class SampleRecord:
 
     task: str
     doc_id: int
-    tokens: int  # generated tokens that are not end-of-text padding
-    seconds: float  # wall clock of the decoding only, device-synchronised
+    tokens: int  # answer tokens before the first end-of-text / end-of-turn token
+    seconds: float  # this row's share of its batch's device-synchronised decode time (batch wall / rows)
     nfe: int  # model forward passes spent on this answer
     gen_length: int
     eotp_saved: int = 0  # answer positions EoTP never had to decode
+    # The papers' count: the decoded text cut at the task's `until` strings, re-tokenised, id 126081
+    # dropped (count_paper_tokens). None in sidecars written before l2pd-eval recorded it.
+    paper_tokens: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "nfe", "gen_length", "eotp_saved"):
+        for name in ("tokens", "nfe", "gen_length", "eotp_saved", "paper_tokens"):
             value = getattr(self, name)
+            if value is None and name == "paper_tokens":
+                continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"SampleRecord.{name} must be a non-negative int, got {value!r}")
         if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds >= 0):
@@ -56,10 +74,12 @@ class SampleRecord:
         self.seconds = float(self.seconds)
 
     @classmethod
-    def from_row_stats(cls, task: str, doc_id: int, stats: Any, gen_length: int) -> SampleRecord:
+    def from_row_stats(cls, task: str, doc_id: int, stats: Any, gen_length: int,
+                       paper_tokens: int | None = None) -> SampleRecord:
         """From the engine's per-row ``RowStats`` (``num_tokens``, ``seconds``, ``nfe``, ``eotp_saved``)."""
         return cls(task=task, doc_id=int(doc_id), tokens=int(stats.num_tokens), seconds=float(stats.seconds),
-                   nfe=int(stats.nfe), gen_length=int(gen_length), eotp_saved=int(getattr(stats, "eotp_saved", 0)))
+                   nfe=int(stats.nfe), gen_length=int(gen_length), eotp_saved=int(getattr(stats, "eotp_saved", 0)),
+                   paper_tokens=paper_tokens)
 
     @property
     def tokens_per_forward(self) -> float:
@@ -72,12 +92,73 @@ class SampleRecord:
         return self.tokens / self.seconds if self.seconds > 0 else None
 
 
+def count_paper_tokens(encode: Callable[[str], list[int]], text: str,
+                       drop_ids: Iterable[int] = PAPER_DROP_IDS) -> int:
+    """Answer tokens as both papers count them: ``text`` is the decoded answer already cut at the task's
+    ``until`` strings; it is tokenised again (``encode``, e.g. ``lambda t: tok(t)["input_ids"]``) and
+    the ids in ``drop_ids`` are not counted."""
+    drop = set(drop_ids)
+    return sum(1 for i in encode(text) if i not in drop)
+
+
+@dataclass
+class LoopRecord:
+    """One ``generate_until`` call on one rank: the papers' TPS divides answer tokens by this wall time
+    (tokenising, decoding and detokenising included), summed over calls and ranks."""
+
+    rank: int
+    seconds: float  # wall time so far (final once ``done``)
+    tasks: dict[str, int]  # requests of this call per task, data-parallel padding copies excluded
+    done: bool = False
+    _t0: float | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.seconds, (int, float)) and math.isfinite(self.seconds) and self.seconds >= 0):
+            raise ValueError(f"LoopRecord.seconds must be a finite number >= 0, got {self.seconds!r}")
+        if not isinstance(self.tasks, dict) or any(not isinstance(v, int) or v < 0 for v in self.tasks.values()):
+            raise ValueError(f"LoopRecord.tasks must map task names to request counts, got {self.tasks!r}")
+        self.seconds = float(self.seconds)
+
+    @property
+    def requests(self) -> int:
+        return sum(self.tasks.values())
+
+    def tick(self) -> None:
+        if self._t0 is not None and not self.done:
+            self.seconds = time.perf_counter() - self._t0
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rank": self.rank, "seconds": self.seconds, "tasks": dict(self.tasks), "done": self.done}
+
+
+def paper_timing(task_names: set[str], samples: list[SampleRecord],
+                 loops: list[LoopRecord]) -> tuple[int, float] | str:
+    """(answer tokens, loop seconds) of these tasks as the papers count them, or why it cannot be had.
+
+    A call that served several tasks lends each task its share of the wall time by request count
+    (exact in the papers' setting of one task per run)."""
+    if not samples:
+        return "no samples"
+    if any(s.paper_tokens is None for s in samples):
+        return "sidecar has no paper_tokens (written before l2pd-eval recorded them)"
+    seconds = 0.0
+    for loop in loops:
+        share = sum(n for t, n in loop.tasks.items() if t in task_names)
+        if share and loop.requests:
+            seconds += loop.seconds * share / loop.requests
+    if seconds <= 0:
+        return "sidecar has no generate_until loop times (written before l2pd-eval recorded them)"
+    return sum(s.paper_tokens or 0 for s in samples), seconds
+
+
 @dataclass(frozen=True)
 class TaskAggregate:
     """Timing summary of one task (or of a group of tasks).
 
-    ``tps_total`` = sum(tokens) / sum(seconds) (throughput of the whole run);
-    ``tps_mean`` = mean over samples of tokens/seconds (what the Learn2PD and Fast-dLLM papers report).
+    ``tps_paper`` = answer tokens as the papers count them / wall time of the ``generate_until`` loops
+    (the Learn2PD and Fast-dLLM papers' TPS; ``None`` with ``paper_missing`` saying why);
+    ``tps_total`` = sum(tokens) / sum(decode seconds); ``tps_mean`` = mean over samples of
+    tokens / decode seconds (decode-only figures, not the papers').
     """
 
     task: str
@@ -90,18 +171,26 @@ class TaskAggregate:
     tokens_per_forward_mean: float | None
     eotp_saved_mean: float | None
     gen_lengths: tuple[int, ...]
+    tps_paper: float | None = None
+    paper_tokens: int | None = None
+    loop_seconds: float | None = None
+    paper_missing: str | None = None
 
     def tps(self, kind: str) -> float | None:
         if kind not in TPS_KINDS:
             raise ValueError(f"tps kind {kind!r} is not valid; valid choices: {', '.join(TPS_KINDS)}")
-        return self.tps_mean if kind == "mean" else self.tps_total
+        return {"paper": self.tps_paper, "mean": self.tps_mean, "total": self.tps_total}[kind]
 
 
-TPS_KINDS = ("mean", "total")
+TPS_KINDS = ("paper", "mean", "total")
 
 
-def aggregate(task: str, samples: Iterable[SampleRecord]) -> TaskAggregate:
+def aggregate(task: str, samples: Iterable[SampleRecord], loops: Iterable[LoopRecord] = (),
+              task_names: Iterable[str] | None = None) -> TaskAggregate:
+    """``task_names``: the leaf tasks whose share of the loop times counts (default: the samples' tasks)."""
     rows = list(samples)
+    names = set(task_names) if task_names is not None else {r.task for r in rows}
+    paper = paper_timing(names, rows, list(loops))
     n = len(rows)
     tokens = sum(r.tokens for r in rows)
     seconds = sum(r.seconds for r in rows)
@@ -121,6 +210,10 @@ def aggregate(task: str, samples: Iterable[SampleRecord]) -> TaskAggregate:
         tokens_per_forward_mean=mean([r.tokens_per_forward for r in rows]),
         eotp_saved_mean=mean([float(r.eotp_saved) for r in rows]),
         gen_lengths=tuple(sorted({r.gen_length for r in rows})),
+        tps_paper=None if isinstance(paper, str) else paper[0] / paper[1],
+        paper_tokens=None if isinstance(paper, str) else paper[0],
+        loop_seconds=None if isinstance(paper, str) else paper[1],
+        paper_missing=paper if isinstance(paper, str) else None,
     )
 
 
@@ -130,11 +223,45 @@ class Sidecar:
 
     manifest: dict[str, Any]
     samples: list[SampleRecord] = field(default_factory=list)
+    loops: list[LoopRecord] = field(default_factory=list)
+    complete: bool = True  # False in files written by checkpoint() (run still going, or interrupted)
     path: Path | None = field(default=None, compare=False)  # where it was loaded from / saved to
     _last_save: float | None = field(default=None, init=False, repr=False, compare=False)
 
     def add(self, record: SampleRecord) -> None:
         self.samples.append(record)
+
+    def begin_loop(self, rank: int, tasks: Iterable[str]) -> LoopRecord:
+        """Start timing one ``generate_until`` call; ``tasks`` = the task name of each request it got
+        (padding copies left out). Call first thing in ``generate_until``, before tokenising."""
+        counts: dict[str, int] = {}
+        for t in tasks:
+            counts[str(t)] = counts.get(str(t), 0) + 1
+        loop = LoopRecord(rank=int(rank), seconds=0.0, tasks=counts)
+        loop._t0 = time.perf_counter()
+        self.loops.append(loop)
+        return loop
+
+    def end_loop(self, loop: LoopRecord) -> None:
+        """Stop the call's clock; call last thing in ``generate_until``, after detokenising."""
+        loop.tick()
+        loop.done = True
+
+    @property
+    def requests_total(self) -> int | None:
+        """Requests the run's ``generate_until`` calls got so far (``None``: not recorded, old sidecar)."""
+        return sum(loop.requests for loop in self.loops) if self.loops else None
+
+    @property
+    def requests_done(self) -> int:
+        return len(self.samples)
+
+    def progress_label(self) -> str | None:
+        """``"partial: 37/200"`` for an unfinished run, ``None`` for a complete one."""
+        if self.complete:
+            return None
+        total = self.requests_total
+        return f"partial: {self.requests_done}/{total if total is not None else '?'}"
 
     def tasks(self) -> list[str]:
         return sorted({s.task for s in self.samples})
@@ -149,7 +276,7 @@ class Sidecar:
             wanted = set(tasks)
         rows = [s for s in self.samples if wanted is None or s.task in wanted]
         label = name or (tasks if isinstance(tasks, str) else ("+".join(sorted(wanted)) if wanted else "all"))
-        return aggregate(label, rows)
+        return aggregate(label, rows, self.loops, wanted if wanted is not None else {s.task for s in self.samples})
 
     def aggregates(self) -> dict[str, TaskAggregate]:
         return {t: self.aggregate(t) for t in self.tasks()}
@@ -167,27 +294,45 @@ class Sidecar:
         return {
             "schema": SCHEMA,
             "version": SCHEMA_VERSION,
+            "complete": self.complete,
+            "requests_done": self.requests_done,
+            "requests_total": self.requests_total,
             "manifest": self.manifest,
             # Informative only (recomputed from samples on load): lets a human read the file.
             "aggregates": {t: asdict(a) for t, a in self.aggregates().items()},
+            "loops": [loop.to_json() for loop in self.loops],
             "samples": [asdict(s) for s in self.samples],
         }
 
     @classmethod
     def from_json(cls, data: dict[str, Any], path: Path | None = None) -> Sidecar:
-        where = f" in {path}" if path else ""
+        where = f"{path}: " if path else "sidecar: "
         if not is_sidecar_json(data):
-            raise ValueError(f"not an l2pd-eval sidecar{where}: missing \"schema\": {SCHEMA!r}")
+            raise ValueError(f"{where}not an l2pd-eval sidecar (missing \"schema\": {SCHEMA!r})")
         version = data.get("version")
-        if version != SCHEMA_VERSION:
-            raise ValueError(f"unsupported sidecar version {version!r}{where}; this l2pd-eval reads {SCHEMA_VERSION}")
-        samples = [SampleRecord(**row) for row in data.get("samples", [])]
-        return cls(manifest=dict(data.get("manifest") or {}), samples=samples, path=path)
+        if version not in READABLE_VERSIONS:
+            raise ValueError(f"{where}unsupported sidecar version {version!r}; this l2pd-eval reads "
+                             f"{', '.join(map(str, READABLE_VERSIONS))}")
+        complete = data.get("complete", True) if version >= 2 else True
+        if not isinstance(complete, bool):
+            raise ValueError(f"{where}\"complete\" must be true or false, got {complete!r}")
+        samples = _rows(data, "samples", SampleRecord, where)
+        loops = _rows(data, "loops", LoopRecord, where) if version >= 2 else []
+        manifest = data.get("manifest") or {}
+        if not isinstance(manifest, dict):
+            raise ValueError(f"{where}\"manifest\" must be an object, got {type(manifest).__name__}")
+        for loop in loops:
+            loop.done = loop.done or complete
+        return cls(manifest=dict(manifest), samples=samples, loops=loops, complete=complete, path=path)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Atomic write (temp file + rename) so a crash mid-write never leaves half a JSON."""
+    def save(self, path: str | os.PathLike, complete: bool = True) -> Path:
+        """Atomic write (temp file in the same folder + ``os.replace``) so a crash mid-write never leaves
+        half a JSON. ``complete=False`` marks a partial state (what :meth:`checkpoint` writes)."""
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
+        self.complete = complete
+        for loop in self.loops:
+            loop.tick()
         self.manifest["updated_at"] = time.time()
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
         tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -196,176 +341,56 @@ class Sidecar:
         return target
 
     def checkpoint(self, path: str | os.PathLike, min_interval_s: float = 10.0) -> bool:
-        """Save at most every ``min_interval_s`` seconds (call after each batch, and ``save`` at the end):
-        a crashed run keeps its timing without rewriting the file after every sample."""
+        """Save a partial state (``"complete": false``) at most every ``min_interval_s`` seconds; call
+        after each batch, and ``save`` at the end. A crashed run keeps its timing without the file being
+        rewritten after every sample. Returns whether it wrote."""
         now = time.monotonic()
         if self._last_save is not None and now - self._last_save < min_interval_s:
             return False
-        self.save(path)
+        self.save(path, complete=False)
         self._last_save = now
         return True
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Sidecar:
         p = Path(path)
+        return cls.from_json(read_json(p, "sidecar"), path=p)
+
+
+def read_json(path: Path, what: str) -> Any:
+    """The parsed file, or one error naming it and saying whether it is truncated or corrupt."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: corrupt {what} (not UTF-8 text: {exc.reason} at byte {exc.start})") from exc
+    except OSError as exc:
+        raise ValueError(f"{path}: cannot read {what} ({exc.strerror or exc})") from exc
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        if not text.strip():
+            raise ValueError(f"{path}: empty {what} file (0 bytes of JSON); rerun or delete it") from exc
+        if exc.pos >= len(text.rstrip()) or exc.msg.startswith("Unterminated string"):
+            raise ValueError(f"{path}: truncated {what} (the JSON ends early at line {exc.lineno}, column "
+                             f"{exc.colno}); rerun the run or delete the file") from exc
+        raise ValueError(f"{path}: corrupt {what} (invalid JSON at line {exc.lineno}, column {exc.colno}: "
+                         f"{exc.msg}); rerun the run or delete the file") from exc
+
+
+def _rows(data: dict[str, Any], key: str, kind: type, where: str) -> list:
+    rows = data.get(key, [])
+    if not isinstance(rows, list):
+        raise ValueError(f"{where}\"{key}\" must be a list, got {type(rows).__name__}")
+    out = []
+    for i, row in enumerate(rows):
         try:
-            data = json.loads(p.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{p} is not valid JSON: {exc}") from exc
-        return cls.from_json(data, path=p)
+            if not isinstance(row, dict):
+                raise TypeError(f"expected an object, got {type(row).__name__}")
+            out.append(kind(**row))
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"{where}{key}[{i}] is malformed: {exc}") from exc
+    return out
 
 
 def is_sidecar_json(data: Any) -> bool:
     return isinstance(data, dict) and data.get("schema") == SCHEMA
-
-
-# --------------------------------------------------------------------------------------------------
-# Where the sidecar goes
-
-
-def new_run_id(now: datetime | None = None) -> str:
-    """Same shape as lm-eval's ``date_id`` (local ISO time, ':' -> '-') so files sort together."""
-    return (now or datetime.now()).isoformat().replace(":", "-")
-
-
-def parse_date_id(text: str) -> float | None:
-    """Epoch seconds of an lm-eval ``date_id`` / our run id (local time); ``None`` if it is not one."""
-    m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})T(\d{2})-(\d{2})-(\d{2})(\.\d+)?", text)
-    if not m:
-        return None
-    try:
-        return datetime.fromisoformat(f"{m[1]}T{m[2]}:{m[3]}:{m[4]}{m[5] or ''}").timestamp()
-    except ValueError:
-        return None
-
-
-def lm_eval_model_name(model_args: str | dict[str, Any] | None) -> str | None:
-    """The model name lm-eval 0.4.13 derives from ``model_args`` (before sanitising)."""
-    if isinstance(model_args, dict):
-        for key in _LM_EVAL_NAME_KEYS:
-            if key in model_args:
-                return str(model_args[key])
-    elif isinstance(model_args, str):
-        for key in _LM_EVAL_NAME_KEYS:
-            token = f"{key}="
-            if token in model_args:  # lm-eval matches substrings, so "filter_path=" counts as "path="
-                return model_args.split(token)[1].split(",")[0]
-    return None
-
-
-def sanitize_model_name(name: str) -> str:
-    """lm-eval 0.4.13 ``utils.sanitize_model_name``: the results sub-folder name."""
-    return re.sub(r"[\"<>:/|\\?*\[\]]+", "__", name)
-
-
-def results_dir(output_path: str | os.PathLike, model_args: str | dict[str, Any] | None) -> Path | None:
-    """The folder lm-eval writes ``results_<date_id>.json`` to for ``--output_path``.
-
-    ``X.json`` -> its parent (lm-eval writes ``X_<date_id>.json`` there); a folder ->
-    ``<folder>/<sanitized model name>``. ``None`` when lm-eval would invent a random model name
-    (no name key in ``model_args``): then the folder cannot be known in advance.
-    """
-    path = Path(output_path)
-    if path.suffix == ".json":
-        return path.parent
-    name = lm_eval_model_name(model_args)
-    if name is None:
-        return None
-    return path / sanitize_model_name(name)
-
-
-def sidecar_path(
-    output_path: str | os.PathLike, model_args: str | dict[str, Any] | None, run_id: str
-) -> Path:
-    """``<results folder>/l2pd_<run_id>.json``; falls back to ``<output_path>/l2pd_<run_id>.json``."""
-    folder = results_dir(output_path, model_args)
-    if folder is None:
-        folder = Path(output_path)
-    return folder / f"{SIDECAR_PREFIX}{run_id}.json"
-
-
-def output_path_from_argv(argv: list[str] | None = None) -> str | None:
-    """``--output_path``/``-o`` of an ``lm_eval`` command line (the model itself never receives it)."""
-    args = list(sys.argv if argv is None else argv)
-    for i, arg in enumerate(args):
-        if arg in ("--output_path", "-o") and i + 1 < len(args):
-            return args[i + 1]
-        if arg.startswith("--output_path="):
-            return arg.split("=", 1)[1]
-    return None
-
-
-# --------------------------------------------------------------------------------------------------
-# Run manifest
-
-
-def _version(dist: str) -> str | None:
-    from importlib import metadata
-
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def _package_version() -> str:
-    from l2pd_eval import __version__
-
-    return __version__
-
-
-def harness_git_commit(start: str | os.PathLike | None = None) -> str | None:
-    """Commit of the l2pd-eval checkout (``+dirty`` if it has uncommitted changes); ``None`` if not a checkout."""
-    here = Path(start) if start else Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here, capture_output=True, text=True, timeout=5, check=True,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return f"{sha}+dirty" if dirty else sha or None
-
-
-def _gpu_facts() -> dict[str, Any]:
-    torch = sys.modules.get("torch")  # never import torch here: only report what the caller already uses
-    if torch is None:
-        return {"gpu": None}
-    facts: dict[str, Any] = {"gpu": None, "cuda": getattr(torch.version, "cuda", None)}
-    try:
-        if torch.cuda.is_available():
-            idx = torch.cuda.current_device()
-            facts["gpu"] = torch.cuda.get_device_name(idx)
-            facts["gpu_count"] = torch.cuda.device_count()
-    except Exception:  # a broken driver must not lose the run
-        pass
-    return facts
-
-
-def build_manifest(**run_settings: Any) -> dict[str, Any]:
-    """Run settings (model, policy, policy_params, cache, eotp, gen_length, block_length, steps,
-    batch_size, dtype, seed, model_args, ...) plus the environment facts needed to reproduce a number.
-
-    Keys the report reads: ``model``, ``policy``, ``policy_params`` (dict), ``cache``, ``eotp``,
-    ``gen_length``, ``model_args``; ``run_id`` and ``started_at`` are filled in when absent.
-    """
-    now = datetime.now()
-    manifest: dict[str, Any] = dict(run_settings)
-    manifest.setdefault("run_id", new_run_id(now))
-    manifest.setdefault("started_at", now.timestamp())
-    env = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "l2pd_eval": _version("l2pd-eval") or _package_version(),
-        "torch": _version("torch"),
-        "transformers": _version("transformers"),
-        "lm_eval": _version("lm_eval"),
-        "harness_git_commit": harness_git_commit(),
-        "timestamp": now.astimezone().isoformat(),
-    }
-    env.update(_gpu_facts())
-    manifest["environment"] = {**env, **manifest.get("environment", {})}
-    return manifest

@@ -12,22 +12,23 @@ import io
 from dataclasses import dataclass, field
 
 from l2pd_eval.results import render
-from l2pd_eval.results.runs import (
-    Method,
-    Run,
-    column_sort_key,
-    method_matches,
-    parse_method_spec,
-)
+from l2pd_eval.results.columns import column_sort_key
+from l2pd_eval.results.methods import Method, method_matches, parse_method_spec
+from l2pd_eval.results.runs import Run
 from l2pd_eval.results.sidecar import TPS_KINDS
 
 Column = tuple[str, "int | None"]
 DEFAULT_BASELINE = "policy=low_confidence,cache=none,eotp=false"
 
 TPS_DEFINITIONS = {
-    "mean": "TPS = mean over samples of (generated tokens / decode seconds), the papers' convention",
-    "total": "TPS = total generated tokens / total decode seconds (run throughput)",
+    "paper": "TPS (papers') = answer tokens cut at the stop strings / wall time of the whole generate_until "
+             "loop, summed over ranks, as Learn2PD and Fast-dLLM report it",
+    "mean": "TPS (decode, per-sample mean) = mean over samples of (answer tokens / decode seconds)",
+    "total": "TPS (decode, sum/sum) = total answer tokens / total decode seconds",
 }
+# Old sidecars lack the papers' fields: their cells show this kind instead, marked FALLBACK_MARK.
+FALLBACK_KIND = "total"
+FALLBACK_MARK = "†"
 
 
 @dataclass
@@ -35,7 +36,11 @@ class ReportCell:
     method: Method
     column: Column
     run: str
-    tps: float | None = None  # the report's TPS kind
+    tps: float | None = None  # the report's TPS kind (or FALLBACK_KIND when ``tps_fallback``)
+    tps_fallback: bool = False  # the run could not give the report's kind; tps is FALLBACK_KIND
+    speedup_fallback: bool = False  # this cell's or the baseline's TPS is FALLBACK_KIND
+    partial: str | None = None  # "partial: 37/200" for a run whose sidecar says it did not finish
+    tps_paper: float | None = None
     tps_mean: float | None = None
     tps_total: float | None = None
     speedup: float | None = None
@@ -45,6 +50,8 @@ class ReportCell:
     tokens_per_forward: float | None = None
     n_timing: int = 0
     n_eval: int | None = None
+    model: str | None = None
+    n_shot: int | None = None
     best_tps: bool = False
     best_acc: bool = False
 
@@ -73,12 +80,23 @@ def column_label(column: Column) -> str:
 
 
 def _cell_quality(cell: ReportCell, started: float) -> tuple:
-    return (cell.accuracy is not None, cell.tps is not None, started)
+    return (cell.partial is None, cell.accuracy is not None, cell.tps is not None, started)
+
+
+def _cell_tps(t, kind: str) -> tuple[float | None, bool]:
+    """The cell's TPS of ``kind``; an old sidecar without the papers' fields gives the decode-only sum/sum,
+    flagged, so a reader never mistakes it for the papers' figure."""
+    if t is None:
+        return None, False
+    value = t.tps(kind)
+    if value is None and kind == "paper" and t.paper_missing and t.count:
+        return t.tps(FALLBACK_KIND), True
+    return value, False
 
 
 def build_report(
     runs: list[Run],
-    tps_kind: str = "mean",
+    tps_kind: str = "paper",
     metric_overrides: dict[str, str] | None = None,
     baseline_spec: str | None = None,
 ) -> Report:
@@ -94,14 +112,20 @@ def build_report(
         for c in run_cells:
             column = (c.task, c.length)
             t = c.timing
+            tps, fallback = _cell_tps(t, tps_kind)
+            if fallback:
+                notes.append(f"{run.name}: TPS (papers') n/a, {t.paper_missing}; its cells show TPS (decode, "
+                             f"sum/sum), marked {FALLBACK_MARK}")
+            if run.partial:
+                notes.append(f"{run.name}: {run.partial} requests (the run was interrupted or is still going)")
             cell = ReportCell(
                 method=method, column=column, run=run.name,
-                tps=t.tps(tps_kind) if t else None,
+                tps=tps, tps_fallback=fallback, partial=run.partial, tps_paper=t.tps_paper if t else None,
                 tps_mean=t.tps_mean if t else None, tps_total=t.tps_total if t else None,
                 accuracy=c.accuracy, metric=c.metric,
                 nfe_mean=t.nfe_mean if t else None,
                 tokens_per_forward=t.tokens_per_forward_mean if t else None,
-                n_timing=t.count if t else 0, n_eval=c.n_eval,
+                n_timing=t.count if t else 0, n_eval=c.n_eval, model=run.model, n_shot=c.n_shot,
             )
             if c.metric is None and run.results is not None:
                 notes.append(f"{column_label(column)}: {c.source_task} has no metric in {run.results.path}")
@@ -138,6 +162,7 @@ def build_report(
         for c in column_cells:
             if base_tps and c.tps is not None:
                 c.speedup = c.tps / base_tps
+                c.speedup_fallback = c.tps_fallback or base_cell.tps_fallback
                 if c.n_timing != base_cell.n_timing:  # e.g. an unfinished run: not the same questions
                     notes.append(f"{column_label(column)} / {c.method.label}: {c.n_timing} timed samples vs "
                                  f"{base_cell.n_timing} for the baseline")
@@ -177,12 +202,12 @@ def _common_environment(runs: list[Run]) -> dict[str, object]:
 # Formatting
 
 
-def fmt_tps(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}"
+def fmt_tps(value: float | None, fallback: bool = False) -> str:
+    return "n/a" if value is None else f"{value:.2f}{FALLBACK_MARK if fallback else ''}"
 
 
-def fmt_speedup(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.2f}x"
+def fmt_speedup(value: float | None, fallback: bool = False) -> str:
+    return "n/a" if value is None else f"{value:.2f}x{FALLBACK_MARK if fallback else ''}"
 
 
 def fmt_acc(value: float | None) -> str:
@@ -201,8 +226,9 @@ def _grid(report: Report) -> tuple[list[str], list[list[render.CellValue]]]:
             if c is None:
                 row.append("-")
                 continue
-            row.append([(fmt_tps(c.tps), c.best_tps), (fmt_speedup(c.speedup), c.best_tps),
-                        (fmt_acc(c.accuracy), c.best_acc)])
+            parts = [(fmt_tps(c.tps, c.tps_fallback), c.best_tps), (fmt_speedup(c.speedup, c.speedup_fallback), c.best_tps),
+                     (fmt_acc(c.accuracy), c.best_acc)]
+            row.append(parts + [(c.partial, False)] if c.partial else parts)
         rows.append(row)
     return headers, rows
 
@@ -210,6 +236,11 @@ def _grid(report: Report) -> tuple[list[str], list[list[render.CellValue]]]:
 def legend(report: Report) -> list[str]:
     base = report.baseline.label if report.baseline else report.baseline_spec
     lines = [f"Cells: TPS / speedup vs {base} / accuracy (%). {TPS_DEFINITIONS[report.tps_kind]}."]
+    if any(c.tps_fallback for c in report.cells.values()):
+        lines.append(f"{FALLBACK_MARK} TPS (papers') not recorded by that run's sidecar: "
+                     f"{TPS_DEFINITIONS[FALLBACK_KIND]} shown instead (also in its speedup).")
+    if any(c.partial for c in report.cells.values()):
+        lines.append("partial: n/m = the run stopped (or is still going) after n of its m requests.")
     metrics = []
     for column in report.columns:
         names = report.metrics(column)
@@ -252,9 +283,10 @@ def render_console(report: Report, width: int | None = None, color: bool = False
 
 
 CSV_COLUMNS = (
-    "method", "policy", "params", "cache", "eotp", "task", "gen_length", "tps", "tps_mean", "tps_total",
+    "method", "policy", "params", "cache", "eotp", "task", "gen_length", "tps", "tps_fallback", "tps_paper",
+    "tps_mean", "tps_total",
     "speedup", "accuracy_pct", "metric", "nfe_mean", "tokens_per_forward", "n_timing", "n_eval",
-    "best_tps", "best_acc", "baseline",
+    "best_tps", "best_acc", "baseline", "partial",
 )
 
 
@@ -275,10 +307,12 @@ def render_csv(report: Report) -> str:
             writer.writerow([
                 method.label, method.policy, ";".join(f"{k}={v}" for k, v in method.params), method.cache,
                 str(method.eotp).lower(), column[0], "" if column[1] is None else column[1],
-                _num(c.tps), _num(c.tps_mean), _num(c.tps_total), _num(c.speedup),
+                _num(c.tps), str(c.tps_fallback).lower(), _num(c.tps_paper), _num(c.tps_mean), _num(c.tps_total),
+                _num(c.speedup),
                 _num(None if c.accuracy is None else 100 * c.accuracy), c.metric or "",
                 _num(c.nfe_mean, 2), _num(c.tokens_per_forward), c.n_timing, "" if c.n_eval is None else c.n_eval,
                 str(c.best_tps).lower(), str(c.best_acc).lower(), str(method == report.baseline).lower(),
+                c.partial or "",
             ])
     return buf.getvalue()
 
