@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "trajectories": ("l2pd_eval.filters.cli", "Record oracle-labelled decoding trajectories for filter training."),
     "train-filter": ("l2pd_eval.filters.cli", "Train a Learn2PD filter on recorded trajectories."),
     "demo": ("l2pd_eval.testbed.demo", "Offline demo: evaluate every policy on the embedded testbed dLLM."),
+    "reproduce": ("l2pd_eval.reproduce.cli", "Rerun a paper's table (learn2pd, fastdllm) through lm-eval, resumably; report."),
 }
 
 

@@ -143,11 +143,12 @@ def test_stop_strings_keep_lm_evals_and_drop_code_cutters(tm, data_dir):
     assert not any(s.startswith("\n") for s in he.config.generation_kwargs["until"])
 
 
-def test_256_and_1024_differ_only_in_name_and_length():
+def test_lengths_differ_only_in_name_and_length():
     for path in TASKS.glob("*_l2pd_256.yaml"):
         short = path.read_text().replace("256", "LEN")
-        long = path.with_name(path.name.replace("256", "1024")).read_text().replace("1024", "LEN")
-        assert short == long, path.name
+        for length in LENGTHS[1:]:
+            other = path.with_name(path.name.replace("256", str(length))).read_text()
+            assert short == other.replace(str(length), "LEN"), (path.name, length)
 
 
 def test_local_data_errors_name_the_missing_file(tmp_path):
@@ -406,7 +407,7 @@ def test_minerva_scores_gold_1(tm, data_dir):
 
 def test_suite_groups_by_length(tm, data_dir):
     loaded = tm.load(["l2pd_suite"])
-    assert loaded["group_map"]["l2pd_suite"] == ["l2pd_suite_256", "l2pd_suite_1024"]
+    assert loaded["group_map"]["l2pd_suite"] == [f"l2pd_suite_{n}" for n in LENGTHS]
     for length in LENGTHS:
         children = loaded["group_map"][f"l2pd_suite_{length}"]
         assert children == [

@@ -21,7 +21,7 @@ from l2pd_eval import tasks_support as ts
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "tasks"
 SUBJECTS = MINERVA_SUBJECTS
-# Every leaf task of l2pd_suite (all eight evaluations; MATH as its seven subjects).
+# Every leaf task of l2pd_suite (every benchmark x length; MATH as its seven subjects).
 TASKS = [f"{b}_l2pd_{n}" for n in LENGTHS for b in ("gsm8k", "humaneval", "mbpp")] + [
     f"minerva_math_{s}_l2pd_{n}" for n in LENGTHS for s in SUBJECTS
 ]
@@ -85,7 +85,7 @@ def test_every_task_reports_its_metric(run):
         for key in expected_metrics(task):
             assert 0.0 <= out["results"][task][key] <= 1.0, (task, key)
         assert set(by_filter(out, task)) == {k.split(",")[1] for k in expected_metrics(task)}
-    assert out["group_subtasks"]["l2pd_suite"] == ["l2pd_suite_256", "l2pd_suite_1024"]
+    assert out["group_subtasks"]["l2pd_suite"] == [f"l2pd_suite_{n}" for n in LENGTHS]
     for n in LENGTHS:
         assert 0.0 <= out["results"][f"minerva_math_l2pd_{n}"]["exact_match,none"] <= 1.0
 

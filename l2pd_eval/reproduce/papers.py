@@ -1,0 +1,148 @@
+"""Each paper's evaluation conventions, in one place, with the authors' code they come from.
+
+Where the paper's text and the authors' evaluation code could differ, the code is what produced the
+published numbers, so it decides. Sources (read, not copied; docs/reproduce.md quotes the lines):
+
+* Learn2PD: ims-kdks/Learning-to-Parallel-Decoding ``llada/eval_llada.py`` (prompt rule, ``set_seed(1234)``)
+  and ``llada/eval_llada.sh`` (``steps=$gen_length``, ``block_length=32``, ``accept_thres=0.96``, methods
+  original / L2P / L2P+EoT / L2P+EoT+prefix_cache / L2P+EoT+dual_cache); the table: the project page.
+* Fast-dLLM: NVlabs/Fast-dLLM ``llada/eval_llada.py`` (prompt rule; ``set_seed`` defined, never called) and
+  ``v1/llada/eval_humaneval.sh`` (block 32, ``threshold=0.9``, ``use_cache``/``dual_cache``); the table:
+  Table 1 of arXiv 2505.22618 (lengths 256/512, plus its gsm8k length-1024 rows).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Both papers decode LLaDA in blocks of 32 with steps = gen_length (one token per step for the baseline).
+BLOCK_LENGTH = 32
+#: Fast-dLLM's confidence threshold ("+Parallel").
+THRESHOLD = 0.9
+#: Learn2PD's filter acceptance threshold (eval_llada.sh ``accept_thres=0.96``).
+ACCEPT_THRES = 0.96
+#: The papers' four benchmarks; each is our ``<bench>_l2pd_<length>`` task, whose YAML fixes the papers'
+#: shots (gsm8k 5, minerva_math 4, humaneval 0, mbpp 3; tests/test_tasks.py checks them).
+BENCHMARKS = ("gsm8k", "minerva_math", "humaneval", "mbpp")
+#: Benchmarks that execute generated code: lm-eval needs HF_ALLOW_CODE_EVAL=1 and --confirm_run_unsafe_code.
+CODE_BENCHMARKS = frozenset({"humaneval", "mbpp"})
+
+
+@dataclass(frozen=True)
+class Method:
+    """One column of a paper's table: ``args`` are the model_args that define it."""
+
+    key: str    # the cell's folder name
+    label: str  # the paper's name for the column
+    args: str
+
+    @property
+    def uses_filter(self) -> bool:
+        return "policy=learn2pd" in self.args.split(",")
+
+
+@dataclass(frozen=True)
+class Block:
+    """A rectangle of the table: every benchmark x length here has every method."""
+
+    benchmarks: tuple[str, ...]
+    lengths: tuple[int, ...]
+    methods: tuple[Method, ...]
+
+
+@dataclass(frozen=True)
+class Paper:
+    name: str
+    title: str
+    published: str                    # its table in results/published/
+    blocks: tuple[Block, ...]
+    raw_prompt: frozenset[str]        # benchmarks that get the raw prompt even on an Instruct model
+    seed: int | None                  # model seed= the authors' script sets; None: lm-eval's defaults only
+
+    @property
+    def benchmarks(self) -> tuple[str, ...]:
+        return tuple(b for b in BENCHMARKS if any(b in blk.benchmarks for blk in self.blocks))
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(sorted({n for blk in self.blocks for n in blk.lengths}))
+
+    @property
+    def methods(self) -> tuple[Method, ...]:
+        """Every column, in table order (the testbed runs them all on its one task)."""
+        return tuple(dict.fromkeys(m for blk in self.blocks for m in blk.methods))
+
+    def methods_at(self, benchmark: str, length: int) -> tuple[Method, ...]:
+        return tuple(dict.fromkeys(m for blk in self.blocks if benchmark in blk.benchmarks and length in blk.lengths
+                                   for m in blk.methods))
+
+    def chat(self, benchmark: str, instruct: bool) -> bool:
+        """The paper's prompt rule: the tokenizer's chat template for an Instruct model, except where the
+        authors' eval passes the raw prompt; a base model always gets the raw prompt."""
+        return instruct and benchmark not in self.raw_prompt
+
+
+_L2P = f"policy=learn2pd,accept_thres={ACCEPT_THRES}"
+_PAR = f"policy=threshold,threshold={THRESHOLD}"
+
+LEARN2PD = Paper(
+    name="learn2pd",
+    title="Learn2PD (arXiv 2509.25188), LLaDA-8B-Instruct",
+    published="learn2pd",
+    blocks=(
+        Block(BENCHMARKS, (256, 1024), (
+            Method("baseline", "LLaDA baseline", "policy=low_confidence,cache=none"),
+            Method("learn2pd", "Learn2PD", f"{_L2P},cache=none"),
+            Method("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true"),
+        )),
+        # The KV-cache table: gsm8k at 1024 only.
+        Block(("gsm8k",), (1024,), (
+            Method("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache", f"{_L2P},cache=prefix,eotp=true"),
+            Method("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true"),
+        )),
+    ),
+    # eval_llada.py generate_until: raw prompt when not is_instruct or the doc's task_id starts with "humaneval".
+    raw_prompt=frozenset({"humaneval"}),
+    seed=1234,
+)
+
+_LLADA = Method("llada", "LLaDA", "policy=low_confidence,cache=none")
+_PARALLEL = Method("parallel", "+Parallel", f"{_PAR},cache=none")
+_FAST = Method("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix")
+
+FASTDLLM = Paper(
+    name="fastdllm",
+    title="Fast-dLLM (arXiv 2505.22618) Table 1, LLaDA-8B-Instruct",
+    published="fastdllm_llada",
+    blocks=(
+        Block(BENCHMARKS, (256, 512), (
+            _LLADA,
+            Method("cache", "+Cache", "policy=low_confidence,cache=prefix"),
+            _PARALLEL,
+            _FAST,
+        )),
+        # The gsm8k length-1024 rows (5-shot): parallel decoding in every cached column.
+        Block(("gsm8k",), (1024,), (
+            _LLADA,
+            _PARALLEL,
+            _FAST,
+            Method("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual"),
+        )),
+    ),
+    # eval_llada.py generate_until: the chat template whenever is_instruct, HumanEval included.
+    raw_prompt=frozenset(),
+    seed=None,
+)
+
+PAPERS: dict[str, Paper] = {p.name: p for p in (LEARN2PD, FASTDLLM)}
+
+
+def get_paper(name: str) -> Paper:
+    if name not in PAPERS:
+        raise ValueError(f"paper {name!r} is unknown; valid choices: {', '.join(PAPERS)}")
+    return PAPERS[name]
+
+
+def is_instruct(model: str) -> bool:
+    """The authors' test for an Instruct model (both eval_llada.py: ``'instruct' in model_path.lower()``)."""
+    return "instruct" in model.lower()
