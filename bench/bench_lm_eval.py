@@ -1,0 +1,502 @@
+"""End-to-end benchmark of the stock ``lm_eval`` CLI with ``--model learn2pd``: how much of a run is decoding.
+
+Users run ``lm_eval``; around the decoder sit task loading, few-shot/request building, tokenising,
+collation, detokenising and stop-string cuts, the timing sidecar, the progress display, metrics and the
+results files. This bench runs lm-eval's own CLI entry (``lm_eval.__main__.cli_evaluate``, the code
+``python -m lm_eval`` runs; under ``--nproc N`` one copy per rank through torchrun) on a GSM8K-shaped
+workload and compares the wall time of the evaluation with the sum of the per-sample decode seconds the
+adapter records in its sidecar. Inside the CLI process, lm-eval and the adapter are only wrapped by timers
+(``Probe``): nothing is replaced.
+
+Workload: ``random:llada-8b`` (random weights: prompt LENGTHS matter, not content) on prompts whose token
+counts are real GSM8K 5-shot prompt lengths (``gsm8k_5shot_prompt_tokens.json``, derived by
+``derive-lengths`` from ../shared/data; provenance inside the file). A word-level tokenizer with one word per
+token id and LLaDA's special ids makes an N-word prompt exactly N tokens. The commit profile is fixed:
+``low_confidence`` with ``steps = gen_length / 4`` commits 4 tokens per step, about what Learn2PD reaches on
+LLaDA-8B GSM8K at gen 256 (4.13x fewer forwards than one token per step, results/published).
+
+    python bench/bench_lm_eval.py run --batch-size 1 --limit 64 --compile --jsonl docs/bench/X.jsonl
+    python bench/bench_lm_eval.py run --nproc 2 --batch-size 16 --limit 64 --compile ...   # data parallel
+    python bench/bench_lm_eval.py run --smoke          # CPU, random:tiny, a few seconds of decoding
+    python bench/bench_lm_eval.py compare RUN_A RUN_B  # identical samples? (two run folders)
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+LENGTHS_FILE = HERE / "gsm8k_5shot_prompt_tokens.json"
+TASK = "l2pd_bench_gsm8k_shape"
+# LLaDA-8B-Instruct's special token ids (config.json / tokenizer of GSAI-ML/LLaDA-8B-Instruct).
+LLADA_SPECIALS = {"<|startoftext|>": 126080, "<|endoftext|>": 126081, "<|mdm_mask|>": 126336,
+                  "<|start_header_id|>": 126346, "<|end_header_id|>": 126347, "<|eot_id|>": 126348}
+CHARS_PER_TOKEN = 3.40  # Llama-3 proxy for LLaDA's tokenizer on these prompts (docs/tasks.md)
+CHAT_TOKENS = 10        # bos, two headers with role names, eot, two "\n\n" (docs/tasks.md)
+COMMITS_PER_STEP = 4
+
+
+# --------------------------------------------------------------------------------------------------
+# Workload
+
+
+def derive_lengths(data_dir: Path, count: int, out: Path) -> list[int]:
+    """Token counts of the first ``count`` prompts lm-eval builds for ``gsm8k_l2pd_256`` (5-shot, seed 1234).
+
+    LLaDA's tokenizer cannot be fetched here, so characters are converted with the Llama-3 ratio measured
+    in docs/tasks.md, plus the chat template's tokens."""
+    os.environ["L2PD_DATA_DIR"] = str(data_dir)
+    from l2pd_eval._hook import install
+
+    install(force=True)
+    from lm_eval.tasks import TaskManager, get_task_dict
+
+    task = get_task_dict(["gsm8k_l2pd_256"], TaskManager())["gsm8k_l2pd_256"]
+    task.build_all_requests(limit=count, rank=0, world_size=1)
+    chars = [len(inst.args[0]) for inst in sorted(task.instances, key=lambda inst: inst.doc_id)]
+    tokens = [round(c / CHARS_PER_TOKEN) + CHAT_TOKENS for c in chars]
+    out.write_text(json.dumps({
+        "what": f"GSM8K test prompts 0..{count - 1} as lm-eval 0.4.13 builds them for gsm8k_l2pd_256 "
+                "(5-shot, few-shot seed 1234), in LLaDA tokens estimated as round(chars / "
+                f"{CHARS_PER_TOKEN}) + {CHAT_TOKENS} (Llama-3 ratio and chat template, docs/tasks.md)",
+        "chars": chars, "tokens": tokens}, indent=None) + "\n")
+    return tokens
+
+
+def load_lengths(path: Path = LENGTHS_FILE) -> list[int]:
+    try:
+        return list(json.loads(path.read_text())["tokens"])
+    except (OSError, KeyError, json.JSONDecodeError) as exc:
+        raise SystemExit(f"{path}: cannot read prompt lengths ({exc}); rebuild it with "
+                         "`python bench/bench_lm_eval.py derive-lengths --data ../shared/data`") from None
+
+
+def special_ids(vocab_size: int) -> dict[str, int]:
+    """LLaDA's ids for the 8B vocabulary; a small vocabulary (random:tiny) keeps them in its last slots."""
+    if vocab_size > max(LLADA_SPECIALS.values()):
+        return dict(LLADA_SPECIALS)
+    return {tok: vocab_size - len(LLADA_SPECIALS) + i for i, tok in enumerate(LLADA_SPECIALS)}
+
+
+def build_tokenizer(vocab_size: int, directory: Path) -> dict[str, int]:
+    """Word-level tokenizer over the model's whole vocabulary: id i <-> word ``w<i>``, specials at their ids."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    specials = special_ids(vocab_size)
+    by_id = {i: t for t, i in specials.items()}
+    vocab = {by_id.get(i, f"w{i}"): i for i in range(vocab_size)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                                   pad_token="<|endoftext|>", mask_token="<|mdm_mask|>",
+                                   additional_special_tokens=["<|eot_id|>", "<|start_header_id|>",
+                                                              "<|end_header_id|>"])
+    fast.save_pretrained(str(directory))
+    return specials
+
+
+def write_task(workdir: Path, lengths: list[int], vocab_size: int, gen_length: int, seed: int = 0) -> Path:
+    """Docs (an N-word prompt per length, words drawn from the non-special ids) and the task YAML."""
+    import random
+
+    rng = random.Random(seed)
+    reserved = set(special_ids(vocab_size).values())
+    pool = [i for i in range(min(vocab_size, 50_000)) if i not in reserved]
+    tasks = workdir / "tasks"
+    tasks.mkdir(parents=True, exist_ok=True)
+    docs = tasks / "docs.jsonl"
+    with docs.open("w") as fh:
+        for n in lengths:
+            fh.write(json.dumps({"prompt": " ".join(f"w{rng.choice(pool)}" for _ in range(n)), "answer": "0"}) + "\n")
+    (tasks / f"{TASK}.yaml").write_text(
+        f"task: {TASK}\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: {docs}\n"
+        "test_split: test\noutput_type: generate_until\ndoc_to_text: \"{{prompt}}\"\n"
+        "doc_to_target: \"{{answer}}\"\ngeneration_kwargs:\n  until: [\"Question:\"]\n"
+        f"  do_sample: false\n  max_gen_toks: {gen_length}\nmetric_list:\n  - metric: exact_match\n"
+        "metadata:\n  version: 1\n")
+    return tasks
+
+
+# --------------------------------------------------------------------------------------------------
+# Inside the lm_eval process: timers around lm-eval and the adapter
+
+
+@dataclass
+class Probe:
+    """Accumulated seconds and call counts per labelled function, plus a few phase timestamps."""
+
+    rank: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    marks: dict[str, float] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)
+    decode_seconds: float = 0.0
+    tokens: int = 0
+
+    memory: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            free, total = torch.cuda.mem_get_info()
+            self.memory.update(peak_allocated_gib=torch.cuda.max_memory_allocated() / 2**30,
+                               peak_reserved_gib=torch.cuda.max_memory_reserved() / 2**30, total_gib=total / 2**30)
+        return {"rank": self.rank, "seconds": dict(self.seconds), "calls": dict(self.calls), "marks": self.marks,
+                "missing": self.missing, "decode_seconds": self.decode_seconds, "tokens": self.tokens,
+                "memory": self.memory}
+
+    def mark(self, name: str, first: bool = False) -> None:
+        if not (first and name in self.marks):
+            self.marks[name] = time.perf_counter()
+
+    def wrap(self, owner: Any, attr: str, label: str, before: Callable | None = None,
+             after: Callable | None = None) -> None:
+        """Time ``owner.attr`` under ``label``; an attribute the adapter no longer has is reported, not fatal."""
+        fn = getattr(owner, attr, None)
+        if fn is None:
+            self.missing.append(f"{getattr(owner, '__name__', owner)}.{attr}")
+            return
+
+        @functools.wraps(fn)
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            if before:
+                before(*args, **kwargs)
+            start = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[label] += time.perf_counter() - start
+                self.calls[label] += 1
+                if after:
+                    after(*args, **kwargs)
+
+        setattr(owner, attr, timed)
+
+
+def _warm_up(lm: Any, lengths: list[int]) -> None:
+    """Compile warm-up: a whole answer for the first batch the run will decode (the longest prompts, ragged,
+    so padding and its key mask are part of the compiled guards), then one block on the shortest prompts.
+
+    torch.compile's first graphs are a one-time cost of the decoder; kept out of the per-sample seconds so
+    the share outside the decoder is the steady state. The bench reports their seconds separately."""
+    import dataclasses
+
+    from l2pd_eval.engine import generate
+
+    ordered = sorted(lengths, reverse=True)
+    rows = max(1, min(lm.batch_size, len(ordered)))
+    block = lm.config.block_length
+    one_block = dataclasses.replace(lm.config, gen_length=block, steps=block // COMMITS_PER_STEP)
+    for batch, config in ((ordered[:rows], lm.config), (ordered[-rows:], one_block)):
+        generate(lm.model, [[lm.special.eos] * n for n in batch], config, lm.policy, lm.special)
+
+
+def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
+    """What ``batch_size=auto`` picks for this model and cache at ``gen_length`` (and without its cap)."""
+    import dataclasses
+
+    from l2pd_eval.engine.memory import largest_batch
+
+    config = dataclasses.replace(lm.config, gen_length=gen_length, steps=None)
+    return {f"auto_batch_gen{gen_length}": largest_batch(lm.model, config, prompt_len=1024),
+            f"auto_batch_gen{gen_length}_uncapped": largest_batch(lm.model, config, prompt_len=1024, cap=10**6)}
+
+
+def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:
+    import l2pd_eval.lm_eval_model as adapter
+    from l2pd_eval.results import timing
+    from l2pd_eval.results.sidecar import Sidecar
+
+    lm_cls = adapter.Learn2PDLM
+
+    def after_init(lm: Any, *args: Any, **kwargs: Any) -> None:
+        probe.mark("model_built")
+        if lm.model.device.type == "cuda":
+            probe.memory.update(_auto_batch(lm, 256) | _auto_batch(lm, 1024))
+        if warmup_lengths:
+            _warm_up(lm, warmup_lengths)
+        probe.mark("model_ready")
+
+    def on_record(sidecar: Any, record: Any) -> None:
+        probe.decode_seconds += record.seconds
+        probe.tokens += record.tokens
+
+    probe.wrap(lm_cls, "__init__", "model_init", after=after_init)
+    probe.wrap(lm_cls, "generate_until", "generate_until", before=lambda *a, **k: probe.mark("gen_start", True),
+               after=lambda *a, **k: probe.mark("gen_end"))
+    probe.wrap(lm_cls, "_encode", "tokenise")
+    probe.wrap(lm_cls, "_decode", "detokenise_and_stop_cut")
+    probe.wrap(lm_cls, "_gather_samples", "gather_sidecar_records")
+    probe.wrap(adapter, "generate", "engine_generate")
+    probe.wrap(Sidecar, "add", "sidecar_add", before=on_record)
+    probe.wrap(Sidecar, "save", "sidecar_save")
+    probe.wrap(timing.LiveTPS, "update", "progress")
+    # lm-eval's own stages after decoding (rank 0): environment report, metrics, results and samples files.
+    import lm_eval.evaluator as evaluator
+    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    probe.wrap(evaluator, "add_env_info", "lm_eval_env_info")
+    probe.wrap(EvaluationTracker, "save_results_aggregated", "lm_eval_save_results")
+    probe.wrap(EvaluationTracker, "save_results_samples", "lm_eval_save_samples")
+
+
+def inner_main(timings: Path, warmup_lengths: list[int] | None, lm_eval_argv: list[str]) -> None:
+    """One rank: lm-eval's CLI entry with the probe installed; the probe's record goes to ``timings``."""
+    probe = Probe(rank=int(os.environ.get("RANK", "0")))
+    probe.mark("start")
+    from l2pd_eval._hook import install
+
+    install(force=True)
+    import lm_eval.__main__ as lm_eval_main
+
+    install_probe(probe, warmup_lengths)
+    probe.mark("imported")
+    sys.argv = ["lm_eval", *lm_eval_argv]
+    try:
+        lm_eval_main.cli_evaluate()
+    finally:  # a failure after decoding (e.g. printing the table) must not lose the timings
+        probe.mark("end")
+        timings.parent.mkdir(parents=True, exist_ok=True)
+        out = timings.with_name(f"{timings.stem}_rank{probe.rank}.json")
+        out.write_text(json.dumps(probe.to_json()) + "\n")
+
+
+# --------------------------------------------------------------------------------------------------
+# The driver: build the workload, launch lm_eval, read the probe and the sidecar
+
+
+@dataclass
+class RunConfig:
+    preset: str = "llada-8b"
+    limit: int = 64
+    batch_size: str = "1"
+    gen_length: int = 256
+    cache: str = "dual"
+    compile: bool = False
+    warmup: bool = True
+    nproc: int = 1
+    device: str | None = None
+    label: str = ""
+    workdir: Path = Path("runs/bench_lm_eval")
+    max_batch_size: int | None = None
+
+
+def model_args(cfg: RunConfig, tokenizer: Path, sidecar: Path) -> str:
+    args = {"pretrained": f"random:{cfg.preset}", "tokenizer": tokenizer, "policy": "low_confidence",
+            "cache": cfg.cache, "gen_length": cfg.gen_length, "steps": cfg.gen_length // COMMITS_PER_STEP,
+            "compile": str(cfg.compile).lower(), "sidecar": sidecar,
+            "chat": "false"}
+    return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def launch(cfg: RunConfig, lengths: list[int]) -> tuple[Path, float]:
+    """Build the workload in a fresh run folder and run lm_eval there; returns (run folder, process wall)."""
+    from l2pd_eval.model.config import PRESETS, LLaDAConfig
+
+    vocab = LLaDAConfig.from_dict(PRESETS[cfg.preset]).vocab_size
+    run_dir = cfg.workdir / (cfg.label or f"{cfg.preset}_b{cfg.batch_size}_np{cfg.nproc}_{int(time.time())}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    build_tokenizer(vocab, run_dir / "tokenizer")
+    tasks = write_task(run_dir, lengths[:cfg.limit], vocab, cfg.gen_length)
+    argv = ["--model", "learn2pd", "--model_args", model_args(cfg, run_dir / "tokenizer", run_dir / "sidecar.json"),
+            "--tasks", TASK, "--include_path", str(tasks), "--output_path", str(run_dir / "out"),
+            "--log_samples", "--batch_size", cfg.batch_size]
+    if cfg.device:
+        argv += ["--device", cfg.device]
+    if cfg.max_batch_size:
+        argv += ["--max_batch_size", str(cfg.max_batch_size)]
+    inner = [str(Path(__file__).resolve()), "_inner", "--timings", str(run_dir / "timings.json")]
+    if cfg.warmup:
+        inner += ["--warmup-lengths", ",".join(map(str, lengths[:cfg.limit]))]
+    launcher = [sys.executable]
+    if cfg.nproc > 1:
+        launcher += ["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(cfg.nproc)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+           "TOKENIZERS_PARALLELISM": "false", "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1"}
+    start = time.perf_counter()
+    subprocess.run([*launcher, *inner, "--", *argv], check=True, env=env)
+    return run_dir, time.perf_counter() - start
+
+
+def samples_digest(run_dir: Path) -> tuple[str, dict[int, str]]:
+    """sha256 over (doc_id, response) of lm-eval's samples file: equal digests = identical generations."""
+    files = sorted((run_dir / "out").rglob(f"samples_{TASK}_*.jsonl"))
+    if not files:
+        raise SystemExit(f"{run_dir}: no samples_{TASK}_*.jsonl (was --log_samples dropped?)")
+    rows = {}
+    for line in files[-1].read_text().splitlines():
+        row = json.loads(line)
+        rows[int(row["doc_id"])] = json.dumps(row["resps"])
+    digest = hashlib.sha256(json.dumps(sorted(rows.items())).encode()).hexdigest()[:16]
+    return digest, rows
+
+
+def rank_summary(probe: dict[str, Any]) -> dict[str, Any]:
+    """One rank's phases. The window runs from the model being ready (after warm-up) to the CLI's return:
+    task loading, request building, generate_until, metrics and the results files all lie inside it."""
+    m, s = probe["marks"], probe["seconds"]
+    window = m["end"] - m["model_ready"]
+    inside = s.get("generate_until", 0.0)
+    outside = window - probe["decode_seconds"]
+    return {
+        "rank": probe["rank"], "import_s": m["imported"] - m["start"], "model_build_s": m["model_built"] - m["imported"],
+        "warmup_s": m["model_ready"] - m["model_built"], "window_s": window,
+        "before_generate_s": m["gen_start"] - m["model_ready"], "generate_until_s": inside,
+        "after_generate_s": m["end"] - m["gen_end"], "decode_s": probe["decode_seconds"], "tokens": probe["tokens"],
+        "outside_decoder_s": outside, "outside_share": outside / window if window > 0 else None,
+        "in_generate_until_outside_share": (inside - probe["decode_seconds"]) / inside if inside > 0 else None,
+        "engine_host_s": s.get("engine_generate", 0.0) - probe["decode_seconds"],
+        "components_s": {k: v for k, v in s.items() if k not in ("model_init", "generate_until")},
+        "calls": probe["calls"], "missing_probes": probe["missing"], "memory": probe.get("memory", {}),
+    }
+
+
+def summarise(cfg: RunConfig, run_dir: Path, process_wall: float) -> dict[str, Any]:
+    ranks = [rank_summary(json.loads(p.read_text())) for p in sorted(run_dir.glob("timings_rank*.json"))]
+    sidecar = json.loads((run_dir / "sidecar.json").read_text())
+    samples = sidecar["samples"]
+    tokens, decode = sum(r["tokens"] for r in samples), sum(r["seconds"] for r in samples)
+    window = max(r["window_s"] for r in ranks)
+    digest, _ = samples_digest(run_dir)
+    return {
+        "bench": "lm_eval_e2e", "label": cfg.label, "preset": cfg.preset, "limit": cfg.limit, "nproc": cfg.nproc,
+        "batch_size": cfg.batch_size, "batch_size_used": sidecar["manifest"].get("batch_size"),
+        "gen_length": cfg.gen_length, "steps": cfg.gen_length // COMMITS_PER_STEP, "cache": cfg.cache,
+        "compile": cfg.compile, "cuda_graph": sidecar["manifest"].get("cuda_graph"),
+        "gpu": sidecar["manifest"].get("environment", {}).get("gpu"), "process_wall_s": process_wall,
+        "sidecar_samples": len(samples), "tokens": tokens, "decode_s_sum": decode,
+        "nfe_mean": sum(r["nfe"] for r in samples) / max(len(samples), 1),
+        "window_s": window, "outside_share": max(r["outside_share"] for r in ranks),
+        # Ranks start decoding together (lm-eval synchronises them first), so data-parallel speed is read
+        # over generate_until; the window of rank 0 also holds its wait for the slowest rank's start-up.
+        "generate_until_s": max(r["generate_until_s"] for r in ranks),
+        "throughput_tok_s": tokens / window,
+        "generate_throughput_tok_s": tokens / max(r["generate_until_s"] for r in ranks), "decode_throughput_tok_s": tokens / max(r["decode_s"] for r in ranks),
+        "samples_digest": digest, "ranks": ranks,
+    }
+
+
+def print_table(record: dict[str, Any]) -> None:
+    r0 = record["ranks"][0]
+    print(f"\n{record['label'] or 'run'}: {record['preset']} x{record['nproc']} batch {record['batch_size']} "
+          f"(used {record['batch_size_used']}) gen {record['gen_length']} cache {record['cache']} "
+          f"compile {record['compile']} gpu {record['gpu']}")
+    print(f"  process wall {record['process_wall_s']:.2f} s  (import {r0['import_s']:.2f}, model build "
+          f"{r0['model_build_s']:.2f}, warm-up {r0['warmup_s']:.2f})")
+    print(f"  evaluation window {record['window_s']:.3f} s  decode sum {record['decode_s_sum']:.3f} s  "
+          f"outside the decoder {100 * record['outside_share']:.2f}% (worst rank)")
+    print(f"  memory (rank 0): {r0['memory']}")
+    print(f"  {record['sidecar_samples']} samples, {record['tokens']} tokens, {record['throughput_tok_s']:.1f} tok/s "
+          f"over the window, NFE {record['nfe_mean']:.1f}, samples digest {record['samples_digest']}")
+    for r in record["ranks"]:
+        parts = ", ".join(f"{k} {v:.4f}" for k, v in sorted(r["components_s"].items()))
+        print(f"  rank {r['rank']}: before generate {r['before_generate_s']:.3f} s, generate_until "
+              f"{r['generate_until_s']:.3f} s, after {r['after_generate_s']:.3f} s, engine host "
+              f"{r['engine_host_s']:.4f} s; {parts}")
+        if r["missing_probes"]:
+            print(f"    not probed (renamed in the adapter?): {', '.join(r['missing_probes'])}")
+
+
+def compare(run_a: Path, run_b: Path) -> bool:
+    digest_a, rows_a = samples_digest(run_a)
+    digest_b, rows_b = samples_digest(run_b)
+    differ = sorted(d for d in rows_a.keys() | rows_b.keys() if rows_a.get(d) != rows_b.get(d))
+    print(f"{run_a}: {len(rows_a)} samples, digest {digest_a}\n{run_b}: {len(rows_b)} samples, digest {digest_b}")
+    print("identical" if not differ else f"{len(differ)} samples differ, first doc_ids {differ[:10]}")
+    return not differ
+
+
+SMOKE = dict(preset="tiny", limit=6, batch_size="2", gen_length=32, cache="dual", device="cpu")
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    run = sub.add_parser("run", help="build the workload, run lm_eval, report")
+    run.add_argument("--preset", default="llada-8b")
+    run.add_argument("--limit", type=int, default=64, help="number of prompts (from the lengths file)")
+    run.add_argument("--batch-size", default="1", help="an integer or auto")
+    run.add_argument("--max-batch-size", type=int, default=None, help="cap for --batch-size auto")
+    run.add_argument("--gen-length", type=int, default=256)
+    run.add_argument("--cache", default="dual", choices=("none", "prefix", "dual"))
+    run.add_argument("--compile", action="store_true")
+    run.add_argument("--no-warmup", action="store_true")
+    run.add_argument("--nproc", type=int, default=1, help="data-parallel ranks (torchrun, one GPU each)")
+    run.add_argument("--device", default=None)
+    run.add_argument("--label", default="")
+    run.add_argument("--workdir", type=Path, default=Path("runs/bench_lm_eval"))
+    run.add_argument("--jsonl", type=Path, default=None, help="append the record here")
+    run.add_argument("--smoke", action="store_true", help="CPU, random:tiny, short prompts and answers")
+    lens = sub.add_parser("derive-lengths", help="rebuild the prompt lengths file from the GSM8K data")
+    lens.add_argument("--data", type=Path, required=True)
+    lens.add_argument("--count", type=int, default=128)
+    cmp_ = sub.add_parser("compare", help="are two runs' generations identical?")
+    cmp_.add_argument("run_a", type=Path)
+    cmp_.add_argument("run_b", type=Path)
+    inner = sub.add_parser("_inner", help="(internal) one lm_eval rank with timers")
+    inner.add_argument("--timings", type=Path, required=True)
+    inner.add_argument("--warmup-lengths", default="")
+    inner.add_argument("lm_eval_argv", nargs=argparse.REMAINDER)
+    return p.parse_args(argv)
+
+
+def run_config(args: argparse.Namespace) -> RunConfig:
+    cfg = RunConfig(preset=args.preset, limit=args.limit, batch_size=args.batch_size, gen_length=args.gen_length,
+                    cache=args.cache, compile=args.compile, warmup=not args.no_warmup, nproc=args.nproc,
+                    device=args.device, label=args.label, workdir=args.workdir, max_batch_size=args.max_batch_size)
+    if args.smoke:
+        for key, value in SMOKE.items():
+            setattr(cfg, key, value)
+    return cfg
+
+
+def smoke_lengths(lengths: list[int]) -> list[int]:
+    """random:tiny has a 1024-token context: the same ragged shape, scaled down 16x."""
+    return [max(8, n // 16) for n in lengths]
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any] | None:
+    args = parse(argv)
+    if args.cmd == "derive-lengths":
+        tokens = derive_lengths(args.data, args.count, LENGTHS_FILE)
+        print(f"{LENGTHS_FILE}: {len(tokens)} prompts, {min(tokens)}..{max(tokens)} tokens")
+        return None
+    if args.cmd == "compare":
+        raise SystemExit(0 if compare(args.run_a, args.run_b) else 1)
+    if args.cmd == "_inner":
+        rest = args.lm_eval_argv[1:] if args.lm_eval_argv[:1] == ["--"] else args.lm_eval_argv
+        warm = [int(n) for n in args.warmup_lengths.split(",") if n]
+        inner_main(args.timings, warm or None, rest)
+        return None
+    cfg = run_config(args)
+    lengths = load_lengths()
+    if args.smoke:
+        lengths = smoke_lengths(lengths)
+    if cfg.limit > len(lengths):
+        raise SystemExit(f"--limit {cfg.limit}: the lengths file has {len(lengths)} prompts")
+    run_dir, wall = launch(cfg, lengths)
+    record = summarise(cfg, run_dir, wall)
+    print_table(record)
+    if args.jsonl:
+        args.jsonl.parent.mkdir(parents=True, exist_ok=True)
+        with args.jsonl.open("a") as fh:
+            fh.write(json.dumps(record) + "\n")
+    return record
+
+
+if __name__ == "__main__":
+    main()
