@@ -75,14 +75,15 @@ class PrefixCache(ForwardStrategy):
         return self._cached_step(s)
 
     def _chunk(self, s: StepInput) -> tuple[int, int]:
-        """Absolute [start, end) of the positions a cached step recomputes."""
+        """Absolute [start, end) of the positions a cached step recomputes: from ``logit_shift`` positions
+        before the block, since Dream predicts a position from the hidden state before it (model.dream)."""
         bs, be = s.block
-        return bs, (s.length if self.recompute_suffix else be)
+        return bs - self.model.logit_shift, (s.length if self.recompute_suffix else be)
 
     def _cached_step(self, s: StepInput) -> Tensor:
         (bs, be), (start, end) = s.block, self._chunk(s)
         return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
-                          kv_len=s.length, logits_slice=slice(0, be - bs), split_keys=self.split_keys)
+                          kv_len=s.length, logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
 
     def keep(self, idx: Tensor) -> None:
         n = idx.numel()

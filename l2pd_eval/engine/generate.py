@@ -24,6 +24,7 @@ from l2pd_eval.engine.layout import LeftPadded, left_pad
 from l2pd_eval.model.llada import LLaDA
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
+from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
 
@@ -352,6 +353,8 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run.strategy, refresh=step == 0)
     seeds = state.seeds[rows.idx]
     x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile)
+    needs = run.policy.needs
+    stats = step_statistics(logits, needs, run.config.temperature, x0) if needs else {}
     # select
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
@@ -361,6 +364,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
+        stats=stats,
     )
     commit = _select(run.policy, st)
     # commit
