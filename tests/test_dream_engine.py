@@ -56,3 +56,16 @@ def test_every_combination_batched_equals_unbatched(dream, filter_path, policy, 
         assert torch.equal(alone.tokens[0], batched.tokens[row])
         assert alone.stats[0].committed_per_step == batched.stats[row].committed_per_step
 
+
+
+def test_memory_estimate_reads_dreams_mlp_width():
+    """The activation term scales with the MLP width (Dream's intermediate_size), not hidden_size, which is
+    Dream's model width."""
+    from l2pd_eval.engine.memory import bytes_per_row
+    from l2pd_eval.model.dream import Dream, DreamConfig
+
+    shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                 max_position_embeddings=256)
+    narrow, wide = (Dream(DreamConfig(intermediate_size=m, **shape)) for m in (48, 112))
+    cfg = GenerationConfig(gen_length=64, block_length=32)
+    assert bytes_per_row(wide, cfg, 100) - bytes_per_row(narrow, cfg, 100) == 3 * (112 - 48) * (100 + 64) * 4
