@@ -33,8 +33,8 @@ class ForwardStrategy:
     """The contract the engine's loop relies on: ``logits(s)`` returns [n, block, V] where ``[:, j]``
     predicts the token at absolute position ``block[0] + j``, and sets ``positions`` to the query positions
     that call computed for the n real rows (the cost statistic). A model family whose outputs are shifted
-    (Dream: position i is predicted from hidden state i - 1) maps that inside its forward or strategy, so
-    the loop stays the same. ``split_keys``: let a batch-1 step use the key-splitting attention kernel
+    (Dream: position i is predicted from hidden state i - 1) maps that inside its forward; the cached steps
+    start their chunk ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a batch-1 step use the key-splitting attention kernel
     (``model.attention``), a speed choice made by the caller."""
 
     name = "none"

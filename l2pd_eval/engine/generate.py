@@ -396,7 +396,7 @@ def generate(
     Prompts are left-padded with ``special.eos`` to the longest (``engine.layout``), the answer starts
     masked (``special.mask``) at the same column P in every row and is decoded block by block. Each step of
     a block: predict (the strategy's block logits -> x0 and its probability, greedy or Gumbel-max at
-    ``config.temperature`` with per-prompt seeds) -> select (the policy; a row that would stall commits its
+    ``config.temperature`` with per-prompt seeds, plus the statistics the policy ``needs``) -> select (the policy; a row that would stall commits its
     most confident position) -> commit -> EoTP (``eotp_rule``: may cut a row's answer, filling the rest with
     ``special.eos``). Rows whose block has no masks left sit out until the next block; there is one host
     sync per step. ``reference`` [B, gen_length] is the target answer for policies that need one (oracle).
