@@ -1,4 +1,5 @@
-"""GPU benchmark of the decoding step on the LLaDA-8B shape with random weights (bf16).
+"""GPU benchmark of the decoding step on a model shape with random weights (bf16): ``--model random:llada-8b``
+(default) or ``random:dream-7b``, any other ``pretrained`` value too.
 
 Measures, in one run (see docs/benchmarks.md for the command and the recorded numbers):
   (a) time per forward step for cache none / prefix / dual, gen_length 256 and 1024, batch 1/8/16/32;
@@ -75,9 +76,10 @@ def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int =
     elt = 2
     total = prompt + gen
     bs = prompt + gen // 2
-    queries = {"none": total, "prefix": total - bs, "dual": block}[cache]
+    shift = model.logit_shift  # Dream's cached chunk starts one position before the block
+    queries = {"none": total, "prefix": total - bs + shift, "dual": block + shift}[cache]
     layer_params = c.n_layers * (2 * c.d_model * c.n_heads * c.head_dim + 2 * c.d_model * c.kv_heads * c.head_dim
-                                 + 3 * c.d_model * c.hidden_size)
+                                 + 3 * c.d_model * c.mlp_width)
     head = c.d_model * c.vocab_size
     weights = (layer_params + head) * elt  # embedding rows gathered are negligible
     kv_read = 0 if cache == "none" else 2 * c.n_layers * c.kv_heads * c.head_dim * total * elt * batch
@@ -292,8 +294,9 @@ def main() -> None:
         model = load_model(args.model, dtype="bfloat16", device=DEVICE)
         if args.compile:
             model.compile_blocks()
-        v = model.config.vocab_size  # LLaDA's ids for the 8B shape; the last ids of a small vocab otherwise
-        special = SpecialIds(mask=126336, eos=126081, eot=(126081, 126348)) if v > 126336 else SpecialIds(v - 1, v - 2, (v - 2,))
+        c = model.config  # the family's ids; tiny presets carry none: the last ids of their vocabulary
+        special = SpecialIds.resolve(None, c, mask_id=None if c.mask_token_id is not None else c.vocab_size - 1,
+                                     eos_id=None if c.eos_token_id is not None else c.vocab_size - 2)
         check_graph(model, args, out)
         steps = bench_steps(model, special, args, ceilings, out)
         timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}

@@ -20,8 +20,9 @@ from lm_eval.api.model import LM
 
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
+from l2pd_eval.model.family import family_of
 from l2pd_eval.model.loading import check_vocab
-from l2pd_eval.model.tokenizer import chat_user_prompt
+from l2pd_eval.model.tokenizer import chat_opening, chat_user_prompt
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.policies.registry import parse_policy_params
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
@@ -62,6 +63,7 @@ class ModelArgs:
     batch_size: int | str = 1
     max_batch_size: int | None = None
     chat: Tristate = "auto"           # auto: use the chat template for Instruct models
+    add_bos_token: Tristate = "auto"  # BOS before plain (non-chat) prompts; auto: the model family's rule
     mask_id: int | None = None
     eos_id: int | None = None
     sidecar: str | None = None        # explicit sidecar path; default: beside lm-eval's --output_path results
@@ -147,11 +149,15 @@ class Learn2PDLM(LM):
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
                                           args.end_ids())
+        self.family = family_of(self.model.config).name
+        self._bos = self._bos_prefix(args.add_bos_token)
+        self._chat_opening = chat_opening(self.tokenizer)
         self.batch_size = self._resolve_batch_size(args.batch_size, args.max_batch_size)
         from l2pd_eval.results.sidecar import Sidecar, build_manifest
 
         self.sidecar = Sidecar(manifest=build_manifest(
-            model=args.pretrained, policy=args.policy, policy_params=self.policy.params(), cache=args.cache,
+            model=args.pretrained, family=self.family, add_bos_token=bool(self._bos), policy=args.policy,
+            policy_params=self.policy.params(), cache=args.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids),
             gen_length=args.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=args.steps or "gen_length", model_args={k: v for k, v in kwargs.items() if v is not None},
@@ -260,17 +266,33 @@ class Learn2PDLM(LM):
         name = f"{self.args.pretrained} {self.args.tokenizer or ''}".lower()
         return "instruct" in name and bool(getattr(self.tokenizer, "chat_template", None))
 
+    def _bos_prefix(self, add_bos_token: str) -> list[int]:
+        """``[bos]`` when plain prompts start with BOS (Fast-dLLM evaluates Dream-Base with
+        ``add_bos_token=true``; LLaDA's protocol adds none), else ``[]``."""
+        family = family_of(self.model.config)
+        wanted = family.add_bos if add_bos_token == "auto" else add_bos_token == "true"
+        if not wanted:
+            return []
+        if self.special.bos is None:
+            rule = f"the {family.name} family's default" if add_bos_token == "auto" else "requested"
+            raise ValueError(f"add_bos_token ({rule}): the tokenizer of {self.args.tokenizer or self.args.pretrained} "
+                             f"has no BOS token and config.json no bos_token_id; pass add_bos_token=false")
+        return [self.special.bos]
+
     def _render(self, context: str) -> tuple[str, bool]:
         """The context as the model sees it, and whether it is chat-rendered. The one chat rule for
         generation and likelihood: with --apply_chat_template lm-eval has already rendered the template
-        (the text starts with the bos), so it is never wrapped twice."""
-        bos = getattr(self.tokenizer, "bos_token", None)
-        if self._use_chat() and not (bos and context.startswith(bos)):
+        (the text starts with the template's opening token: LLaDA's bos, ChatML's ``<|im_start|>``), so it
+        is never wrapped twice."""
+        opening = self._chat_opening
+        if self._use_chat() and not (opening and context.startswith(opening)):
             context = chat_user_prompt(self.tokenizer, context)
-        return context, bool(bos and context.startswith(bos))
+        return context, bool(opening and context.startswith(opening))
 
     def _encode(self, context: str) -> list[int]:
-        return self.tokenizer(self._render(context)[0], add_special_tokens=False)["input_ids"]
+        """Token ids of a generation prompt: the rendered context, after the BOS rule for plain prompts."""
+        text, rendered = self._render(context)
+        return ([] if rendered else self._bos) + self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _decode(self, tokens: list[int], until: list[str]) -> str:
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -353,8 +375,8 @@ class Learn2PDLM(LM):
         pairs = []
         for req in requests:
             context, rendered = self._render(req.args[0])
-            continuation = req.args[1]
-            pairs.append(encode_pair(self.tokenizer, context, continuation, move_whitespace=not rendered))
+            ids, continuation = encode_pair(self.tokenizer, context, req.args[1], move_whitespace=not rendered)
+            pairs.append((([] if rendered else self._bos) + ids, continuation))
         show = self.args.progress and not disable_tqdm and self._rank == 0
         with tqdm(total=len(requests), desc=f"learn2pd loglikelihood (mc_num={config.mc_num})",
                   disable=not show) as bar:

@@ -46,10 +46,29 @@ def _policy(name: str, special: SpecialIds) -> Policy:
     return get_policy(name)
 
 
+@pytest.fixture(scope="module")
+def cuda_dream(tmp_path_factory):
+    from l2pd_eval.model.tiny import write_tiny_dream
+
+    directory = write_tiny_dream(tmp_path_factory.mktemp("tiny-dream"))
+    model = load_model(str(directory), dtype="float32", device="cuda")
+    return model, SpecialIds.resolve(load_tokenizer(directory), model.config)
+
+
 @pytest.mark.parametrize("cache", ["prefix", "dual"])
 @pytest.mark.parametrize("policy", ["low_confidence", "threshold", "end_at"])
 def test_graph_replay_decodes_exactly_like_eager(cuda_tiny, ragged_prompts, cache, policy):
-    model, special = cuda_tiny
+    _graph_equals_eager(*cuda_tiny, ragged_prompts, cache, policy)
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("policy", ["entropy", "threshold", "end_at"])
+def test_graph_replay_on_dream_decodes_exactly_like_eager(cuda_dream, ragged_prompts, cache, policy):
+    """Dream's graphs replay a chunk that starts one position before the block (shifted logits)."""
+    _graph_equals_eager(*cuda_dream, ragged_prompts, cache, policy)
+
+
+def _graph_equals_eager(model, special, ragged_prompts, cache, policy):
     kw = dict(gen_length=64, block_length=16, cache=cache, eotp=policy == "end_at")
     eager = generate(model, ragged_prompts, GenerationConfig(**kw), _policy(policy, special), special)
     graph = generate(model, ragged_prompts, GenerationConfig(cuda_graph=True, **kw), _policy(policy, special), special)

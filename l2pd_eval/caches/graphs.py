@@ -104,8 +104,8 @@ class GraphReplay:
         # garbage collector happens to run
 
         def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
-            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(0, be - bs), write_index=idx,
-                         split_keys=split_keys)
+            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(bs - start, be - start),
+                         write_index=idx, split_keys=split_keys)
 
         return _Graph(x, pos, idx, mask, run)
 

@@ -33,8 +33,8 @@ class ForwardStrategy:
     """The contract the engine's loop relies on: ``logits(s)`` returns [n, block, V] where ``[:, j]``
     predicts the token at absolute position ``block[0] + j``, and sets ``positions`` to the query positions
     that call computed for the n real rows (the cost statistic). A model family whose outputs are shifted
-    (Dream: position i is predicted from hidden state i - 1) maps that inside its forward or strategy, so
-    the loop stays the same. ``split_keys``: let a batch-1 step use the key-splitting attention kernel
+    (Dream: position i is predicted from hidden state i - 1) maps that inside its forward; the cached steps
+    start their chunk ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a batch-1 step use the key-splitting attention kernel
     (``model.attention``), a speed choice made by the caller."""
 
     name = "none"
@@ -75,14 +75,15 @@ class PrefixCache(ForwardStrategy):
         return self._cached_step(s)
 
     def _chunk(self, s: StepInput) -> tuple[int, int]:
-        """Absolute [start, end) of the positions a cached step recomputes."""
+        """Absolute [start, end) of the positions a cached step recomputes: from ``logit_shift`` positions
+        before the block, since Dream predicts a position from the hidden state before it (model.dream)."""
         bs, be = s.block
-        return bs, (s.length if self.recompute_suffix else be)
+        return bs - self.model.logit_shift, (s.length if self.recompute_suffix else be)
 
     def _cached_step(self, s: StepInput) -> Tensor:
         (bs, be), (start, end) = s.block, self._chunk(s)
         return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
-                          kv_len=s.length, logits_slice=slice(0, be - bs), split_keys=self.split_keys)
+                          kv_len=s.length, logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
 
     def keep(self, idx: Tensor) -> None:
         n = idx.numel()

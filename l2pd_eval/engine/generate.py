@@ -24,6 +24,7 @@ from l2pd_eval.engine.layout import LeftPadded, left_pad
 from l2pd_eval.model.llada import LLaDA
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
+from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
 
@@ -352,6 +353,8 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run.strategy, refresh=step == 0)
     seeds = state.seeds[rows.idx]
     x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile)
+    needs = run.policy.needs
+    stats = step_statistics(logits, needs, run.config.temperature, x0) if needs else {}
     # select
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
@@ -361,6 +364,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
+        stats=stats,
     )
     commit = _select(run.policy, st)
     # commit
@@ -392,7 +396,7 @@ def generate(
     Prompts are left-padded with ``special.eos`` to the longest (``engine.layout``), the answer starts
     masked (``special.mask``) at the same column P in every row and is decoded block by block. Each step of
     a block: predict (the strategy's block logits -> x0 and its probability, greedy or Gumbel-max at
-    ``config.temperature`` with per-prompt seeds) -> select (the policy; a row that would stall commits its
+    ``config.temperature`` with per-prompt seeds, plus the statistics the policy ``needs``) -> select (the policy; a row that would stall commits its
     most confident position) -> commit -> EoTP (``eotp_rule``: may cut a row's answer, filling the rest with
     ``special.eos``). Rows whose block has no masks left sit out until the next block; there is one host
     sync per step. ``reference`` [B, gen_length] is the target answer for policies that need one (oracle).

@@ -15,7 +15,7 @@ def bytes_per_row(model: LLaDA, config: GenerationConfig, prompt_len: int) -> in
     c, t = model.config, prompt_len + config.gen_length
     elt = torch.finfo(model.dtype).bits // 8
     kv = 2 * c.n_layers * c.kv_heads * c.head_dim * t * elt if config.cache != "none" else 0
-    act = t * (3 * c.hidden_size + 4 * c.d_model) * elt       # ff_proj, up_proj, product + residual stream
+    act = t * (3 * c.mlp_width + 4 * c.d_model) * elt         # MLP gate/up projections, product + residual stream
     logits = config.block_length * c.vocab_size * (elt + 3 * 4)  # block logits + float32 softmax work
     graphs = MAX_GRAPHS * config.block_length * c.vocab_size * elt if config.cuda_graph and kv else 0
     return kv + act + logits + graphs

@@ -91,6 +91,10 @@ class DreamConfig(FileConfig):
         return self.intermediate_size
 
     @property
+    def padded_vocab(self) -> int:  # embedding rows (Qwen2 pads vocab_size itself: 152064 rows)
+        return self.vocab_size
+
+    @property
     def max_sequence_length(self) -> int:
         return self.max_position_embeddings
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -181,11 +182,14 @@ def load_tokenizer(path: str | Path, revision: str | None = None):
         kwargs["trust_remote_code"] = os.environ.get("L2PD_TRUST_REMOTE_CODE", "0") == "1"
     from transformers.utils import logging as hf_logging
 
-    # AutoTokenizer peeks at config.json and warns that it does not know model_type "llada": harmless noise.
+    # AutoTokenizer peeks at config.json and warns that it does not know model_type "llada", or (Dream's
+    # config.json, Qwen2-style) that the key rope_scaling is deprecated: harmless noise for a tokenizer.
     previous = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(path), **kwargs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="`rope_scaling` is deprecated", category=FutureWarning)
+            return AutoTokenizer.from_pretrained(str(path), **kwargs)
     finally:
         hf_logging.set_verbosity(previous)
 

@@ -27,6 +27,18 @@ def chat_user_prompt(tokenizer, content: str) -> str:
                                          tokenize=False)
 
 
+def chat_opening(tokenizer) -> str | None:
+    """The special token every chat-rendered prompt starts with (LLaDA's template: its bos; Dream's ChatML:
+    ``<|im_start|>``), by which a context lm-eval already rendered (--apply_chat_template) is recognised.
+    Without a chat template, or one that opens with plain text, the bos token (or None)."""
+    bos = getattr(tokenizer, "bos_token", None)
+    if not getattr(tokenizer, "chat_template", None):
+        return bos
+    ids = tokenizer(chat_user_prompt(tokenizer, "x"), add_special_tokens=False)["input_ids"]
+    first = tokenizer.convert_ids_to_tokens(ids[0]) if ids else None
+    return first if first in tokenizer.all_special_tokens else bos
+
+
 DEFAULT_CORPUS = (
     "Question: Natalia sold clips to 48 of her friends in April, and then she sold half as many clips in May. "
     "How many clips did Natalia sell altogether in April and May?\nAnswer: Natalia sold 48/2 = <<48/2=24>>24 "

@@ -6,8 +6,8 @@ found in a cited source are stored; cells known to exist but not found are liste
 
 Matching rule (docs/results.md): a published cell pairs with the report cell of the same task and
 generation length whose method has the same policy, cache and EoTP with no contradicting parameter,
-whose model is of the table's family (``llada``/``dream`` in its name; a name with neither is
-accepted and noted), and whose few-shot count equals the cell's when both are known.
+whose model is of the table's family (the family the run's sidecar records; for older sidecars
+``llada``/``dream`` in the model's name; a run with neither is accepted and noted), and whose few-shot count equals the cell's when both are known.
 """
 
 from __future__ import annotations
@@ -119,6 +119,11 @@ def model_family(name: str | None) -> str | None:
     return None
 
 
+def cell_family(cell: ReportCell) -> str | None:
+    """The recorded family of the cell's run, else the one its model name gives."""
+    return cell.family or model_family(cell.model)
+
+
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
     mine = dict(ours.params)
     for key, value in theirs.items():
@@ -135,7 +140,7 @@ def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
 def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | None) -> bool:
     if cell is None:
         return False
-    theirs = model_family(cell.model)
+    theirs = cell_family(cell)
     if family is not None and theirs is not None and theirs != family:
         return False
     return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
@@ -197,7 +202,7 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
             cell = report.cell(method, column) if method is not None else None
             if cell is None or _cell_fits(cell, e, table.family):
                 out.append(Pairing(table, e, cell))
-            elif cell.n_shot != e.num_fewshot and model_family(cell.model) in (None, table.family):
+            elif cell.n_shot != e.num_fewshot and cell_family(cell) in (None, table.family):
                 out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
             else:
                 out.append(Pairing(table, e, None, f"model {cell.model} is not of the {table.family} family"))
@@ -240,7 +245,7 @@ def comparison_notes(report: Report, tables: Published | list[Published]) -> lis
             lines.append(f"Source [{t.name}/{key}]: {text}")
         for item in t.missing:
             lines.append(f"Missing [{t.name}]: {item.get('what', '')} ({item.get('why', '')})")
-    unknown = sorted({c.model for c in report.cells.values() if c.model and model_family(c.model) is None})
+    unknown = sorted({c.model for c in report.cells.values() if c.model and cell_family(c) is None})
     if unknown:
         lines.append(f"Model family unknown for {', '.join(unknown)}: matched by method, task and length only.")
     gpu = report.environment.get("gpu")

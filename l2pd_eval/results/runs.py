@@ -202,6 +202,12 @@ class Run:
         return str(name) if name is not None else None
 
     @property
+    def family(self) -> str | None:
+        """The model family the adapter recorded (``llada``/``dream``); None for sidecars older than that."""
+        family = self.manifest.get("family")
+        return str(family) if family is not None else None
+
+    @property
     def partial(self) -> str | None:
         """``"partial: 37/200"`` when the run's sidecar was written mid-run (interrupted or still going)."""
         return self.sidecar.progress_label() if self.sidecar is not None else None

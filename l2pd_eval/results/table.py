@@ -51,6 +51,7 @@ class ReportCell:
     n_timing: int = 0
     n_eval: int | None = None
     model: str | None = None
+    family: str | None = None  # the run's model family, as its sidecar recorded it
     n_shot: int | None = None
     best_tps: bool = False
     best_acc: bool = False
@@ -125,7 +126,8 @@ def build_report(
                 accuracy=c.accuracy, metric=c.metric,
                 nfe_mean=t.nfe_mean if t else None,
                 tokens_per_forward=t.tokens_per_forward_mean if t else None,
-                n_timing=t.count if t else 0, n_eval=c.n_eval, model=run.model, n_shot=c.n_shot,
+                n_timing=t.count if t else 0, n_eval=c.n_eval, model=run.model, family=run.family,
+                n_shot=c.n_shot,
             )
             if c.metric is None and run.results is not None:
                 notes.append(f"{column_label(column)}: {c.source_task} has no metric in {run.results.path}")
