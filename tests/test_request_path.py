@@ -104,3 +104,9 @@ def test_progress_lines_off_a_terminal(tiny_dir, capsys):
     quiet = Learn2PDLM(pretrained=str(tiny_dir), gen_length=16, block_length=8, progress=False)
     quiet.generate_until([_req("Hi", until=[])])
     assert "learn2pd" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("name", ["checkpoint_s", "progress_every_s", "temperature"])
+def test_negative_intervals_and_temperature_are_errors(tiny_dir, name):
+    with pytest.raises(ValueError, match=f"^{name}=-1.0 must be >= 0$"):
+        Learn2PDLM(pretrained=str(tiny_dir), **{name: "-1"})

@@ -4,7 +4,6 @@ double-counting (l2pd_eval/resume.py). Real ``lm_eval`` CLI runs on the embedded
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -18,8 +17,6 @@ from l2pd_eval.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, r
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 8
-ENV = {**os.environ, "PYTHONPATH": str(ROOT), "HF_DATASETS_OFFLINE": "1", "HF_HUB_OFFLINE": "1",
-       "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
 
 
 def lm_eval_cmd(out: Path, cache: Path) -> list[str]:
@@ -32,7 +29,7 @@ def lm_eval_cmd(out: Path, cache: Path) -> list[str]:
 
 def run_until(cmd: list[str], out: Path, done: int, sig: int) -> int:
     """Start the run, send ``sig`` once its partial sidecar records >= ``done`` requests; requests done then."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     seen = 0
     while time.monotonic() < deadline and proc.poll() is None:
@@ -52,7 +49,7 @@ def run_until(cmd: list[str], out: Path, done: int, sig: int) -> int:
 
 
 def final_run(cmd: list[str]) -> str:
-    proc = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=600)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stderr
 
