@@ -173,7 +173,8 @@ class Learn2PDLM(LM):
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids),
             gen_length=args.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=args.steps or "gen_length", model_args={k: v for k, v in kwargs.items() if v is not None},
-            temperature=args.temperature if args.temperature is not None else "task gen_kwargs", batch_size=self.batch_size, dtype=str(self.model.dtype),
+            temperature="task gen_kwargs" if args.temperature is None else args.temperature,
+            batch_size=self.batch_size, dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=args.compile,
         ), samples=[])

@@ -60,7 +60,7 @@ def answers(out: Path) -> dict[int, list]:
     return {r["doc_id"]: r["resps"] for r in rows if r["filter"] == "strict-match"}
 
 
-def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path):
+def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path, capsys):
     base_out, out, cache = tmp_path / "base", tmp_path / "out", tmp_path / "cache" / "db"
     final_run(lm_eval_cmd(base_out, tmp_path / "base_cache" / "db"))
     cmd = lm_eval_cmd(out, cache)
@@ -71,7 +71,9 @@ def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path)
     assert not side.complete and side.requests_done >= k1 and side.progress_label() == f"partial: {side.requests_done}/{LIMIT}"
     from l2pd_eval.cli import main as l2pd_eval_main
 
-    assert l2pd_eval_main(["report", str(out)]) == 0  # a partial run is reported, marked
+    capsys.readouterr()
+    assert l2pd_eval_main(["report", str(out)]) == 0
+    assert f"partial: {side.requests_done}/{LIMIT}" in capsys.readouterr().out  # reported, marked partial
 
     k2 = run_until(cmd, out, k1 + 2, signal.SIGKILL)  # the rerun resumes, then is killed without warning
     log = final_run(cmd)
