@@ -82,8 +82,33 @@ def _after_tracker(module) -> None:
     cls._l2pd_patched = True
 
 
+def _after_model(module) -> None:
+    """``--use_cache``: lm-eval's CachingLM answers cached requests itself and hands the model only the
+    rest, so the model never sees the cached ones. Show them to a model that wants them
+    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/resume.py)."""
+    cls = module.CachingLM
+    if getattr(cls, "_l2pd_patched", False):
+        return
+    original = cls.__getattr__
+
+    def __getattr__(self, attr):
+        fn = original(self, attr)
+        restore = getattr(self.lm, "restore_cached", None)
+        if attr != "generate_until" or restore is None:
+            return fn
+
+        def generate_until(requests, *args, **kwargs):
+            restore(requests, self.dbdict)
+            return fn(requests, *args, **kwargs)
+
+        return generate_until
+
+    cls.__getattr__ = __getattr__
+    cls._l2pd_patched = True
+
+
 _AFTER = {"lm_eval.api.registry": _after_registry, "lm_eval.tasks.manager": _after_manager,
-          "lm_eval.loggers.evaluation_tracker": _after_tracker}
+          "lm_eval.loggers.evaluation_tracker": _after_tracker, "lm_eval.api.model": _after_model}
 
 
 class _Loader:

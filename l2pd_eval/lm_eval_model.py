@@ -8,8 +8,11 @@ and recorded per sample; the records go to a sidecar JSON beside lm-eval's resul
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
+import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +28,15 @@ from l2pd_eval.model.loading import check_vocab
 from l2pd_eval.model.tokenizer import chat_opening, chat_user_prompt
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.results.sidecar import (
+    SIDECAR_PREFIX,
+    SampleRecord,
+    Sidecar,
+    build_manifest,
+    count_paper_tokens,
+    output_path_from_argv,
+    results_dir,
+)
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
@@ -56,7 +68,7 @@ class ModelArgs:
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32
     steps: int | None = None
-    temperature: float = 0.0
+    temperature: float | None = None  # given: wins over the tasks' gen_kwargs (l2pd_eval/gen_kwargs.py)
     seed: int = 0
     dtype: str = "auto"
     device: str | None = None
@@ -67,6 +79,8 @@ class ModelArgs:
     mask_id: int | None = None
     eos_id: int | None = None
     sidecar: str | None = None        # explicit sidecar path; default: beside lm-eval's --output_path results
+    checkpoint_s: float = 10.0        # partial sidecar rewritten at most this often (0: after every batch)
+    progress_every_s: float = 30.0    # off a terminal: one progress line at most this often (0: every batch)
     cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
     progress: bool = True
@@ -78,6 +92,10 @@ class ModelArgs:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name}={value} must be a positive integer")
+        for name in ("checkpoint_s", "progress_every_s", "temperature"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value} must be >= 0")
         self.end_ids()
         if self.gen_length is None and self.steps is not None:
             raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
@@ -137,8 +155,10 @@ class Learn2PDLM(LM):
         self._rank, self._world_size = 0, 1
         self._device = self._choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
-        self._configs: dict[int, GenerationConfig] = {}
-        self.config = self._config_for(self._gen_length({}))  # validates block_length against the length
+        self._configs: dict[tuple[int, float], GenerationConfig] = {}
+        self._warned: set[str] = set()  # gen_kwargs overrides already announced
+        self._mark = 0.0  # end of the previous batch (per-request wall shares, see _finish_batch)
+        self.config = self._config_for(self._gen_length(None))  # validates block_length against the length
         self.policy = policy_class(args.policy)(**policy_params).bind(
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
@@ -153,15 +173,14 @@ class Learn2PDLM(LM):
         self._bos = self._bos_prefix(args.add_bos_token)
         self._chat_opening = chat_opening(self.tokenizer)
         self.batch_size = self._resolve_batch_size(args.batch_size, args.max_batch_size)
-        from l2pd_eval.results.sidecar import Sidecar, build_manifest
-
         self.sidecar = Sidecar(manifest=build_manifest(
             model=args.pretrained, family=self.family, add_bos_token=bool(self._bos), policy=args.policy,
             policy_params=self.policy.params(), cache=args.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids),
             gen_length=args.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=args.steps or "gen_length", model_args={k: v for k, v in kwargs.items() if v is not None},
-            temperature=self.config.temperature, batch_size=self.batch_size, dtype=str(self.model.dtype),
+            temperature="task gen_kwargs" if args.temperature is None else args.temperature,
+            batch_size=self.batch_size, dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=args.compile,
         ), samples=[])
@@ -196,19 +215,21 @@ class Learn2PDLM(LM):
             self._rank, self._world_size = dist.get_rank(), dist.get_world_size()
         return torch.device(device)
 
-    def _config_for(self, gen_length: int) -> GenerationConfig:
-        if gen_length not in self._configs:
-            a = self.args
-            self._configs[gen_length] = GenerationConfig(
-                gen_length=gen_length, block_length=a.block_length, steps=a.steps, temperature=a.temperature,
+    def _config_for(self, gen_length: int, temperature: float | None = None) -> GenerationConfig:
+        """One config per (decode length, temperature): requests of a batch share it."""
+        a = self.args
+        temperature = (a.temperature or 0.0) if temperature is None else temperature
+        if (gen_length, temperature) not in self._configs:
+            self._configs[gen_length, temperature] = GenerationConfig(
+                gen_length=gen_length, block_length=a.block_length, steps=a.steps, temperature=temperature,
                 cache=a.cache, eotp=a.eotp, seed=a.seed, cuda_graph=self._cuda_graph, compile=a.compile)
-        return self._configs[gen_length]
+        return self._configs[gen_length, temperature]
 
-    def _gen_length(self, gen_kwargs: dict) -> int:
+    def _gen_length(self, max_gen_toks: int | None) -> int:
         """gen_length= if given; else the task's max_gen_toks rounded up to whole blocks (the 256/1024 tasks)."""
         if self.args.gen_length is not None:
             return self.args.gen_length
-        want = int(gen_kwargs.get("max_gen_toks") or DEFAULT_GEN_LENGTH)
+        want = int(max_gen_toks or DEFAULT_GEN_LENGTH)
         block = self.args.block_length  # >= 1: ModelArgs checked it
         return -(-want // block) * block
 
@@ -302,61 +323,155 @@ class Learn2PDLM(LM):
         return text
 
     def generate_until(self, requests, disable_tqdm: bool = False) -> list[str]:
+        """Decode every request, timing the whole call as the papers do (docs/results.md).
+
+        The sidecar's loop clock starts before tokenising and stops after the last answer is detokenised;
+        after each batch its answers go to lm-eval's ``--use_cache`` db (with their timing journal) and
+        a partial sidecar is checkpointed, so an interrupted run keeps its work (l2pd_eval/resume.py).
+        """
         if not requests:
             return []
-        from l2pd_eval.results.sidecar import SampleRecord
-        from l2pd_eval.results.timing import LiveTPS
-
-        # Data-parallel lm-eval pads a rank's list with extra copies of its last request: time them, but keep
-        # them out of the sidecar (a request legitimately appears `repeats` times).
-        seen: dict[int, int] = {}
-        padding = []
-        for r in requests:
-            seen[id(r)] = seen.get(id(r), 0) + 1
-            padding.append(seen[id(r)] > max(int(getattr(r, "repeats", 1) or 1), 1))
-        encoded = [self._encode(r.args[0]) for r in requests]
-        gens = [self._gen_length(dict(r.args[1] or {})) for r in requests]
-        # One decode length per batch; within it, similar prompt lengths share a batch (less padding).
-        order = sorted(range(len(requests)), key=lambda i: (gens[i], -len(encoded[i])))
-        outputs: list[str | None] = [None] * len(requests)
-        show = None if self.args.progress and not disable_tqdm and self._rank == 0 else False
-        progress = LiveTPS(total=len(requests), description=f"learn2pd {self.args.policy}", enabled=show)
-        with progress:
-            batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
-            batches = [[i for i in b if gens[i] == g] for b in batches for g in sorted({gens[i] for i in b})]
-            for idx in batches:
-                config = self._config_for(gens[idx[0]])
-                kwargs = [dict(requests[i].args[1] or {}) for i in idx]
-                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special)
-                for row, (i, kw) in enumerate(zip(idx, kwargs, strict=True)):
-                    until = kw.get("until") or []
-                    until = [until] if isinstance(until, str) else list(until)
-                    st = out.stats[row]
-                    keep = min(st.num_tokens, int(kw.get("max_gen_toks") or config.gen_length))
-                    outputs[i] = self._decode(out.tokens[row, :keep].tolist(), until)
-                    req = requests[i]
-                    self.cache_hook.add_partial("generate_until", req.args, outputs[i])
-                    if padding[i]:
-                        continue
-                    self.sidecar.add(SampleRecord(
-                        task=str(getattr(req, "task_name", None) or "unknown"), doc_id=int(getattr(req, "doc_id", -1) or 0),
-                        tokens=st.num_tokens, seconds=st.seconds, nfe=st.nfe, gen_length=config.gen_length,
-                        eotp_saved=st.eotp_saved))
-                progress.update(sum(s.num_tokens for s in out.stats), out.stats[0].latency, samples=len(idx))
+        padding = _padding_copies(requests)
+        loop = self.sidecar.begin_loop(self._rank, [_task_name(r) for r, pad in zip(requests, padding, strict=True)
+                                                    if not pad])
+        self._mark = time.perf_counter()
+        try:
+            outputs = self._decode_requests(requests, padding, disable_tqdm)
+        except BaseException:  # Ctrl-C or a crash: keep everything finished so far
+            self._checkpoint(force=True)
+            raise
+        self.sidecar.end_loop(loop)
         self._gather_samples()
         if self.args.sidecar and self._rank == 0:
             self.sidecar.save(self.args.sidecar)
-        return outputs  # type: ignore[return-value]
+        else:
+            self._checkpoint(force=True)
+        return outputs
+
+    def _decode_requests(self, requests, padding: list[bool], disable_tqdm: bool) -> list[str]:
+        from l2pd_eval.gen_kwargs import request_settings
+        from l2pd_eval.results.timing import LiveTPS
+
+        settings = [request_settings(r.args[1], self.args.temperature, self._warned) for r in requests]
+        encoded = [self._encode(r.args[0]) for r in requests]
+        keys = [(self._gen_length(s.max_gen_toks), s.temperature) for s in settings]
+        # One decode config per batch; within it, similar prompt lengths share a batch (less padding).
+        order = sorted(range(len(requests)), key=lambda i: (keys[i], -len(encoded[i])))
+        batches = [order[s:s + self.batch_size] for s in range(0, len(order), self.batch_size)]
+        batches = [[i for i in b if keys[i] == k] for b in batches for k in sorted({keys[i] for i in b})]
+        outputs: list[str] = [""] * len(requests)
+        show = None if self.args.progress and not disable_tqdm and self._rank == 0 else False
+        progress = LiveTPS(total=len(requests), description=f"learn2pd {self.args.policy}", enabled=show,
+                           log_every_s=self.args.progress_every_s)
+        with progress:
+            for idx in batches:
+                config = self._config_for(*keys[idx[0]])
+                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special)
+                records = []
+                for row, i in enumerate(idx):
+                    st, s = out.stats[row], settings[i]
+                    keep = min(st.num_tokens, s.max_gen_toks or config.gen_length)
+                    outputs[i] = self._decode(out.tokens[row, :keep].tolist(), list(s.until))
+                    records.append(SampleRecord(
+                        task=_task_name(requests[i]), doc_id=int(getattr(requests[i], "doc_id", -1) or 0),
+                        tokens=st.num_tokens, seconds=st.seconds, nfe=st.nfe, gen_length=config.gen_length,
+                        eotp_saved=st.eotp_saved, paper_tokens=count_paper_tokens(self._token_ids, outputs[i])))
+                self._finish_batch([requests[i] for i in idx], [outputs[i] for i in idx], records,
+                                   [padding[i] for i in idx])
+                progress.update(sum(s.num_tokens for s in out.stats), out.stats[0].latency, samples=len(idx))
+        return outputs
+
+    def _token_ids(self, text: str) -> list[int]:
+        return self.tokenizer(text)["input_ids"]
+
+    def _finish_batch(self, requests, texts: list[str], records: list[SampleRecord], padding: list[bool]) -> None:
+        """Answers to the response cache, timing to the journal and the sidecar, then a checkpoint.
+
+        Each request's share of the loop's wall time is the time since the previous batch finished (the
+        first batch also carries the tokenising of the whole call) split over the batch's rows."""
+        from lm_eval.api.model import hash_args
+
+        now = time.perf_counter()
+        share, self._mark = (now - self._mark) / len(requests), now
+        keep = [(req, text, rec) for req, text, rec, pad in zip(requests, texts, records, padding, strict=True)
+                if not pad]
+        db = getattr(self.cache_hook, "dbdict", None)
+        if db is not None:  # journal first: a kill before the db commit only means decoding it again
+            self._journal(db).append((hash_args("generate_until", req.args), rec, share) for req, _, rec in keep)
+        for req, text in zip(requests, texts, strict=True):
+            self.cache_hook.add_partial("generate_until", req.args, text)
+        if db is not None:
+            db.commit(blocking=True)
+        for _, _, rec in keep:
+            self.sidecar.add(rec)
+        self._checkpoint()
+
+    def _journal(self, db):
+        from l2pd_eval.resume import TimingJournal, configuration_key
+
+        return TimingJournal(db.filename, configuration_key(self.sidecar.manifest.get("model_args") or {}))
+
+    def restore_cached(self, requests, db) -> None:
+        """``--use_cache``: called by the hook (l2pd_eval/_hook.py) with every request of lm-eval's
+        ``generate_until`` call, before the cached ones are taken out; their timing records come back from
+        the journal, each once (l2pd_eval/resume.py)."""
+        from lm_eval.api.model import hash_args
+
+        from l2pd_eval.resume import restore
+
+        cached = []
+        for req in requests:
+            if (req.args[1] or {}).get("do_sample", False):
+                continue  # CachingLM never answers sampled requests from the db
+            h = hash_args("generate_until", req.args)
+            if h in db:
+                cached.append((h, _task_name(req), int(getattr(req, "doc_id", -1) or 0)))
+        if not cached:
+            return
+        journal = self._journal(db)
+        samples, loop, untimed = restore(journal, cached, self._rank)
+        self.sidecar.samples.extend(samples)
+        if loop is not None:
+            self.sidecar.loops.append(loop)
+        self.sidecar.manifest["restored_from_cache"] = self.sidecar.manifest.get("restored_from_cache", 0) + len(samples)
+        if untimed:
+            log.warning("%d answers come from the --use_cache db %s without timing records (decoded before "
+                        "l2pd-eval journaled them, or by another model); the sidecar leaves them out", untimed,
+                        db.filename)
+        log.info("learn2pd: %d answers and their timing restored from %s", len(samples), journal.path)
+
+    def _checkpoint_path(self) -> Path | None:
+        """Where the partial sidecar goes while the run is going (docs/results.md, "Partial runs").
+
+        ``sidecar=PATH``: there. Else, for a stock ``lm_eval ... --output_path OUT`` run: lm-eval's results
+        folder, ``l2pd_partial_<hash of the command line>.json``, so a rerun of the same command rewrites
+        the same file; the final sidecar replaces it. No --output_path: nowhere."""
+        if self.args.sidecar:
+            return Path(self.args.sidecar)
+        out = output_path_from_argv()
+        if out is None or "lm_eval" not in Path(sys.argv[0]).as_posix():
+            return None
+        folder = results_dir(out, self.sidecar.manifest.get("model_args")) or Path(out)
+        key = hashlib.sha256("\0".join(sys.argv[1:]).encode()).hexdigest()[:12]
+        return folder / f"{SIDECAR_PREFIX}partial_{key}.json"
+
+    def _checkpoint(self, force: bool = False) -> None:
+        if self._rank != 0 or not self.sidecar.samples:
+            return
+        path = self._checkpoint_path()
+        if path is not None:
+            self.sidecar.checkpoint(path, min_interval_s=0.0 if force else self.args.checkpoint_s)
 
     def _gather_samples(self) -> None:
         """Data-parallel runs: rank 0 collects every rank's records (all ranks call generate_until together)."""
         if self._world_size <= 1:
             return
-        gathered = self.gather_object(self.sidecar.samples, dst=0)
+        gathered = self.gather_object((self.sidecar.samples, self.sidecar.loops), dst=0)
         if self._rank == 0:
-            self.sidecar.samples = [s for part in gathered for s in part]
+            self.sidecar.samples = [s for part in gathered for s in part[0]]
+            self.sidecar.loops = [loop for part in gathered for loop in part[1]]
         else:
-            self.sidecar.samples = []
+            self.sidecar.samples, self.sidecar.loops = [], []
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
         """LLaDA's Monte-Carlo bound on log p(continuation | context) (see :mod:`l2pd_eval.loglikelihood`).
@@ -390,6 +505,21 @@ class Learn2PDLM(LM):
                                   "diffusion models; use generate_until or multiple-choice tasks")
 
 
+def _padding_copies(requests) -> list[bool]:
+    """Data-parallel lm-eval pads a rank's list with extra copies of its last request: they are timed but
+    kept out of the sidecar (a request legitimately appears ``repeats`` times)."""
+    seen: dict[int, int] = {}
+    padding = []
+    for r in requests:
+        seen[id(r)] = seen.get(id(r), 0) + 1
+        padding.append(seen[id(r)] > max(int(getattr(r, "repeats", 1) or 1), 1))
+    return padding
+
+
+def _task_name(request) -> str:
+    return str(getattr(request, "task_name", None) or "unknown")
+
+
 def flush_sidecars(directory: Path, stamp: str, model_name: str | None = None) -> list[Path]:
     """Called by the hook right after lm-eval saved ``results_<stamp>.json`` into ``directory``.
 
@@ -402,6 +532,9 @@ def flush_sidecars(directory: Path, stamp: str, model_name: str | None = None) -
             continue
         _PENDING.remove(sidecar)
         if sidecar.samples:
+            partial = sidecar.path  # the run's checkpoints, if any: the complete file replaces them
             suffix = f"_{len(written)}" if written else ""
-            written.append(sidecar.save(Path(directory) / f"l2pd_{stamp}{suffix}.json"))
+            written.append(sidecar.save(Path(directory) / f"{SIDECAR_PREFIX}{stamp}{suffix}.json"))
+            if partial is not None and partial.name.startswith(f"{SIDECAR_PREFIX}partial_") and partial != written[-1]:
+                partial.unlink(missing_ok=True)
     return written

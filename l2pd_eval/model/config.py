@@ -109,4 +109,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llada-8b": {},
     "tiny": dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=320, embedding_size=320,
                  max_sequence_length=1024, rope_theta=10000.0, mask_token_id=None, eos_token_id=None),
+    # CPU trials of the real 5-shot tasks (prompts of 1.8-4.5k tokens) with the testbed's 1024-token
+    # tokenizer: `pretrained=random:tiny-long,tokenizer=l2pd_eval/testbed/checkpoint` (README, "Trying it").
+    "tiny-long": dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=1024, embedding_size=1024,
+                      max_sequence_length=8192, rope_theta=10000.0, mask_token_id=None, eos_token_id=None),
 }

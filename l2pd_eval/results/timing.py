@@ -67,19 +67,31 @@ def progress_enabled(stream: TextIO | None = None) -> bool:
         return False
 
 
+def _clock(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 class LiveTPS:
     """Running throughput while lm-eval decodes: ``update(tokens, seconds)`` after each sample.
 
     Keeps the running totals in any case (``tps_total``, ``tps_mean``), and draws a rich progress bar
-    only when :func:`progress_enabled` (so logs, CI and tests stay clean).
+    only when :func:`progress_enabled`. Off a terminal (a run logged to a file) a bar would be noise, so
+    with ``log_every_s`` set it prints one plain line at most every ``log_every_s`` seconds (0: every
+    update) and one at the end: done/total, TPS and ETA. ``enabled=False`` is silent either way.
     """
 
     def __init__(self, total: int | None = None, description: str = "decoding", enabled: bool | None = None,
-                 stream: TextIO | None = None):
+                 stream: TextIO | None = None, log_every_s: float | None = None):
         self.total = total
         self.description = description
         self.enabled = progress_enabled(stream) if enabled is None else enabled
         self.stream = stream
+        self.log_every_s = None if (enabled is not None or self.enabled or os.environ.get("L2PD_EVAL_NO_PROGRESS")) \
+            else log_every_s
+        self._t0 = time.monotonic()
+        self._last_line: float | None = None
+        self._logged = 0  # samples the last line showed
         self.samples = 0
         self.tokens = 0
         self.seconds = 0.0
@@ -127,12 +139,31 @@ class LiveTPS:
             self._tps_n += samples
         if self._progress is not None:
             self._progress.update(self._task, advance=samples, status=self._status())
+        self._log_line()
+
+    def _log_line(self, final: bool = False) -> None:
+        if self.log_every_s is None:
+            return
+        now = time.monotonic()
+        if not final and self._last_line is not None and now - self._last_line < self.log_every_s:
+            return
+        if final and self._logged == self.samples:
+            return
+        self._last_line, self._logged = now, self.samples
+        elapsed = now - self._t0
+        total = "?" if self.total is None else self.total
+        line = f"{self.description}: {self.samples}/{total} requests, {self._status()}, elapsed {_clock(elapsed)}"
+        if self.total and 0 < self.samples < self.total:
+            line += f", ETA {_clock(elapsed / self.samples * (self.total - self.samples))}"
+        print(line, file=self.stream if self.stream is not None else sys.stderr, flush=True)
 
     def add(self, record) -> None:
         """Convenience for one :class:`~l2pd_eval.results.sidecar.SampleRecord`."""
         self.update(record.tokens, record.seconds)
 
     def __exit__(self, *exc) -> None:
+        if exc[0] is None:
+            self._log_line(final=True)
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -1,0 +1,124 @@
+"""Interrupted lm-eval runs: partial sidecars, and resuming with ``--use_cache`` without recomputing or
+double-counting (l2pd_eval/resume.py). Real ``lm_eval`` CLI runs on the embedded testbed, killed partway."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from l2pd_eval.results.sidecar import SampleRecord, Sidecar
+from l2pd_eval.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, restore
+
+ROOT = Path(__file__).resolve().parents[1]
+LIMIT = 12
+
+
+def lm_eval_cmd(out: Path, cache: Path) -> list[str]:
+    # checkpoint_s=0: a partial sidecar after every batch, so the test can stop the run at a known point.
+    return [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
+            "pretrained=l2pd_eval/testbed/checkpoint,policy=threshold,threshold=0.9,gen_length=64,checkpoint_s=0",
+            "--tasks", "l2pd_demo", "--limit", str(LIMIT), "--batch_size", "1", "--output_path", str(out),
+            "--use_cache", str(cache), "--log_samples"]
+
+
+def run_until(cmd: list[str], out: Path, done: int, sig: int) -> int:
+    """Start the run, send ``sig`` once its partial sidecar records >= ``done`` requests; requests done then."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    seen = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        for path in out.rglob("l2pd_partial_*.json"):
+            try:
+                seen = json.loads(path.read_text())["requests_done"]
+            except (ValueError, KeyError):  # atomic replace: never half a file, but be safe
+                continue
+        if seen >= done:
+            proc.send_signal(sig)
+            break
+        time.sleep(0.02)
+    _, err = proc.communicate(timeout=120)
+    assert seen >= done, f"the run ended before {done} requests were done: {err[-2000:]}"
+    assert proc.returncode != 0
+    return seen
+
+
+def final_run(cmd: list[str]) -> str:
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stderr
+
+
+def answers(out: Path) -> dict[int, list]:
+    (samples,) = out.rglob("samples_l2pd_demo_*.jsonl")
+    rows = [json.loads(line) for line in samples.read_text().splitlines()]
+    return {r["doc_id"]: r["resps"] for r in rows if r["filter"] == "strict-match"}
+
+
+def uninterrupted_answers() -> dict[int, list]:
+    """The same run, uninterrupted and without a cache, in process (lm-eval's evaluator, our task only:
+    a CLI run would spend most of its time indexing lm-eval's 14k tasks)."""
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    from l2pd_eval.lm_eval_model import Learn2PDLM
+
+    lm = Learn2PDLM(pretrained="l2pd_eval/testbed/checkpoint", policy="threshold", threshold=0.9, gen_length=64,
+                    batch_size=1, progress=False)
+    out = lm_eval.simple_evaluate(model=lm, tasks=["l2pd_demo"], limit=LIMIT, log_samples=True, bootstrap_iters=0,
+                                  task_manager=TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False))
+    rows = json.loads(json.dumps(out["samples"]["l2pd_demo"], default=str))
+    return {r["doc_id"]: r["resps"] for r in rows if r["filter"] == "strict-match"}
+
+
+def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path, capsys):
+    out, cache = tmp_path / "out", tmp_path / "cache" / "db"
+    cmd = lm_eval_cmd(out, cache)
+
+    k1 = run_until(cmd, out, 2, signal.SIGINT)
+    (partial,) = out.rglob("l2pd_partial_*.json")
+    side = Sidecar.load(partial)
+    assert not side.complete and side.requests_done >= k1 and side.progress_label() == f"partial: {side.requests_done}/{LIMIT}"
+    from l2pd_eval.cli import main as l2pd_eval_main
+
+    capsys.readouterr()
+    assert l2pd_eval_main(["report", str(out)]) == 0
+    assert f"partial: {side.requests_done}/{LIMIT}" in capsys.readouterr().out  # reported, marked partial
+
+    k2 = run_until(cmd, out, k1 + 2, signal.SIGKILL)  # the rerun resumes, then is killed without warning
+    log = final_run(cmd)
+    cached = int(log.split("Cached requests: ")[1].split(",")[0])
+    assert k2 <= cached < LIMIT  # everything the partial sidecar saw was kept; the rest decoded now
+
+    assert answers(out) == uninterrupted_answers()
+    assert not list(out.rglob("l2pd_partial_*.json"))  # the complete sidecar replaced it
+    (final,) = out.rglob("l2pd_2*.json")
+    side = Sidecar.load(final)
+    assert side.complete and side.requests_total == LIMIT and side.requests_done == LIMIT
+    assert sorted(s.doc_id for s in side.samples) == list(range(LIMIT))
+    assert sorted(loop.requests for loop in side.loops) == sorted([cached, LIMIT - cached])
+    assert side.manifest["restored_from_cache"] == cached
+    agg = side.aggregate("l2pd_demo")
+    assert agg.tps_paper is not None and agg.paper_tokens == sum(s.paper_tokens for s in side.samples)
+
+
+def test_journal_restores_only_cached_requests_and_rejects_other_model_args(tmp_path):
+    db = tmp_path / "c.db"
+    journal = TimingJournal(db, configuration_key({"pretrained": "m", "policy": "threshold"}))
+    rec = SampleRecord("t", 0, 10, 1.0, 4, 32, paper_tokens=9)
+    journal.append([("h1", rec, 2.0), ("h2", rec, 3.0), ("h1", rec, 1.5)])  # h1 decoded again: last wins
+    with journal.path.open("a") as f:
+        f.write('{"hash": "h3", "conf')  # a line cut by a kill
+    samples, loop, untimed = restore(journal, [("h1", "t", 5), ("h4", "t", 6)], rank=0)
+    assert [s.doc_id for s in samples] == [5] and untimed == 1
+    assert loop is not None and loop.seconds == 1.5 and loop.tasks == {"t": 1} and loop.done
+    assert journal.path.name == "c.db" + JOURNAL_SUFFIX
+    other = TimingJournal(db, configuration_key({"pretrained": "m", "policy": "factor"}))
+    with pytest.raises(ValueError, match="c.db: holds answers decoded with other model_args .* use one --use_cache "
+                                         "path per configuration"):
+        restore(other, [("h2", "t", 1)], rank=0)
