@@ -50,7 +50,7 @@ def _policy(name: str, special: SpecialIds) -> Policy:
 @pytest.mark.parametrize("policy", ["low_confidence", "threshold", "end_at"])
 def test_graph_replay_decodes_exactly_like_eager(cuda_tiny, ragged_prompts, cache, policy):
     model, special = cuda_tiny
-    kw = dict(gen_length=64, block_length=16, cache=cache, eotp=policy == "end_at")
+    kw = dict(gen_length=64, block_length=16, cache=cache, eotp="committed" if policy == "end_at" else "false")
     eager = generate(model, ragged_prompts, GenerationConfig(**kw), _policy(policy, special), special)
     graph = generate(model, ragged_prompts, GenerationConfig(cuda_graph=True, **kw), _policy(policy, special), special)
     assert torch.equal(eager.sequences, graph.sequences)
