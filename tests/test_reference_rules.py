@@ -176,3 +176,13 @@ def test_factor_rule_is_a_policy_parameter():
     assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code"}
     with pytest.raises(ValueError, match="factor_rule='paper'; valid choices: code, formula"):
         get_policy("factor", factor_rule="paper")
+
+
+def test_batch_sizing_counts_the_tail_logits_of_eotp_true_without_a_cache(tiny):
+    from l2pd_eval.engine.memory import bytes_per_row
+
+    model = tiny[0]
+    size = {(e, c): bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache=c, eotp=e), 100)
+            for e in ("true", "committed") for c in ("none", "dual")}
+    assert size["true", "none"] > size["committed", "none"]
+    assert size["true", "dual"] == size["committed", "dual"]

@@ -28,7 +28,7 @@ from l2pd_eval.policies.base import Policy, StepState, top1_mask
 
 _GUMBEL = 0  # rng purpose ids; policies use others
 _GUMBEL_AFTER = 3  # Gumbel draws for the positions after the block (EoTP ``true`` without a cache)
-_AFTER_CHUNK = 64  # positions after the block whose predictions are computed at once (bounds memory)
+AFTER_CHUNK = 64  # positions after the block whose predictions are computed at once (bounds memory)
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
 # "committed" = cut after a *committed* end token, "false" = none.
@@ -283,12 +283,12 @@ def eotp_rule(config: GenerationConfig) -> EotpRule | None:
 
 def _predict_after(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
                    fused: bool) -> tuple[Tensor, Tensor]:
-    """x0 and its probability for the positions after the block, ``_AFTER_CHUNK`` positions at a time, so
+    """x0 and its probability for the positions after the block, ``AFTER_CHUNK`` positions at a time, so
     the float32 statistics (and Gumbel draws) never cover the whole tail at once. Draws are salted by the
     chunk, whose origin is the block end for every row: a row draws the same alone or batched."""
     x0s, confs = [], []
-    for c in range(0, logits.shape[1], _AFTER_CHUNK):
-        x0, conf = _predict(logits[:, c:c + _AFTER_CHUNK], temperature, seeds, (*salt, c), fused)
+    for c in range(0, logits.shape[1], AFTER_CHUNK):
+        x0, conf = _predict(logits[:, c:c + AFTER_CHUNK], temperature, seeds, (*salt, c), fused)
         x0s.append(x0)
         confs.append(conf)
     return torch.cat(x0s, -1), torch.cat(confs, -1)
