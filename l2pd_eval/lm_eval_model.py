@@ -22,6 +22,7 @@ import torch
 from lm_eval.api.model import LM
 
 from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.engine.generate import EotpMode
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
 from l2pd_eval.model.loading import check_vocab
@@ -63,7 +64,7 @@ class ModelArgs:
     revision: str | None = None
     policy: str = "low_confidence"
     cache: str = "none"
-    eotp: bool = False
+    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end
     eot_ids: str | None = None        # ';'-separated ids (commas separate model_args); default: eos + eot_id
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32

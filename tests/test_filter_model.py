@@ -60,8 +60,24 @@ def test_missing_filter_path_is_a_clear_error(tmp_path):
         load_filter(tmp_path / "nope")
 
 
-def test_accept_only_masked_and_ignores_committed_confidence():
+def test_default_input_is_every_block_confidence_as_the_paper_feeds_it():
     filt = _random_filter(8, accept_threshold=0.5)
+    assert filt.config.committed_conf == "raw"
+    conf = torch.rand(200, 8)
+    masked = torch.rand(200, 8) < 0.6
+    assert torch.equal(filt.accept(conf, masked), (torch.sigmoid(filt(conf)) > 0.5) & masked)
+    other = torch.where(masked, conf, torch.rand(200, 8))  # committed positions' confidence is input too
+    assert not torch.equal(filt.accept(other, masked), filt.accept(conf, masked))
+
+
+def test_settings_without_committed_conf_mean_zero(tmp_path):
+    """Filters saved before the option existed were trained with zeroed inputs and keep decoding so."""
+    assert FilterConfig.from_json({"block_length": 8}).committed_conf == "zero"
+    assert FilterConfig.from_json({"block_length": 8, "committed_conf": "raw"}).committed_conf == "raw"
+
+
+def test_accept_only_masked_and_ignores_committed_confidence():
+    filt = _random_filter(8, accept_threshold=0.5, committed_conf="zero")
     conf = torch.rand(200, 8)
     masked = torch.rand(200, 8) < 0.6
     acc = filt.accept(conf, masked)

@@ -46,7 +46,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     assert "exact_match,none" in res["results"]["l2pd_smoke"]
     side = json.loads(sidecars[0].read_text())
     man = side["manifest"]
-    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5}, "dual", True)
+    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5}, "dual", "true")
     assert (man["gen_length"], man["block_length"], man["batch_size"]) == (16, 8, 2)
     assert (man["cuda_graph"], man["compile"]) == (False, False)  # auto: graphs only on CUDA devices
     assert sorted(s["doc_id"] for s in side["samples"]) == [0, 1, 2]
@@ -61,7 +61,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(policy="learn2pd"), "policy=learn2pd needs filter="),
     (dict(batch_size="many"), "batch_size='many'; valid choices: a positive integer or auto"),
     (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
-    (dict(eotp="maybe"), "eotp='maybe' is not a boolean; valid values: true, false, 1, 0 \\(any case\\)"),
+    (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed"),
     (dict(block_length=0), "block_length=0 must be a positive integer"),
 ])
 def test_bad_model_args_fail_with_one_clear_error(tiny_dir, args, message):

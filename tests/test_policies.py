@@ -75,10 +75,10 @@ def test_threshold_commits_only_above_threshold_except_one_forced(tiny, prompts)
 def test_factor_matches_hand_computation():
     conf = torch.tensor([[0.99, 0.95, 0.90, 0.50, 0.2, float("-inf")]])
     # n=1: 2*0.01=0.02; n=2: 3*0.05=0.15; n=3: 4*0.10=0.40; n=4: 5*0.5=2.5; n=5: 6*0.8=4.8
-    assert factor_count(conf, 0.5).tolist() == [3]
-    assert factor_count(conf, 0.1).tolist() == [1]
-    assert factor_count(conf, 3.0).tolist() == [4]
-    assert factor_count(conf, 0.01).tolist() == [1]  # nothing qualifies: one token is still committed
+    assert factor_count(conf, 0.5, "formula").tolist() == [3]
+    assert factor_count(conf, 0.1, "formula").tolist() == [1]
+    assert factor_count(conf, 3.0, "formula").tolist() == [4]
+    assert factor_count(conf, 0.01, "formula").tolist() == [1]  # nothing qualifies: one token is still committed
     state = StepState(conf=conf.clamp(min=0), x0=torch.zeros(1, 6, dtype=torch.long),
                       masked=torch.tensor([[1, 1, 1, 1, 1, 0]], dtype=torch.bool), k=torch.ones(1, dtype=torch.long),
                       step=0, block=0, block_start=0, rows=torch.zeros(1, dtype=torch.long))
@@ -131,7 +131,8 @@ def test_eotp_cuts_after_end_of_text_and_skips_the_rest(tiny, prompts):
     model, _, special = tiny
     cfg = dict(gen_length=32, block_length=8)
     plain = generate(model, prompts, GenerationConfig(**cfg), EndAt([10] * len(prompts), special.eos), special)
-    cut = generate(model, prompts, GenerationConfig(eotp=True, **cfg), EndAt([10] * len(prompts), special.eos), special)
+    cut = generate(model, prompts, GenerationConfig(eotp="committed", **cfg), EndAt([10] * len(prompts), special.eos),
+                   special)
     assert (cut.tokens[:, 11:] == special.eos).all()
     assert torch.equal(cut.tokens[:, :8], plain.tokens[:, :8])  # blocks before the cut are untouched
     for c, p in zip(cut.stats, plain.stats, strict=True):
@@ -157,7 +158,7 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
     batch = [tok(f"Question: {json.loads(r)['question']}\nAnswer:", add_special_tokens=False)["input_ids"] for r in rows]
     cfg = dict(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH)
     plain = generate(model, batch, GenerationConfig(**cfg), get_policy("low_confidence"), special)
-    fast = generate(model, batch, GenerationConfig(eotp=True, **cfg), get_policy("low_confidence"), special)
+    fast = generate(model, batch, GenerationConfig(eotp="committed", **cfg), get_policy("low_confidence"), special)
     for row in range(len(batch)):
         n = plain.stats[row].num_tokens
         assert n < GEN_LENGTH, "the testbed answer ends with end-of-text"
@@ -198,7 +199,7 @@ def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(tiny):
 
 
 COMBOS = list(itertools.product(["low_confidence", "random", "threshold", "factor", "learn2pd", "oracle"],
-                                ["none", "prefix", "dual"], [False, True]))
+                                ["none", "prefix", "dual"], ["false", "true", "committed"]))
 
 
 @pytest.mark.parametrize("policy, cache, eotp", COMBOS)

@@ -27,6 +27,7 @@ class StepInput:
     block: tuple[int, int]   # absolute [start, end) of the current block
     length: int              # live sequence length (EoTP may have cut the tail)
     refresh: bool            # first forward of this block
+    after: bool = False      # also return the logits after the block, up to ``length`` (``none`` only)
 
 
 class ForwardStrategy:
@@ -47,7 +48,8 @@ class ForwardStrategy:
     def logits(self, s: StepInput) -> Tensor:
         bs, be = s.block
         self.positions = s.x.numel()
-        return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(bs, be), split_keys=self.split_keys)
+        end = s.length if s.after else be
+        return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(bs, end), split_keys=self.split_keys)
 
     def keep(self, idx: Tensor) -> None:
         """Rows ``idx`` (indices into the current rows) go on decoding this block; drop the others' state."""
@@ -63,6 +65,9 @@ class PrefixCache(ForwardStrategy):
         self.kv: KVCache | None = None
 
     def logits(self, s: StepInput) -> Tensor:
+        if s.after:
+            raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
+                             f"after the block exist only with cache='none'")
         if s.refresh:
             bs, be = s.block
             n = s.x.shape[0]

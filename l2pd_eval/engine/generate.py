@@ -14,6 +14,7 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import Tensor
@@ -27,6 +28,23 @@ from l2pd_eval.policies.base import Policy, StepState, top1_mask
 from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
+_GUMBEL_AFTER = 3  # Gumbel draws for the positions after the block (EoTP ``true`` without a cache)
+AFTER_CHUNK = 64  # positions after the block whose predictions are computed at once (bounds memory)
+
+# EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
+# "committed" = cut after a *committed* end token, "false" = none.
+EotpMode = Literal["false", "true", "committed"]
+EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+
+
+def eotp_mode(value: str | bool) -> str:
+    """``GenerationConfig.eotp`` from a mode name or a bool (True = the reference rule ``"true"``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    if text not in EOTP_MODES:
+        raise ValueError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
+    return text
 
 
 @dataclass
@@ -39,7 +57,7 @@ class GenerationConfig:
     steps: int | None = None
     temperature: float = 0.0
     cache: str = "none"
-    eotp: bool = False
+    eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
     cuda_graph: bool = False  # replay the cached steps of prefix/dual as CUDA graphs (CUDA only)
     # Speed switches, chosen at the edge (none changes what is decoded beyond float rounding):
@@ -49,6 +67,7 @@ class GenerationConfig:
     graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
 
     def __post_init__(self) -> None:
+        self.eotp = eotp_mode(self.eotp)
         self.validate()
 
     @property
@@ -79,6 +98,7 @@ class GenerationConfig:
             raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(CACHES)}")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
+        eotp_mode(self.eotp)
 
 
 @dataclass
@@ -206,23 +226,73 @@ class BlockRows:
         return idx
 
 
-# An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``), the commit [n, block]
-# and the predictions x0 [n, block] of the block's rows, their new live sequence ends [n] (never later than
-# ``state.limit[rows.idx]``). The engine then fills everything past a row's end with end-of-text.
-EotpRule = Callable[[DecodeState, BlockRows, Tensor, Tensor], Tensor]
+@dataclass
+class EotpStep:
+    """What an EoTP rule sees of one step, for the block's rows (``[n, block]`` unless noted)."""
+
+    commit: Tensor            # positions committed this step
+    x0: Tensor                # predicted tokens (the committed ones where ``commit``)
+    conf: Tensor              # probability of x0 under the model
+    masked: Tensor            # masked before this step's commit
+    accepted: Tensor | None   # masked positions the policy accepted on its own merit, before any schedule
+    #                           fill (Learn2PD's filter); None for policies without such a notion
+    after_x0: Tensor | None = None    # [n, S] predictions for positions [end, end + S) (EoTP "true", no cache)
+    after_conf: Tensor | None = None  # [n, S] their probabilities
 
 
-def cut_at_first_committed_end(state: DecodeState, rows: BlockRows, commit: Tensor, x0: Tensor) -> Tensor:
-    """EoTP as in Learn2PD: once an end-of-text/turn token is committed, the answer ends there."""
-    width = commit.shape[-1]
-    is_end = commit & torch.isin(x0, state.end_ids)
+# An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``) and the step, the new
+# live sequence ends [n] of the block's rows (never later than ``state.limit[rows.idx]``). The engine then
+# fills everything past a row's end with end-of-text.
+EotpRule = Callable[[DecodeState, BlockRows, EotpStep], Tensor]
+
+
+def cut_at_first_committed_end(state: DecodeState, rows: BlockRows, step: EotpStep) -> Tensor:
+    """EoTP ``committed``: once an end-of-text/turn token is committed, the answer ends there."""
+    width = step.commit.shape[-1]
+    is_end = step.commit & torch.isin(step.x0, state.end_ids)
     first = torch.where(is_end.any(-1), is_end.long().argmax(-1), width)
     return torch.minimum(state.limit[rows.idx], torch.where(first < width, rows.start + first + 1, state.total))
 
 
+def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) -> Tensor:
+    """EoTP ``true``, Learn2PD's reference rule: among the positions still masked before this step, the
+    first one the policy accepted (its filter, before the schedule's top-k) whose prediction is an end id;
+    else the most confident one predicting an end id (first on ties). The answer is cut right after it:
+    the position itself stays, still to be decoded. Without a cache the search also covers the positions
+    after the block (``step.after_x0``); with one only the block (docs/conventions.md)."""
+    ends = step.masked & torch.isin(step.x0, state.end_ids)
+    conf = step.conf
+    if step.after_x0 is not None:
+        live = state.arange[rows.end:rows.end + step.after_x0.shape[1]] < state.limit[rows.idx].unsqueeze(1)
+        ends = torch.cat([ends, live & torch.isin(step.after_x0, state.end_ids)], -1)
+        conf = torch.cat([conf, step.after_conf.to(conf.dtype)], -1)
+    where = conf.masked_fill(~ends, float("-inf")).argmax(-1)
+    if step.accepted is not None:
+        accepted_end = step.accepted & step.masked & torch.isin(step.x0, state.end_ids)
+        where = torch.where(accepted_end.any(-1), accepted_end.long().argmax(-1), where)
+    cut = torch.where(ends.any(-1), rows.start + where + 1, state.total)
+    return torch.minimum(state.limit[rows.idx], cut)
+
+
+EOTP_RULES: dict[str, EotpRule] = {"true": cut_at_predicted_end, "committed": cut_at_first_committed_end}
+
+
 def eotp_rule(config: GenerationConfig) -> EotpRule | None:
     """The EoTP rule the config selects (None: answers always run to ``gen_length``)."""
-    return cut_at_first_committed_end if config.eotp else None
+    return EOTP_RULES.get(eotp_mode(config.eotp))
+
+
+def _predict_after(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
+                   fused: bool) -> tuple[Tensor, Tensor]:
+    """x0 and its probability for the positions after the block, ``AFTER_CHUNK`` positions at a time, so
+    the float32 statistics (and Gumbel draws) never cover the whole tail at once. Draws are salted by the
+    chunk, whose origin is the block end for every row: a row draws the same alone or batched."""
+    x0s, confs = [], []
+    for c in range(0, logits.shape[1], AFTER_CHUNK):
+        x0, conf = _predict(logits[:, c:c + AFTER_CHUNK], temperature, seeds, (*salt, c), fused)
+        x0s.append(x0)
+        confs.append(conf)
+    return torch.cat(x0s, -1), torch.cat(confs, -1)
 
 
 def _start(model: LLaDA, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
@@ -284,24 +354,29 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     return block_x, masked
 
 
-def _forward(state: DecodeState, rows: BlockRows, strategy: ForwardStrategy, refresh: bool) -> Tensor:
-    """The block's logits for the current rows over the live sequence (hiding padding and cut tails)."""
+def _forward(state: DecodeState, rows: BlockRows, strategy: ForwardStrategy, refresh: bool,
+             after: bool = False) -> Tensor:
+    """The block's logits for the current rows over the live sequence (hiding padding and cut tails);
+    ``after``: also those of the positions after the block, up to the live length."""
     length = max(rows.max_limit, rows.end)
     key_mask = None
     if state.layout.padded or rows.max_limit < state.total:
         visible = state.arange[:length] < state.limit[rows.idx].unsqueeze(1)
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = strategy.logits(StepInput(state.x[rows.idx, :length], state.layout.positions[rows.idx, :length],
-                                       key_mask, (rows.start, rows.end), length, refresh=refresh))
+                                       key_mask, (rows.start, rows.end), length, refresh=refresh, after=after))
     state.positions[rows.host] += strategy.positions // len(rows.host)
     return logits
 
 
-def _select(policy: Policy, step: StepState) -> Tensor:
-    """The policy's commit, restricted to masked positions; a row that would stall commits its top-1."""
-    commit = policy.select(step) & step.masked
+def _select(policy: Policy, step: StepState) -> tuple[Tensor, Tensor | None]:
+    """The policy's commit, restricted to masked positions (a row that would stall commits its top-1),
+    and the masked positions it accepted on their own merit (``Policy.select_with_accepted``)."""
+    chosen, accepted = policy.select_with_accepted(step)
+    commit = chosen & step.masked
     stalled = step.masked.any(-1) & ~commit.any(-1)  # safety net: every step makes progress
-    return commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
+    commit = commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
+    return commit, None if accepted is None else accepted & step.masked
 
 
 def _cut(state: DecodeState, rows: BlockRows, new_limit: Tensor, eos: int) -> None:
@@ -350,7 +425,9 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
             return False
         block_x, masked = narrowed
     # predict
-    logits = _forward(state, rows, run.strategy, refresh=step == 0)
+    after = run.eotp is cut_at_predicted_end and run.config.cache == "none"
+    logits = _forward(state, rows, run.strategy, refresh=step == 0, after=after)
+    logits, after_logits = logits[:, :BL], logits[:, BL:]
     seeds = state.seeds[rows.idx]
     x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile)
     needs = run.policy.needs
@@ -366,12 +443,16 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
         stats=stats,
     )
-    commit = _select(run.policy, st)
+    commit, accepted = _select(run.policy, st)
     # commit
     state.x[rows.idx, rows.start:rows.end] = torch.where(commit, st.x0, block_x)
     # EoTP
     if run.eotp is not None:
-        _cut(state, rows, run.eotp(state, rows, commit, st.x0), run.special.eos)
+        eot = EotpStep(commit, st.x0, conf, masked, accepted)
+        if after and after_logits.shape[1]:
+            eot.after_x0, eot.after_conf = _predict_after(after_logits, run.config.temperature, seeds,
+                                                          (blk, step, _GUMBEL_AFTER), run.config.compile)
+        _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
     step_counts[rows.idx] = commit.sum(-1)
     state.counts.append(step_counts)

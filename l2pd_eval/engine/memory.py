@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from l2pd_eval.caches import MAX_GRAPHS
-from l2pd_eval.engine.generate import GenerationConfig
+from l2pd_eval.engine.generate import AFTER_CHUNK, GenerationConfig
 from l2pd_eval.model.llada import LLaDA
 
 
@@ -18,7 +18,10 @@ def bytes_per_row(model: LLaDA, config: GenerationConfig, prompt_len: int) -> in
     act = t * (3 * c.mlp_width + 4 * c.d_model) * elt         # MLP gate/up projections, product + residual stream
     logits = config.block_length * c.vocab_size * (elt + 3 * 4)  # block logits + float32 softmax work
     graphs = MAX_GRAPHS * config.block_length * c.vocab_size * elt if config.cuda_graph and kv else 0
-    return kv + act + logits + graphs
+    tail = 0  # EoTP "true" without a cache also projects the answer after the block (statistics by chunk)
+    if config.eotp == "true" and config.cache == "none":
+        tail = (config.gen_length - config.block_length) * c.vocab_size * elt + AFTER_CHUNK * c.vocab_size * 3 * 4
+    return kv + act + logits + graphs + tail
 
 
 def largest_batch(model: LLaDA, config: GenerationConfig, prompt_len: int, cap: int = 64,

@@ -75,7 +75,8 @@ def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target-precision", type=float, default=None,
                         help="instead: pick the lowest threshold reaching this precision on the validation split")
     parser.add_argument("--committed-conf", choices=COMMITTED_CONF, default=d.committed_conf,
-                        help="what the filter sees at already-committed positions (default: zero)")
+                        help="what the filter sees at already-committed positions: raw (default, the paper's recipe) "
+                             "or zero")
     parser.add_argument("--device", default=d.device, help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--convert-published", metavar="PTH", default=None,
                         help="convert a published Learn2PD filter state dict to our format instead of training")

@@ -47,7 +47,7 @@ class TrainConfig:
     class_balance: bool = True
     accept_threshold: float = 0.96
     target_precision: float | None = None  # if set, pick the lowest threshold reaching it on validation
-    committed_conf: str = "zero"
+    committed_conf: str = "raw"  # the paper's recipe (policies.filter_net.FilterConfig); "zero" an option
     device: str = "auto"
 
     def __post_init__(self) -> None:

@@ -69,7 +69,28 @@ class LLaDAConfig(FileConfig):
     eos_token_id: int | None = 126081
     pad_token_id: int | None = None
     init_std: float = 0.02
+    # Switches of LLaDA's own config class whose other values would make another network than the one
+    # computed here (``validate`` rejects them); written out so LLaDA's remote code builds this same net.
+    rope: bool = True
+    rope_full_precision: bool = True
+    alibi: bool = False
+    attention_layer_norm: bool = False
+    input_emb_norm: bool = False
+    layer_norm_with_affine: bool = True
+    bias_for_layer_norm: bool | None = False
+    include_qkv_bias: bool = False
+    clip_qkv: float | None = None
+    multi_query_attention: bool | None = None
+    block_group_size: int = 1
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # The rest of LLaDA's config class, with the values of GSAI-ML/LLaDA-8B-Instruct's config.json: none
+    # changes what the network computes at inference.
+    REMOTE_CODE: ClassVar[dict[str, Any]] = {
+        "alibi_bias_max": 8.0, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+        "attention_layer_norm_with_affine": True, "flash_attention": False, "init_device": "meta",
+        "init_fn": "mitchell", "init_cutoff_factor": None, "precision": "amp_bf16", "use_cache": False,
+    }
 
     @property
     def kv_heads(self) -> int:
@@ -91,6 +112,17 @@ class LLaDAConfig(FileConfig):
     def padded_vocab(self) -> int:
         return self.embedding_size or self.vocab_size
 
+    def to_dict(self) -> dict[str, Any]:
+        """The full config LLaDA's own code reads (its remaining keys from ``REMOTE_CODE`` where the source
+        file did not say). No ``auto_map``: a saved folder holds no code files for it to name, and one that
+        names the hub makes every ``AutoTokenizer`` load of the folder ask to run remote code; LLaDA's
+        ``LLaDAModelLM.from_pretrained(DIR)`` reads the folder as it is (docs/conventions.md)."""
+        out = super().to_dict()
+        out.pop("auto_map", None)
+        for key, value in self.REMOTE_CODE.items():
+            out.setdefault(key, value)
+        return out
+
     def validate(self) -> None:
         """Reject variants this implementation does not compute, instead of silently computing another net."""
         self.check_choices({
@@ -99,6 +131,17 @@ class LLaDAConfig(FileConfig):
             "activation_type": (self.activation_type, {"silu", "swiglu"}),
             "include_bias": (self.include_bias, {False}),
             "scale_logits": (self.scale_logits, {False}),
+            "rope": (self.rope, {True}),
+            "rope_full_precision": (self.rope_full_precision, {True}),
+            "alibi": (self.alibi, {False}),
+            "attention_layer_norm": (self.attention_layer_norm, {False}),
+            "input_emb_norm": (self.input_emb_norm, {False}),
+            "layer_norm_with_affine": (self.layer_norm_with_affine, {True}),
+            "bias_for_layer_norm": (self.bias_for_layer_norm, {False, None}),
+            "include_qkv_bias": (self.include_qkv_bias, {False}),
+            "clip_qkv": (self.clip_qkv, {None}),
+            "multi_query_attention": (self.multi_query_attention, {False, None}),
+            "block_group_size": (self.block_group_size, {1}),
         })
         if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
             raise ValueError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")

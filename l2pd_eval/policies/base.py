@@ -75,6 +75,12 @@ class Policy:
     def select(self, state: StepState) -> Tensor:
         raise NotImplementedError
 
+    def select_with_accepted(self, state: StepState) -> tuple[Tensor, Tensor | None]:
+        """``select``, plus the positions the policy accepted on their own merit before any schedule fill
+        (Learn2PD's filter), or None. EoTP ``true`` cuts first after an accepted end-of-text (the
+        Learn2PD reference code), so a policy with such a notion says which positions it accepted."""
+        return self.select(state), None
+
     @classmethod
     def parameters(cls) -> dict[str, Any]:
         """Parameter name -> declared type: what ``policy=<name>`` accepts in model_args (no internals)."""

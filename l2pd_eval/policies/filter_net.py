@@ -44,16 +44,18 @@ class FilterConfig:
     """Everything needed to rebuild a filter and to know what it may be used with.
 
     ``committed_conf`` says what the filter saw at block positions that were already committed:
-    ``"zero"`` (our trainer: they are zeroed, because the engine's confidence is only meaningful at
-    masked positions) or ``"raw"`` (the published checkpoint: the model's max-softmax probability at
-    every block position, committed or not). :meth:`L2PFilter.accept` applies it.
+    ``"raw"`` (the default, the paper's recipe and the published checkpoint: the model's probability of
+    its prediction at every block position, committed or not, as ``generate_learn2parallel`` feeds
+    ``x0_p[:, block_start:block_end]``) or ``"zero"`` (this project's earlier default: zeroed there).
+    It is stored with the filter, so a filter always decodes as it was trained; a settings file without
+    the key predates the choice and means ``"zero"``. :meth:`L2PFilter.accept` applies it.
     """
 
     block_length: int
     hidden_sizes: tuple[int, ...] | None = None  # None: one hidden layer of width block_length (the paper's)
     activation: str = "relu"
     accept_threshold: float = 0.96
-    committed_conf: str = "zero"
+    committed_conf: str = "raw"
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,7 +94,7 @@ class FilterConfig:
                 f"({FORMAT_VERSION}); upgrade l2pd-eval"
             )
         keys = {"block_length", "hidden_sizes", "activation", "accept_threshold", "committed_conf", "metadata"}
-        return cls(**{k: v for k, v in d.items() if k in keys})
+        return cls(**{"committed_conf": "zero", **{k: v for k, v in d.items() if k in keys}})
 
 
 class L2PFilter(nn.Module):

@@ -39,4 +39,8 @@ class Learn2PD(Policy):
         return self
 
     def select(self, state: StepState) -> Tensor:
-        return topk_mask(state.masked_conf, state.k) | self._net.accept(state.conf, state.masked)
+        return self.select_with_accepted(state)[0]
+
+    def select_with_accepted(self, state: StepState) -> tuple[Tensor, Tensor]:
+        accepted = self._net.accept(state.conf, state.masked)
+        return topk_mask(state.masked_conf, state.k) | accepted, accepted

@@ -65,8 +65,8 @@ def _fmt_param(value: Any) -> str | None:
 
 
 def _to_bool(value: Any) -> bool:
-    if isinstance(value, str):
-        return value.strip().lower() in {"1", "true", "yes", "on"}
+    if isinstance(value, str):  # eotp=committed is EoTP too (the report does not tell the two rules apart)
+        return value.strip().lower() in {"1", "true", "yes", "on", "committed"}
     return bool(value)
 
 

@@ -27,15 +27,17 @@ class Setting:
     label: str
     policy: str
     params: dict[str, Any] = field(default_factory=dict)
-    eotp: bool = False
+    eotp: str = "false"  # GenerationConfig.eotp: "true" (the Learn2PD code's rule) or "committed"
 
 
 DEFAULT_SETTINGS = [
     Setting("vanilla", "low_confidence"),
-    Setting("vanilla+eotp", "low_confidence", eotp=True),
+    Setting("vanilla+eotp", "low_confidence", eotp="true"),
+    Setting("vanilla+eotp(committed)", "low_confidence", eotp="committed"),
     Setting("threshold0.9", "threshold", {"threshold": 0.9}),
-    Setting("threshold0.9+eotp", "threshold", {"threshold": 0.9}, eotp=True),
-    Setting("oracle+eotp", "oracle", {"fallback": "reference"}, eotp=True),
+    Setting("threshold0.9+eotp", "threshold", {"threshold": 0.9}, eotp="true"),
+    Setting("threshold0.9+eotp(committed)", "threshold", {"threshold": 0.9}, eotp="committed"),
+    Setting("oracle+eotp(committed)", "oracle", {"fallback": "reference"}, eotp="committed"),
 ]
 
 
@@ -56,7 +58,8 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
     settings = list(settings)
     if filter_path:
         settings += [Setting("learn2pd", "learn2pd", {"filter": filter_path}),
-                     Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path}, eotp=True)]
+                     Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path}, eotp="true"),
+                     Setting("learn2pd+eotp(committed)", "learn2pd", {"filter": filter_path}, eotp="committed")]
     reference: list[torch.Tensor] | None = None
     results = []
     for s in settings:
@@ -89,10 +92,10 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
 
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     base = next((r["mean_nfe"] for r in results if r["setting"] == "vanilla"), None)
-    lines = [f"{'setting':<20} {'acc':>6} {'NFE':>7} {'NFE x':>6} {'tok/fwd':>7} {'sec':>7}"]
+    lines = [f"{'setting':<30} {'acc':>6} {'NFE':>7} {'NFE x':>6} {'tok/fwd':>7} {'sec':>7}"]
     for r in results:
         ratio = f"{base / r['mean_nfe']:.2f}" if base else "-"
-        lines.append(f"{r['setting']:<20} {r['accuracy'] * 100:6.1f} {r['mean_nfe']:7.1f} {ratio:>6} "
+        lines.append(f"{r['setting']:<30} {r['accuracy'] * 100:6.1f} {r['mean_nfe']:7.1f} {ratio:>6} "
                      f"{r['tokens_per_forward']:7.2f} {r['seconds']:7.2f}")
     return "\n".join(lines)
 

@@ -1,0 +1,188 @@
+"""The reference codes' decoding rules, on hand-built step sequences: EoTP as in the Learn2PD code
+(``eotp=true``) beside the committed-token cut (``eotp=committed``), and Fast-dLLM's factor rule as in its
+code (``factor_rule=code``) beside the paper's formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from scripted_model import ScriptedModel
+
+from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.engine.generate import EotpStep, cut_at_predicted_end, eotp_mode
+from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+from l2pd_eval.model.loading import SpecialIds
+from l2pd_eval.policies import RunSettings, StepState, get_policy
+from l2pd_eval.policies.factor import factor_count
+
+MASK, EOS, EOT, WORD = 15, 14, 13, 3
+SPECIAL = SpecialIds(mask=MASK, eos=EOS, eot=(EOT,))
+P, G, BL = 4, 16, 8
+PROMPT = [1, 2, 1, 2]
+
+
+@pytest.fixture(scope="module")
+def filter_path(tmp_path_factory):
+    """A hand-made filter that accepts a masked position whose confidence exceeds about 0.57."""
+    filt = L2PFilter(FilterConfig(block_length=BL, accept_threshold=0.6))
+    with torch.no_grad():
+        filt.linears[0].weight.copy_(torch.eye(BL) * 6)
+        filt.linears[0].bias.fill_(-3)
+        filt.linears[1].weight.copy_(torch.eye(BL))
+        filt.linears[1].bias.zero_()
+    return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})
+
+
+def script(ends: dict[int, float]) -> list[tuple[int, float]]:
+    """Every answer position predicts WORD with probability 0.5, except ``ends``: end-of-turn at that p."""
+    return [(EOT, ends[j]) if j in ends else (WORD, 0.5) for j in range(G)]
+
+
+def decode(table, policy, cache="none", eotp="true", **kw):
+    model = ScriptedModel(P, table)
+    cfg = GenerationConfig(gen_length=G, block_length=BL, cache=cache, eotp=eotp, **kw)
+    out = generate(model, [PROMPT], cfg, policy.bind(RunSettings(block_length=BL)), SPECIAL)
+    return out, model.lengths
+
+
+def cut_after(out) -> int:
+    """The answer position the run was cut after (from the positions EoTP filled)."""
+    return G - 1 - out.stats[0].eotp_saved
+
+
+# Block 0 predicts an end at 5 (p 0.99), block 1 one at 12 (p 0.999).
+ENDS = {5: 0.99, 12: 0.999}
+# ... and ends at 2 (p 0.6, the filter accepts it) and 3 (p 0.4, it does not).
+MORE_ENDS = {2: 0.6, 3: 0.4, **ENDS}
+
+
+def test_no_cache_cuts_after_the_most_confident_end_anywhere_in_the_answer():
+    out, lengths = decode(script(ENDS), get_policy("low_confidence"))
+    assert cut_after(out) == 12  # beyond the block, at the first step
+    assert lengths[0] == P + G and max(lengths[1:]) == P + 13  # the tail is gone from every later forward
+    tokens = out.tokens[0].tolist()
+    assert tokens[12] == EOT  # the cut position stayed and was decoded in its own block
+    assert tokens[13:] == [EOS] * 3
+
+
+@pytest.mark.parametrize("cache", ["prefix", "dual"])
+def test_with_a_cache_the_search_covers_only_the_block(cache):
+    out, _ = decode(script(ENDS), get_policy("low_confidence"), cache=cache)
+    assert cut_after(out) == 5  # the most confident end of block 0; position 12 is never looked at there
+    assert out.tokens[0, 6:].tolist() == [EOS] * 10
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_an_end_the_filter_accepts_comes_first(filter_path, cache):
+    out, _ = decode(script(MORE_ENDS), get_policy("learn2pd", filter=str(filter_path)), cache=cache)
+    assert cut_after(out) == 2  # the first accepted end, not the more confident ones at 5 and 12
+    assert out.tokens[0, 2] == EOT
+
+
+def test_without_an_accepted_end_learn2pd_falls_back_to_the_most_confident(filter_path):
+    ends = {3: 0.4, 6: 0.45, 11: 0.5}  # none above the filter's ~0.57
+    out, _ = decode(script(ends), get_policy("learn2pd", filter=str(filter_path)))
+    assert cut_after(out) == 11
+
+
+def test_ties_go_to_the_first_position_and_no_end_means_no_cut():
+    out, _ = decode(script({4: 0.7, 9: 0.7}), get_policy("low_confidence"))
+    assert cut_after(out) == 4
+    out, lengths = decode(script({}), get_policy("low_confidence"))
+    assert out.stats[0].eotp_saved == 0 and set(lengths) == {P + G}
+
+
+def test_committed_rule_waits_for_the_end_to_be_committed():
+    # low_confidence commits one token per step, most confident first: 5 (p 0.99) at block 0's first step
+    # -> cut after 5, where "true" cut after 12 (predicted, not committed) at once.
+    out, lengths = decode(script(ENDS), get_policy("low_confidence"), eotp="committed")
+    assert cut_after(out) == 5
+    assert lengths[0] == P + G
+
+
+def test_a_cut_only_shortens_and_rows_are_cut_independently():
+    # Two rows with different scripts decode in one batch exactly as alone (per-row cuts, one forward).
+    model = ScriptedModel(P, script(ENDS))
+    cfg = GenerationConfig(gen_length=G, block_length=BL, eotp="true", temperature=1.0, seed=3)
+    batched = generate(model, [PROMPT, [2, 1, 2, 1]], cfg, get_policy("threshold", threshold=0.9), SPECIAL)
+    for row, prompt in enumerate([PROMPT, [2, 1, 2, 1]]):
+        alone = generate(ScriptedModel(P, script(ENDS)), [prompt], cfg, get_policy("threshold", threshold=0.9),
+                         SPECIAL)
+        assert torch.equal(batched.tokens[row], alone.tokens[0])
+
+
+def test_rule_on_a_hand_built_step():
+    """The rule itself: accepted end first, else the most confident end among the block's masked positions
+    and the live positions after it; the cut never moves a row's end later."""
+    from l2pd_eval.engine.generate import BlockRows, DecodeState
+    from l2pd_eval.engine.layout import left_pad
+
+    layout = left_pad([PROMPT] * 3, EOS, torch.device("cpu"), tail=G, tail_id=MASK)
+    T = P + G
+    state = DecodeState(x=layout.ids, layout=layout, seeds=torch.zeros(3, dtype=torch.long), reference=None,
+                        end_ids=torch.tensor([EOS, EOT]), limit=torch.tensor([T, T, P + 10]),
+                        positions=torch.zeros(3, dtype=torch.long), arange=torch.arange(T))
+    rows = BlockRows(P, P + BL, torch.arange(3), [0, 1, 2], T, None)
+    x0 = torch.full((3, BL), WORD)
+    x0[:, 1], x0[:, 4] = EOT, EOS
+    conf = torch.full((3, BL), 0.5)
+    conf[:, 1], conf[:, 4] = 0.7, 0.8
+    masked = torch.ones(3, BL, dtype=torch.bool)
+    masked[1, 4] = False  # row 1: the confident end at 4 is already committed, so it does not count
+    accepted = torch.zeros(3, BL, dtype=torch.bool)
+    accepted[0, 1] = True  # row 0: the filter accepted the end at 1
+    after_x0 = torch.full((3, G - BL), WORD)
+    after_x0[:, 5] = EOT  # answer position 13: beyond row 2's live end (10), so not a candidate there
+    after_conf = torch.full((3, G - BL), 0.95)
+    step = EotpStep(torch.zeros(3, BL, dtype=torch.bool), x0, conf, masked, accepted, after_x0, after_conf)
+    ends = cut_at_predicted_end(state, rows, step) - P
+    assert ends.tolist() == [2, 14, 5]
+
+
+def test_eotp_modes_and_bools():
+    assert [eotp_mode(v) for v in (True, False, "TRUE", "committed", "false")] == [
+        "true", "false", "true", "committed", "false"]
+    with pytest.raises(ValueError, match="eotp='cut' is unknown; valid choices: false, true, committed"):
+        GenerationConfig(eotp="cut")
+    assert GenerationConfig(eotp=True).eotp == "true"
+
+
+def test_factor_code_rule_commits_the_last_token_when_only_it_fails():
+    conf = torch.tensor([[0.99, 0.95, 0.90, 0.50, 0.2, float("-inf")]])
+    # ranks n=1..5 need c_n >= 1 - f/(n+1); with f=3: -, 0.0, 0.25, 0.4, 0.5 -> only the last (0.2) fails
+    assert factor_count(conf, 3.0, "code").tolist() == [5]
+    assert factor_count(conf, 3.0, "formula").tolist() == [4]
+    # a failure before the last: both stop there (f=0.5: n=4 needs 0.9)
+    assert factor_count(conf, 0.5, "code").tolist() == factor_count(conf, 0.5, "formula").tolist() == [3]
+    two = torch.tensor([[0.9, 0.1, float("-inf")]])  # two masked: the code always commits both
+    assert factor_count(two, 0.1, "code").tolist() == [2] and factor_count(two, 0.1, "formula").tolist() == [1]
+    one = torch.tensor([[0.1, float("-inf")]])
+    assert factor_count(one, 0.1, "code").tolist() == factor_count(one, 0.1, "formula").tolist() == [1]
+    # the code walks to the first failure: a later rank that would pass again does not count (cannot happen
+    # with sorted confidences and a growing threshold, so the two rules agree everywhere else)
+    rows = torch.rand(256, 12).sort(-1, descending=True).values
+    for f in (0.5, 1.0, 2.0):
+        code, formula = factor_count(rows, f, "code"), factor_count(rows, f, "formula")
+        assert ((code == formula) | ((code == 12) & (formula == 11))).all()
+
+
+def test_factor_rule_is_a_policy_parameter():
+    conf = torch.tensor([[0.99, 0.95, 0.90, 0.50, 0.2]])
+    state = StepState(conf=conf, x0=torch.zeros(1, 5, dtype=torch.long), masked=torch.ones(1, 5, dtype=torch.bool),
+                      k=torch.ones(1, dtype=torch.long), step=0, block=0, block_start=0,
+                      rows=torch.zeros(1, dtype=torch.long))
+    assert get_policy("factor", factor=3.0).select(state).sum() == 5
+    assert get_policy("factor", factor=3.0, factor_rule="formula").select(state).sum() == 4
+    assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code"}
+    with pytest.raises(ValueError, match="factor_rule='paper'; valid choices: code, formula"):
+        get_policy("factor", factor_rule="paper")
+
+
+def test_batch_sizing_counts_the_tail_logits_of_eotp_true_without_a_cache(tiny):
+    from l2pd_eval.engine.memory import bytes_per_row
+
+    model = tiny[0]
+    size = {(e, c): bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache=c, eotp=e), 100)
+            for e in ("true", "committed") for c in ("none", "dual")}
+    assert size["true", "none"] > size["committed", "none"]
+    assert size["true", "dual"] == size["committed", "dual"]
