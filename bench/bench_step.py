@@ -255,7 +255,8 @@ def bench_e2e(model, special, args, out, steps: dict):
     return rows
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
+    """Defaults: the LLaDA-8B shape at the papers' GSM8K sizes; each A/B flag turns off one speed switch."""
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompt", type=int, default=900, help="prompt tokens (~5-shot GSM8K in LLaDA tokens)")
     ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024])
@@ -280,7 +281,31 @@ def main() -> None:
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (model.compile_blocks())")
-    args = ap.parse_args()
+    return ap
+
+
+def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
+    """The table for a reader, from the rows already written to ``--out`` (the JSON lines are the record)."""
+    print(f"{env['gpu']}  copy {env['bandwidth_Bps'] / 1e12:.2f} TB/s  bf16 matmul {env['matmul_flops'] / 1e12:.0f} TFLOP/s")
+    print(f"{'gen':>5} {'B':>3} {'cache':>12} {'step ms':>8} {'floor':>7} {'ratio':>6} {'per-op':>7} {'ratio':>6} "
+          f"{'bound':>7} {'refresh':>8} {'pol iso':>7} {'pol pipe':>8} {'peakGiB':>7}")
+    for r in steps:
+        if r.get("oom"):
+            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  OOM")
+            continue
+        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
+              f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
+              f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
+    for r in e2e:
+        extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
+        extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
+        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}"
+              f"{' ragged' if r['ragged'] else ''}: "
+              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
+
+
+def main() -> None:
+    args = _parser().parse_args()
     global DEVICE
     DEVICE = args.device
     torch.backends.cuda.matmul.allow_tf32 = True
@@ -301,22 +326,7 @@ def main() -> None:
         steps = bench_steps(model, special, args, ceilings, out)
         timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}
         e2e = bench_e2e(model, special, args, out, timed)
-    print(f"{env['gpu']}  copy {env['bandwidth_Bps'] / 1e12:.2f} TB/s  bf16 matmul {env['matmul_flops'] / 1e12:.0f} TFLOP/s")
-    print(f"{'gen':>5} {'B':>3} {'cache':>12} {'step ms':>8} {'floor':>7} {'ratio':>6} {'per-op':>7} {'ratio':>6} "
-          f"{'bound':>7} {'refresh':>8} {'pol iso':>7} {'pol pipe':>8} {'peakGiB':>7}")
-    for r in steps:
-        if r.get("oom"):
-            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  OOM")
-            continue
-        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
-              f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
-              f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
-    for r in e2e:
-        extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
-        extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
-        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}"
-              f"{' ragged' if r['ragged'] else ''}: "
-              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
+    _print_summary(env, steps, e2e)
 
 
 if __name__ == "__main__":

@@ -115,6 +115,58 @@ def _at_least_float32(logits: Tensor) -> Tensor:
     return logits.to(torch.promote_types(logits.dtype, torch.float32))
 
 
+class _Samples:
+    """The requests in batching order (longest first, so similar lengths share batches) and the Monte-Carlo
+    rows of one request at a time: batches consume rows in order, so holding more would only cost memory."""
+
+    def __init__(self, pairs: Sequence[Pair], mask_id: int, config: LoglikelihoodConfig):
+        self.pairs, self.mask_id, self.config = pairs, mask_id, config
+        self.seqs = [torch.tensor([*c, *y], dtype=torch.long) for c, y in pairs]
+        self.ctx_lens = [len(c) for c, _ in pairs]
+        self.cont_lens = [len(y) for _, y in pairs]
+        if min(self.cont_lens) == 0:
+            raise ValueError("loglikelihood: a request has an empty continuation")
+        self.order = sorted(range(len(pairs)), key=lambda i: (-len(self.seqs[i]), i))
+        self._current: dict[int, tuple[Tensor, Tensor, Tensor]] = {}
+
+    def rows(self, slot: int) -> tuple[Tensor, Tensor, Tensor]:
+        """(noisy rows, continuation masks, weights ``L / l``) of the request at ``slot``, drawn from its own
+        generator, seeded from its ids, so the draws never depend on batching or request order."""
+        if slot not in self._current:
+            self._current.clear()
+            i, n = self.order[slot], self.config.mc_num
+            (c, y), L = self.pairs[i], self.cont_lens[i]
+            gen = torch.Generator().manual_seed(rng.row_seed([*c, -1, *y], self.config.seed))  # -1: the boundary
+            counts, masks = sample_masks(L, n, gen)
+            full = torch.zeros(n, len(self.seqs[i]), dtype=torch.bool)
+            full[:, self.ctx_lens[i]:] = masks
+            noisy = torch.where(full, self.mask_id, self.seqs[i].expand(n, -1))
+            self._current[slot] = (noisy, masks, L / counts.double())
+        return self._current[slot]
+
+
+def _batch_loss(model, samples: _Samples, start: int, stop: int, device: torch.device) -> Tensor:
+    """Weighted masked NLL of rows ``start:stop`` (in batching order), which may span several requests: one
+    forward pass whatever ``mc_num`` is, so small requests do not leave the batch half empty."""
+    n, mask_id = samples.config.mc_num, samples.mask_id
+    noisy_rows, clean_rows, mask_rows, weights, window = [], [], [], [], 0
+    for slot in range(start // n, (stop - 1) // n + 1):  # the requests this batch touches
+        lo, hi = max(start, slot * n) - slot * n, min(stop, (slot + 1) * n) - slot * n
+        noisy, masks, w = samples.rows(slot)
+        i = samples.order[slot]
+        noisy_rows.extend(noisy[lo:hi])
+        clean_rows.extend([samples.seqs[i]] * (hi - lo))
+        mask_rows.extend(masks[lo:hi].long())
+        weights.append(w[lo:hi])
+        window = max(window, samples.cont_lens[i])
+    batch = left_pad(noisy_rows, mask_id, device)
+    target = left_pad(clean_rows, mask_id, device).ids[:, -window:]
+    masked = left_pad(mask_rows, 0, device).ids[:, -window:].bool()
+    logits = _window_logits(model, batch, window)
+    nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
+    return torch.where(masked, nll, 0.0).double().sum(dim=1) * torch.cat(weights).to(device)
+
+
 @torch.no_grad()
 def mc_loglikelihood(model, pairs: Sequence[Pair], mask_id: int, config: LoglikelihoodConfig,
                      on_request_done: Callable[[int], None] | None = None) -> list[float]:
@@ -125,50 +177,14 @@ def mc_loglikelihood(model, pairs: Sequence[Pair], mask_id: int, config: Loglike
     if not pairs:
         return []
     device = next(model.parameters()).device
-    seqs = [torch.tensor([*c, *y], dtype=torch.long) for c, y in pairs]
-    ctx_lens = [len(c) for c, _ in pairs]
-    cont_lens = [len(y) for _, y in pairs]
-    if min(cont_lens) == 0:
-        raise ValueError("loglikelihood: a request has an empty continuation")
+    samples = _Samples(pairs, mask_id, config)
     n = config.mc_num
-    order = sorted(range(len(pairs)), key=lambda i: (-len(seqs[i]), i))  # similar lengths share batches
-    row_loss = torch.zeros(len(pairs) * n, dtype=torch.float64, device=device)
-    current: dict[int, tuple[Tensor, Tensor, Tensor]] = {}  # slot -> (noisy rows, masks, weights) of one request
-
-    def request_rows(slot: int) -> tuple[Tensor, Tensor, Tensor]:
-        if slot not in current:
-            current.clear()  # rows are consumed in order: only the request being batched is held
-            i = order[slot]
-            (c, y), L = pairs[i], cont_lens[i]
-            gen = torch.Generator().manual_seed(rng.row_seed([*c, -1, *y], config.seed))  # -1: the boundary
-            counts, masks = sample_masks(L, n, gen)
-            full = torch.zeros(n, len(seqs[i]), dtype=torch.bool)
-            full[:, ctx_lens[i]:] = masks
-            noisy = torch.where(full, mask_id, seqs[i].expand(n, -1))
-            current[slot] = (noisy, masks, L / counts.double())
-        return current[slot]
-
-    done = 0
     total_rows = len(pairs) * n
+    row_loss = torch.zeros(total_rows, dtype=torch.float64, device=device)
+    done = 0
     for start in range(0, total_rows, config.mc_batch_size):
         stop = min(start + config.mc_batch_size, total_rows)
-        noisy_rows, clean_rows, mask_rows, weights, window = [], [], [], [], 0
-        for slot in range(start // n, (stop - 1) // n + 1):  # the requests this batch touches
-            lo, hi = max(start, slot * n) - slot * n, min(stop, (slot + 1) * n) - slot * n
-            noisy, masks, w = request_rows(slot)
-            i = order[slot]
-            noisy_rows.extend(noisy[lo:hi])
-            clean_rows.extend([seqs[i]] * (hi - lo))
-            mask_rows.extend(masks[lo:hi].long())
-            weights.append(w[lo:hi])
-            window = max(window, cont_lens[i])
-        batch = left_pad(noisy_rows, mask_id, device)
-        target = left_pad(clean_rows, mask_id, device).ids[:, -window:]
-        masked = left_pad(mask_rows, 0, device).ids[:, -window:].bool()
-        logits = _window_logits(model, batch, window)
-        nll = F.cross_entropy(logits.flatten(0, 1), target.flatten(), reduction="none").view_as(target)
-        per_row = torch.where(masked, nll, 0.0).double().sum(dim=1) * torch.cat(weights).to(device)
-        row_loss[start:stop] = per_row
+        row_loss[start:stop] = _batch_loss(model, samples, start, stop, device)
         finished = stop // n
         if on_request_done is not None and finished > done:
             on_request_done(finished - done)
@@ -176,7 +192,7 @@ def mc_loglikelihood(model, pairs: Sequence[Pair], mask_id: int, config: Loglike
     estimates = -(row_loss.view(len(pairs), n).sum(dim=1) / n)
     out = [0.0] * len(pairs)
     for slot, value in enumerate(estimates.tolist()):
-        out[order[slot]] = value
+        out[samples.order[slot]] = value
     return out
 
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -191,27 +191,44 @@ def tune_threshold(filt: L2PFilter, traj: Trajectories, target_precision: float)
     return float(grid[int(ok[0])])
 
 
-def train_filter(
-    traj: Trajectories,
-    config: TrainConfig | None = None,
-    log: Callable[[dict[str, float]], None] | None = None,
-) -> TrainResult:
-    """Fit a filter; returns it (on CPU, eval mode) with validation and test metrics."""
-    cfg = config or TrainConfig()
-    device = resolve_device(cfg.device)
-    torch.manual_seed(cfg.seed)
-    tr_idx, va_idx, te_idx = split_indices(traj, cfg.split, cfg.split_by, cfg.seed)
-    train, val, test = traj.subset(tr_idx), traj.subset(va_idx), traj.subset(te_idx)
+@dataclass
+class _Tensors:
+    """Training and validation tensors on the device; labels and masks become float once here, not per step."""
 
+    x: torch.Tensor
+    y: torch.Tensor
+    m: torch.Tensor
+    xv: torch.Tensor
+    yv: torch.Tensor
+    mv: torch.Tensor
+    pos_weight: torch.Tensor | None
+
+
+@dataclass
+class _Fit:
+    """What the optimisation loop hands back: the best validation loss seen and where training stopped."""
+
+    best_loss: float
+    best_iter: int
+    iterations: int
+    history: list[dict[str, float]]
+
+
+def _new_filter(block_length: int, cfg: TrainConfig, device: torch.device) -> L2PFilter:
+    """The network the policy will load: its config carries the threshold and input convention it was trained with."""
     fcfg = FilterConfig(
-        block_length=traj.block_length,
+        block_length=block_length,
         hidden_sizes=cfg.hidden_sizes,
         activation=cfg.activation,
         accept_threshold=cfg.accept_threshold,
         committed_conf=cfg.committed_conf,
     )
-    filt = L2PFilter(fcfg).to(device)
+    return L2PFilter(fcfg).to(device)
 
+
+def _tensors(train: Trajectories, val: Trajectories, cfg: TrainConfig, device: torch.device) -> _Tensors:
+    """Moves the splits to the device once; refuses a training split without both classes, because then
+    the loss has nothing to separate (and ``pos_weight`` would divide by zero)."""
     X, Y, M = _inputs(train, cfg.committed_conf).to(device), train.label.to(device), train.masked.to(device)
     Xv, Yv, Mv = _inputs(val, cfg.committed_conf).to(device), val.label.to(device), val.masked.to(device)
     n_pos = float((Y & M).sum())
@@ -222,33 +239,43 @@ def train_filter(
             f"training split has {int(n_pos)} correct and {int(n_neg)} wrong masked positions; both classes are needed"
         )
     pos_weight = torch.tensor(min(max(n_neg / n_pos, 1e-3), 1e3), device=device) if cfg.class_balance else None
+    return _Tensors(X, Y, M, Xv, Yv, Mv, pos_weight)
 
+
+def _batches(n: int, batch_size: int, seed: int, device: torch.device) -> Iterator[torch.Tensor | None]:
+    """Record indices for each step. ``None`` is the full batch (the official recipe); otherwise one seeded
+    shuffle per epoch, dropping each epoch's short remainder so every step sees the same batch size."""
+    if batch_size <= 0 or batch_size >= n:
+        while True:
+            yield None
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    while True:
+        perm = torch.randperm(n, generator=g).to(device)
+        for cursor in range(0, n - batch_size + 1, batch_size):
+            yield perm[cursor:cursor + batch_size]
+
+
+def _fit(filt: L2PFilter, data: _Tensors, n_train: int, cfg: TrainConfig, t0: float,
+         log: Callable[[dict[str, float]], None] | None) -> _Fit:
+    """AdamW steps with early stopping on the validation loss; leaves ``filt`` holding the best weights
+    seen, because later steps that only overfit the training prompts should not reach the policy."""
     opt = torch.optim.AdamW(filt.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    g = torch.Generator(device="cpu").manual_seed(cfg.seed)
-    full_batch = cfg.batch_size <= 0 or cfg.batch_size >= len(train)
-    perm, cursor = None, 0
+    batches = _batches(n_train, cfg.batch_size, cfg.seed, data.x.device)
     best_loss, best_state, best_iter, bad = math.inf, copy.deepcopy(filt.state_dict()), 0, 0
     history: list[dict[str, float]] = []
-    t0 = time.perf_counter()
     it = 0
     for it in range(1, cfg.max_iters + 1):
         filt.train()
-        if full_batch:
-            xb, yb, mb = X, Y, M
-        else:
-            if perm is None or cursor + cfg.batch_size > len(perm):
-                perm, cursor = torch.randperm(len(train), generator=g).to(device), 0
-            sel = perm[cursor:cursor + cfg.batch_size]
-            cursor += cfg.batch_size
-            xb, yb, mb = X[sel], Y[sel], M[sel]
-        loss = masked_bce(filt(xb), yb, mb, pos_weight)
+        sel = next(batches)
+        xb, yb, mb = (data.x, data.y, data.m) if sel is None else (data.x[sel], data.y[sel], data.m[sel])
+        loss = masked_bce(filt(xb), yb, mb, data.pos_weight)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if it % cfg.eval_every == 0 or it == cfg.max_iters:
             filt.eval()
             with torch.no_grad():
-                vloss = float(masked_bce(filt(Xv), Yv, Mv, pos_weight))
+                vloss = float(masked_bce(filt(data.xv), data.yv, data.mv, data.pos_weight))
             row = {"iter": it, "train_loss": float(loss.detach()), "val_loss": vloss, "seconds": time.perf_counter() - t0}
             history.append(row)
             if log is not None:
@@ -260,6 +287,24 @@ def train_filter(
                 if bad >= cfg.patience:
                     break
     filt.load_state_dict(best_state)
+    return _Fit(best_loss, best_iter, it, history)
+
+
+def train_filter(
+    traj: Trajectories,
+    config: TrainConfig | None = None,
+    log: Callable[[dict[str, float]], None] | None = None,
+) -> TrainResult:
+    """Fit a filter; returns it (on CPU, eval mode) with validation and test metrics."""
+    cfg = config or TrainConfig()
+    device = resolve_device(cfg.device)
+    torch.manual_seed(cfg.seed)
+    tr_idx, va_idx, te_idx = split_indices(traj, cfg.split, cfg.split_by, cfg.seed)
+    train, val, test = traj.subset(tr_idx), traj.subset(va_idx), traj.subset(te_idx)
+    filt = _new_filter(traj.block_length, cfg, device)
+    data = _tensors(train, val, cfg, device)
+    t0 = time.perf_counter()
+    fit = _fit(filt, data, len(train), cfg, t0, log)
     filt.eval()
     tuned = None
     if cfg.target_precision is not None:
@@ -267,11 +312,11 @@ def train_filter(
         filt.set_accept_threshold(tuned)
     metrics = {
         "device": str(device),
-        "iterations": it,
-        "best_iter": best_iter,
-        "best_val_loss": best_loss,
+        "iterations": fit.iterations,
+        "best_iter": fit.best_iter,
+        "best_val_loss": fit.best_loss,
         "seconds": time.perf_counter() - t0,
-        "pos_weight": float(pos_weight) if pos_weight is not None else None,
+        "pos_weight": float(data.pos_weight) if data.pos_weight is not None else None,
         "split_records": {"train": len(train), "val": len(val), "test": len(test)},
         "threshold_tuned_on_val": tuned,
         "val": evaluate_filter(filt, val),
@@ -281,4 +326,4 @@ def train_filter(
     cfg_json = asdict(cfg)
     cfg_json["split"] = list(cfg.split)
     filt.config.metadata = {**filt.config.metadata, "train_config": cfg_json}
-    return TrainResult(filter=filt, metrics=metrics, history=history)
+    return TrainResult(filter=filt, metrics=metrics, history=fit.history)

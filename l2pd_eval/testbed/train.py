@@ -325,6 +325,109 @@ def build_model(cfg: TrainConfig, tokenizer, device: str | torch.device):
     return model
 
 
+def _optimizer(model, cfg: TrainConfig, dev: torch.device) -> torch.optim.AdamW:
+    """AdamW decaying the weight matrices only: decay on norm gains would pull them towards zero."""
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}],
+                             lr=cfg.lr, betas=(0.9, 0.98), fused=dev.type == "cuda")
+
+
+def _batches(cfg: TrainConfig, tokenizer, test: Sequence[Problem], dev: torch.device) -> Iterator[Batch]:
+    """Training batches, tokenised in ``cfg.workers`` background processes so the GPU does not wait on the
+    tokenizer; the test questions are excluded so the monitoring and final accuracy stay held out."""
+    stream = ExampleStream(cfg, tokenizer, [p.question for p in test])
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
+                                         pin_memory=dev.type == "cuda",
+                                         persistent_workers=cfg.workers > 0, prefetch_factor=8 if cfg.workers else None)
+    return iter(loader)
+
+
+class _StepBudget:
+    """Lowers ``cfg.steps`` so the run fits ``seconds``, timed over steps 20 to 120: after worker start-up and
+    allocator warm-up, and early enough for the new step count to shape the learning-rate schedule."""
+
+    def __init__(self, seconds: float, t_start: float):
+        self.seconds, self.t_start, self.t_probe = seconds, t_start, 0.0
+
+    def after_step(self, step: int, cfg: TrainConfig, log) -> None:
+        if step == 20:
+            self.t_probe = time.time()
+        if step == min(120, cfg.steps) and step > 20:
+            per_step = (time.time() - self.t_probe) / (step - 20)
+            # Keep a tenth of the budget for the periodic and final evaluations.
+            fit = int((0.9 * self.seconds - (time.time() - self.t_start)) / per_step) + step
+            if fit < cfg.steps:
+                log(f"time budget {self.seconds:.0f}s at {per_step * 1e3:.1f} ms/step: steps {cfg.steps} -> {fit}")
+                cfg.steps = max(step, fit)
+
+
+@dataclass
+class _Progress:
+    """Per-step losses and the periodic accuracy checks: what the log prints and training.json records."""
+
+    t_train: float
+    losses: list[float] = dataclasses.field(default_factory=list)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+
+    def recent_loss(self) -> float:
+        """Mean of the last 100 steps: one step's loss is too noisy (random mask ratio per example)."""
+        return sum(self.losses[-100:]) / len(self.losses[-100:])
+
+
+def _optimise(model, tokenizer, test: Sequence[Problem], cfg: TrainConfig, dev: torch.device, log,
+              budget: _StepBudget | None) -> _Progress:
+    """The training loop, with the vanilla decoder's accuracy on the first ``eval_size`` test problems every
+    ``eval_every`` steps, so a run that stops learning shows it before the end."""
+    opt = _optimizer(model, cfg, dev)
+    batches = _batches(cfg, tokenizer, test, dev)
+    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
+    mask_id = model.config.mask_token_id
+    progress = _Progress(t_train=time.time())
+    step, data_wait = 0, 0.0
+    while step < cfg.steps:
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        t_wait = time.time()
+        batch = next(batches).to(dev)
+        data_wait += time.time() - t_wait
+        with autocast:
+            loss = sft_loss(model, batch, mask_id, cfg.eps, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        progress.losses.append(loss.item())
+        step += 1
+        if budget is not None:
+            budget.after_step(step, cfg, log)
+        if step % 100 == 0 or step == cfg.steps:
+            log(f"step {step}/{cfg.steps} loss {progress.recent_loss():.4f} lr {lr_at(step - 1, cfg):.2e} "
+                f"{time.time() - progress.t_train:.0f}s (waiting for data {data_wait:.0f}s)")
+        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and cfg.eval_size:
+            model.eval()
+            with autocast:
+                res = evaluate(model, tokenizer, test[: cfg.eval_size], cfg.gen_length, cfg.block_length)
+            model.train()
+            progress.history.append({"step": step, "loss": progress.recent_loss(), "accuracy": res["accuracy"]})
+            log(f"step {step}: vanilla accuracy {res['accuracy']:.3f} on {res['n']} test problems")
+    return progress
+
+
+def _score_saved(out: Path, test: Sequence[Problem], cfg: TrainConfig, dev: torch.device, log) -> dict[str, Any]:
+    """Accuracy of what a user gets: the saved (rounded) weights, loaded back, on the whole test split."""
+    from l2pd_eval.model import load_model, load_tokenizer
+
+    saved = load_model(str(out), dtype="auto", device=dev)
+    res = evaluate(saved, load_tokenizer(out), test, cfg.gen_length, cfg.block_length)
+    log(f"saved checkpoint: vanilla accuracy {res['accuracy']:.3f} on {res['n']} test problems")
+    return {"accuracy": res["accuracy"], "n": res["n"], "dtype": str(saved.dtype).removeprefix("torch."),
+            "decoder": "vanilla low-confidence, 1 token/step, greedy", "gen_length": cfg.gen_length,
+            "block_length": cfg.block_length}
+
+
 def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", log=print,
           time_budget: float | None = None) -> dict[str, Any]:
     """Train, save the LLaDA directory to ``out`` and return the run's metadata (also ``out/training.json``).
@@ -344,78 +447,19 @@ def train(cfg: TrainConfig, out: str | Path, device: str = "cpu", log=print,
     model = build_model(cfg, tokenizer, dev).train()
     n_params = sum(p.numel() for p in model.parameters())
     log(f"tokenizer {len(tokenizer)} tokens ({time.time() - t_start:.1f}s); model {n_params / 1e6:.2f}M parameters")
-
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
-    no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}],
-                            lr=cfg.lr, betas=(0.9, 0.98), fused=dev.type == "cuda")
-    stream = ExampleStream(cfg, tokenizer, [p.question for p in test])
-    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=cfg.workers,
-                                         pin_memory=dev.type == "cuda",
-                                         persistent_workers=cfg.workers > 0, prefetch_factor=8 if cfg.workers else None)
-    batches = iter(loader)
-    gen = torch.Generator(device=dev).manual_seed(cfg.seed)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if dev.type == "cuda" else torch.autocast("cpu", enabled=False)
-    mask_id = model.config.mask_token_id
-    history: list[dict[str, Any]] = []
-    losses: list[float] = []
-    step, t_train, data_wait = 0, time.time(), 0.0
-    while step < cfg.steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, cfg)
-        t_wait = time.time()
-        batch = next(batches).to(dev)
-        data_wait += time.time() - t_wait
-        with autocast:
-            loss = sft_loss(model, batch, mask_id, cfg.eps, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        losses.append(loss.item())
-        step += 1
-        if time_budget is not None and step == 20:
-            t_probe = time.time()  # after worker start-up and allocator warm-up
-        if time_budget is not None and step == min(120, cfg.steps) and step > 20:
-            per_step = (time.time() - t_probe) / (step - 20)
-            # Keep a tenth of the budget for the periodic and final evaluations.
-            fit = int((0.9 * time_budget - (time.time() - t_start)) / per_step) + step
-            if fit < cfg.steps:
-                log(f"time budget {time_budget:.0f}s at {per_step * 1e3:.1f} ms/step: steps {cfg.steps} -> {fit}")
-                cfg.steps = max(step, fit)
-        if step % 100 == 0 or step == cfg.steps:
-            avg = sum(losses[-100:]) / len(losses[-100:])
-            log(f"step {step}/{cfg.steps} loss {avg:.4f} lr {lr_at(step - 1, cfg):.2e} {time.time() - t_train:.0f}s "
-                f"(waiting for data {data_wait:.0f}s)")
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps) and cfg.eval_size:
-            model.eval()
-            with autocast:
-                res = evaluate(model, tokenizer, test[: cfg.eval_size], cfg.gen_length, cfg.block_length)
-            model.train()
-            history.append({"step": step, "loss": sum(losses[-100:]) / len(losses[-100:]), "accuracy": res["accuracy"]})
-            log(f"step {step}: vanilla accuracy {res['accuracy']:.3f} on {res['n']} test problems")
+    budget = _StepBudget(time_budget, t_start) if time_budget is not None else None
+    progress = _optimise(model, tokenizer, test, cfg, dev, log, budget)
     model.eval()
     save_model(model, out, dtype=getattr(torch, cfg.save_dtype), tokenizer=tokenizer)
-    final: dict[str, Any] = {}
-    if cfg.eval_size:
-        # Score what a user gets: the saved (rounded) weights, loaded back, on the whole test split.
-        from l2pd_eval.model import load_model, load_tokenizer
-
-        saved = load_model(str(out), dtype="auto", device=dev)
-        res = evaluate(saved, load_tokenizer(out), test, cfg.gen_length, cfg.block_length)
-        final = {"accuracy": res["accuracy"], "n": res["n"], "dtype": str(saved.dtype).removeprefix("torch."),
-                 "decoder": "vanilla low-confidence, 1 token/step, greedy", "gen_length": cfg.gen_length,
-                 "block_length": cfg.block_length}
-        log(f"saved checkpoint: vanilla accuracy {res['accuracy']:.3f} on {res['n']} test problems")
+    final = _score_saved(out, test, cfg, dev, log) if cfg.eval_size else {}
     meta = {
         "config": dataclasses.asdict(cfg),
         "parameters": n_params,
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else str(dev),
-        "train_seconds": round(time.time() - t_train, 1),
-        "final_loss": sum(losses[-100:]) / len(losses[-100:]),
-        "first_loss": losses[0],
-        "history": history,
+        "train_seconds": round(time.time() - progress.t_train, 1),
+        "final_loss": progress.recent_loss(),
+        "first_loss": progress.losses[0],
+        "history": progress.history,
         "final_eval": final,
         "command": "python -m l2pd_eval.testbed.train " + " ".join(map(shlex.quote, sys.argv[1:])),
         "reproduce_command": reproduce_command(cfg, device=str(dev.type)),
