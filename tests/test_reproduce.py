@@ -171,7 +171,7 @@ def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     assert (str(args["gen_length"]), str(args["steps"]), str(args["chat"]).lower()) == ("96", "96", "false")
     sidecar = json.loads(results.with_name(results.name.replace("results_", "l2pd_")).read_text())
     manifest = sidecar["manifest"]
-    assert (manifest["policy"], manifest["cache"], manifest["eotp"]) == ("learn2pd", "dual", True)
+    assert (manifest["policy"], manifest["cache"], manifest["eotp"]) == ("learn2pd", "dual", "true")
     assert len(sidecar["samples"]) == 2
     assert "dual cache + EoTP" in out  # the report over the finished cells
 
