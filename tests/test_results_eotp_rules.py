@@ -107,3 +107,15 @@ def test_an_old_boolean_baseline_checks_committed_runs_only(tmp_path):
 def test_a_method_refuses_a_bare_boolean():
     with pytest.raises(ValueError, match="Method.eotp=True: use one of false, true, committed"):
         Method("learn2pd", (), "none", True)
+
+
+def test_the_stored_demo_baseline_names_the_demos_rules():
+    """results/baselines/l2pd_demo_testbed_cpu.json must check the methods the demo runs today."""
+    from l2pd_eval.results.runs import parse_model_args
+    from l2pd_eval.testbed.demo import METHODS
+
+    base = load_baseline(Path(__file__).resolve().parents[1] / "results" / "baselines" / "l2pd_demo_testbed_cpu.json")
+    stored = sorted((m.policy, m.cache, m.eotp) for m in (Method.from_json(c["method"]) for c in base["cells"]))
+    demo = sorted((a["policy"], a.get("cache", "none"), eotp_rule(a.get("eotp")))
+                  for a in (parse_model_args(extra) for _, extra in METHODS))
+    assert stored == demo and ("learn2pd", "none", "true") in demo
