@@ -11,7 +11,7 @@ from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import Sidecar
 from l2pd_eval.results.table import build_report
 
-BASELINE = Method("entropy", (), "none", False)  # Fast-dLLM's Dream columns decode with alg=entropy
+BASELINE = Method("entropy", (), "none", "false")  # Fast-dLLM's Dream columns decode with alg=entropy
 
 
 def _runs_of(tmp_path, model: str, family: str | None):

@@ -104,10 +104,10 @@ def test_published_file_by_path_and_errors(tmp_path):
 def test_rows_match_on_policy_cache_eotp_and_compatible_params():
     pub = load_published("learn2pd")
     dual = next(e for e in pub.entries if e.method["cache"] == "dual")
-    ours = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "l2p.pt")), "dual", True)
-    other_threshold = Method("learn2pd", (("accept_thres", "0.9"), ("filter", "l2p.pt")), "dual", True)
-    no_eotp = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "l2p.pt")), "dual", False)
-    unlabelled = Method("learn2pd", (("filter", "l2p.pt"),), "dual", True)  # threshold not recorded: allowed
+    ours = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "l2p.pt")), "dual", "true")
+    other_threshold = Method("learn2pd", (("accept_thres", "0.9"), ("filter", "l2p.pt")), "dual", "true")
+    no_eotp = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "l2p.pt")), "dual", "false")
+    unlabelled = Method("learn2pd", (("filter", "l2p.pt"),), "dual", "true")  # threshold not recorded: allowed
 
     def report(*methods):
         return Report("mean", list(methods), [], {}, None, "")
@@ -127,7 +127,7 @@ def _side_by_side(tmp_path, shots: int):
 
 def test_side_by_side_numbers_come_from_the_runs(tmp_path):
     report, pairs = _side_by_side(tmp_path, shots=5)
-    l2pd = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", True)
+    l2pd = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", "true")
     p = next(p for p in pairs if p.entry.label == "Learn2PD + EoTP" and (p.entry.task, p.entry.gen_length) == ("gsm8k", 1024))
     ours = report.cell(l2pd, ("gsm8k", 1024))
     assert p.ours is ours and not ours.tps_fallback

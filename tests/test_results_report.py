@@ -25,9 +25,9 @@ RUNS = FIX / "runs" / "GSAI-ML__LLaDA-8B-Instruct"
 BASE = Method("low_confidence")
 THRESH = Method("threshold", (("threshold", "0.9"),))
 L2P_PARAMS = (("accept_thres", "0.96"), ("filter", "llada_b32.pt"))  # filter path shown by file name
-L2PD = Method("learn2pd", L2P_PARAMS, "none", True)
-DUAL = Method("learn2pd", L2P_PARAMS, "dual", True)
-PREFIX = Method("learn2pd", L2P_PARAMS, "prefix", True)
+L2PD = Method("learn2pd", L2P_PARAMS, "none", "true")
+DUAL = Method("learn2pd", L2P_PARAMS, "dual", "true")
+PREFIX = Method("learn2pd", L2P_PARAMS, "prefix", "true")
 
 
 def files(policy: str, cache: str = "none") -> tuple[Path | None, Path]:

@@ -15,7 +15,7 @@ from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import LoopRecord, SampleRecord, Sidecar, count_paper_tokens
 from l2pd_eval.results.table import build_report, render_report
 
-L2PD = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", True)
+L2PD = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", "true")
 BASE = Method("low_confidence")
 
 

@@ -29,7 +29,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
                              "repeatable. Default: the task's primary metric (gsm8k: exact_match,flexible-extract)")
     parser.add_argument("--baseline-method", default=None, metavar="SPEC",
                         help="method that speedups are relative to: a row label, or "
-                             "'policy=NAME[,cache=none|prefix|dual][,eotp=true|false][,PARAM=VALUE]' "
+                             "'policy=NAME[,cache=none|prefix|dual][,eotp=true|committed|false][,PARAM=VALUE]' "
                              "(default: policy=low_confidence,cache=none,eotp=false)")
 
 

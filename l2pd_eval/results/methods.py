@@ -1,7 +1,10 @@
-"""Decoding methods (the report's rows): policy + parameters + KV cache + EoTP.
+"""Decoding methods (the report's rows): policy + parameters + KV cache + EoTP rule.
 
 A run's method comes from its sidecar manifest, or from lm-eval's ``model_args`` when it has none;
-``--baseline-method`` and baseline files name methods by the same fields.
+``--baseline-method`` and baseline files name methods by the same fields. The EoTP rule is one of
+``"false"``, ``"true"`` (the Learn2PD authors' rule) and ``"committed"`` (cut after a committed end id;
+docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule`): sidecars and baselines
+written before the rules were told apart stored ``true`` for what is now ``"committed"``.
 """
 
 from __future__ import annotations
@@ -18,7 +21,11 @@ class Method:
     policy: str
     params: tuple[tuple[str, str], ...] = ()
     cache: str = "none"
-    eotp: bool = False
+    eotp: str = "false"  # an EOTP_RULES name
+
+    def __post_init__(self) -> None:
+        if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule reads one)
+            raise ValueError(f"Method.eotp={self.eotp!r}: use one of {', '.join(EOTP_RULES)}")
 
     @property
     def label(self) -> str:
@@ -27,28 +34,34 @@ class Method:
             text += "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
         if self.cache and self.cache != "none":
             text += f" + {self.cache} cache"
-        if self.eotp:
-            text += " + EoTP"
+        if self.eotp != "false":
+            text += EOTP_LABELS[self.eotp]
         return text
 
     def sort_key(self) -> tuple:
         order = {p: i for i, p in enumerate(POLICY_ORDER)}
         caches = {c: i for i, c in enumerate(CACHE_ORDER)}
-        return (order.get(self.policy, len(order)), self.policy, self.eotp,
+        return (order.get(self.policy, len(order)), self.policy, EOTP_RULES.index(self.eotp),
                 caches.get(self.cache, len(caches)), self.cache, self.params)
 
     def to_json(self) -> dict[str, Any]:
         return {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> Method:
-        return method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"), data.get("eotp"))
+    def from_json(cls, data: dict[str, Any], bool_true: str = "committed") -> Method:
+        """A stored method (baseline files); a boolean ``eotp: true`` there predates the rule names."""
+        return method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"), data.get("eotp"),
+                                    bool_true=bool_true)
 
 
 # Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
 MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 CACHE_ORDER = ("none", "prefix", "dual")
+EOTP_RULES = ("false", "true", "committed")  # also the rows' order
+EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
+_FALSE_SPELLINGS = {"", "0", "false", "no", "off"}
+_TRUE_SPELLINGS = {"1", "true", "yes", "on"}
 
 
 def _fmt_param(value: Any) -> str | None:
@@ -64,13 +77,30 @@ def _fmt_param(value: Any) -> str | None:
     return None  # lists/dicts/None do not go into a row label
 
 
-def _to_bool(value: Any) -> bool:
-    if isinstance(value, str):  # eotp=committed is EoTP too (the report does not tell the two rules apart)
-        return value.strip().lower() in {"1", "true", "yes", "on", "committed"}
-    return bool(value)
+def eotp_rule(value: Any, bool_true: str = "committed") -> str:
+    """The EoTP rule a recorded ``eotp`` value names.
+
+    Strings are today's spellings (``true``/``1``/``yes`` = the authors' rule). A JSON/Python boolean
+    ``True`` is ``bool_true``: ``"committed"`` for sidecar manifests and stored baselines (written as a
+    boolean only before the two rules were told apart, when EoTP was the committed rule), ``"true"`` for
+    published tables (the authors' numbers).
+    """
+    if value is None or value is False:
+        return "false"
+    if value is True:
+        return bool_true
+    text = str(value).strip().lower()
+    if text in _FALSE_SPELLINGS:
+        return "false"
+    if text in _TRUE_SPELLINGS:
+        return "true"
+    if text == "committed":
+        return "committed"
+    raise ValueError(f"eotp={value!r} is not an EoTP rule; use one of {', '.join(EOTP_RULES)}")
 
 
-def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any, eotp: Any) -> Method:
+def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any, eotp: Any,
+                         bool_true: str = "committed") -> Method:
     items = []
     for key, value in sorted((params or {}).items()):
         text = _fmt_param(value)
@@ -80,7 +110,7 @@ def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any,
         policy=str(policy or "unknown"),
         params=tuple(items),
         cache=str(cache or "none"),
-        eotp=_to_bool(eotp) if eotp is not None else False,
+        eotp=eotp_rule(eotp, bool_true),
     )
 
 
@@ -88,7 +118,10 @@ BASELINE = Method("low_confidence")
 
 
 def parse_method_spec(spec: str) -> dict[str, str]:
-    """``policy=threshold,threshold=0.9,cache=none,eotp=false`` (or just ``low_confidence``) -> fields."""
+    """``policy=threshold,threshold=0.9,cache=none,eotp=false`` (or just ``low_confidence``) -> fields.
+
+    ``eotp`` is checked here (``true``/``false``/``committed`` or a boolean spelling) so a typo is an error,
+    not a baseline that never matches."""
     fields: dict[str, str] = {}
     for i, part in enumerate(p.strip() for p in spec.split(",") if p.strip()):
         if "=" in part:
@@ -100,6 +133,11 @@ def parse_method_spec(spec: str) -> dict[str, str]:
             raise ValueError(f"--baseline-method: cannot read {part!r}; use KEY=VALUE (policy, cache, eotp, params)")
     if "policy" not in fields:
         raise ValueError(f"--baseline-method {spec!r} names no policy; e.g. 'policy=low_confidence,cache=none'")
+    if "eotp" in fields:
+        try:
+            fields["eotp"] = eotp_rule(fields["eotp"])
+        except ValueError as err:
+            raise ValueError(f"--baseline-method: {err}") from None
     return fields
 
 
@@ -109,7 +147,7 @@ def method_matches(method: Method, fields: dict[str, str]) -> bool:
         return False
     if method.cache != fields.get("cache", "none"):
         return False
-    if method.eotp != _to_bool(fields.get("eotp", "false")):
+    if method.eotp != eotp_rule(fields.get("eotp", "false")):
         return False
     params = dict(method.params)
     for key, value in fields.items():

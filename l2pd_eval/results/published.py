@@ -5,7 +5,9 @@ The JSON files ship inside the wheel as ``l2pd_eval/published`` (pyproject force
 found in a cited source are stored; cells known to exist but not found are listed under ``missing``.
 
 Matching rule (docs/results.md): a published cell pairs with the report cell of the same task and
-generation length whose method has the same policy, cache and EoTP with no contradicting parameter,
+generation length whose method has the same policy, cache and EoTP rule with no contradicting parameter
+(a published EoTP cell is the authors' rule, ``eotp=true``: a run of the committed rule is listed as not
+paired),
 whose model is of the table's family (the family the run's sidecar records; for older sidecars
 ``llada``/``dream`` in the model's name; a run with neither is accepted and noted), and whose few-shot count equals the cell's when both are known.
 """
@@ -146,13 +148,30 @@ def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | Non
     return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
 
 
-def _same_method(report: Report, entry: PublishedEntry) -> list[Method]:
+def published_method(entry: PublishedEntry) -> Method:
+    """The entry's method; a published ``eotp: true`` is the authors' EoTP rule, never ``committed``."""
+    return Method.from_json(entry.method, bool_true="true")
+
+
+def _same_method(report: Report, entry: PublishedEntry, eotp: str | None = None) -> list[Method]:
+    """Our rows of the entry's policy, cache and (``eotp``, default the entry's) EoTP rule."""
     spec = entry.method
+    rule = eotp or published_method(entry).eotp
     return [
         m for m in report.methods
         if m.policy == spec.get("policy") and m.cache == spec.get("cache", "none")
-        and m.eotp == bool(spec.get("eotp", False)) and _params_agree(m, spec.get("params") or {})
+        and m.eotp == rule and _params_agree(m, spec.get("params") or {})
     ]
+
+
+def _committed_instead(report: Report, table: Published, entry: PublishedEntry) -> Pairing | None:
+    """A run of the committed EoTP rule in a published EoTP cell's place: listed, never paired."""
+    if published_method(entry).eotp != "true":
+        return None
+    column = (entry.task, entry.gen_length)
+    if not any(report.cell(m, column) for m in _same_method(report, entry, eotp="committed")):
+        return None
+    return Pairing(table, entry, None, "EoTP committed-rule run vs the paper's EoTP rule (eotp=true)")
 
 
 def match_method(report: Report, entry: PublishedEntry, family: str | None = None) -> Method | None:
@@ -200,7 +219,10 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
             if method is None:  # a cell of this method that does not fit says why it is not beside it
                 method = next((m for m in _same_method(report, e) if report.cell(m, column)), None)
             cell = report.cell(method, column) if method is not None else None
-            if cell is None or _cell_fits(cell, e, table.family):
+            refused = _committed_instead(report, table, e) if cell is None else None
+            if refused is not None:
+                out.append(refused)
+            elif cell is None or _cell_fits(cell, e, table.family):
                 out.append(Pairing(table, e, cell))
             elif cell.n_shot != e.num_fewshot and cell_family(cell) in (None, table.family):
                 out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
@@ -221,7 +243,7 @@ def comparison_grid(report: Report, tables: Published | list[Published]) -> tupl
     for p in pair_published(report, tables):
         e, c = p.entry, p.ours
         rows.append([
-            p.table.name, e.label or Method.from_json(e.method).label, e.task,
+            p.table.name, e.label or published_method(e).label, e.task,
             "" if e.gen_length is None else str(e.gen_length), _shots(e),
             "missing" if e.accuracy is None else f"{e.accuracy:.2f}",
             "n/a" if p.acc_ours is None else f"{p.acc_ours:.2f}",

@@ -218,12 +218,17 @@ class Run:
 
     @property
     def method(self) -> Method:
+        """From the sidecar manifest (a boolean ``eotp: true`` there is the committed rule: only sidecars
+        from before the rules were told apart wrote one), else from ``model_args`` (today's spellings)."""
         m = self.manifest
-        if "policy" in m:
-            return method_from_settings(m.get("policy"), m.get("policy_params"), m.get("cache"), m.get("eotp"))
-        args = self.results.model_args if self.results is not None else {}
-        params = {k: args[k] for k in MODEL_ARGS_PARAMS if k in args}
-        return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))
+        try:
+            if "policy" in m:
+                return method_from_settings(m.get("policy"), m.get("policy_params"), m.get("cache"), m.get("eotp"))
+            args = self.results.model_args if self.results is not None else {}
+            params = {k: args[k] for k in MODEL_ARGS_PARAMS if k in args}
+            return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))
+        except ValueError as err:
+            raise ValueError(f"{self.name}: {err}") from None
 
     def _length_for(self, name: str, leaves: list[str]) -> int | None:
         _, length = split_task(name)

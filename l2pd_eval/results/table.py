@@ -308,7 +308,7 @@ def render_csv(report: Report) -> str:
                 continue
             writer.writerow([
                 method.label, method.policy, ";".join(f"{k}={v}" for k, v in method.params), method.cache,
-                str(method.eotp).lower(), column[0], "" if column[1] is None else column[1],
+                method.eotp, column[0], "" if column[1] is None else column[1],
                 _num(c.tps), str(c.tps_fallback).lower(), _num(c.tps_paper), _num(c.tps_mean), _num(c.tps_total),
                 _num(c.speedup),
                 _num(None if c.accuracy is None else 100 * c.accuracy), c.metric or "",
