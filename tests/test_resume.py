@@ -17,12 +17,15 @@ from l2pd_eval.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, r
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 12
+POLICY = "policy=low_confidence"
 
 
 def lm_eval_cmd(out: Path, cache: Path) -> list[str]:
     # checkpoint_s=0: a partial sidecar after every batch, so the test can stop the run at a known point.
+    # low_confidence at one token per step (64 forwards a request, not threshold's ~4): on an idle machine a
+    # threshold run could finish its last requests before the signal arrived.
     return [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
-            "pretrained=l2pd_eval/testbed/checkpoint,policy=threshold,threshold=0.9,gen_length=64,checkpoint_s=0",
+            f"pretrained=l2pd_eval/testbed/checkpoint,{POLICY},gen_length=64,checkpoint_s=0",
             "--tasks", "l2pd_demo", "--limit", str(LIMIT), "--batch_size", "1", "--output_path", str(out),
             "--use_cache", str(cache), "--log_samples"]
 
@@ -68,7 +71,7 @@ def uninterrupted_answers() -> dict[int, list]:
 
     from l2pd_eval.lm_eval_model import Learn2PDLM
 
-    lm = Learn2PDLM(pretrained="l2pd_eval/testbed/checkpoint", policy="threshold", threshold=0.9, gen_length=64,
+    lm = Learn2PDLM(pretrained="l2pd_eval/testbed/checkpoint", policy=POLICY.split("=")[1], gen_length=64,
                     batch_size=1, progress=False)
     out = lm_eval.simple_evaluate(model=lm, tasks=["l2pd_demo"], limit=LIMIT, log_samples=True, bootstrap_iters=0,
                                   task_manager=TaskManager(include_path=str(ROOT / "tasks"), include_defaults=False))
