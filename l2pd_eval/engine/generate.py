@@ -260,7 +260,7 @@ def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) ->
     else the most confident one predicting an end id (first on ties). The answer is cut right after it:
     the position itself stays, still to be decoded. Without a cache the search also covers the positions
     after the block (``step.after_x0``); with one only the block (docs/conventions.md)."""
-    ends = step.masked & torch.isin(step.x0, state.end_ids)
+    ends = block_ends = step.masked & torch.isin(step.x0, state.end_ids)
     conf = step.conf
     if step.after_x0 is not None:
         live = state.arange[rows.end:rows.end + step.after_x0.shape[1]] < state.limit[rows.idx].unsqueeze(1)
@@ -268,7 +268,7 @@ def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) ->
         conf = torch.cat([conf, step.after_conf.to(conf.dtype)], -1)
     where = conf.masked_fill(~ends, float("-inf")).argmax(-1)
     if step.accepted is not None:
-        accepted_end = step.accepted & step.masked & torch.isin(step.x0, state.end_ids)
+        accepted_end = step.accepted & block_ends
         where = torch.where(accepted_end.any(-1), accepted_end.long().argmax(-1), where)
     cut = torch.where(ends.any(-1), rows.start + where + 1, state.total)
     return torch.minimum(state.limit[rows.idx], cut)
