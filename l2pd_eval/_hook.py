@@ -99,7 +99,13 @@ def _after_model(module) -> None:
 
         def generate_until(requests, *args, **kwargs):
             restore(requests, self.dbdict)
-            return fn(requests, *args, **kwargs)
+            calls = getattr(self.lm, "generate_calls", None)
+            out = fn(requests, *args, **kwargs)
+            if calls is not None and self.lm.generate_calls == calls and getattr(self.lm, "_world_size", 1) > 1:
+                # every request of this rank came from the db, so CachingLM never called the model; its
+                # generate_until is collective (rank 0 gathers the sidecar records), so join it empty.
+                self.lm.generate_until([])
+            return out
 
         return generate_until
 

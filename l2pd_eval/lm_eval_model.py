@@ -159,6 +159,7 @@ class Learn2PDLM(LM):
         self._configs: dict[tuple[int, float], GenerationConfig] = {}
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self._mark = 0.0  # end of the previous batch (per-request wall shares, see _finish_batch)
+        self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
         self.config = self._config_for(self._gen_length(None))  # validates block_length against the length
         self.policy = policy_class(args.policy)(**policy_params).bind(
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
@@ -330,8 +331,18 @@ class Learn2PDLM(LM):
         after each batch its answers go to lm-eval's ``--use_cache`` db (with their timing journal) and
         a partial sidecar is checkpointed, so an interrupted run keeps its work (l2pd_eval/resume.py).
         """
-        if not requests:
+        self.generate_calls += 1
+        if not requests and self._world_size <= 1:
             return []
+        outputs = self._timed_loop(requests, disable_tqdm) if requests else []
+        self._gather_samples()  # collective: a data-parallel rank with nothing left to decode joins it empty
+        if self.args.sidecar and self._rank == 0:
+            self.sidecar.save(self.args.sidecar)
+        else:
+            self._checkpoint(force=True)
+        return outputs
+
+    def _timed_loop(self, requests, disable_tqdm: bool) -> list[str]:
         padding = _padding_copies(requests)
         loop = self.sidecar.begin_loop(self._rank, [_task_name(r) for r, pad in zip(requests, padding, strict=True)
                                                     if not pad])
@@ -342,11 +353,6 @@ class Learn2PDLM(LM):
             self._checkpoint(force=True)
             raise
         self.sidecar.end_loop(loop)
-        self._gather_samples()
-        if self.args.sidecar and self._rank == 0:
-            self.sidecar.save(self.args.sidecar)
-        else:
-            self._checkpoint(force=True)
         return outputs
 
     def _decode_requests(self, requests, padding: list[bool], disable_tqdm: bool) -> list[str]:
@@ -421,9 +427,9 @@ class Learn2PDLM(LM):
         from l2pd_eval.resume import restore
 
         cached = []
-        for req in requests:
-            if (req.args[1] or {}).get("do_sample", False):
-                continue  # CachingLM never answers sampled requests from the db
+        for req, pad in zip(requests, _padding_copies(requests), strict=True):
+            if pad or (req.args[1] or {}).get("do_sample", False):
+                continue  # a data-parallel padding copy; CachingLM never answers sampled requests from the db
             h = hash_args("generate_until", req.args)
             if h in db:
                 cached.append((h, _task_name(req), int(getattr(req, "doc_id", -1) or 0)))
@@ -467,10 +473,14 @@ class Learn2PDLM(LM):
         """Data-parallel runs: rank 0 collects every rank's records (all ranks call generate_until together)."""
         if self._world_size <= 1:
             return
-        gathered = self.gather_object((self.sidecar.samples, self.sidecar.loops), dst=0)
+        manifest = self.sidecar.manifest
+        restored = manifest.pop("restored_from_cache", 0)
+        gathered = self.gather_object((self.sidecar.samples, self.sidecar.loops, restored), dst=0)
         if self._rank == 0:
             self.sidecar.samples = [s for part in gathered for s in part[0]]
             self.sidecar.loops = [loop for part in gathered for loop in part[1]]
+            if any(part[2] for part in gathered):
+                manifest["restored_from_cache"] = sum(part[2] for part in gathered)
         else:
             self.sidecar.samples, self.sidecar.loops = [], []
 

@@ -145,6 +145,28 @@ def test_data_parallel_run_with_torchrun_splits_requests(tiny_dir, tmp_path):
     assert json.loads(results.read_text())["n-samples"]["l2pd_smoke"]["effective"] == 3
 
 
+def test_data_parallel_resume_where_one_rank_has_everything_cached(tiny_dir, tmp_path):
+    """--use_cache with two ranks: CachingLM never calls a rank whose requests are all in its db, yet rank 0
+    gathers the sidecar records collectively; that rank must join, or rank 0 waits for it forever."""
+    torchrun = Path(sys.executable).with_name("torchrun")
+
+    def cmd(limit: list[str]) -> list[str]:
+        return [str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "lm_eval", "--model", "learn2pd",
+                "--model_args", f"pretrained={tiny_dir},gen_length=16,block_length=8", "--device", "cpu",
+                "--tasks", "l2pd_smoke", "--include_path", "tests/fixtures/lm_eval_smoke", "--output_path",
+                str(tmp_path / "out"), "--use_cache", str(tmp_path / "cache" / "db"), *limit]
+
+    first = subprocess.run(cmd(["--limit", "2"]), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert first.returncode == 0, first.stderr[-3000:]  # rank 0 decoded doc 0, rank 1 doc 1
+    # All 3 docs: rank 1 gets doc 1 (and lm-eval's padding copy of it), all cached; rank 0 decodes doc 2.
+    second = subprocess.run(cmd([]), cwd=ROOT, capture_output=True, text=True, timeout=240)
+    assert second.returncode == 0, second.stderr[-3000:]
+    sidecars = sorted(tmp_path.rglob("l2pd_2*.json"))
+    side = json.loads(sidecars[-1].read_text())
+    assert sorted(s["doc_id"] for s in side["samples"]) == [0, 1, 2]
+    assert side["manifest"]["restored_from_cache"] == 2
+
+
 def test_compile_flag_compiles_the_blocks(tiny_dir):
     lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, compile=True, progress=False)
     block = lm.model.model.transformer.blocks[0]
