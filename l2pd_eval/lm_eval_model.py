@@ -84,6 +84,7 @@ class ModelArgs:
     progress_every_s: float = 30.0    # off a terminal: one progress line at most this often (0: every batch)
     cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
+    compile_autotune: bool = False    # compile: time reduction kernels' configs (l2pd_eval/model/compiling.py)
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
@@ -165,8 +166,10 @@ class Learn2PDLM(LM):
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
+        if args.compile_autotune and not args.compile:
+            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
         if args.compile:
-            self.model.compile_blocks()
+            self.model.compile_blocks(autotune=args.compile_autotune)
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
@@ -184,7 +187,7 @@ class Learn2PDLM(LM):
             temperature="task gen_kwargs" if args.temperature is None else args.temperature,
             batch_size=self.batch_size, dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
-            cuda_graph=self._cuda_graph, compile=args.compile,
+            cuda_graph=self._cuda_graph, compile=args.compile, compile_autotune=args.compile_autotune,
         ), samples=[])
         if self._rank == 0:
             _PENDING.append(self.sidecar)
@@ -224,7 +227,8 @@ class Learn2PDLM(LM):
         if (gen_length, temperature) not in self._configs:
             self._configs[gen_length, temperature] = GenerationConfig(
                 gen_length=gen_length, block_length=a.block_length, steps=a.steps, temperature=temperature,
-                cache=a.cache, eotp=a.eotp, seed=a.seed, cuda_graph=self._cuda_graph, compile=a.compile)
+                cache=a.cache, eotp=a.eotp, seed=a.seed, cuda_graph=self._cuda_graph, compile=a.compile,
+                compile_autotune=a.compile_autotune)
         return self._configs[gen_length, temperature]
 
     def _gen_length(self, max_gen_toks: int | None) -> int:

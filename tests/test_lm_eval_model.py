@@ -63,6 +63,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
     (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed"),
     (dict(block_length=0), "block_length=0 must be a positive integer"),
+    (dict(compile_autotune=True), "compile_autotune=true only applies with compile=true"),
 ])
 def test_bad_model_args_fail_with_one_clear_error(tiny_dir, args, message):
     with pytest.raises(ValueError, match=message):

@@ -22,6 +22,7 @@ from torch import Tensor
 from l2pd_eval.caches import CACHES, ForwardStrategy, StepInput, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine import rng
 from l2pd_eval.engine.layout import LeftPadded, left_pad
+from l2pd_eval.model.compiling import compile_dynamic
 from l2pd_eval.model.llada import LLaDA
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
@@ -63,6 +64,7 @@ class GenerationConfig:
     # Speed switches, chosen at the edge (none changes what is decoded beyond float rounding):
     compile: bool = False  # fused (torch.compile) confidence statistics; the model's blocks are compiled
     #                        separately, by LLaDA.compile_blocks
+    compile_autotune: bool = False  # let inductor time reduction configs (model.compiling.compile_dynamic)
     split_keys: bool = True  # let batch-1 attention use the key-splitting flash kernel (model.attention)
     graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
 
@@ -166,18 +168,18 @@ def _greedy(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 @functools.cache
-def _greedy_compiled() -> Callable[[Tensor], tuple[Tensor, Tensor]]:
+def _greedy_compiled(autotune: bool = False) -> Callable[[Tensor], tuple[Tensor, Tensor]]:
     """``_greedy`` as fused reductions: one pass over the bf16 logits instead of a float32 copy plus three
     passes over it (measured in docs/benchmarks.md)."""
-    return torch.compile(_greedy, dynamic=True)
+    return compile_dynamic(_greedy, autotune)
 
 
 def _predict(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
-             fused: bool = False) -> tuple[Tensor, Tensor]:
+             fused: bool = False, autotune: bool = False) -> tuple[Tensor, Tensor]:
     """x0 (argmax, or a Gumbel-max sample at ``temperature``) and its probability under the model.
     ``fused`` runs the greedy statistics through ``torch.compile`` (``GenerationConfig.compile``)."""
     if temperature <= 0:
-        return (_greedy_compiled() if fused else _greedy)(logits)
+        return (_greedy_compiled(autotune) if fused else _greedy)(logits)
     logits = _work(logits)
     u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(logits.dtype)
     x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
@@ -283,13 +285,13 @@ def eotp_rule(config: GenerationConfig) -> EotpRule | None:
 
 
 def _predict_after(logits: Tensor, temperature: float, seeds: Tensor, salt: tuple[int, ...],
-                   fused: bool) -> tuple[Tensor, Tensor]:
+                   fused: bool, autotune: bool = False) -> tuple[Tensor, Tensor]:
     """x0 and its probability for the positions after the block, ``AFTER_CHUNK`` positions at a time, so
     the float32 statistics (and Gumbel draws) never cover the whole tail at once. Draws are salted by the
     chunk, whose origin is the block end for every row: a row draws the same alone or batched."""
     x0s, confs = [], []
     for c in range(0, logits.shape[1], AFTER_CHUNK):
-        x0, conf = _predict(logits[:, c:c + AFTER_CHUNK], temperature, seeds, (*salt, c), fused)
+        x0, conf = _predict(logits[:, c:c + AFTER_CHUNK], temperature, seeds, (*salt, c), fused, autotune)
         x0s.append(x0)
         confs.append(conf)
     return torch.cat(x0s, -1), torch.cat(confs, -1)
@@ -429,7 +431,8 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run.strategy, refresh=step == 0, after=after)
     logits, after_logits = logits[:, :BL], logits[:, BL:]
     seeds = state.seeds[rows.idx]
-    x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile)
+    x0, conf = _predict(logits, run.config.temperature, seeds, (blk, step, _GUMBEL), fused=run.config.compile,
+                       autotune=run.config.compile_autotune)
     needs = run.policy.needs
     stats = step_statistics(logits, needs, run.config.temperature, x0) if needs else {}
     # select
@@ -451,7 +454,8 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         eot = EotpStep(commit, st.x0, conf, masked, accepted)
         if after and after_logits.shape[1]:
             eot.after_x0, eot.after_conf = _predict_after(after_logits, run.config.temperature, seeds,
-                                                          (blk, step, _GUMBEL_AFTER), run.config.compile)
+                                                          (blk, step, _GUMBEL_AFTER), run.config.compile,
+                                                          run.config.compile_autotune)
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
     step_counts[rows.idx] = commit.sum(-1)

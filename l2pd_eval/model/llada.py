@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
+from l2pd_eval.model.compiling import compile_dynamic
 from l2pd_eval.model.config import LLaDAConfig
 
 
@@ -181,7 +182,7 @@ class LLaDA(nn.Module):
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return F.linear(x, head)[..., : self.config.vocab_size]
 
-    def compile_blocks(self, recompile_limit: int | None = 64) -> LLaDA:
+    def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> LLaDA:
         """``torch.compile`` every block (dynamic shapes: one graph for all chunk lengths), fusing the
         float32 RMSNorm, rotary and SwiGLU elementwise passes around the GEMMs. Opt-in: compiling costs
         tens of seconds on first use; docs/benchmarks.md has the measured effect.
@@ -190,11 +191,12 @@ class LLaDA(nn.Module):
         several, graph capture's write index...), more than dynamo's default limit of 8, past which it
         silently falls back to eager. ``recompile_limit`` therefore raises dynamo's **process-wide**
         ``recompile_limit`` to at least this value (never lowers it); pass None to leave dynamo's setting
-        alone. The engine compiles its own statistics when ``GenerationConfig.compile`` is set."""
+        alone. ``autotune``: see :func:`~l2pd_eval.model.compiling.compile_dynamic`. The engine compiles its
+        own statistics when ``GenerationConfig.compile`` is set."""
         if recompile_limit is not None:
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
         for block in self.model.transformer.blocks:
-            block.forward = torch.compile(block.forward, dynamic=True)
+            block.forward = compile_dynamic(block.forward, autotune)
         return self
 
     @torch.no_grad()

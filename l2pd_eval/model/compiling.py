@@ -1,0 +1,27 @@
+"""``torch.compile`` as the project uses it: dynamic shapes, and kernels that do not depend on a stopwatch."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+
+F = TypeVar("F", bound=Callable)
+
+
+def compile_dynamic(fn: F, autotune: bool = False) -> F:
+    """``torch.compile(fn, dynamic=True)`` in inductor's deterministic mode unless ``autotune``.
+
+    By default inductor times several configurations of each reduction kernel (RMSNorm, the softmax
+    statistics) at its first launch and keeps the fastest. The configurations sum in different orders, so
+    two processes, e.g. the ranks of a data-parallel run, or today's run and last week's, can keep different
+    ones and round differently; on near-tied logits that changes decoded tokens (docs/benchmarks.md).
+    Deterministic mode takes a fixed configuration instead. ``autotune=True`` restores the timed choice."""
+    if autotune:
+        return torch.compile(fn, dynamic=True)
+    if not hasattr(torch._inductor.config, "deterministic"):
+        raise ValueError(f"compile=true: torch {torch.__version__} has no deterministic inductor mode, so compiled "
+                         "kernels could differ between processes; upgrade torch, or pass compile_autotune=true "
+                         "to accept timed kernel choices")
+    return torch.compile(fn, dynamic=True, options={"deterministic": True})
