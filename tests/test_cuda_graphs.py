@@ -185,3 +185,40 @@ def test_rows_leaving_a_block_reuse_the_bucket_graph(cuda_tiny, graph_rows, shap
             e, g = (s.logits(StepInput(x[rows], pos[rows], None, block, total, refresh=False)) for s in (eager, graphed))
             assert torch.equal(e, g)
     assert sorted(k[0] for k in graphed._graphs) == shapes
+
+
+def test_prefix_width_buckets_share_one_graph_across_blocks(cuda_tiny):
+    """Batch 1, chunks padded to multiples of 16: four blocks (widths 48, 40, 32, 24) need two graphs, not
+    four, and each replay equals the eager step on the same padded chunk."""
+    model, _ = cuda_tiny
+    torch.manual_seed(4)
+    total = 64
+    x = torch.randint(0, model.config.vocab_size, (1, total), device="cuda")
+    pos = torch.arange(total, device="cuda").expand(1, total)
+    graphed = make_strategy("prefix", model, 1, total, cuda_graph=True, width_bucket=16)
+    eager = make_strategy("prefix", model, 1, total, width_bucket=16)
+    exact = make_strategy("prefix", model, 1, total)
+    for bs in (16, 24, 32, 40):
+        block = (bs, bs + 8)
+        outs = []
+        for strat in (graphed, eager, exact):
+            strat.logits(StepInput(x, pos, None, block, total, refresh=True))
+            outs.append([strat.logits(StepInput(x, pos, None, block, total, refresh=False)) for _ in range(3)])
+        assert all(torch.equal(g, e) for g, e in zip(outs[0], outs[1], strict=True))
+        torch.testing.assert_close(outs[0][2], outs[2][2], rtol=1e-4, atol=1e-4)  # padding: rounding only
+    assert sorted(k[2] for k in graphed._graphs) == [32, 48]
+    assert all(g.graph is not None for g in graphed._graphs.values())
+
+
+@pytest.mark.parametrize("family", ["cuda_tiny", "cuda_dream"])
+def test_batch_one_prefix_decodes_with_width_buckets_like_exact_widths(request, family, ragged_prompts):
+    """generate() pads the prefix chunk at batch 1 with graphs (graph_width_bucket); the answer is the one
+    exact widths give (padding changes float rounding only, far below this model's logit gaps). Dream's
+    chunk starts a position before the block (shifted logits)."""
+    model, special = request.getfixturevalue(family)
+    kw = dict(gen_length=64, block_length=16, cache="prefix", cuda_graph=True)
+    for prompt in ragged_prompts[:2]:
+        runs = [generate(model, [prompt], GenerationConfig(graph_width_bucket=w, **kw), get_policy("low_confidence"),
+                         special) for w in (32, 0)]
+        assert torch.equal(runs[0].sequences, runs[1].sequences)
+        assert runs[0].stats[0].positions == runs[1].stats[0].positions

@@ -22,12 +22,15 @@ __all__ = ["CACHES", "MAX_GRAPHS", "DualCache", "ForwardStrategy", "GraphReplay"
 
 
 def make_strategy(name: str, model: LLaDA, batch: int, total_length: int, cuda_graph: bool = False,
-                  split_keys: bool = True, graph_rows: Callable[[int, int], int] = row_bucket) -> ForwardStrategy:
+                  split_keys: bool = True, graph_rows: Callable[[int, int], int] = row_bucket,
+                  width_bucket: int = 0) -> ForwardStrategy:
     """``cuda_graph`` replays the cached steps of ``prefix``/``dual`` as CUDA graphs (no effect for ``none``,
     whose every step is a full forward, nor off CUDA), recording one graph per ``graph_rows(rows, batch)``
-    rows. ``split_keys``: see ``model.attention.cache_attention``."""
+    rows. ``split_keys``: see ``model.attention.cache_attention``. ``width_bucket``: the prefix cache's
+    chunk padding (``PrefixCache``); ignored by the other strategies, whose chunk shape never changes."""
     if name not in STRATEGIES:
         raise ValueError(f"cache={name!r} is unknown; valid choices: {', '.join(CACHES)}")
+    extra = {"width_bucket": width_bucket} if name == "prefix" else {}
     if cuda_graph and name in GRAPHED:
-        return GRAPHED[name](model, batch, total_length, split_keys, graph_rows)
-    return STRATEGIES[name](model, batch, total_length, split_keys)
+        return GRAPHED[name](model, batch, total_length, split_keys, graph_rows, **extra)
+    return STRATEGIES[name](model, batch, total_length, split_keys, **extra)

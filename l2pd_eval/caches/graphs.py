@@ -42,22 +42,24 @@ class GraphReplay:
 
     A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than streaming the
     weights. One graph per shape (row bucket, live length, chunk width, key mask or not), so padded
-    batches, EoTP cuts and rows leaving a block early replay too. Rows are padded up to a bucket
+    batches, EoTP cuts and rows leaving a block early replay too. The prefix cache's chunk is a block
+    shorter in every block; with its ``width_bucket`` (the engine sets one at batch 1) several blocks share
+    a padded width, hence a graph, instead of each block paying an eager step and a recording. Rows are padded up to a bucket
     (``rows``, by default ``row_bucket``): with threshold-like policies rows finish a block one by one, and a
     graph per row count would mean a capture at nearly every step. Padding rows compute on rows of the KV
     buffer no one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
     The first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
     recording must not); the second records the graph, which executes nothing, and replays it. A shape
-    met once costs no recording: the prefix cache has a new shape every block, and with threshold or
-    Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
+    met once costs no recording: without width buckets the prefix cache has a new shape every block, and
+    with threshold or Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
     ``max_graphs`` shapes are kept (least recently used dropped).
     """
 
     max_graphs = MAX_GRAPHS
 
     def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True,
-                 rows: Callable[[int, int], int] = row_bucket):
-        super().__init__(model, batch, total_length, split_keys)
+                 rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0):
+        super().__init__(model, batch, total_length, split_keys, width_bucket)
         self._batch = batch
         self._rows = rows
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
@@ -67,19 +69,19 @@ class GraphReplay:
     def _cached_step(self, s: StepInput) -> Tensor:
         if self.model.device.type != "cuda":
             return super()._cached_step(s)
-        start, end = self._chunk(s)
-        n = s.x.shape[0]
-        key = (self._rows(n, self._batch), s.length, end - start, s.key_mask is not None)
+        x, pos, start = self._chunk_inputs(s)
+        n, width = x.shape
+        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None)
         g = self._graphs.get(key)
         if g is None:  # first step of this shape: eager, on the buffers a later recording will use
-            g = self._graphs[key] = self._static(key, s, start, end)
+            g = self._graphs[key] = self._static(key, s, x, pos, start)
             while len(self._graphs) > self.max_graphs:
                 self._graphs.popitem(last=False)
             return g.run()[:n]
         self._graphs.move_to_end(key)
-        g.x[:n].copy_(s.x[:, start:end])
-        g.pos[:n].copy_(s.pos[:, start:end])
-        torch.arange(start, end, out=g.idx)
+        g.x[:n].copy_(x)
+        g.pos[:n].copy_(pos)
+        torch.arange(start, start + width, out=g.idx)
         if g.mask is not None:
             g.mask[:n].copy_(s.key_mask)
         if g.graph is None:
@@ -87,16 +89,16 @@ class GraphReplay:
         g.graph.replay()
         return g.out[:n].clone()
 
-    def _static(self, key: tuple[int, int, int, bool], s: StepInput, start: int, end: int) -> _Graph:
-        rows, length, _, masked = key
+    def _static(self, key: tuple[int, int, int, bool], s: StepInput, x: Tensor, pos: Tensor, start: int) -> _Graph:
+        rows, length, width, masked = key
         n = s.x.shape[0]
         bs, be = s.block
 
         def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
             return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
 
-        x, pos = padded(s.x[:, start:end]), padded(s.pos[:, start:end])
-        idx = torch.arange(start, end, device=x.device)
+        x, pos = padded(x), padded(pos)
+        idx = torch.arange(start, start + width, device=x.device)
         mask = padded(s.key_mask) if masked else None
         kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
         model, split_keys = self.model, self.split_keys  # not ``self``: a strategy -> graph -> closure ->

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
 from torch import Tensor
 
 from l2pd_eval.model.llada import KVCache, LLaDA
@@ -56,12 +57,22 @@ class ForwardStrategy:
 
 
 class PrefixCache(ForwardStrategy):
+    """``width_bucket``: right-pad each cached step's chunk (block + suffix, a block shorter in every
+    block) to a multiple of this many positions, so the chunk keeps one shape over several blocks and a
+    CUDA graph recorded in one block replays in the next (GraphedPrefixCache at batch 1). The
+    padding queries copy the chunk's last token and position; their keys and values land in scratch slots
+    after the sequence, which no query reads (attention stops at the live length), and their logits are
+    never computed. 0: exact widths."""
+
     name = "prefix"
     recompute_suffix = True
 
-    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True):
+    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True,
+                 width_bucket: int = 0):
         super().__init__(model, batch, total_length, split_keys)
-        self._buffer = model.new_cache(batch, total_length)  # allocated once; blocks use its leading rows
+        self.width_bucket = width_bucket if self.recompute_suffix else 0  # dual's chunk is one block anyway
+        # allocated once, with the padding's scratch slots; blocks use its leading rows
+        self._buffer = model.new_cache(batch, total_length + max(self.width_bucket - 1, 0))
         self.kv: KVCache | None = None
 
     def logits(self, s: StepInput) -> Tensor:
@@ -85,10 +96,21 @@ class PrefixCache(ForwardStrategy):
         bs, be = s.block
         return bs - self.model.logit_shift, (s.length if self.recompute_suffix else be)
 
+    def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
+        """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""
+        start, end = self._chunk(s)
+        x, pos = s.x[:, start:end], s.pos[:, start:end]
+        pad = -(end - start) % self.width_bucket if self.width_bucket else 0
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1)
+            pos = torch.cat([pos, pos[:, -1:].expand(-1, pad)], dim=1)
+        return x, pos, start
+
     def _cached_step(self, s: StepInput) -> Tensor:
-        (bs, be), (start, end) = s.block, self._chunk(s)
-        return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
-                          kv_len=s.length, logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
+        bs, be = s.block
+        x, pos, start = self._chunk_inputs(s)
+        return self.model(x, pos, s.key_mask, cache=self.kv, start=start, kv_len=s.length,
+                          logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
 
     def keep(self, idx: Tensor) -> None:
         n = idx.numel()

@@ -67,6 +67,8 @@ class GenerationConfig:
     compile_autotune: bool = False  # let inductor time reduction configs (model.compiling.compile_dynamic)
     split_keys: bool = True  # let batch-1 attention use the key-splitting flash kernel (model.attention)
     graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
+    graph_width_bucket: int = 128  # prefix cache + CUDA graphs at batch 1: chunks padded to a multiple of
+    #                                this, so a graph serves several blocks (caches.PrefixCache); 0: exact
 
     def __post_init__(self) -> None:
         self.eotp = eotp_mode(self.eotp)
@@ -100,6 +102,8 @@ class GenerationConfig:
             raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(CACHES)}")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
+        if self.graph_width_bucket < 0:
+            raise ValueError(f"graph_width_bucket={self.graph_width_bucket} must be >= 0 (0: exact widths)")
         eotp_mode(self.eotp)
 
 
@@ -493,9 +497,11 @@ def generate(
         return GenerationOutput(torch.empty(0, config.gen_length, dtype=torch.long))
     state = _start(model, prompts, config, special, reference)
     policy.to(model.device)
+    graphed_single = config.cuda_graph and model.device.type == "cuda" and len(prompts) == 1
     strategy = make_strategy(config.cache, model, len(prompts), state.total, cuda_graph=config.cuda_graph,
                              split_keys=config.split_keys,
-                             graph_rows=row_bucket if config.graph_row_buckets else exact_rows)
+                             graph_rows=row_bucket if config.graph_row_buckets else exact_rows,
+                             width_bucket=config.graph_width_bucket if graphed_single else 0)
     run = _Run(model, config, policy, special, strategy, eotp_rule(config), on_step)
     max_steps = config.steps_per_block if policy.scheduled else config.block_length
 
