@@ -287,6 +287,7 @@ class RunConfig:
     gen_length: int = 256
     cache: str = "dual"
     compile: bool = False
+    compile_autotune: bool = False
     warmup: bool = True
     nproc: int = 1
     device: str | None = None
@@ -300,6 +301,8 @@ def model_args(cfg: RunConfig, tokenizer: Path, sidecar: Path) -> str:
             "cache": cfg.cache, "gen_length": cfg.gen_length, "steps": cfg.gen_length // COMMITS_PER_STEP,
             "compile": str(cfg.compile).lower(), "sidecar": sidecar,
             "chat": "false"}
+    if cfg.compile_autotune:
+        args["compile_autotune"] = "true"
     return ",".join(f"{k}={v}" for k, v in args.items())
 
 
@@ -376,7 +379,7 @@ def summarise(cfg: RunConfig, run_dir: Path, process_wall: float) -> dict[str, A
         "bench": "lm_eval_e2e", "label": cfg.label, "preset": cfg.preset, "limit": cfg.limit, "nproc": cfg.nproc,
         "batch_size": cfg.batch_size, "batch_size_used": sidecar["manifest"].get("batch_size"),
         "gen_length": cfg.gen_length, "steps": cfg.gen_length // COMMITS_PER_STEP, "cache": cfg.cache,
-        "compile": cfg.compile, "cuda_graph": sidecar["manifest"].get("cuda_graph"),
+        "compile": cfg.compile, "compile_autotune": cfg.compile_autotune, "cuda_graph": sidecar["manifest"].get("cuda_graph"),
         "gpu": sidecar["manifest"].get("environment", {}).get("gpu"), "process_wall_s": process_wall,
         "sidecar_samples": len(samples), "tokens": tokens, "decode_s_sum": decode,
         "nfe_mean": sum(r["nfe"] for r in samples) / max(len(samples), 1),
@@ -434,6 +437,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--gen-length", type=int, default=256)
     run.add_argument("--cache", default="dual", choices=("none", "prefix", "dual"))
     run.add_argument("--compile", action="store_true")
+    run.add_argument("--compile-autotune", action="store_true",
+                     help="compile_autotune=true: inductor times reduction configs (the pre-fix behaviour)")
     run.add_argument("--no-warmup", action="store_true")
     run.add_argument("--nproc", type=int, default=1, help="data-parallel ranks (torchrun, one GPU each)")
     run.add_argument("--device", default=None)
@@ -443,7 +448,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--smoke", action="store_true", help="CPU, random:tiny, short prompts and answers")
     lens = sub.add_parser("derive-lengths", help="rebuild the prompt lengths file from the GSM8K data")
     lens.add_argument("--data", type=Path, required=True)
-    lens.add_argument("--count", type=int, default=128)
+    lens.add_argument("--count", type=int, default=1319)
     cmp_ = sub.add_parser("compare", help="are two runs' generations identical?")
     cmp_.add_argument("run_a", type=Path)
     cmp_.add_argument("run_b", type=Path)
@@ -456,7 +461,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
 
 def run_config(args: argparse.Namespace) -> RunConfig:
     cfg = RunConfig(preset=args.preset, limit=args.limit, batch_size=args.batch_size, gen_length=args.gen_length,
-                    cache=args.cache, compile=args.compile, warmup=not args.no_warmup, nproc=args.nproc,
+                    cache=args.cache, compile=args.compile, compile_autotune=args.compile_autotune, warmup=not args.no_warmup, nproc=args.nproc,
                     device=args.device, label=args.label, workdir=args.workdir, max_batch_size=args.max_batch_size)
     if args.smoke:
         for key, value in SMOKE.items():

@@ -69,13 +69,15 @@ def measure_ceilings() -> dict[str, float]:
     return {"bandwidth_Bps": bw, "matmul_flops": 2 * m ** 3 / t}
 
 
-def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32) -> dict[str, float]:
-    """What a step must move/do at least, for the mid block of the answer: totals (bytes, flops) and the
-    GEMM / attention parts, so a per-op floor can be formed (the parts run one after the other)."""
+def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32,
+              block_start: int | None = None) -> dict[str, float]:
+    """What a step must move/do at least, for the block at ``block_start`` (default: the mid block of the
+    answer): totals (bytes, flops) and the GEMM / attention parts, so a per-op floor can be formed (the parts
+    run one after the other). ``cache="none"`` is a full forward, as every block's refresh is."""
     c = model.config
     elt = 2
     total = prompt + gen
-    bs = prompt + gen // 2
+    bs = prompt + gen // 2 if block_start is None else block_start
     shift = model.logit_shift  # Dream's cached chunk starts one position before the block
     queries = {"none": total, "prefix": total - bs + shift, "dual": block + shift}[cache]
     layer_params = c.n_layers * (2 * c.d_model * c.n_heads * c.head_dim + 2 * c.d_model * c.kv_heads * c.head_dim
@@ -100,6 +102,28 @@ def floors(cost: dict[str, float], ceil: dict[str, float]) -> tuple[float, float
     return floor, per_op, "memory" if cost["bytes"] / bw > cost["flops"] / rate else "compute"
 
 
+def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_per_block: int,
+                   ceil: dict[str, float], block: int = 32) -> dict[str, float]:
+    """Floors of a whole decode on this machine: per block, its refresh (a full forward: compute-bound from
+    batch ~8 on) plus ``steps_per_block - 1`` cached steps (weight and KV streaming at small batch), each at
+    its floor, summed over the blocks (the prefix cache's chunk shrinks block by block). ``floor_s`` takes
+    each forward's whole-step floor max(bytes/BW, FLOPs/rate); ``per_op_floor_s`` its per-op floor."""
+    out = dict(floor_s=0.0, per_op_floor_s=0.0, refresh_floor_s=0.0, cached_floor_s=0.0)
+    for b in range(gen // block):
+        bs = prompt + b * block
+        full, per_op_full, _ = floors(step_cost(model, "none", batch, prompt, gen, block, bs), ceil)
+        n_cached = steps_per_block - 1
+        if cache == "none":
+            step, per_op_step = full, per_op_full
+        else:
+            step, per_op_step, _ = floors(step_cost(model, cache, batch, prompt, gen, block, bs), ceil)
+        out["floor_s"] += full + n_cached * step
+        out["per_op_floor_s"] += per_op_full + n_cached * per_op_step
+        out["refresh_floor_s"] += per_op_full
+        out["cached_floor_s"] += n_cached * per_op_step
+    return out
+
+
 def step_fn(strat, x, pos, block, total):
     return lambda: strat.logits(StepInput(x, pos, None, block, total, False))
 
@@ -113,7 +137,7 @@ def time_strategy(strat, x, pos, block, total):
     return refresh, step
 
 
-def time_policy(policy, step, fused: bool, reps: int = 8) -> tuple[float, float]:
+def time_policy(policy, step, fused: bool, reps: int = 8, autotune: bool = False) -> tuple[float, float]:
     """Seconds per step of the vocabulary statistics (x0, confidence) + selection: (isolated, in pipeline).
 
     Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
@@ -128,7 +152,7 @@ def time_policy(policy, step, fused: bool, reps: int = 8) -> tuple[float, float]
     rows = torch.arange(batch, device=logits.device)
 
     def select(lg):
-        x0, conf = _predict(lg, 0.0, seeds, (0, 0, 0), fused=fused)
+        x0, conf = _predict(lg, 0.0, seeds, (0, 0, 0), fused=fused, autotune=autotune)
         st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=0, block=0, block_start=0, rows=rows)
         return policy.select(st) & masked
 
@@ -160,7 +184,8 @@ def bench_steps(model, special, args, ceilings, out):
                                           **switches(args))
                     refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
                     iso, piped = time_policy(get_policy(args.policy_for_overhead),
-                                             step_fn(strat, x, pos, (bs, bs + 32), total), args.compile)
+                                             step_fn(strat, x, pos, (bs, bs + 32), total), args.compile,
+                                             autotune=args.compile_autotune)
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
@@ -215,44 +240,93 @@ class Staggered(Policy):
         return topk_mask(state.masked_conf, state.rows % 4 + 1)
 
 
-def bench_e2e(model, special, args, out, steps: dict):
+def host_time(fn) -> float:
+    """Seconds of one call with the device drained before and after (what the engine's loop waits)."""
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if DEVICE == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0
+
+
+def bench_prefix_blocks(model, args, out) -> list[dict]:
+    """What each block's new chunk width costs the prefix cache with graphs (batch 1, one answer of
+    ``--e2e-gen``): the block's first cached step runs eagerly, its second records the graph and replays it,
+    later steps replay. A graph reused across blocks would pay replays only, at its (padded) width."""
+    gen, total = args.e2e_gen, args.prompt + args.e2e_gen
+    x = torch.randint(0, model.config.vocab_size, (1, total), device=DEVICE)
+    pos = torch.arange(total, device=DEVICE).expand(1, total)
+    strat = make_strategy("prefix", model, 1, total, cuda_graph=True, **switches(args))  # exact widths
+    rows = []
+    for b in range(gen // 32):
+        block = (args.prompt + 32 * b, args.prompt + 32 * b + 32)
+        strat.logits(StepInput(x, pos, None, block, total, refresh=True))
+        step = step_fn(strat, x, pos, block, total)
+        eager, record = host_time(step), host_time(step)
+        replay = cuda_time(step, warmup=1, iters=5)
+        rows.append(dict(part="prefix_block", block=b, width=total - block[0], eager_ms=eager * 1e3,
+                         record_and_replay_ms=record * 1e3, replay_ms=replay * 1e3,
+                         new_shape_overhead_ms=(eager + record - 2 * replay) * 1e3))
+        print(json.dumps(rows[-1]), file=out, flush=True)
+    return rows
+
+
+def bench_e2e(model, special, args, out, steps: dict, ceilings: dict[str, float]):
+    rows = []
+    for spb in args.e2e_steps_per_block:
+        for cache in args.e2e_caches:
+            for batch in args.e2e_batches:
+                # width buckets only matter for the prefix cache's graphs at batch 1 (the engine's rule)
+                buckets = args.graph_width_bucket if cache == "prefix+graph" and batch == 1 else args.graph_width_bucket[:1]
+                for wb in buckets:
+                    rows.append(e2e_cell(model, special, args, cache, batch, spb, steps, ceilings, wb))
+                    print(json.dumps(rows[-1]), file=out, flush=True)
+    return rows
+
+
+def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict, ceilings: dict[str, float],
+             width_bucket: int) -> dict:
+    """Median wall of whole generate() calls for one (cache, batch, steps per block), with the schedule's floor
+    and, where the step table has the cell, the forwards it predicts (the rest is engine + policy)."""
     def e2e_policy():
         return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy)
 
-    rows = []
-    for cache in args.e2e_caches:
-        for batch in args.e2e_batches:
-            graph = cache.endswith("+graph")
-            mode = cache.split("+")[0]
-            cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32,
-                                   steps=args.e2e_gen // 32 * args.e2e_steps_per_block, cache=mode,
-                                   cuda_graph=graph, compile=args.compile, split_keys=not args.no_split_kv,
-                                   graph_row_buckets=not args.no_row_buckets)
-            lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
-            prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
-            # warm-up on the same shapes: compilation is a once-per-process cost; graph captures are not (each
-            # generate() call records its own, as each lm-eval batch would), so the timed run still pays them
-            generate(model, prompts, cfg, e2e_policy(), special)
-            walls = []
-            for _ in range(args.e2e_reps):  # median: host-side jitter moves single batch-1 runs by ~10%
-                if DEVICE == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                res = generate(model, prompts, cfg, e2e_policy(), special)
-                walls.append(time.perf_counter() - t0)
-            wall = statistics.median(walls)
-            row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps,
-                       seconds=wall, gens_per_s=batch / wall, reps=args.e2e_reps,
-                       steps_per_block=args.e2e_steps_per_block, nfe=max(s.nfe for s in res.stats), ragged=args.e2e_ragged,
-                       policy=args.e2e_policy, row_buckets=not args.no_row_buckets)
-            plain = not args.e2e_ragged and args.e2e_policy == "low_confidence"
-            timed = steps.get((args.e2e_gen, batch, cache)) if plain else None
-            if timed is not None:  # forward time the step benchmark predicts; the rest is engine + policy
-                forward = cfg.num_blocks * timed["refresh_ms"] + (row["nfe"] - cfg.num_blocks) * timed["step_ms"]
-                row.update(forward_s=forward / 1e3, engine_share=1 - forward / 1e3 / wall)
-            rows.append(row)
-            print(json.dumps(row), file=out, flush=True)
-    return rows
+    graph = cache.endswith("+graph")
+    mode = cache.split("+")[0]
+    cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode,
+                           cuda_graph=graph, compile=args.compile, compile_autotune=args.compile_autotune,
+                           split_keys=not args.no_split_kv, graph_row_buckets=not args.no_row_buckets,
+                           graph_width_bucket=width_bucket)
+    lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
+    prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
+    # warm-up on the same shapes: compilation is a once-per-process cost; graph captures are not (each
+    # generate() call records its own, as each lm-eval batch would), so the timed run still pays them
+    generate(model, prompts, cfg, e2e_policy(), special)
+    walls = []
+    for _ in range(args.e2e_reps):  # median: host-side jitter moves single batch-1 runs by ~10%
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = generate(model, prompts, cfg, e2e_policy(), special)
+        walls.append(time.perf_counter() - t0)
+    wall = statistics.median(walls)
+    row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps, seconds=wall,
+               gens_per_s=batch / wall, reps=args.e2e_reps, steps_per_block=spb,
+               nfe=max(s.nfe for s in res.stats), ragged=args.e2e_ragged, policy=args.e2e_policy,
+               row_buckets=not args.no_row_buckets, graph_width_bucket=width_bucket)
+    plain = not args.e2e_ragged and args.e2e_policy == "low_confidence"
+    if plain:  # fixed schedule, equal prompts: the whole decode's floor (refresh + cached steps)
+        floor = schedule_floor(model, mode, batch, args.prompt, args.e2e_gen, spb, ceilings)
+        row.update(floor, floor_ratio=wall / floor["floor_s"], per_op_floor_ratio=wall / floor["per_op_floor_s"])
+    timed = steps.get((args.e2e_gen, batch, cache)) if plain else None
+    if timed is not None:  # forward time the step benchmark predicts (its mid-block step for every block)
+        refresh_s = cfg.num_blocks * timed["refresh_ms"] / 1e3
+        cached_s = (row["nfe"] - cfg.num_blocks) * timed["step_ms"] / 1e3
+        row.update(forward_s=refresh_s + cached_s, engine_share=1 - (refresh_s + cached_s) / wall,
+                   refresh_s=refresh_s, cached_s=cached_s)
+    return row
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -266,8 +340,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--e2e-caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
     ap.add_argument("--e2e-gen", type=int, default=256)
     ap.add_argument("--e2e-reps", type=int, default=3, help="timed generations per e2e cell (median)")
-    ap.add_argument("--e2e-steps-per-block", type=int, default=8,
-                    help="fixed schedule; 2 or 3 is what threshold or Learn2PD take on real weights")
+    ap.add_argument("--e2e-steps-per-block", type=int, nargs="+", default=[8],
+                    help="fixed schedule(s); 2 or 3 is what threshold or Learn2PD take on real weights")
     ap.add_argument("--e2e-policy", default="low_confidence",
                     help="low_confidence (fixed schedule), staggered (rows finish blocks at different steps) or any policy")
     ap.add_argument("--no-row-buckets", action="store_true",
@@ -281,6 +355,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (model.compile_blocks())")
+    ap.add_argument("--graph-width-bucket", type=int, nargs="+", default=[128],
+                    help="GenerationConfig.graph_width_bucket; several values: one prefix+graph batch-1 e2e cell each")
+    ap.add_argument("--prefix-blocks", action="store_true",
+                    help="also time each block's new-width cost for prefix+graph at batch 1 (gen --e2e-gen)")
+    ap.add_argument("--compile-autotune", action="store_true",
+                    help="with --compile: inductor times reduction configs (compile_autotune=true)")
     return ap
 
 
@@ -298,8 +378,12 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
               f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
     for r in e2e:
         extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
+        if "floor_s" in r:
+            extra += f"  {r['floor_ratio']:.2f}x its floor ({r['per_op_floor_ratio']:.2f}x per-op)"
         extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
-        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']}"
+        if r["cache"] == "prefix+graph" and r["batch"] == 1:
+            extra += f"  width bucket {r['graph_width_bucket']}"
+        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
               f"{' ragged' if r['ragged'] else ''}: "
               f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
 
@@ -313,20 +397,26 @@ def main() -> None:
         ceilings = measure_ceilings()
         gpu = torch.cuda.get_device_name() if DEVICE == "cuda" else "cpu"
         env = dict(gpu=gpu, torch=torch.__version__, model=args.model, prompt=args.prompt, compiled=args.compile,
+                   compile_autotune=args.compile_autotune,
                    split_kv=not args.no_split_kv,
                    **ceilings)
         print(json.dumps(env), file=out, flush=True)
         model = load_model(args.model, dtype="bfloat16", device=DEVICE)
         if args.compile:
-            model.compile_blocks()
+            model.compile_blocks(autotune=args.compile_autotune)
         c = model.config  # the family's ids; tiny presets carry none: the last ids of their vocabulary
         special = SpecialIds.resolve(None, c, mask_id=None if c.mask_token_id is not None else c.vocab_size - 1,
                                      eos_id=None if c.eos_token_id is not None else c.vocab_size - 2)
         check_graph(model, args, out)
         steps = bench_steps(model, special, args, ceilings, out)
         timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}
-        e2e = bench_e2e(model, special, args, out, timed)
+        e2e = bench_e2e(model, special, args, out, timed, ceilings)
+        blocks = bench_prefix_blocks(model, args, out) if args.prefix_blocks else []
     _print_summary(env, steps, e2e)
+    for r in blocks:
+        print(f"prefix+graph block {r['block']:>2} width {r['width']:>4}: eager {r['eager_ms']:6.2f} ms, record+replay "
+              f"{r['record_and_replay_ms']:6.2f} ms, replay {r['replay_ms']:5.2f} ms; new width costs "
+              f"{r['new_shape_overhead_ms']:6.2f} ms over two replays")
 
 
 if __name__ == "__main__":

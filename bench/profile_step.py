@@ -163,7 +163,7 @@ def profile_steps(model, out, args) -> None:
         strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=graph)
 
         def step(strat=strat, x=x, pos=pos, bs=bs, total=total):
-            return strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=False))
+            return strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=args.refresh))
 
         strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=True))
         wall = cuda_time(step, iters=10)
@@ -187,9 +187,9 @@ def profile_steps(model, out, args) -> None:
             per_kernel[e["name"]][1] += 1 / reps
         busy = sum(per_kind.values())
         top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
-        emit(out, part="profile", cache=cache, batch=batch, gen=gen, wall_us=wall * 1e6, kernel_us=busy,
+        emit(out, part="profile", cache=cache, batch=batch, gen=gen, refresh=args.refresh, wall_us=wall * 1e6, kernel_us=busy,
              kinds=dict(per_kind), top=[(n[:90], round(v[0], 1), round(v[1], 1)) for n, v in top])
-        print(f"\nprofile {cache} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
+        print(f"\nprofile {cache}{' refresh' if args.refresh else ''} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
               f"({sum(v[1] for v in per_kernel.values()):.0f} launches)")
         for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1]):
             print(f"  {k:<18} {v:9.1f} us  {100 * v / busy:5.1f}%")
@@ -208,6 +208,7 @@ def main() -> None:
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--autotune", action="store_true", help="also time max-autotune GEMMs (minutes of tuning)")
     ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "attn_choice", "predict", "profile"])
+    ap.add_argument("--refresh", action="store_true", help="profile: each block's first step (a full forward)")
     ap.add_argument("--out", default="profile.jsonl")
     args = ap.parse_args()
     torch._dynamo.config.cache_size_limit = 64  # one compiled GEMM per shape when autotuning
