@@ -1,4 +1,5 @@
-"""Where a decoding step's time goes, on a CUDA machine (LLaDA-8B shape, random weights, bf16).
+"""Where a decoding step's time goes, on a CUDA machine (``--model``, default the LLaDA-8B shape with random
+weights, bf16; every part takes its shapes from that model's config).
 
 Complements ``bench_step.py`` (which times whole steps against a roofline) with the pieces:
   1. GEMMs at the row counts a block step feeds them (32 x batch rows) against the copy bandwidth and the
@@ -36,9 +37,10 @@ def emit(out, **row) -> dict:
     return row
 
 
-def bench_gemms(out, ceil, autotune: bool) -> None:
-    """F.linear at the 8B shapes; weights rotate over copies so L2 (50 MB) never holds them."""
-    shapes = {"qkvo": (4096, 4096), "ff_in": (4096, 12288), "ff_out": (12288, 4096), "lm_head": (4096, 126464)}
+def bench_gemms(out, ceil, cfg, autotune: bool) -> None:
+    """F.linear at the model's shapes; weights rotate over copies so L2 (50 MB) never holds them."""
+    d, hq, ff = cfg.d_model, cfg.n_heads * cfg.head_dim, cfg.mlp_width
+    shapes = {"qkvo": (d, hq), "ff_in": (d, ff), "ff_out": (ff, d), "lm_head": (d, cfg.vocab_size)}
     print(f"{'gemm':>8} {'M':>5} {'impl':>9} {'us':>8} {'BW%':>6} {'MMA%':>6}")
     for name, (k, n) in shapes.items():
         copies = max(2, (256 << 20) // (k * n * 2))
@@ -59,14 +61,16 @@ def bench_gemms(out, ceil, autotune: bool) -> None:
         ws = None
 
 
-def bench_attention(out, ceil) -> None:
-    """32 queries x 32 heads over a [B, 32, T, 128] cache slice, as in a dual-cache step."""
+def bench_attention(out, ceil, cfg, prompt: int) -> None:
+    """32 queries x H heads over a [B, H, T, D] cache slice (T: the prompt plus gen 256 or 1024), as in a
+    dual-cache step."""
+    h, hd = cfg.n_heads, cfg.head_dim
     print(f"{'attn':>8} {'B':>3} {'kv':>5} {'backend':>10} {'us':>8} {'BW%':>6}")
     for batch in (1, 16):
-        for kv in (1156, 1924):
-            buf_k = torch.randn(batch, 32, kv + 64, 128, dtype=torch.bfloat16, device="cuda")
+        for kv in (prompt + 256, prompt + 1024):
+            buf_k = torch.randn(batch, h, kv + 64, hd, dtype=torch.bfloat16, device="cuda")
             buf_v = torch.randn_like(buf_k)
-            q = torch.randn(batch, 32, 32, 128, dtype=torch.bfloat16, device="cuda")
+            q = torch.randn(batch, h, 32, hd, dtype=torch.bfloat16, device="cuda")
             k, v = buf_k[:, :, :kv], buf_v[:, :, :kv]
             for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION):
                 try:
@@ -75,26 +79,27 @@ def bench_attention(out, ceil) -> None:
                 except RuntimeError as e:  # backend not available for these inputs
                     emit(out, part="attn", batch=batch, kv=kv, backend=backend.name, error=str(e)[:200])
                     continue
-                nbytes = 2 * batch * 32 * kv * 128 * 2
+                nbytes = 2 * batch * h * kv * hd * 2
                 r = emit(out, part="attn", batch=batch, kv=kv, backend=backend.name, us=t * 1e6,
                          bw_frac=nbytes / t / ceil["bandwidth_Bps"])
                 print(f"{'':>8} {batch:>3} {kv:>5} {backend.name[:10]:>10} {r['us']:8.1f} {100 * r['bw_frac']:5.0f}%")
 
 
-def bench_attention_choice(out, ceil) -> None:
+def bench_attention_choice(out, ceil, cfg, prompt: int) -> None:
     """SDPA's dispatch (cuDNN on Hopper) vs the flash kernel, as 32 layers replayed in one CUDA graph.
 
     Each layer has its own K/V (L2 never holds them) and the graph removes launch gaps, as in a decode.
     ``chosen`` is ``cache_attention``, what the model runs."""
     print(f"{'choice':>8} {'B':>3} {'n':>4} {'kv':>5} {'impl':>8} {'us/layer':>9} {'BW%':>6} {'rel err':>8}")
-    layers = 32
+    layers, h, hd = cfg.n_layers, cfg.n_heads, cfg.head_dim
     impls = {"sdpa": lambda q, k, v: F.scaled_dot_product_attention(q, k, v),
              "flash": lambda q, k, v: torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0],
              "chosen": lambda q, k, v: cache_attention(q, k, v, None)}
-    for batch, n, kv in ((1, 32, 1156), (1, 32, 1924), (1, 128, 1156), (2, 32, 1156), (4, 32, 1156), (8, 32, 1156)):
-        ks = [torch.randn(batch, 32, kv, 128, dtype=torch.bfloat16, device="cuda") for _ in range(layers)]
+    short, long = prompt + 256, prompt + 1024
+    for batch, n, kv in ((1, 32, short), (1, 32, long), (1, 128, short), (2, 32, short), (4, 32, short), (8, 32, short)):
+        ks = [torch.randn(batch, h, kv, hd, dtype=torch.bfloat16, device="cuda") for _ in range(layers)]
         vs = [torch.randn_like(t) for t in ks]
-        q = torch.randn(batch, 32, n, 128, dtype=torch.bfloat16, device="cuda")
+        q = torch.randn(batch, h, n, hd, dtype=torch.bfloat16, device="cuda")
         ref = F.scaled_dot_product_attention(q.double(), ks[0].double(), vs[0].double())
         for name, fn in impls.items():
             err = ((fn(q, ks[0], vs[0]).double() - ref).norm() / ref.norm()).item()
@@ -112,7 +117,7 @@ def bench_attention_choice(out, ceil) -> None:
                     all_layers()
             torch.cuda.current_stream().wait_stream(stream)
             t = cuda_time(graph.replay, warmup=3, iters=20) / layers
-            nbytes = 2 * batch * 32 * kv * 128 * 2
+            nbytes = 2 * batch * h * kv * hd * 2
             r = emit(out, part="attn_choice", batch=batch, n=n, kv=kv, impl=name, us=t * 1e6,
                      bw_frac=nbytes / t / ceil["bandwidth_Bps"], rel_err=err)
             print(f"{'':>8} {batch:>3} {n:>4} {kv:>5} {name:>8} {r['us']:9.1f} {100 * r['bw_frac']:5.0f}% {err:8.1e}")
@@ -120,13 +125,13 @@ def bench_attention_choice(out, ceil) -> None:
         ks = vs = None
 
 
-def bench_predict(out) -> None:
+def bench_predict(out, cfg) -> None:
     """Confidence statistics over the vocabulary for a block of 32, eager vs compiled."""
     def compiled(*a):
         return _predict(*a, fused=True)  # the path the engine takes for compiled models
     print(f"{'predict':>8} {'B':>3} {'eager us':>9} {'compiled us':>12}")
     for batch in (1, 16, 32):
-        logits = (torch.randn(batch, 32, 126464, device="cuda") * 3).bfloat16()
+        logits = (torch.randn(batch, 32, cfg.vocab_size, device="cuda") * 3).bfloat16()
         seeds = torch.zeros(batch, dtype=torch.long, device="cuda")
         ref = _predict(logits, 0.0, seeds, (0, 0, 0))
         got = compiled(logits, 0.0, seeds, (0, 0, 0))
@@ -201,6 +206,7 @@ def profile_steps(model, out, args) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="random:llada-8b", help="any pretrained= value; random:<preset> shapes")
     ap.add_argument("--prompt", type=int, default=900)
     ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
@@ -216,16 +222,22 @@ def main() -> None:
         ceil = measure_ceilings()
         emit(out, part="env", gpu=torch.cuda.get_device_name(), torch=torch.__version__, **ceil)
         print(f"copy {ceil['bandwidth_Bps'] / 1e12:.2f} TB/s, bf16 matmul {ceil['matmul_flops'] / 1e12:.0f} TFLOP/s")
+        model = load_model(args.model, dtype="bfloat16", device="cuda")
+        cfg = model.config
         if "gemm" in args.parts:
-            bench_gemms(out, ceil, args.autotune)
-        if "attn" in args.parts:
-            bench_attention(out, ceil)
-        if "attn_choice" in args.parts:
-            bench_attention_choice(out, ceil)
+            bench_gemms(out, ceil, cfg, args.autotune)
+        attention = [p for p in ("attn", "attn_choice") if p in args.parts]
+        if attention and cfg.kv_heads != cfg.n_heads:  # the kernel choice was only measured for equal heads
+            print(f"{args.model}: grouped heads ({cfg.n_heads} query, {cfg.kv_heads} key/value); parts "
+                  f"{', '.join(attention)} time equal head counts only and are skipped")
+            attention = []
+        if "attn" in attention:
+            bench_attention(out, ceil, cfg, args.prompt)
+        if "attn_choice" in attention:
+            bench_attention_choice(out, ceil, cfg, args.prompt)
         if "predict" in args.parts:
-            bench_predict(out)
+            bench_predict(out, cfg)
         if "profile" in args.parts:
-            model = load_model("random:llada-8b", dtype="bfloat16", device="cuda")
             if args.compile:
                 model.compile_blocks()
             profile_steps(model, out, args)
