@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 import torch
+from torch import nn
 
 F = TypeVar("F", bound=Callable)
 
@@ -25,3 +26,13 @@ def compile_dynamic(fn: F, autotune: bool = False) -> F:
                          "kernels could differ between processes; upgrade torch, or pass compile_autotune=true "
                          "to accept timed kernel choices")
     return torch.compile(fn, dynamic=True, options={"deterministic": True})
+
+
+def compile_layers(layers: Iterable[nn.Module], recompile_limit: int | None, autotune: bool) -> None:
+    """Compile each layer's ``forward`` with :func:`compile_dynamic` (both model families' ``compile_blocks``).
+    ``recompile_limit`` raises dynamo's process-wide ``recompile_limit`` to at least this value (never
+    lowers it; None leaves it alone): a run meets more guard sets than dynamo's default of 8."""
+    if recompile_limit is not None:
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
+    for layer in layers:
+        layer.forward = compile_dynamic(layer.forward, autotune)

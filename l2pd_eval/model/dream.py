@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
-from l2pd_eval.model.compiling import compile_dynamic
+from l2pd_eval.model.compiling import compile_layers
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.llada import KVCache, LLaDA, RMSNorm, Rotary
 
@@ -258,10 +258,7 @@ class Dream(nn.Module):
     def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> Dream:
         """``torch.compile`` every layer; ``recompile_limit`` and ``autotune`` as in
         :meth:`LLaDA.compile_blocks` (the limit is dynamo's process-wide one; None leaves it alone)."""
-        if recompile_limit is not None:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
-        for layer in self.model.layers:
-            layer.forward = compile_dynamic(layer.forward, autotune)
+        compile_layers(self.model.layers, recompile_limit, autotune)
         return self
 
     # Same rule as LLaDA's (normal with the config's init_std, norms at one): the names it tests fit Dream's.

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
-from l2pd_eval.model.compiling import compile_dynamic
+from l2pd_eval.model.compiling import compile_layers
 from l2pd_eval.model.config import LLaDAConfig
 
 
@@ -193,10 +193,7 @@ class LLaDA(nn.Module):
         ``recompile_limit`` to at least this value (never lowers it); pass None to leave dynamo's setting
         alone. ``autotune``: see :func:`~l2pd_eval.model.compiling.compile_dynamic`. The engine compiles its
         own statistics when ``GenerationConfig.compile`` is set."""
-        if recompile_limit is not None:
-            torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, recompile_limit)
-        for block in self.model.transformer.blocks:
-            block.forward = compile_dynamic(block.forward, autotune)
+        compile_layers(self.model.transformer.blocks, recompile_limit, autotune)
         return self
 
     @torch.no_grad()
