@@ -99,6 +99,8 @@ class ModelArgs:
             if value is not None and value < 0:
                 raise ValueError(f"{name}={value} must be >= 0")
         self.end_ids()
+        if self.compile_autotune and not self.compile:
+            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
         if self.gen_length is None and self.steps is not None:
             raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
                              "max_gen_toks and steps = gen_length)")
@@ -166,8 +168,6 @@ class Learn2PDLM(LM):
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
-        if args.compile_autotune and not args.compile:
-            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
         if args.compile:
             self.model.compile_blocks(autotune=args.compile_autotune)
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
