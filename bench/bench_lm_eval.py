@@ -59,7 +59,7 @@ def derive_lengths(data_dir: Path, count: int, out: Path) -> list[int]:
     LLaDA's tokenizer cannot be fetched here, so characters are converted with the Llama-3 ratio measured
     in docs/tasks.md, plus the chat template's tokens."""
     os.environ["L2PD_DATA_DIR"] = str(data_dir)
-    from l2pd_eval._hook import install
+    from l2pd_eval.harness._hook import install
 
     install(force=True)
     from lm_eval.tasks import TaskManager, get_task_dict
@@ -217,7 +217,7 @@ def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
 
 
 def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:
-    import l2pd_eval.lm_eval_model as adapter
+    import l2pd_eval.harness.lm_eval_model as adapter
     from l2pd_eval.results import timing
     from l2pd_eval.results.sidecar import Sidecar
 
@@ -258,7 +258,7 @@ def inner_main(timings: Path, warmup_lengths: list[int] | None, lm_eval_argv: li
     """One rank: lm-eval's CLI entry with the probe installed; the probe's record goes to ``timings``."""
     probe = Probe(rank=int(os.environ.get("RANK", "0")))
     probe.mark("start")
-    from l2pd_eval._hook import install
+    from l2pd_eval.harness._hook import install
 
     install(force=True)
     import lm_eval.__main__ as lm_eval_main

@@ -12,7 +12,7 @@ import shutil
 import pytest
 import torch
 
-from l2pd_eval.lm_eval_model import Learn2PDLM, parse_model_args
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM, parse_model_args
 from l2pd_eval.model import load_model
 from l2pd_eval.policies.filter_net import FilterConfig, L2PFilter, load_filter, save_filter
 from l2pd_eval.typed_args import parse_bool

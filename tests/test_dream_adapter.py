@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from lm_eval.api.instance import Instance
 
-from l2pd_eval.lm_eval_model import Learn2PDLM
-from l2pd_eval.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
 from l2pd_eval.model.tiny import write_tiny_dream
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ from l2pd_eval.cli import main as cli_main
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.filters import load_filter
 from l2pd_eval.filters.data import load_trajectories, read_manifest
-from l2pd_eval.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 from l2pd_eval.model.tiny import write_tiny_dream
 from l2pd_eval.policies import RunSettings, get_policy
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from lm_eval.api.instance import Instance
 
-from l2pd_eval.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
 ROOT = Path(__file__).resolve().parents[1]
 

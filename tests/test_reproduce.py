@@ -31,7 +31,7 @@ def cells_by_key(paper: str, **kw) -> dict[tuple[str, int, str], dict[str, str]]
 @pytest.fixture(scope="module")
 def testbed_lms():
     """The adapter on the testbed checkpoint (it ships LLaDA's chat template), one per chat= value."""
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     ckpt = str(checkpoint_path())
     return {chat: Learn2PDLM(pretrained=ckpt, chat=chat, progress=False) for chat in ("true", "false")}

@@ -10,8 +10,8 @@ import re
 import pytest
 from lm_eval.api.instance import Instance
 
-from l2pd_eval.gen_kwargs import request_settings
-from l2pd_eval.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.gen_kwargs import request_settings
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 from l2pd_eval.results.sidecar import PAPER_DROP_IDS
 
 PROMPTS = ["Question: 1 + 1 =", "Hi", "def f(x):"]

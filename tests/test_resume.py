@@ -1,5 +1,5 @@
 """Interrupted lm-eval runs: partial sidecars, and resuming with ``--use_cache`` without recomputing or
-double-counting (l2pd_eval/resume.py). Real ``lm_eval`` CLI runs on the embedded testbed, killed partway."""
+double-counting (l2pd_eval/harness/resume.py). Real ``lm_eval`` CLI runs on the embedded testbed, killed partway."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from l2pd_eval.harness.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, restore
 from l2pd_eval.results.sidecar import SampleRecord, Sidecar
-from l2pd_eval.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, restore
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 12
@@ -69,7 +69,7 @@ def uninterrupted_answers() -> dict[int, list]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     lm = Learn2PDLM(pretrained="l2pd_eval/testbed/checkpoint", policy=POLICY.split("=")[1], gen_length=64,
                     batch_size=1, progress=False)

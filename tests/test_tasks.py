@@ -1,4 +1,4 @@
-"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/tasks_support.py, l2pd_eval/tasks_code.py).
+"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/harness/tasks_support.py, l2pd_eval/harness/tasks_code.py).
 
 Runs offline on tests/fixtures/tasks (L2PD_DATA_DIR layout). Model-free: an oracle LM that answers
 with each document's gold solution (wrapped like a chat dLLM would) must score 1.0 and a wrong one
@@ -23,7 +23,7 @@ from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from suite_constants import LENGTHS, MINERVA_SUBJECTS  # noqa: E402
 
-from l2pd_eval import tasks_support as ts  # noqa: E402
+from l2pd_eval.harness import tasks_support as ts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tasks" / "l2pd_suite"

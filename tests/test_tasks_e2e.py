@@ -16,7 +16,7 @@ import pytest
 from lm_eval.tasks import TaskManager
 from suite_constants import LENGTHS, MINERVA_SUBJECTS
 
-from l2pd_eval import tasks_support as ts
+from l2pd_eval.harness import tasks_support as ts
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "tasks"
@@ -30,7 +30,7 @@ GEN = 32
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
     from l2pd_eval.model.tiny import write_tiny_llada
 
     mp = pytest.MonkeyPatch()

@@ -156,7 +156,7 @@ class RunOptions:
 
 def command(cell: Cell, opts: RunOptions) -> list[str]:
     """The stock lm-eval CLI (``python -m lm_eval``; through our entry point when the .pth hook is off)."""
-    entry = "lm_eval" if _hook_installed() else "l2pd_eval.lm_eval_cli"
+    entry = "lm_eval" if _hook_installed() else "l2pd_eval.harness.lm_eval_cli"
     cmd = [sys.executable, "-m", entry, "run", "--model", "learn2pd", "--model_args", cell.model_args,
            "--tasks", cell.task, "--batch_size", str(opts.batch_size),
            "--output_path", str(opts.output_path / cell.folder), "--log_samples"]

@@ -261,7 +261,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
 
 def task_data_dir() -> Path:
     """Folder of the ``l2pd_demo`` lm-eval task (its shipped jsonl files), source checkout or wheel."""
-    from l2pd_eval._hook import task_dir
+    from l2pd_eval.harness._hook import task_dir
 
     base = task_dir()
     if base is None or not (base / "l2pd_demo").is_dir():

@@ -13,15 +13,15 @@ import os
 import sys
 
 MODEL_NAME = "learn2pd"
-MODEL_TARGET = "l2pd_eval.lm_eval_model:Learn2PDLM"
+MODEL_TARGET = "l2pd_eval.harness.lm_eval_model:Learn2PDLM"
 
 
 def task_dir():
     """Installed wheels carry the YAMLs as ``l2pd_eval/tasks``; a source checkout has ``tasks/`` at the root."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    for cand in (here / "tasks", here.parent / "tasks"):
+    package = Path(__file__).resolve().parents[1]  # l2pd_eval/
+    for cand in (package / "tasks", package.parent / "tasks"):
         if cand.is_dir():
             return cand
     return None
@@ -68,7 +68,7 @@ def _after_tracker(module) -> None:
 
     def save_results_aggregated(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        lm_mod = sys.modules.get("l2pd_eval.lm_eval_model")
+        lm_mod = sys.modules.get("l2pd_eval.harness.lm_eval_model")
         if lm_mod is not None and self.output_path and getattr(self, "date_id", None):
             from pathlib import Path
 
@@ -85,7 +85,7 @@ def _after_tracker(module) -> None:
 def _after_model(module) -> None:
     """``--use_cache``: lm-eval's CachingLM answers cached requests itself and hands the model only the
     rest, so the model never sees the cached ones. Show them to a model that wants them
-    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/resume.py)."""
+    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/harness/resume.py)."""
     cls = module.CachingLM
     if getattr(cls, "_l2pd_patched", False):
         return

@@ -1,7 +1,7 @@
 """The ``learn2pd`` lm-eval model: LLaDA + the decoding engine behind lm-eval's ``LM`` interface.
 
 ``lm_eval --model learn2pd --model_args pretrained=...,policy=...,cache=...`` reaches this class through
-the import hook in :mod:`l2pd_eval._hook`. Every generation is timed (device-synchronised, decoding only)
+the import hook in :mod:`l2pd_eval.harness._hook`. Every generation is timed (device-synchronised, decoding only)
 and recorded per sample; the records go to a sidecar JSON beside lm-eval's results (see
 :func:`flush_sidecars`) or to ``sidecar=PATH``.
 """
@@ -69,7 +69,7 @@ class ModelArgs:
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32
     steps: int | None = None
-    temperature: float | None = None  # given: wins over the tasks' gen_kwargs (l2pd_eval/gen_kwargs.py)
+    temperature: float | None = None  # given: wins over the tasks' gen_kwargs (l2pd_eval/harness/gen_kwargs.py)
     seed: int = 0
     dtype: str = "auto"
     device: str | None = None
@@ -333,7 +333,7 @@ class Learn2PDLM(LM):
 
         The sidecar's loop clock starts before tokenising and stops after the last answer is detokenised;
         after each batch its answers go to lm-eval's ``--use_cache`` db (with their timing journal) and
-        a partial sidecar is checkpointed, so an interrupted run keeps its work (l2pd_eval/resume.py).
+        a partial sidecar is checkpointed, so an interrupted run keeps its work (l2pd_eval/harness/resume.py).
         """
         self.generate_calls += 1
         if not requests and self._world_size <= 1:
@@ -360,7 +360,7 @@ class Learn2PDLM(LM):
         return outputs
 
     def _decode_requests(self, requests, padding: list[bool], disable_tqdm: bool) -> list[str]:
-        from l2pd_eval.gen_kwargs import request_settings
+        from l2pd_eval.harness.gen_kwargs import request_settings
         from l2pd_eval.results.timing import LiveTPS
 
         settings = [request_settings(r.args[1], self.args.temperature, self._warned) for r in requests]
@@ -418,17 +418,17 @@ class Learn2PDLM(LM):
         self._checkpoint()
 
     def _journal(self, db):
-        from l2pd_eval.resume import TimingJournal, configuration_key
+        from l2pd_eval.harness.resume import TimingJournal, configuration_key
 
         return TimingJournal(db.filename, configuration_key(self.sidecar.manifest.get("model_args") or {}))
 
     def restore_cached(self, requests, db) -> None:
-        """``--use_cache``: called by the hook (l2pd_eval/_hook.py) with every request of lm-eval's
+        """``--use_cache``: called by the hook (l2pd_eval/harness/_hook.py) with every request of lm-eval's
         ``generate_until`` call, before the cached ones are taken out; their timing records come back from
-        the journal, each once (l2pd_eval/resume.py)."""
+        the journal, each once (l2pd_eval/harness/resume.py)."""
         from lm_eval.api.model import hash_args
 
-        from l2pd_eval.resume import restore
+        from l2pd_eval.harness.resume import restore
 
         cached = []
         for req, pad in zip(requests, _padding_copies(requests), strict=True):
@@ -489,7 +489,7 @@ class Learn2PDLM(LM):
             self.sidecar.samples, self.sidecar.loops = [], []
 
     def loglikelihood(self, requests, disable_tqdm: bool = False) -> list[tuple[float, bool]]:
-        """LLaDA's Monte-Carlo bound on log p(continuation | context) (see :mod:`l2pd_eval.loglikelihood`).
+        """LLaDA's Monte-Carlo bound on log p(continuation | context) (see :mod:`l2pd_eval.harness.loglikelihood`).
 
         Contexts get the chat template by the same rule as generation prompts (``chat=``); a chat-rendered
         context keeps its trailing template newlines instead of handing them to the continuation.
@@ -498,7 +498,7 @@ class Learn2PDLM(LM):
             return []
         from tqdm import tqdm
 
-        from l2pd_eval.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
+        from l2pd_eval.harness.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
 
         config = LoglikelihoodConfig(mc_num=self.args.mc_num, mc_batch_size=self.args.mc_batch_size,
                                      seed=self.args.seed)

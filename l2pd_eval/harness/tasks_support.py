@@ -14,7 +14,7 @@ Three things lm-eval 0.4.13 cannot do from YAML alone:
 * **Local data.** With ``L2PD_DATA_DIR`` set, each task reads the files named in its
   ``local_data`` mapping (split -> path relative to that folder, HF schema) instead of the Hub.
 * **Code tasks.** Completions of a chat dLLM need their program extracted and executed for pass@1:
-  :mod:`l2pd_eval.tasks_code` does it; its YAML-facing names are re-exported here, and importing this
+  :mod:`l2pd_eval.harness.tasks_code` does it; its YAML-facing names are re-exported here, and importing this
   module registers its ``l2pd_extract_code`` filter.
 """
 
@@ -30,7 +30,7 @@ import yaml
 from lm_eval.api.task import ConfigurableTask
 
 # Re-exported: the task YAMLs (tasks/l2pd_suite/utils.py) and tests import these from here.
-from l2pd_eval.tasks_code import (  # noqa: F401
+from l2pd_eval.harness.tasks_code import (  # noqa: F401
     FILTER_NAME,
     ExecResult,
     ExtractCodeFilter,
