@@ -198,7 +198,7 @@ def _warm_up(lm: Any, lengths: list[int]) -> None:
     from l2pd_eval.engine import generate
 
     ordered = sorted(lengths, reverse=True)
-    rows = max(1, min(lm.batch_size, len(ordered)))
+    rows = max(1, min(lm.batch_size_for(lm.config), len(ordered)))
     block = lm.config.block_length
     one_block = dataclasses.replace(lm.config, gen_length=block, steps=block // COMMITS_PER_STEP)
     for batch, config in ((ordered[:rows], lm.config), (ordered[-rows:], one_block)):
@@ -218,6 +218,8 @@ def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
 
 def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:
     import l2pd_eval.harness.lm_eval_model as adapter
+    from l2pd_eval.harness.prompts import PromptCodec
+    from l2pd_eval.harness.recorder import RunRecorder
     from l2pd_eval.results import timing
     from l2pd_eval.results.sidecar import Sidecar
 
@@ -238,9 +240,9 @@ def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:
     probe.wrap(lm_cls, "__init__", "model_init", after=after_init)
     probe.wrap(lm_cls, "generate_until", "generate_until", before=lambda *a, **k: probe.mark("gen_start", True),
                after=lambda *a, **k: probe.mark("gen_end"))
-    probe.wrap(lm_cls, "_encode", "tokenise")
-    probe.wrap(lm_cls, "_decode", "detokenise_and_stop_cut")
-    probe.wrap(lm_cls, "_gather_samples", "gather_sidecar_records")
+    probe.wrap(PromptCodec, "encode", "tokenise")
+    probe.wrap(PromptCodec, "decode", "detokenise_and_stop_cut")
+    probe.wrap(RunRecorder, "end_call", "gather_and_save_sidecar")
     probe.wrap(adapter, "generate", "engine_generate")
     probe.wrap(Sidecar, "add", "sidecar_add", before=on_record)
     probe.wrap(Sidecar, "save", "sidecar_save")
@@ -377,7 +379,7 @@ def summarise(cfg: RunConfig, run_dir: Path, process_wall: float) -> dict[str, A
     digest, _ = samples_digest(run_dir)
     return {
         "bench": "lm_eval_e2e", "label": cfg.label, "preset": cfg.preset, "limit": cfg.limit, "nproc": cfg.nproc,
-        "batch_size": cfg.batch_size, "batch_size_used": sidecar["manifest"].get("batch_size"),
+        "batch_size": cfg.batch_size, "batch_size_used": sidecar["manifest"].get("batch_sizes"),
         "gen_length": cfg.gen_length, "steps": cfg.gen_length // COMMITS_PER_STEP, "cache": cfg.cache,
         "compile": cfg.compile, "compile_autotune": cfg.compile_autotune, "cuda_graph": sidecar["manifest"].get("cuda_graph"),
         "gpu": sidecar["manifest"].get("environment", {}).get("gpu"), "process_wall_s": process_wall,

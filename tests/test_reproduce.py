@@ -49,7 +49,7 @@ def test_each_task_gets_the_papers_prompt(testbed_lms, paper, instruct, expect_c
                          methods=(baseline,), instruct=instruct)
     for bench, context in (("gsm8k", GSM8K_LIKE), ("humaneval", HUMANEVAL_LIKE)):
         lm = testbed_lms[cells[(bench, 256, baseline)]["chat"]]
-        ids = lm._encode(context)
+        ids = lm.prompts.encode(context)
         text = lm.tokenizer.decode(ids)
         if expect_chat[bench]:  # LLaDA's template: one user turn (content trimmed), then the assistant header
             assert text == (f"{lm.tokenizer.bos_token}{USER_HEADER}\n\n{context.strip()}<|eot_id|>"

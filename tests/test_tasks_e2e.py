@@ -103,11 +103,11 @@ def test_prompts_reach_the_model_chat_templated(run):
             continue
         marker, count = markers[bench]
         assert context.count(marker) == count, task
-        ids = lm._encode(context)
+        ids = lm.prompts.encode(context)
         assert lm.tokenizer.decode(ids).count("<|start_header_id|>user<|end_header_id|>") == 1  # chat="true"
     # every generation stayed within the model's generation length
-    assert len(lm.sidecar.samples) == len(TASKS)
-    assert all(0 <= s.tokens <= GEN for s in lm.sidecar.samples)
+    assert len(lm.recorder.sidecar.samples) == len(TASKS)
+    assert all(0 <= s.tokens <= GEN for s in lm.recorder.sidecar.samples)
 
 
 @pytest.mark.parametrize(
