@@ -16,7 +16,7 @@ from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 from l2pd_eval.harness.model_args import parse_model_args
 from l2pd_eval.model import load_model
 from l2pd_eval.policies.filter_net import FilterConfig, L2PFilter, load_filter, save_filter
-from l2pd_eval.typed_args import parse_bool
+from l2pd_eval.typed_args import comparable, parse_bool
 
 
 @pytest.fixture()
@@ -53,6 +53,16 @@ def test_boolean_spellings_that_are_accepted(tiny_dir, value, expected):
     args, _ = parse_model_args(dict(pretrained=str(tiny_dir), eotp=value, progress=value))
     assert args.eotp == str(expected).lower() and args.progress is expected  # eotp: a mode, booleans too
     assert parse_bool("eotp", value) is expected
+
+
+def test_recorded_settings_compare_through_one_spelling():
+    """The report's pairing and the reproduction's "same cell?" check read recorded model_args one way:
+    lm-eval's typed values equal the text a sidecar or a command line holds."""
+    assert comparable(False) == comparable("false") == comparable(" FALSE ") == "false"
+    assert comparable(0.9) == comparable("0.90") == comparable(".9") and comparable(96) == comparable("96")
+    assert comparable("None") == comparable("none") == "none" and comparable(None) is None
+    assert comparable(" dual ") == "dual" and comparable("dual") != comparable("prefix")
+    assert comparable("1") != comparable(True)  # a number stays a number: the text alone cannot say it is a flag
 
 
 def test_tristate_and_numbers_use_the_same_rules(tiny_dir):

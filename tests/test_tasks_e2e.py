@@ -16,6 +16,7 @@ import pytest
 from lm_eval.tasks import TaskManager
 from suite_constants import LENGTHS, MINERVA_SUBJECTS
 
+from l2pd_eval.harness import tasks_code as tc
 from l2pd_eval.harness import tasks_support as ts
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,11 +120,11 @@ def test_code_metric_is_the_extracted_program_run_against_the_tests(run, task, k
     sample = by_filter(out, task)["extract_code"]
     doc, raw = sample["doc"], sample["resps"][0][0]
     if task.startswith("humaneval"):
-        program = ts.extract_program(raw, prompt=doc["prompt"], entry_point=doc["entry_point"])
+        program = tc.extract_program(raw, prompt=doc["prompt"], entry_point=doc["entry_point"])
     else:
-        program = ts.extract_program(raw, entry_point=ts.entry_point_from_tests(doc["test_list"]))
+        program = tc.extract_program(raw, entry_point=tc.entry_point_from_tests(doc["test_list"]))
     assert sample["filtered_resps"][0] == program
-    assert sample[key] == float(ts.run_program(program + "\n\n" + sample["target"]).passed)
+    assert sample[key] == float(tc.run_program(program + "\n\n" + sample["target"]).passed)
 
 
 @pytest.mark.parametrize("length", LENGTHS)

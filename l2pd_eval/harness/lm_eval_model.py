@@ -267,9 +267,8 @@ class Learn2PDLM(LM):
             st = out.stats[row]
             keep = min(st.num_tokens, s.max_gen_toks or config.gen_length)
             texts.append(self.prompts.decode(out.tokens[row, :keep].tolist(), list(s.until)))
-            records.append(SampleRecord(
-                task=task_name(req), doc_id=doc_id(req), tokens=st.num_tokens, seconds=st.seconds, nfe=st.nfe,
-                gen_length=config.gen_length, eotp_saved=st.eotp_saved,
+            records.append(SampleRecord.from_row_stats(
+                task_name(req), doc_id(req), st, config.gen_length,
                 paper_tokens=count_paper_tokens(self.prompts.token_ids, texts[-1], self.family.paper_drop_ids)))
         return texts, records
 

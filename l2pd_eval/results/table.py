@@ -108,9 +108,9 @@ def build_report(
     quality: dict[tuple[Method, Column], tuple] = {}
     for run in runs:
         method = run.method
-        run_cells = run.cells(metric_overrides)
+        run_results = run.task_results(metric_overrides)
         notes.extend(run.notes)
-        for c in run_cells:
+        for c in run_results:
             column = (c.task, c.length)
             t = c.timing
             tps, fallback = _cell_tps(t, tps_kind)

@@ -229,22 +229,6 @@ def make_splits(seed: int = DEFAULT_TEST_SEED, n_test: int = DEFAULT_TEST_SIZE,
     return train, test
 
 
-def check_answer(answer: str) -> int:
-    """Verify every calculator annotation and return the final integer; raise ValueError if wrong."""
-    for expr, value in CALC_RE.findall(answer):
-        m = re.fullmatch(r"(\d+)([-+*/])(\d+)", expr)
-        if m is None:
-            raise ValueError(f"unparsable annotation {expr!r}")
-        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-        want = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
-        if float(value) != want:
-            raise ValueError(f"wrong annotation {expr}={value} (should be {want})")
-    match = ANSWER_RE.search(answer)
-    if match is None:
-        raise ValueError("answer has no '#### N' line")
-    return int(match.group(1).replace(",", ""))
-
-
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
