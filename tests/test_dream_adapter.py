@@ -84,6 +84,7 @@ def test_no_bos_token_is_one_error_naming_the_argument(tmp_path):
     assert lm.prompts.encode("Hi") == _ids(lm, "Hi")
 
 
+@pytest.mark.slow
 def test_stock_lm_eval_cli_runs_a_task_on_a_tiny_dream(tmp_path):
     directory = tmp_path / "tiny-dream"
     make = [sys.executable, "-m", "l2pd_eval.cli", "make-tiny", str(directory), "--family", "dream"]

@@ -20,6 +20,7 @@ def run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
 
 
+@pytest.mark.slow
 def test_hook_is_lazy_and_registers_the_model():
     assert run("import sys; print('torch' in sys.modules, 'lm_eval' in sys.modules)").split() == ["False", "False"]
     out = run("import sys\nfrom lm_eval.api.registry import get_model\nprint('torch' in sys.modules)\n"
@@ -27,6 +28,7 @@ def test_hook_is_lazy_and_registers_the_model():
     assert out.split() == ["False", "Learn2PDLM", "HFLM"]  # lm-eval's own models still resolve
 
 
+@pytest.mark.slow
 def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_path):
     cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
            f"pretrained={tiny_dir},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=True,"
@@ -126,6 +128,7 @@ def test_gen_length_follows_each_tasks_max_gen_toks(tiny_dir):
         Learn2PDLM(pretrained=str(tiny_dir), steps=8)
 
 
+@pytest.mark.slow
 def test_data_parallel_run_with_torchrun_splits_requests(tiny_dir, tmp_path):
     """Two CPU ranks (gloo): lm-eval splits the documents, rank 0 writes one sidecar with each doc once."""
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -147,6 +150,7 @@ def test_data_parallel_run_with_torchrun_splits_requests(tiny_dir, tmp_path):
     assert json.loads(results.read_text())["n-samples"]["l2pd_smoke"]["effective"] == 3
 
 
+@pytest.mark.slow
 def test_data_parallel_resume_where_one_rank_has_everything_cached(tiny_dir, tmp_path):
     """--use_cache with two ranks: CachingLM never calls a rank whose requests are all in its db, yet rank 0
     gathers the sidecar records collectively; that rank must join, or rank 0 waits for it forever."""
@@ -169,6 +173,7 @@ def test_data_parallel_resume_where_one_rank_has_everything_cached(tiny_dir, tmp
     assert side["manifest"]["restored_from_cache"] == 2
 
 
+@pytest.mark.slow
 def test_compile_flag_compiles_the_blocks(tiny_dir):
     lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, compile=True, progress=False)
     block = lm.model.model.transformer.blocks[0]

@@ -79,6 +79,7 @@ def uninterrupted_answers() -> dict[int, list]:
     return {r["doc_id"]: r["resps"] for r in rows if r["filter"] == "strict-match"}
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache" / "db"
     cmd = lm_eval_cmd(out, cache)

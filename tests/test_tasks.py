@@ -65,6 +65,7 @@ def test_all_tasks_and_groups_are_indexed(tm):
     assert not any(n.startswith("_") for n in names)  # templates are not tasks
 
 
+@pytest.mark.slow
 def test_stock_cli_lists_the_tasks():
     """``lm_eval ls tasks``: through the installed hook if the package is installed, else --include_path."""
     cli = Path(sys.executable).with_name("lm_eval")
