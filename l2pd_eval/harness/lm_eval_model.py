@@ -126,14 +126,23 @@ class Learn2PDLM(LM):
 
     @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None) -> Learn2PDLM:
-        """lm-eval's entry point for ``--model_args``: same text parsing as lm-eval, then our merge."""
+        """lm-eval's entry point for ``--model_args``: same text parsing as lm-eval, then our merge.
+
+        Args:
+            arg_string: ``key=value,key=value`` as typed after ``--model_args``.
+            additional_config: what lm-eval passes besides (``batch_size``, ``max_batch_size``, ``device``);
+                a key also in ``arg_string`` loses to it (:func:`.model_args.merge_lm_eval_settings`).
+
+        Returns:
+            The model, loaded; a bad argument is one ``ValueError`` naming it before anything loads.
+        """
         from lm_eval.utils import simple_parse_args_string
 
         return cls.create_from_arg_obj(simple_parse_args_string(arg_string), additional_config)
 
     @classmethod
     def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict | None = None) -> Learn2PDLM:
-        """``arg_dict``: --model_args as values; ``additional_config``: lm-eval's batch_size/device/..."""
+        """As :meth:`create_from_arg_string`, with ``arg_dict`` already parsed into values."""
         return cls(**merge_lm_eval_settings(arg_dict, additional_config or {}))
 
     # -- decode settings --------------------------------------------------------------------------
@@ -179,7 +188,15 @@ class Learn2PDLM(LM):
         return getattr(self.tokenizer, "chat_template", None)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]], add_generation_prompt: bool = True) -> str:
-        """``chat_history`` (role/content turns) rendered as text, for ``--apply_chat_template``."""
+        """Render a conversation with the tokenizer's chat template (lm-eval's ``--apply_chat_template``).
+
+        Args:
+            chat_history: ``{"role": ..., "content": ...}`` turns (lm-eval's few-shot turns included).
+            add_generation_prompt: end with the assistant header the answer goes under.
+
+        Returns:
+            The rendered text; :meth:`generate_until` recognises it and does not wrap it again.
+        """
         return self.tokenizer.apply_chat_template(chat_history, tokenize=False,
                                                   add_generation_prompt=add_generation_prompt)
 
@@ -193,7 +210,15 @@ class Learn2PDLM(LM):
         return torch.cat(parts)
 
     def gather_object(self, obj: Any, dst: int = 0) -> list[Any] | None:
-        """Every rank's ``obj`` as a list on rank ``dst``, None on the others (a collective: all ranks call it)."""
+        """Collect one picklable object per rank (a collective: every rank calls it).
+
+        Args:
+            obj: this rank's object.
+            dst: the rank that receives them.
+
+        Returns:
+            On ``dst``, the objects in rank order; on the other ranks, None.
+        """
         if self._world_size <= 1:
             return [obj]
         result = [None] * self._world_size if self._rank == dst else None
