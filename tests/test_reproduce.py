@@ -156,6 +156,7 @@ def test_unknown_paper_lists_the_papers(capsys):
 # ------------------------------------------------------------------------------------------ testbed, for real
 
 
+@pytest.mark.slow
 def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     """One Learn2PD cell (filter + EoTP + dual cache) on the testbed via `python -m lm_eval run`."""
     argv = ["reproduce", "learn2pd", "--model", "testbed", "--output_path", str(tmp_path), "--limit", "2",
