@@ -3,7 +3,10 @@
 lm-eval turns ``k=v`` text into Python values by guessing (``true`` -> True, ``1`` -> 1, ``none`` -> None,
 ``0.5`` -> 0.5, anything else stays a string); Python callers pass real values. Both go through
 :func:`coerce` for the field's declared type, so ``eotp=no`` or ``gen_length=12.5`` is an error naming the
-argument and its valid values, never a guess that silently means something else.
+argument and its valid values, never a guess that silently means something else. Recorded settings
+(results files, sidecars, command lines) are compared through :func:`comparable`, which spells them one way.
+
+Torch-free: the report (l2pd_eval/results) and the reproduction planner use it too.
 """
 
 from __future__ import annotations
@@ -16,9 +19,27 @@ from collections.abc import Mapping
 from typing import Any, Literal
 
 #: The spellings a boolean accepts (any case); lm-eval may also hand over a real bool or the int 0/1.
+TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
 BOOL_SPELLINGS = "true, false, 1, 0 (any case)"
-_TRUE, _FALSE = ("true", "1"), ("false", "0")
 INTEGER = re.compile(r"^[+-]?\d+$")  # what a whole number looks like as text
+
+
+def comparable(value: Any) -> str | None:
+    """A recorded setting spelt one way, so two records of it compare equal: lm-eval stores model_args
+    typed (``False``, ``0.9``) where a sidecar or a command line holds text (``"false"``, ``"0.90"``).
+    Booleans and the words true/false/none (any case) become lower-case words, numbers their float's
+    ``repr``, other text is stripped; ``None`` (not recorded) stays ``None``."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip()
+    if text.lower() in ("true", "false", "none"):
+        return text.lower()
+    try:
+        return repr(float(text))
+    except ValueError:
+        return text
 
 
 def parse_bool(name: str, value: Any) -> bool:
@@ -28,8 +49,8 @@ def parse_bool(name: str, value: Any) -> bool:
         return bool(value)
     if isinstance(value, str):
         text = value.strip().lower()
-        if text in _TRUE or text in _FALSE:
-            return text in _TRUE
+        if text in TRUE_WORDS or text in FALSE_WORDS:
+            return text in TRUE_WORDS
     raise ValueError(f"{name}={value!r} is not a boolean; valid values: {BOOL_SPELLINGS}")
 
 

@@ -12,10 +12,11 @@ import shutil
 import pytest
 import torch
 
-from l2pd_eval.lm_eval_model import Learn2PDLM, parse_model_args
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.model_args import parse_model_args
 from l2pd_eval.model import load_model
 from l2pd_eval.policies.filter_net import FilterConfig, L2PFilter, load_filter, save_filter
-from l2pd_eval.typed_args import parse_bool
+from l2pd_eval.typed_args import comparable, parse_bool
 
 
 @pytest.fixture()
@@ -54,6 +55,16 @@ def test_boolean_spellings_that_are_accepted(tiny_dir, value, expected):
     assert parse_bool("eotp", value) is expected
 
 
+def test_recorded_settings_compare_through_one_spelling():
+    """The report's pairing and the reproduction's "same cell?" check read recorded model_args one way:
+    lm-eval's typed values equal the text a sidecar or a command line holds."""
+    assert comparable(False) == comparable("false") == comparable(" FALSE ") == "false"
+    assert comparable(0.9) == comparable("0.90") == comparable(".9") and comparable(96) == comparable("96")
+    assert comparable("None") == comparable("none") == "none" and comparable(None) is None
+    assert comparable(" dual ") == "dual" and comparable("dual") != comparable("prefix")
+    assert comparable("1") != comparable(True)  # a number stays a number: the text alone cannot say it is a flag
+
+
 def test_tristate_and_numbers_use_the_same_rules(tiny_dir):
     args, params = parse_model_args(dict(pretrained=str(tiny_dir), cuda_graph=False, chat="1", policy="threshold",
                                          threshold="0.5", gen_length="64", eot_ids=7))
@@ -83,7 +94,7 @@ def test_batch_size_and_device_in_model_args_win_over_lm_evals_and_say_so_once(t
     with caplog.at_level(logging.INFO, logger="l2pd_eval"):
         lm = Learn2PDLM.create_from_arg_string(
             f"pretrained={tiny_dir},batch_size=3,device=cpu,gen_length=8,block_length=8", dict(LM_EVAL_DEFAULTS))
-    assert lm.batch_size == 3 and lm._device == torch.device("cpu")
+    assert lm.batch_size_for(lm.config) == 3 and lm._device == torch.device("cpu")
     said = [r.getMessage() for r in caplog.records]
     assert said.count("model_args batch_size=3 overrides lm-eval's --batch_size 1") == 1
     assert said.count("model_args device=cpu overrides lm-eval's --device cuda:0") == 1
@@ -95,7 +106,7 @@ def test_lm_evals_default_device_is_not_a_request_on_a_cpu_machine(tiny_dir, cap
     with caplog.at_level(logging.INFO, logger="l2pd_eval"):
         lm = Learn2PDLM.create_from_arg_obj(dict(pretrained=str(tiny_dir), gen_length=8, block_length=8),
                                             dict(LM_EVAL_DEFAULTS))
-    assert lm._device == torch.device("cpu") and lm.batch_size == 1
+    assert lm._device == torch.device("cpu") and lm.batch_size_for(lm.config) == 1
     assert caplog.records == []
     with caplog.at_level(logging.WARNING, logger="l2pd_eval"):  # asked for explicitly: said, once
         Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, device="cuda")

@@ -12,16 +12,25 @@ from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_lm_eval.py"
+BENCH = Path(__file__).resolve().parents[1] / "bench"
 
 
-@pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_lm_eval", BENCH)
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return _load("bench_lm_eval")
+
+
+@pytest.fixture(scope="module")
+def probe_module():
+    return _load("bench_lm_eval_probe")
 
 
 def test_lengths_file_holds_gsm8k_shaped_prompts(bench):
@@ -56,13 +65,13 @@ def test_workload_prompts_tokenise_to_the_recorded_lengths(bench, tmp_path):
     assert "max_gen_toks: 32" in (tasks / f"{bench.TASK}.yaml").read_text()
 
 
-def test_probe_times_a_call_and_keeps_its_result(bench):
+def test_probe_times_a_call_and_keeps_its_result(probe_module):
     class Worker:
         def work(self, x):
             time.sleep(0.02)
             return x * 2
 
-    probe = bench.Probe()
+    probe = probe_module.Probe()
     seen = []
     probe.wrap(Worker, "work", "work", before=lambda self, x: seen.append(x))
     probe.wrap(Worker, "renamed_away", "gone")

@@ -6,9 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
+@pytest.mark.slow
 def test_demo_runs_lm_eval_and_writes_table_and_plot(tmp_path):
     cmd = [sys.executable, "-m", "l2pd_eval.cli", "demo", "--limit", "3", "--batch-size", "3", "--output",
            str(tmp_path), "--methods", "fast-dllm threshold", "learn2pd+eotp+dual"]

@@ -12,7 +12,7 @@ from l2pd_eval.cli import main as cli_main
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.filters import load_filter
 from l2pd_eval.filters.data import load_trajectories, read_manifest
-from l2pd_eval.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 from l2pd_eval.model.tiny import write_tiny_dream
 from l2pd_eval.policies import RunSettings, get_policy
 
@@ -39,10 +39,10 @@ def test_trajectories_train_filter_and_learn2pd_decoding_on_dream(tmp_path):
                     block_length=BLOCK, cache="dual", eotp="true", batch_size=2, progress=False)
     outs = lm.generate_until([Instance("generate_until", {}, (q, {"until": []}), i) for i, q in enumerate(QUESTIONS)])
     assert len(outs) == len(QUESTIONS) and all(isinstance(o, str) for o in outs)
-    assert all(1 <= s.nfe <= GEN for s in lm.sidecar.samples)
+    assert all(1 <= s.nfe <= GEN for s in lm.recorder.sidecar.samples)
     # The adapter's answers are the engine's learn2pd decode of the BOS-prefixed prompts, cut at the end token.
     policy = get_policy("learn2pd", filter=str(filt_dir)).bind(RunSettings(block_length=BLOCK))
-    prompts = [lm._encode(q) for q in QUESTIONS]
+    prompts = [lm.prompts.encode(q) for q in QUESTIONS]
     assert all(p[0] == lm.special.bos for p in prompts)
     out = generate(lm.model, prompts, GenerationConfig(gen_length=GEN, block_length=BLOCK, cache="dual", eotp=True),
                    policy, lm.special)

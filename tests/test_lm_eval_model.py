@@ -8,9 +8,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from lm_eval.api.instance import Instance
 
-from l2pd_eval.lm_eval_model import Learn2PDLM
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,6 +20,7 @@ def run(code: str) -> str:
     return subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, cwd=ROOT).stdout
 
 
+@pytest.mark.slow
 def test_hook_is_lazy_and_registers_the_model():
     assert run("import sys; print('torch' in sys.modules, 'lm_eval' in sys.modules)").split() == ["False", "False"]
     out = run("import sys\nfrom lm_eval.api.registry import get_model\nprint('torch' in sys.modules)\n"
@@ -26,6 +28,7 @@ def test_hook_is_lazy_and_registers_the_model():
     assert out.split() == ["False", "Learn2PDLM", "HFLM"]  # lm-eval's own models still resolve
 
 
+@pytest.mark.slow
 def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_path):
     cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
            f"pretrained={tiny_dir},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=True,"
@@ -87,44 +90,45 @@ def test_generate_until_applies_stops_and_max_gen_toks(tiny_dir):
     short = lm.generate_until([_req(p, until=[], max_gen_toks=3) for p in prompts])
     from l2pd_eval.engine import generate
 
-    tokens = generate(lm.model, [lm._encode(p) for p in prompts], lm.config, lm.policy, lm.special).tokens
+    tokens = generate(lm.model, [lm.prompts.encode(p) for p in prompts], lm.config, lm.policy, lm.special).tokens
     for row, (long_text, cut) in enumerate(zip(full, short, strict=True)):
         assert cut == lm.tokenizer.decode(tokens[row, :3].tolist(), skip_special_tokens=True)
         assert long_text.startswith(cut) and len(cut) < len(long_text)
     stop = next(ch for ch in full[0] if ch.strip())  # a character that really occurs in the output
     stopped = lm.generate_until([_req(prompts[0], until=[stop])])[0]
     assert stopped == full[0].split(stop, 1)[0]
-    assert len(lm.sidecar.samples) == 7
+    assert len(lm.recorder.sidecar.samples) == 7
 
 
 def test_chat_template_for_instruct_models(tiny_dir, tmp_path):
     instruct = tmp_path / "Tiny-Instruct"
     instruct.symlink_to(tiny_dir, target_is_directory=True)
     lm = Learn2PDLM(pretrained=str(instruct), gen_length=8, block_length=8)
-    ids = lm._encode("What is 2+2?")
+    ids = lm.prompts.encode("What is 2+2?")
     text = lm.tokenizer.decode(ids)
     assert text.startswith("<|startoftext|><|start_header_id|>user") and "What is 2+2?<|eot_id|>" in text
     # already rendered by lm-eval's --apply_chat_template: not wrapped twice
     rendered = lm.apply_chat_template([{"role": "user", "content": "hi"}])
-    assert lm.tokenizer.decode(lm._encode(rendered)).count("<|start_header_id|>user") == 1
+    assert lm.tokenizer.decode(lm.prompts.encode(rendered)).count("<|start_header_id|>user") == 1
     plain = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8)
-    assert "<|start_header_id|>" not in plain.tokenizer.decode(plain._encode("What is 2+2?"))
+    assert "<|start_header_id|>" not in plain.tokenizer.decode(plain.prompts.encode("What is 2+2?"))
     forced = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, chat="true")
-    assert "<|start_header_id|>" in forced.tokenizer.decode(forced._encode("What is 2+2?"))
+    assert "<|start_header_id|>" in forced.tokenizer.decode(forced.prompts.encode("What is 2+2?"))
 
 
 def test_gen_length_follows_each_tasks_max_gen_toks(tiny_dir):
     lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size=4, progress=False)
     lm.generate_until([_req("a", max_gen_toks=8), _req("b", max_gen_toks=13), _req("c", max_gen_toks=8)])
-    assert sorted(s.gen_length for s in lm.sidecar.samples) == [8, 8, 16]  # 13 rounds up to whole blocks
-    assert all(s.nfe == s.gen_length for s in lm.sidecar.samples)  # one token per step at each length
+    assert sorted(s.gen_length for s in lm.recorder.sidecar.samples) == [8, 8, 16]  # 13 rounds up to whole blocks
+    assert all(s.nfe == s.gen_length for s in lm.recorder.sidecar.samples)  # one token per step at each length
     fixed = Learn2PDLM(pretrained=str(tiny_dir), gen_length=16, block_length=8, progress=False)
     fixed.generate_until([_req("a", max_gen_toks=8)])
-    assert fixed.sidecar.samples[0].gen_length == 16
+    assert fixed.recorder.sidecar.samples[0].gen_length == 16
     with pytest.raises(ValueError, match="steps= needs an explicit gen_length="):
         Learn2PDLM(pretrained=str(tiny_dir), steps=8)
 
 
+@pytest.mark.slow
 def test_data_parallel_run_with_torchrun_splits_requests(tiny_dir, tmp_path):
     """Two CPU ranks (gloo): lm-eval splits the documents, rank 0 writes one sidecar with each doc once."""
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -146,6 +150,7 @@ def test_data_parallel_run_with_torchrun_splits_requests(tiny_dir, tmp_path):
     assert json.loads(results.read_text())["n-samples"]["l2pd_smoke"]["effective"] == 3
 
 
+@pytest.mark.slow
 def test_data_parallel_resume_where_one_rank_has_everything_cached(tiny_dir, tmp_path):
     """--use_cache with two ranks: CachingLM never calls a rank whose requests are all in its db, yet rank 0
     gathers the sidecar records collectively; that rank must join, or rank 0 waits for it forever."""
@@ -168,9 +173,74 @@ def test_data_parallel_resume_where_one_rank_has_everything_cached(tiny_dir, tmp
     assert side["manifest"]["restored_from_cache"] == 2
 
 
+@pytest.mark.slow
 def test_compile_flag_compiles_the_blocks(tiny_dir):
     lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, compile=True, progress=False)
     block = lm.model.model.transformer.blocks[0]
     assert "compile" in type(block.forward).__module__ or hasattr(block.forward, "_torchdynamo_orig_callable")
     eager = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, progress=False)
     assert lm.generate_until([_req("Hi", until=[])]) == eager.generate_until([_req("Hi", until=[])])
+
+
+class _OnGpu:
+    """The tiny model as ``engine.memory`` sees it, but on a GPU: its shapes and dtype, device cuda."""
+
+    def __init__(self, model):
+        self.config, self.dtype, self.device = model.config, model.dtype, torch.device("cuda")
+
+
+def test_auto_batch_size_is_sized_per_decode_length(tiny_dir, monkeypatch):
+    """batch_size=auto: each (gen_length, temperature) is sized the first time it is met, by the real
+    ``engine.memory.largest_batch`` under a device budget the test sets; the 1024-token tasks get their own
+    (smaller) size instead of the one computed for 256-token answers."""
+    import l2pd_eval.harness.lm_eval_model as adapter
+    from l2pd_eval.engine import memory
+
+    budget = 64 * 2**20
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (budget, 2 * budget))
+    calls = []
+
+    def largest_batch_on_gpu(model, config, **kwargs):
+        calls.append((config.gen_length, config.temperature, kwargs))
+        return memory.largest_batch(_OnGpu(model), config, **kwargs)
+
+    monkeypatch.setattr(adapter, "largest_batch", largest_batch_on_gpu)
+    lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=32, batch_size="auto", max_batch_size=1000, progress=False)
+    assert calls == []  # nothing is sized before a configuration is met
+    short, long = lm.config_for(256), lm.config_for(1024)
+    sizes = [lm.batch_size_for(c) for c in (long, short, long, short)]
+    assert [c[:2] for c in calls] == [(1024, 0.0), (256, 0.0)]  # once per key, with the key's own length
+    assert all(kw == {"prompt_len": 1024, "cap": 1000} for *_, kw in calls)
+    assert 1 < sizes[0] == sizes[2] < sizes[1] == sizes[3]
+    assert lm.batch_size_for(lm.config_for(1024, 0.5)) == sizes[0] and len(calls) == 3  # a new temperature: sized
+    assert lm.recorder.sidecar.manifest["batch_size"] == "auto"
+    assert lm.recorder.sidecar.manifest["batch_sizes"] == [
+        {"gen_length": 256, "temperature": 0.0, "batch_size": sizes[1]},
+        {"gen_length": 1024, "temperature": 0.0, "batch_size": sizes[0]},
+        {"gen_length": 1024, "temperature": 0.5, "batch_size": sizes[0]}]
+
+
+def test_requests_are_batched_per_configuration_at_its_own_size(tiny_dir, monkeypatch):
+    """One generate_until call with two answer lengths: each length's requests are batched at that length's
+    size (longest prompts first), and the answers are those of one request per batch."""
+    import l2pd_eval.harness.lm_eval_model as adapter
+
+    monkeypatch.setattr(adapter, "largest_batch", lambda model, config, **kw: {8: 2, 16: 1}[config.gen_length])
+    batches = []
+    real_generate = adapter.generate
+
+    def spy(model, prompts, config, policy, special):
+        batches.append((config.gen_length, [len(p) for p in prompts]))
+        return real_generate(model, prompts, config, policy, special)
+
+    prompts = ["Hi", "Question: 1 + 1 =", "def f(x):", "a b c d e f g", "x"]
+    reqs = [_req(p, until=[], max_gen_toks=8 if i % 2 else 16) for i, p in enumerate(prompts)]
+    one = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size=1, progress=False)
+    expected = one.generate_until(reqs)
+    lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size="auto", progress=False)
+    monkeypatch.setattr(adapter, "generate", spy)
+    assert lm.generate_until(reqs) == expected
+    lengths = {i: len(lm.prompts.encode(p)) for i, p in enumerate(prompts)}
+    assert batches == [(8, sorted((lengths[1], lengths[3]), reverse=True)),
+                       *((16, [n]) for n in sorted((lengths[0], lengths[2], lengths[4]), reverse=True))]
+    assert sorted(lm.batch_sizes.items()) == [((8, 0.0), 2), ((16, 0.0), 1)]

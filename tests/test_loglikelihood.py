@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from l2pd_eval.loglikelihood import (
+from l2pd_eval.harness.loglikelihood import (
     LoglikelihoodConfig,
     encode_pair,
     greedy_matches,
@@ -201,7 +201,7 @@ def test_lm_eval_multiple_choice_task_scores_the_trained_model(trained_dir, monk
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     monkeypatch.chdir(ROOT)  # the task's data_files path is relative to the repository root
     lm = Learn2PDLM(pretrained=str(trained_dir), mc_num=16, mc_batch_size=16, progress=False)
@@ -220,7 +220,7 @@ def test_lm_eval_multiple_choice_task_scores_the_trained_model(trained_dir, monk
 def test_adapter_renders_the_chat_template_for_instruct_models(tiny_dir, tmp_path):
     from lm_eval.api.instance import Instance
 
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     instruct = tmp_path / "Tiny-Instruct"
     instruct.symlink_to(tiny_dir, target_is_directory=True)

@@ -11,7 +11,7 @@ import pytest
 from l2pd_eval.cli import main as cli_main
 from l2pd_eval.reproduce.cells import Selection, finished_results, plan, set_aside
 from l2pd_eval.reproduce.papers import PAPERS, get_paper
-from l2pd_eval.results.runs import parse_model_args
+from l2pd_eval.results.runs import model_args_as_text
 from l2pd_eval.testbed import checkpoint_path, filter_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -22,7 +22,7 @@ USER_HEADER = "<|start_header_id|>user<|end_header_id|>"
 
 def cells_by_key(paper: str, **kw) -> dict[tuple[str, int, str], dict[str, str]]:
     sel = Selection(model=kw.pop("model", "GSAI-ML/LLaDA-8B-Instruct"), **kw)
-    return {(c.benchmark, c.length, c.method.key): parse_model_args(c.model_args) for c in plan(get_paper(paper), sel)}
+    return {(c.benchmark, c.length, c.method.key): model_args_as_text(c.model_args) for c in plan(get_paper(paper), sel)}
 
 
 # ------------------------------------------------------------------------------------------ prompt rule
@@ -31,7 +31,7 @@ def cells_by_key(paper: str, **kw) -> dict[tuple[str, int, str], dict[str, str]]
 @pytest.fixture(scope="module")
 def testbed_lms():
     """The adapter on the testbed checkpoint (it ships LLaDA's chat template), one per chat= value."""
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     ckpt = str(checkpoint_path())
     return {chat: Learn2PDLM(pretrained=ckpt, chat=chat, progress=False) for chat in ("true", "false")}
@@ -49,7 +49,7 @@ def test_each_task_gets_the_papers_prompt(testbed_lms, paper, instruct, expect_c
                          methods=(baseline,), instruct=instruct)
     for bench, context in (("gsm8k", GSM8K_LIKE), ("humaneval", HUMANEVAL_LIKE)):
         lm = testbed_lms[cells[(bench, 256, baseline)]["chat"]]
-        ids = lm._encode(context)
+        ids = lm.prompts.encode(context)
         text = lm.tokenizer.decode(ids)
         if expect_chat[bench]:  # LLaDA's template: one user turn (content trimmed), then the assistant header
             assert text == (f"{lm.tokenizer.bos_token}{USER_HEADER}\n\n{context.strip()}<|eot_id|>"
@@ -156,6 +156,7 @@ def test_unknown_paper_lists_the_papers(capsys):
 # ------------------------------------------------------------------------------------------ testbed, for real
 
 
+@pytest.mark.slow
 def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     """One Learn2PD cell (filter + EoTP + dual cache) on the testbed via `python -m lm_eval run`."""
     argv = ["reproduce", "learn2pd", "--model", "testbed", "--output_path", str(tmp_path), "--limit", "2",
@@ -166,7 +167,7 @@ def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     results = finished_results(cell)
     assert results is not None and "done in" in out
     config = json.loads(results.read_text())["config"]
-    args = parse_model_args(config["model_args"])
+    args = model_args_as_text(config["model_args"])
     assert (args["pretrained"], args["filter"]) == (str(checkpoint_path()), str(filter_path()))
     assert (str(args["gen_length"]), str(args["steps"]), str(args["chat"]).lower()) == ("96", "96", "false")
     sidecar = json.loads(results.with_name(results.name.replace("results_", "l2pd_")).read_text())

@@ -10,9 +10,8 @@ import re
 import pytest
 from lm_eval.api.instance import Instance
 
-from l2pd_eval.gen_kwargs import request_settings
-from l2pd_eval.lm_eval_model import Learn2PDLM
-from l2pd_eval.results.sidecar import PAPER_DROP_IDS
+from l2pd_eval.harness.gen_kwargs import request_settings
+from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
 PROMPTS = ["Question: 1 + 1 =", "Hi", "def f(x):"]
 
@@ -90,7 +89,8 @@ def test_papers_tps_fields_are_recorded(tiny_dir, tmp_path):
         text = texts[s["doc_id"]]
         assert "e" not in text  # cut at the stop string before counting
         ids = lm.tokenizer(text)["input_ids"]
-        assert s["paper_tokens"] == sum(1 for i in ids if i not in PAPER_DROP_IDS)
+        assert s["paper_tokens"] == sum(1 for i in ids if i not in lm.family.paper_drop_ids)
+    assert data["manifest"]["paper_drop_ids"] == [126081]  # the LLaDA family's, so the report needs no model
 
 
 def test_progress_lines_off_a_terminal(tiny_dir, capsys):

@@ -11,7 +11,7 @@ import pytest
 from results_runs import FIX, copy_runs, set_shots, upgrade
 
 from l2pd_eval.results.baseline import compare, load_baseline
-from l2pd_eval.results.methods import Method, eotp_rule, method_matches, parse_method_spec
+from l2pd_eval.results.methods import Method, eotp_rule_name, method_matches, parse_method_spec
 from l2pd_eval.results.published import comparison_grid, comparison_notes, load_tables, pair_published
 from l2pd_eval.results.runs import discover
 from l2pd_eval.results.table import build_report
@@ -42,11 +42,11 @@ def test_labels_and_row_order_name_the_rule():
 
 
 def test_recorded_values_map_to_rules():
-    assert [eotp_rule(v) for v in (True, False, None, "true", "1", "yes", "committed", "false", "no")] == [
+    assert [eotp_rule_name(v) for v in (True, False, None, "true", "1", "yes", "committed", "false", "no")] == [
         "committed", "false", "false", "true", "true", "true", "committed", "false", "false"]
-    assert eotp_rule(True, bool_true="true") == "true"
+    assert eotp_rule_name(True, bool_true="true") == "true"
     with pytest.raises(ValueError, match="eotp='sometimes' is not an EoTP rule"):
-        eotp_rule("sometimes")
+        eotp_rule_name("sometimes")
     # Stored methods (baseline files): an old boolean is the committed rule, rule names stay as they are.
     assert Method.from_json({"policy": "learn2pd", "eotp": True}).eotp == "committed"
     assert Method.from_json({"policy": "learn2pd", "eotp": "true"}).eotp == "true"
@@ -111,11 +111,11 @@ def test_a_method_refuses_a_bare_boolean():
 
 def test_the_stored_demo_baseline_names_the_demos_rules():
     """results/baselines/l2pd_demo_testbed_cpu.json must check the methods the demo runs today."""
-    from l2pd_eval.results.runs import parse_model_args
+    from l2pd_eval.results.runs import model_args_as_text
     from l2pd_eval.testbed.demo import METHODS
 
     base = load_baseline(Path(__file__).resolve().parents[1] / "results" / "baselines" / "l2pd_demo_testbed_cpu.json")
     stored = sorted((m.policy, m.cache, m.eotp) for m in (Method.from_json(c["method"]) for c in base["cells"]))
-    demo = sorted((a["policy"], a.get("cache", "none"), eotp_rule(a.get("eotp")))
-                  for a in (parse_model_args(extra) for _, extra in METHODS))
+    demo = sorted((a["policy"], a.get("cache", "none"), eotp_rule_name(a.get("eotp")))
+                  for a in (model_args_as_text(extra) for _, extra in METHODS))
     assert stored == demo and ("learn2pd", "none", "true") in demo

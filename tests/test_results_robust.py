@@ -31,9 +31,9 @@ def rec(task: str = "t", doc_id: int = 0, tokens: int = 10, seconds: float = 1.0
 def test_paper_tokens_retokenise_the_cut_text_and_drop_126081():
     vocab = {"<|endoftext|>": 126081, "x": 1, "=": 2, "4": 3}
     encode = lambda text: [vocab[w] for w in text.split()]  # noqa: E731  (a word-level tokenizer)
-    assert count_paper_tokens(encode, "x = 4 <|endoftext|> <|endoftext|>") == 3
+    assert count_paper_tokens(encode, "x = 4 <|endoftext|> <|endoftext|>", (126081,)) == 3
     assert count_paper_tokens(encode, "x = 4", drop_ids=(3,)) == 2
-    assert count_paper_tokens(encode, "") == 0
+    assert count_paper_tokens(encode, "", (126081,)) == 0
 
 
 def test_papers_tps_is_tokens_over_loop_time_summed_over_ranks():

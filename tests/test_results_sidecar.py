@@ -212,3 +212,20 @@ def test_sidecar_path_without_model_name_falls_back_to_output_folder(tmp_path):
 ])
 def test_output_path_from_argv(argv, expected):
     assert output_path_from_argv(argv) == expected
+
+
+def test_the_results_package_and_the_report_do_not_import_torch():
+    """The report runs on a machine without torch: every results module (and the value rules they share
+    with the harness, l2pd_eval/typed_args.py) imports without it."""
+    code = (
+        "import importlib, pkgutil, sys\n"
+        "import l2pd_eval.results as results\n"
+        "names = [m.name for m in pkgutil.iter_modules(results.__path__, 'l2pd_eval.results.')]\n"
+        "for name in names:\n"
+        "    importlib.import_module(name)\n"
+        "print(len(names), 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "L2PD_EVAL_NO_HOOK": "1"}, cwd=REPO)
+    count, torch_imported = out.stdout.split()
+    assert int(count) >= 10 and torch_imported == "False"

@@ -1,5 +1,5 @@
 """Interrupted lm-eval runs: partial sidecars, and resuming with ``--use_cache`` without recomputing or
-double-counting (l2pd_eval/resume.py). Real ``lm_eval`` CLI runs on the embedded testbed, killed partway."""
+double-counting (l2pd_eval/harness/resume.py). Real ``lm_eval`` CLI runs on the embedded testbed, killed partway."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from l2pd_eval.harness.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, restore
 from l2pd_eval.results.sidecar import SampleRecord, Sidecar
-from l2pd_eval.resume import JOURNAL_SUFFIX, TimingJournal, configuration_key, restore
 
 ROOT = Path(__file__).resolve().parents[1]
 LIMIT = 12
@@ -69,7 +69,7 @@ def uninterrupted_answers() -> dict[int, list]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 
     lm = Learn2PDLM(pretrained="l2pd_eval/testbed/checkpoint", policy=POLICY.split("=")[1], gen_length=64,
                     batch_size=1, progress=False)
@@ -79,6 +79,7 @@ def uninterrupted_answers() -> dict[int, list]:
     return {r["doc_id"]: r["resps"] for r in rows if r["filter"] == "strict-match"}
 
 
+@pytest.mark.slow
 def test_killed_runs_resume_from_the_cache_and_count_each_request_once(tmp_path, capsys):
     out, cache = tmp_path / "out", tmp_path / "cache" / "db"
     cmd = lm_eval_cmd(out, cache)

@@ -1,4 +1,4 @@
-"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/tasks_support.py, l2pd_eval/tasks_code.py).
+"""Task YAMLs (tasks/l2pd_suite) and their support code (l2pd_eval/harness/tasks_support.py, l2pd_eval/harness/tasks_code.py).
 
 Runs offline on tests/fixtures/tasks (L2PD_DATA_DIR layout). Model-free: an oracle LM that answers
 with each document's gold solution (wrapped like a chat dLLM would) must score 1.0 and a wrong one
@@ -23,7 +23,8 @@ from lm_eval.api.model import LM  # noqa: E402
 from lm_eval.tasks import TaskManager  # noqa: E402
 from suite_constants import LENGTHS, MINERVA_SUBJECTS  # noqa: E402
 
-from l2pd_eval import tasks_support as ts  # noqa: E402
+from l2pd_eval.harness import tasks_code as tc  # noqa: E402
+from l2pd_eval.harness import tasks_support as ts  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "tasks" / "l2pd_suite"
@@ -64,6 +65,7 @@ def test_all_tasks_and_groups_are_indexed(tm):
     assert not any(n.startswith("_") for n in names)  # templates are not tasks
 
 
+@pytest.mark.slow
 def test_stock_cli_lists_the_tasks():
     """``lm_eval ls tasks``: through the installed hook if the package is installed, else --include_path."""
     cli = Path(sys.executable).with_name("lm_eval")
@@ -216,8 +218,8 @@ def humaneval_wrappings(row: dict) -> dict[str, str]:
 def test_humaneval_extraction_lets_the_canonical_solution_pass(row):
     reference = f"{row['test']}\ncheck({row['entry_point']})"
     for name, completion in humaneval_wrappings(row).items():
-        program = ts.extract_program(completion, prompt=row["prompt"], entry_point=row["entry_point"])
-        result = ts.run_program(program + "\n\n" + reference)
+        program = tc.extract_program(completion, prompt=row["prompt"], entry_point=row["entry_point"])
+        result = tc.run_program(program + "\n\n" + reference)
         assert result.passed, (name, result.status, program)
 
 
@@ -225,13 +227,13 @@ def test_humaneval_extraction_lets_the_canonical_solution_pass(row):
 def test_humaneval_extraction_does_not_rescue_a_wrong_answer(row):
     entry = row["entry_point"]
     wrong = f"Here you go:\n```python\ndef {entry}(*args):\n    return None\n```"
-    program = ts.extract_program(wrong, prompt=row["prompt"], entry_point=entry)
-    assert not ts.run_program(program + f"\n\n{row['test']}\ncheck({entry})").passed
+    program = tc.extract_program(wrong, prompt=row["prompt"], entry_point=entry)
+    assert not tc.run_program(program + f"\n\n{row['test']}\ncheck({entry})").passed
 
 
 def test_extraction_keeps_prompt_helpers_the_tests_call():
     row = next(r for r in HUMANEVAL if r["entry_point"] == "decode_cyclic")
-    program = ts.extract_program(
+    program = tc.extract_program(
         "```python\ndef decode_cyclic(s: str):\n    return s\n```", row["prompt"], "decode_cyclic"
     )
     assert "def encode_cyclic" in program  # the check() of HumanEval/38 calls it directly
@@ -242,7 +244,7 @@ def test_extraction_drops_scaffolding():
         "Here is my answer.\n```python\nimport math\n\nHELPER = 3\n\ndef area(r):\n    return math.pi * r * r * HELPER / 3\n\n"
         "def unused():\n    return 1\n\nprint(area(2))\nassert area(1) == 5\n```\nDone!"
     )
-    program = ts.extract_program(completion, entry_point="area")
+    program = tc.extract_program(completion, entry_point="area")
     assert program.splitlines()[0] == "import math"
     assert "HELPER = 3" in program and "def area" in program
     assert "unused" not in program and "print" not in program and "assert" not in program
@@ -250,7 +252,7 @@ def test_extraction_drops_scaffolding():
 
 @pytest.mark.parametrize("row", MBPP, ids=[str(r["task_id"]) for r in MBPP])
 def test_mbpp_extraction_and_execution(row):
-    entry = ts.entry_point_from_tests(row["test_list"])
+    entry = tc.entry_point_from_tests(row["test_list"])
     assert entry is not None and f"def {entry}(" in row["code"]
     reference = "\n".join(row["test_list"])
     code = row["code"].replace("\r\n", "\n")
@@ -259,14 +261,14 @@ def test_mbpp_extraction_and_execution(row):
         f"[BEGIN]\n```python\n{code}\n```\nThis passes the tests.",
         f"<|start_header_id|>assistant<|end_header_id|>\n\n{code}\n\nprint({entry}.__name__)<|eot_id|>",
     ):
-        program = ts.extract_program(completion, entry_point=entry)
-        assert ts.run_program(program + "\n\n" + reference).passed, (completion, program)
+        program = tc.extract_program(completion, entry_point=entry)
+        assert tc.run_program(program + "\n\n" + reference).passed, (completion, program)
 
 
 def test_entry_point_skips_builtins_and_attributes():
-    assert ts.entry_point_from_tests(["assert math.isclose(circle_area(1), 3.14)"]) == "circle_area"
-    assert ts.entry_point_from_tests("assert set(similar(a, b)) == set((4, 5))") == "similar"
-    assert ts.entry_point_from_tests(["not python ((", "assert f(1) == 2"]) == "f"
+    assert tc.entry_point_from_tests(["assert math.isclose(circle_area(1), 3.14)"]) == "circle_area"
+    assert tc.entry_point_from_tests("assert set(similar(a, b)) == set((4, 5))") == "similar"
+    assert tc.entry_point_from_tests(["not python ((", "assert f(1) == 2"]) == "f"
 
 
 def _brute_longest(code: str) -> str:
@@ -298,14 +300,14 @@ def test_pruned_search_finds_the_longest_parseable_run(noise):
     for i, extra in enumerate(noise):
         lines.insert((i + 1) * len(lines) // (len(noise) + 1), extra)
     code = "\n".join(lines)
-    assert ts.longest_valid_code(code).strip("\n") == _brute_longest(code).strip("\n")
+    assert tc.longest_valid_code(code).strip("\n") == _brute_longest(code).strip("\n")
 
 
 def test_run_program_reports_failures_and_timeouts():
-    assert ts.run_program("assert 1 + 1 == 2").passed
-    failed = ts.run_program("raise ValueError('boom')")
+    assert tc.run_program("assert 1 + 1 == 2").passed
+    failed = tc.run_program("raise ValueError('boom')")
     assert not failed.passed and "ValueError: boom" in failed.status
-    hung = ts.run_program("while True:\n    pass", timeout=1.0)
+    hung = tc.run_program("while True:\n    pass", timeout=1.0)
     assert not hung.passed and hung.status == "timed out"
 
 

@@ -16,7 +16,8 @@ import pytest
 from lm_eval.tasks import TaskManager
 from suite_constants import LENGTHS, MINERVA_SUBJECTS
 
-from l2pd_eval import tasks_support as ts
+from l2pd_eval.harness import tasks_code as tc
+from l2pd_eval.harness import tasks_support as ts
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "tests" / "fixtures" / "tasks"
@@ -30,7 +31,7 @@ GEN = 32
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from l2pd_eval.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
     from l2pd_eval.model.tiny import write_tiny_llada
 
     mp = pytest.MonkeyPatch()
@@ -103,11 +104,11 @@ def test_prompts_reach_the_model_chat_templated(run):
             continue
         marker, count = markers[bench]
         assert context.count(marker) == count, task
-        ids = lm._encode(context)
+        ids = lm.prompts.encode(context)
         assert lm.tokenizer.decode(ids).count("<|start_header_id|>user<|end_header_id|>") == 1  # chat="true"
     # every generation stayed within the model's generation length
-    assert len(lm.sidecar.samples) == len(TASKS)
-    assert all(0 <= s.tokens <= GEN for s in lm.sidecar.samples)
+    assert len(lm.recorder.sidecar.samples) == len(TASKS)
+    assert all(0 <= s.tokens <= GEN for s in lm.recorder.sidecar.samples)
 
 
 @pytest.mark.parametrize(
@@ -119,11 +120,11 @@ def test_code_metric_is_the_extracted_program_run_against_the_tests(run, task, k
     sample = by_filter(out, task)["extract_code"]
     doc, raw = sample["doc"], sample["resps"][0][0]
     if task.startswith("humaneval"):
-        program = ts.extract_program(raw, prompt=doc["prompt"], entry_point=doc["entry_point"])
+        program = tc.extract_program(raw, prompt=doc["prompt"], entry_point=doc["entry_point"])
     else:
-        program = ts.extract_program(raw, entry_point=ts.entry_point_from_tests(doc["test_list"]))
+        program = tc.extract_program(raw, entry_point=tc.entry_point_from_tests(doc["test_list"]))
     assert sample["filtered_resps"][0] == program
-    assert sample[key] == float(ts.run_program(program + "\n\n" + sample["target"]).passed)
+    assert sample[key] == float(tc.run_program(program + "\n\n" + sample["target"]).passed)
 
 
 @pytest.mark.parametrize("length", LENGTHS)

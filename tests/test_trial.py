@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from l2pd_eval.model import load_tokenizer
 from l2pd_eval.model.config import PRESETS
 
@@ -15,6 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = "l2pd_eval/testbed/checkpoint"
 
 
+@pytest.mark.slow
 def test_random_tiny_long_runs_the_5_shot_gsm8k_task_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setenv("L2PD_DATA_DIR", str(ROOT / "tests" / "fixtures" / "tasks"))
     cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",

@@ -33,16 +33,24 @@ class Family:
     eot_token: str
     eot_id: int | None
     add_bos: bool
+    # What the lm-eval harness reads of a family (l2pd_eval/harness):
+    instruct_marker: str | None         # chat=auto: the chat template for a model or tokenizer whose name holds
+    #                                     this (any case) and whose tokenizer has one; None: plain prompts
+    paper_drop_ids: tuple[int, ...]     # ids the papers' token count leaves out (results/sidecar.py)
 
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
+    # Both papers' llada/eval_llada.py: chat template iff 'instruct' in the model path; their TPS counts the
+    # re-tokenised answer without id 126081 (<|endoftext|>).
     Family("llada", llada_config.LLaDAConfig, LLaDA, llada_config.PRESETS,
            mask_token="<|mdm_mask|>", eos_token="<|endoftext|>", eot_token="<|eot_id|>", eot_id=None,
-           add_bos=False),
+           add_bos=False, instruct_marker="instruct", paper_drop_ids=(126081,)),
     # Fast-dLLM evaluates Dream-v0-Base with add_bos_token=true; the Instruct chat template brings its own start.
+    # Its dream/eval.py counts the generated ids that are not the tokenizer's eos (Dream-Base: <|endoftext|>), and
+    # applies the chat template only when asked (apply_chat_template=, default false): the name rule is LLaDA's.
     Family("dream", dream.DreamConfig, dream.Dream, dream.PRESETS,
            mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|im_end|>", eot_id=151645,
-           add_bos=True),
+           add_bos=True, instruct_marker="instruct", paper_drop_ids=(151643,)),
 )}
 
 

@@ -15,7 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from l2pd_eval.reproduce.papers import BLOCK_LENGTH, CODE_BENCHMARKS, Method, Paper, is_instruct
+from l2pd_eval.reproduce.papers import BLOCK_LENGTH, CODE_BENCHMARKS, Paper, PaperMethod, is_instruct
+from l2pd_eval.typed_args import comparable
 
 #: ``--model`` value that selects the embedded testbed dLLM, its filter and its task.
 TESTBED = "testbed"
@@ -40,7 +41,7 @@ class Cell:
     task: str          # lm-eval task name
     benchmark: str     # the paper's benchmark (l2pd_demo on the testbed)
     length: int
-    method: Method
+    method: PaperMethod
     model_args: str
 
     @property
@@ -59,7 +60,7 @@ def _check_choice(option: str, given: tuple, valid: tuple, paper: Paper) -> None
                          f"{', '.join(map(str, valid))}")
 
 
-def _grid(paper: Paper, sel: Selection) -> list[tuple[str, str, int, Method]]:
+def _grid(paper: Paper, sel: Selection) -> list[tuple[str, str, int, PaperMethod]]:
     """(task, benchmark, length, method) of the selected cells, in table order."""
     if sel.model == TESTBED:
         from l2pd_eval.testbed import GEN_LENGTH
@@ -156,7 +157,7 @@ class RunOptions:
 
 def command(cell: Cell, opts: RunOptions) -> list[str]:
     """The stock lm-eval CLI (``python -m lm_eval``; through our entry point when the .pth hook is off)."""
-    entry = "lm_eval" if _hook_installed() else "l2pd_eval.lm_eval_cli"
+    entry = "lm_eval" if _hook_installed() else "l2pd_eval.harness.lm_eval_cli"
     cmd = [sys.executable, "-m", entry, "run", "--model", "learn2pd", "--model_args", cell.model_args,
            "--tasks", cell.task, "--batch_size", str(opts.batch_size),
            "--output_path", str(opts.output_path / cell.folder), "--log_samples"]
@@ -198,28 +199,15 @@ def finished_results(folder: Path) -> Path | None:
     return None
 
 
-def _value(v: object) -> str | None:
-    """lm-eval records model_args typed (``chat=false`` -> False, ``steps=96`` -> 96): compare as text."""
-    if v is None:
-        return None
-    text = str(v).strip()
-    if text.lower() in ("true", "false"):
-        return text.lower()
-    try:
-        return repr(float(text))
-    except ValueError:
-        return text
-
-
 def settings_mismatch(results: Path, cell: Cell, opts: RunOptions) -> str | None:
     """Why a finished cell's run is not this cell's run (other model_args or --limit), or None."""
-    from l2pd_eval.results.runs import parse_model_args
+    from l2pd_eval.results.runs import model_args_as_text
 
     config = json.loads(results.read_text(encoding="utf-8")).get("config") or {}
-    had, want = parse_model_args(config.get("model_args")), parse_model_args(cell.model_args)
+    had, want = model_args_as_text(config.get("model_args")), model_args_as_text(cell.model_args)
     diff = [f"{k}: {had.get(k)!r} there, {want.get(k)!r} now" for k in sorted(set(had) | set(want))
-            if _value(had.get(k)) != _value(want.get(k))]
-    if _value(config.get("limit")) != _value(opts.limit):
+            if comparable(had.get(k)) != comparable(want.get(k))]
+    if comparable(config.get("limit")) != comparable(opts.limit):
         diff.append(f"limit: {config.get('limit')!r} there, {opts.limit!r} now")
     return "; ".join(diff) or None
 

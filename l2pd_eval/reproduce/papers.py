@@ -29,8 +29,9 @@ CODE_BENCHMARKS = frozenset({"humaneval", "mbpp"})
 
 
 @dataclass(frozen=True)
-class Method:
-    """One column of a paper's table: ``args`` are the model_args that define it."""
+class PaperMethod:
+    """A method as one paper's table names it (one column): ``args`` are the model_args that define it.
+    (What a run was decoded with, read back from its files, is :class:`l2pd_eval.results.methods.Method`.)"""
 
     key: str    # the cell's folder name
     label: str  # the paper's name for the column
@@ -47,7 +48,7 @@ class Block:
 
     benchmarks: tuple[str, ...]
     lengths: tuple[int, ...]
-    methods: tuple[Method, ...]
+    methods: tuple[PaperMethod, ...]
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,11 @@ class Paper:
         return tuple(sorted({n for blk in self.blocks for n in blk.lengths}))
 
     @property
-    def methods(self) -> tuple[Method, ...]:
+    def methods(self) -> tuple[PaperMethod, ...]:
         """Every column, in table order (the testbed runs them all on its one task)."""
         return tuple(dict.fromkeys(m for blk in self.blocks for m in blk.methods))
 
-    def methods_at(self, benchmark: str, length: int) -> tuple[Method, ...]:
+    def methods_at(self, benchmark: str, length: int) -> tuple[PaperMethod, ...]:
         return tuple(dict.fromkeys(m for blk in self.blocks if benchmark in blk.benchmarks and length in blk.lengths
                                    for m in blk.methods))
 
@@ -91,14 +92,14 @@ LEARN2PD = Paper(
     published="learn2pd",
     blocks=(
         Block(BENCHMARKS, (256, 1024), (
-            Method("baseline", "LLaDA baseline", "policy=low_confidence,cache=none"),
-            Method("learn2pd", "Learn2PD", f"{_L2P},cache=none"),
-            Method("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true"),
+            PaperMethod("baseline", "LLaDA baseline", "policy=low_confidence,cache=none"),
+            PaperMethod("learn2pd", "Learn2PD", f"{_L2P},cache=none"),
+            PaperMethod("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true"),
         )),
         # The KV-cache table: gsm8k at 1024 only.
         Block(("gsm8k",), (1024,), (
-            Method("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache", f"{_L2P},cache=prefix,eotp=true"),
-            Method("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true"),
+            PaperMethod("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache", f"{_L2P},cache=prefix,eotp=true"),
+            PaperMethod("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true"),
         )),
     ),
     # eval_llada.py generate_until: raw prompt when not is_instruct or the doc's task_id starts with "humaneval".
@@ -106,9 +107,9 @@ LEARN2PD = Paper(
     seed=1234,
 )
 
-_LLADA = Method("llada", "LLaDA", "policy=low_confidence,cache=none")
-_PARALLEL = Method("parallel", "+Parallel", f"{_PAR},cache=none")
-_FAST = Method("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix")
+_LLADA = PaperMethod("llada", "LLaDA", "policy=low_confidence,cache=none")
+_PARALLEL = PaperMethod("parallel", "+Parallel", f"{_PAR},cache=none")
+_FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix")
 
 FASTDLLM = Paper(
     name="fastdllm",
@@ -117,7 +118,7 @@ FASTDLLM = Paper(
     blocks=(
         Block(BENCHMARKS, (256, 512), (
             _LLADA,
-            Method("cache", "+Cache", "policy=low_confidence,cache=prefix"),
+            PaperMethod("cache", "+Cache", "policy=low_confidence,cache=prefix"),
             _PARALLEL,
             _FAST,
         )),
@@ -126,7 +127,7 @@ FASTDLLM = Paper(
             _LLADA,
             _PARALLEL,
             _FAST,
-            Method("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual"),
+            PaperMethod("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual"),
         )),
     ),
     # eval_llada.py generate_until: the chat template whenever is_instruct, HumanEval included.

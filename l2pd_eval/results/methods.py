@@ -3,7 +3,7 @@
 A run's method comes from its sidecar manifest, or from lm-eval's ``model_args`` when it has none;
 ``--baseline-method`` and baseline files name methods by the same fields. The EoTP rule is one of
 ``"false"``, ``"true"`` (the Learn2PD authors' rule) and ``"committed"`` (cut after a committed end id;
-docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule`): sidecars and baselines
+docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule_name`): sidecars and baselines
 written before the rules were told apart stored ``true`` for what is now ``"committed"``.
 """
 
@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from typing import Any
+
+from l2pd_eval.typed_args import FALSE_WORDS, TRUE_WORDS
 
 
 @dataclass(frozen=True, order=True)
@@ -24,7 +26,7 @@ class Method:
     eotp: str = "false"  # an EOTP_RULES name
 
     def __post_init__(self) -> None:
-        if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule reads one)
+        if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule_name reads one)
             raise ValueError(f"Method.eotp={self.eotp!r}: use one of {', '.join(EOTP_RULES)}")
 
     @property
@@ -60,8 +62,10 @@ POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "
 CACHE_ORDER = ("none", "prefix", "dual")
 EOTP_RULES = ("false", "true", "committed")  # also the rows' order
 EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
-_FALSE_SPELLINGS = {"", "0", "false", "no", "off"}
-_TRUE_SPELLINGS = {"1", "true", "yes", "on"}
+# The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
+# which older results files may hold.
+_TRUE_SPELLINGS = {*TRUE_WORDS, "yes", "on"}
+_FALSE_SPELLINGS = {*FALSE_WORDS, "no", "off", ""}
 
 
 def _fmt_param(value: Any) -> str | None:
@@ -77,8 +81,8 @@ def _fmt_param(value: Any) -> str | None:
     return None  # lists/dicts/None do not go into a row label
 
 
-def eotp_rule(value: Any, bool_true: str = "committed") -> str:
-    """The EoTP rule a recorded ``eotp`` value names.
+def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
+    """The EoTP rule's name (an :data:`EOTP_RULES` entry) a recorded ``eotp`` value stands for.
 
     Strings are today's spellings (``true``/``1``/``yes`` = the authors' rule). A JSON/Python boolean
     ``True`` is ``bool_true``: ``"committed"`` for sidecar manifests and stored baselines (written as a
@@ -110,11 +114,8 @@ def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any,
         policy=str(policy or "unknown"),
         params=tuple(items),
         cache=str(cache or "none"),
-        eotp=eotp_rule(eotp, bool_true),
+        eotp=eotp_rule_name(eotp, bool_true),
     )
-
-
-BASELINE = Method("low_confidence")
 
 
 def parse_method_spec(spec: str) -> dict[str, str]:
@@ -135,7 +136,7 @@ def parse_method_spec(spec: str) -> dict[str, str]:
         raise ValueError(f"--baseline-method {spec!r} names no policy; e.g. 'policy=low_confidence,cache=none'")
     if "eotp" in fields:
         try:
-            fields["eotp"] = eotp_rule(fields["eotp"])
+            fields["eotp"] = eotp_rule_name(fields["eotp"])
         except ValueError as err:
             raise ValueError(f"--baseline-method: {err}") from None
     return fields
@@ -147,7 +148,7 @@ def method_matches(method: Method, fields: dict[str, str]) -> bool:
         return False
     if method.cache != fields.get("cache", "none"):
         return False
-    if method.eotp != eotp_rule(fields.get("eotp", "false")):
+    if method.eotp != eotp_rule_name(fields.get("eotp", "false")):
         return False
     params = dict(method.params)
     for key, value in fields.items():

@@ -40,6 +40,7 @@ from l2pd_eval.results.sidecar import (
     parse_date_id,
     read_json,
 )
+from l2pd_eval.typed_args import comparable
 
 WINDOW_BEFORE_S = 600.0  # model built before lm-eval's clock started (python API with an LM instance)
 WINDOW_AFTER_S = 60.0
@@ -56,8 +57,9 @@ def is_results_json(data: Any) -> bool:
     return isinstance(data, dict) and isinstance(data.get("results"), dict) and ("configs" in data or "config" in data)
 
 
-def parse_model_args(model_args: Any) -> dict[str, str]:
-    """lm-eval's ``key=value,key=value`` string (or a dict) as a dict of strings."""
+def model_args_as_text(model_args: Any) -> dict[str, str]:
+    """Recorded model_args (lm-eval's ``key=value,key=value`` string, or a dict) as text values, unchecked;
+    the adapter's strict, typed parse is :func:`l2pd_eval.harness.model_args.parse_model_args`."""
     if isinstance(model_args, dict):
         return {str(k): str(v) for k, v in model_args.items()}
     out: dict[str, str] = {}
@@ -80,7 +82,7 @@ class ResultsFile:
 
     @property
     def model_args(self) -> dict[str, str]:
-        return parse_model_args((self.data.get("config") or {}).get("model_args"))
+        return model_args_as_text((self.data.get("config") or {}).get("model_args"))
 
     def subtasks(self) -> dict[str, list[str]]:
         return {g: list(s) for g, s in (self.data.get("group_subtasks") or {}).items()}
@@ -156,12 +158,12 @@ def check_results_json(path: Path, data: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------------
-# Runs and cells
+# Runs and what they measured per task
 
 
 @dataclass
-class Cell:
-    """What one run measured for one task (column)."""
+class TaskResult:
+    """What one run measured for one task: accuracy and timing, one column of the report."""
 
     task: str  # base task name (column)
     length: int | None
@@ -252,8 +254,8 @@ class Run:
                 pass
         return None
 
-    def cells(self, metric_overrides: dict[str, str] | None = None) -> list[Cell]:
-        out: list[Cell] = []
+    def task_results(self, metric_overrides: dict[str, str] | None = None) -> list[TaskResult]:
+        out: list[TaskResult] = []
         covered: set[str] = set()
         if self.results is not None:
             for name in self.results.top_level():
@@ -265,22 +267,22 @@ class Run:
                 overrides = metric_overrides or {}
                 metric = choose_metric(base, entry, overrides.get(name) or overrides.get(base))
                 shots = (self.results.data.get("n-shot") or {}).get(name)
-                cell = Cell(base, self._length_for(name, leaves), name, metric=metric,
+                result = TaskResult(base, self._length_for(name, leaves), name, metric=metric,
                             n_eval=self.results.n_samples(name), n_shot=shots if isinstance(shots, int) else None)
                 if metric is not None:
-                    cell.accuracy = _as_float(entry.get(metric))
+                    result.accuracy = _as_float(entry.get(metric))
                     mname, _, filt = metric.partition(",")
-                    cell.accuracy_stderr = _as_float(entry.get(f"{mname}_stderr,{filt}"))
+                    result.accuracy_stderr = _as_float(entry.get(f"{mname}_stderr,{filt}"))
                 if self.sidecar is not None:
                     rows = [s for s in self.sidecar.samples if s.task in leaves]
-                    cell.timing = self.sidecar.aggregate(leaves, name=name) if rows else None
-                out.append(cell)
+                    result.timing = self.sidecar.aggregate(leaves, name=name) if rows else None
+                out.append(result)
         if self.sidecar is not None:
             for task in self.sidecar.tasks():
                 if task in covered:
                     continue
                 base, _ = split_task(task)
-                out.append(Cell(base, self._length_for(task, [task]), task, timing=self.sidecar.aggregate(task)))
+                out.append(TaskResult(base, self._length_for(task, [task]), task, timing=self.sidecar.aggregate(task)))
         return out
 
 
@@ -288,21 +290,10 @@ class Run:
 # Discovery and pairing
 
 
-def _norm(value: str) -> str:
-    """lm-eval stores model_args typed (False, 0.9); a sidecar may hold the raw string ("false", "0.90")."""
-    text = value.strip()
-    if text.lower() in {"true", "false", "none"}:
-        return text.lower()
-    try:
-        return repr(float(text))
-    except ValueError:
-        return text
-
-
 def _compatible(sidecar: Sidecar, results: ResultsFile) -> bool:
-    mine = parse_model_args(sidecar.manifest.get("model_args"))
+    mine = model_args_as_text(sidecar.manifest.get("model_args"))
     theirs = results.model_args
-    if any(_norm(mine[k]) != _norm(theirs[k]) for k in mine.keys() & theirs.keys()):
+    if any(comparable(mine[k]) != comparable(theirs[k]) for k in mine.keys() & theirs.keys()):
         return False
     tasks = set(sidecar.tasks())
     known = set(results.results) | {t for subs in results.subtasks().values() for t in subs}

@@ -42,9 +42,6 @@ from l2pd_eval.results.manifest import (  # noqa: F401
 SCHEMA = "l2pd-eval/sidecar"
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)  # version 1: no completion marker, no papers' TPS fields (always complete)
-# The papers drop LLaDA's <|endoftext|> after re-tokenising the cut answer (see count_paper_tokens).
-PAPER_DROP_IDS = (126081,)
-
 
 
 @dataclass
@@ -58,8 +55,9 @@ class SampleRecord:
     nfe: int  # model forward passes spent on this answer
     gen_length: int
     eotp_saved: int = 0  # answer positions EoTP never had to decode
-    # The papers' count: the decoded text cut at the task's `until` strings, re-tokenised, id 126081
-    # dropped (count_paper_tokens). None in sidecars written before l2pd-eval recorded it.
+    # The papers' count: the decoded text cut at the task's `until` strings, re-tokenised, the family's
+    # ids dropped (count_paper_tokens; the manifest's paper_drop_ids). None in sidecars written before
+    # l2pd-eval recorded it.
     paper_tokens: int | None = None
 
     def __post_init__(self) -> None:
@@ -92,11 +90,11 @@ class SampleRecord:
         return self.tokens / self.seconds if self.seconds > 0 else None
 
 
-def count_paper_tokens(encode: Callable[[str], list[int]], text: str,
-                       drop_ids: Iterable[int] = PAPER_DROP_IDS) -> int:
+def count_paper_tokens(encode: Callable[[str], list[int]], text: str, drop_ids: Iterable[int]) -> int:
     """Answer tokens as both papers count them: ``text`` is the decoded answer already cut at the task's
     ``until`` strings; it is tokenised again (``encode``, e.g. ``lambda t: tok(t)["input_ids"]``) and
-    the ids in ``drop_ids`` are not counted."""
+    the ids in ``drop_ids`` are not counted (the model family's ``paper_drop_ids``: LLaDA's 126081,
+    recorded in the sidecar manifest)."""
     drop = set(drop_ids)
     return sum(1 for i in encode(text) if i not in drop)
 

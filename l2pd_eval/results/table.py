@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from l2pd_eval.results import render
 from l2pd_eval.results.columns import column_sort_key
 from l2pd_eval.results.methods import Method, method_matches, parse_method_spec
-from l2pd_eval.results.runs import Run
+from l2pd_eval.results.runs import Run, TaskResult
 from l2pd_eval.results.sidecar import TPS_KINDS
 
 Column = tuple[str, "int | None"]
@@ -95,56 +95,54 @@ def _cell_tps(t, kind: str) -> tuple[float | None, bool]:
     return value, False
 
 
-def build_report(
-    runs: list[Run],
-    tps_kind: str = "paper",
-    metric_overrides: dict[str, str] | None = None,
-    baseline_spec: str | None = None,
-) -> Report:
-    if tps_kind not in TPS_KINDS:
-        raise ValueError(f"--tps {tps_kind!r} is not valid; valid choices: {', '.join(TPS_KINDS)}")
-    notes: list[str] = []
+def _report_cell(run: Run, method: Method, result: TaskResult, tps_kind: str, notes: list[str]) -> ReportCell:
+    """One run's result on one column as a table cell (no speedup yet); what is missing goes to ``notes``."""
+    column, t = (result.task, result.length), result.timing
+    tps, fallback = _cell_tps(t, tps_kind)
+    if fallback:
+        notes.append(f"{run.name}: TPS (papers') n/a, {t.paper_missing}; its cells show TPS (decode, "
+                     f"sum/sum), marked {FALLBACK_MARK}")
+    if run.partial:
+        notes.append(f"{run.name}: {run.partial} requests (the run was interrupted or is still going)")
+    if result.metric is None and run.results is not None:
+        notes.append(f"{column_label(column)}: {result.source_task} has no metric in {run.results.path}")
+    return ReportCell(
+        method=method, column=column, run=run.name,
+        tps=tps, tps_fallback=fallback, partial=run.partial, tps_paper=t.tps_paper if t else None,
+        tps_mean=t.tps_mean if t else None, tps_total=t.tps_total if t else None,
+        accuracy=result.accuracy, metric=result.metric,
+        nfe_mean=t.nfe_mean if t else None,
+        tokens_per_forward=t.tokens_per_forward_mean if t else None,
+        n_timing=t.count if t else 0, n_eval=result.n_eval, model=run.model, family=run.family,
+        n_shot=result.n_shot,
+    )
+
+
+def _collect_cells(runs: list[Run], tps_kind: str, metric_overrides: dict[str, str] | None,
+                   notes: list[str]) -> dict[tuple[Method, Column], ReportCell]:
+    """Every run's cells; where several runs fill one cell, the best (finished, with accuracy and TPS,
+    then the later one) is kept and a note says so."""
     cells: dict[tuple[Method, Column], ReportCell] = {}
     quality: dict[tuple[Method, Column], tuple] = {}
     for run in runs:
         method = run.method
-        run_cells = run.cells(metric_overrides)
+        run_results = run.task_results(metric_overrides)
         notes.extend(run.notes)
-        for c in run_cells:
-            column = (c.task, c.length)
-            t = c.timing
-            tps, fallback = _cell_tps(t, tps_kind)
-            if fallback:
-                notes.append(f"{run.name}: TPS (papers') n/a, {t.paper_missing}; its cells show TPS (decode, "
-                             f"sum/sum), marked {FALLBACK_MARK}")
-            if run.partial:
-                notes.append(f"{run.name}: {run.partial} requests (the run was interrupted or is still going)")
-            cell = ReportCell(
-                method=method, column=column, run=run.name,
-                tps=tps, tps_fallback=fallback, partial=run.partial, tps_paper=t.tps_paper if t else None,
-                tps_mean=t.tps_mean if t else None, tps_total=t.tps_total if t else None,
-                accuracy=c.accuracy, metric=c.metric,
-                nfe_mean=t.nfe_mean if t else None,
-                tokens_per_forward=t.tokens_per_forward_mean if t else None,
-                n_timing=t.count if t else 0, n_eval=c.n_eval, model=run.model, family=run.family,
-                n_shot=c.n_shot,
-            )
-            if c.metric is None and run.results is not None:
-                notes.append(f"{column_label(column)}: {c.source_task} has no metric in {run.results.path}")
-            key = (method, column)
+        for result in run_results:
+            cell = _report_cell(run, method, result, tps_kind, notes)
+            key = (method, cell.column)
             q = _cell_quality(cell, run.started_at)
             if key in cells:
                 keep = cell if q >= quality[key] else cells[key]  # ties: the later run
-                notes.append(f"{column_label(column)} / {method.label}: several runs, using {keep.run}")
+                notes.append(f"{column_label(cell.column)} / {method.label}: several runs, using {keep.run}")
                 if keep is cells[key]:
                     continue
             cells[key] = cell
             quality[key] = q
+    return cells
 
-    methods = sorted({m for m, _ in cells}, key=Method.sort_key)
-    columns = sorted({col for _, col in cells}, key=column_sort_key)
 
-    spec = baseline_spec or DEFAULT_BASELINE
+def _choose_baseline(methods: list[Method], spec: str, notes: list[str]) -> Method | None:
     matching = [m for m in methods if m.label == spec]  # a row label copied from a table
     if not matching:
         fields = parse_method_spec(spec)
@@ -154,26 +152,49 @@ def build_report(
         notes.append(f"no run matches the baseline method ({spec}): every speedup is n/a")
     elif len(matching) > 1:
         notes.append(f"several methods match the baseline ({spec}); using {baseline.label}")
+    return baseline
 
+
+def _fill_column(cells: dict[tuple[Method, Column], ReportCell], column: Column, baseline: Method | None,
+                 notes: list[str]) -> None:
+    """Speedups against the baseline's cell of ``column``, and the column's best TPS and accuracy."""
+    base_cell = cells.get((baseline, column)) if baseline is not None else None
+    base_tps = base_cell.tps if base_cell is not None else None
+    if baseline is not None and not base_tps:
+        notes.append(f"{column_label(column)}: no baseline ({baseline.label}) timing, speedup n/a")
+    column_cells = [c for (m, col), c in cells.items() if col == column]
+    for c in column_cells:
+        if base_tps and c.tps is not None:
+            c.speedup = c.tps / base_tps
+            c.speedup_fallback = c.tps_fallback or base_cell.tps_fallback
+            if c.n_timing != base_cell.n_timing:  # e.g. an unfinished run: not the same questions
+                notes.append(f"{column_label(column)} / {c.method.label}: {c.n_timing} timed samples vs "
+                             f"{base_cell.n_timing} for the baseline")
+    tps_values = [c.tps for c in column_cells if c.tps is not None]
+    acc_values = [c.accuracy for c in column_cells if c.accuracy is not None]
+    for c in column_cells:
+        c.best_tps = len(tps_values) > 1 and c.tps is not None and c.tps == max(tps_values)
+        c.best_acc = len(acc_values) > 1 and c.accuracy is not None and c.accuracy == max(acc_values)
+
+
+def build_report(
+    runs: list[Run],
+    tps_kind: str = "paper",
+    metric_overrides: dict[str, str] | None = None,
+    baseline_spec: str | None = None,
+) -> Report:
+    """The table of ``runs``: one row per method, one column per (task, length), speedups against the
+    baseline method (``baseline_spec``, default low_confidence without cache or EoTP) in each column."""
+    if tps_kind not in TPS_KINDS:
+        raise ValueError(f"--tps {tps_kind!r} is not valid; valid choices: {', '.join(TPS_KINDS)}")
+    notes: list[str] = []
+    cells = _collect_cells(runs, tps_kind, metric_overrides, notes)
+    methods = sorted({m for m, _ in cells}, key=Method.sort_key)
+    columns = sorted({col for _, col in cells}, key=column_sort_key)
+    spec = baseline_spec or DEFAULT_BASELINE
+    baseline = _choose_baseline(methods, spec, notes)
     for column in columns:
-        base_cell = cells.get((baseline, column)) if baseline is not None else None
-        base_tps = base_cell.tps if base_cell is not None else None
-        if baseline is not None and not base_tps:
-            notes.append(f"{column_label(column)}: no baseline ({baseline.label}) timing, speedup n/a")
-        column_cells = [c for (m, col), c in cells.items() if col == column]
-        for c in column_cells:
-            if base_tps and c.tps is not None:
-                c.speedup = c.tps / base_tps
-                c.speedup_fallback = c.tps_fallback or base_cell.tps_fallback
-                if c.n_timing != base_cell.n_timing:  # e.g. an unfinished run: not the same questions
-                    notes.append(f"{column_label(column)} / {c.method.label}: {c.n_timing} timed samples vs "
-                                 f"{base_cell.n_timing} for the baseline")
-        tps_values = [c.tps for c in column_cells if c.tps is not None]
-        acc_values = [c.accuracy for c in column_cells if c.accuracy is not None]
-        for c in column_cells:
-            c.best_tps = len(tps_values) > 1 and c.tps is not None and c.tps == max(tps_values)
-            c.best_acc = len(acc_values) > 1 and c.accuracy is not None and c.accuracy == max(acc_values)
-
+        _fill_column(cells, column, baseline, notes)
     return Report(tps_kind=tps_kind, methods=methods, columns=columns, cells=cells, baseline=baseline,
                   baseline_spec=spec, notes=_dedupe(notes), environment=_common_environment(runs))
 

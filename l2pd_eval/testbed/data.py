@@ -229,22 +229,6 @@ def make_splits(seed: int = DEFAULT_TEST_SEED, n_test: int = DEFAULT_TEST_SIZE,
     return train, test
 
 
-def check_answer(answer: str) -> int:
-    """Verify every calculator annotation and return the final integer; raise ValueError if wrong."""
-    for expr, value in CALC_RE.findall(answer):
-        m = re.fullmatch(r"(\d+)([-+*/])(\d+)", expr)
-        if m is None:
-            raise ValueError(f"unparsable annotation {expr!r}")
-        a, op, b = int(m.group(1)), m.group(2), int(m.group(3))
-        want = {"+": a + b, "-": a - b, "*": a * b, "/": a / b}[op]
-        if float(value) != want:
-            raise ValueError(f"wrong annotation {expr}={value} (should be {want})")
-    match = ANSWER_RE.search(answer)
-    if match is None:
-        raise ValueError("answer has no '#### N' line")
-    return int(match.group(1).replace(",", ""))
-
-
 def write_jsonl(problems: Iterable[Problem], path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +245,7 @@ def read_jsonl(path: str | Path) -> list[dict[str, str]]:
 
 def task_data_dir() -> Path:
     """Folder of the ``l2pd_demo`` lm-eval task (its shipped jsonl files), source checkout or wheel."""
-    from l2pd_eval._hook import task_dir
+    from l2pd_eval.harness._hook import task_dir
 
     base = task_dir()
     if base is None or not (base / "l2pd_demo").is_dir():

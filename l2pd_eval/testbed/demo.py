@@ -48,8 +48,8 @@ def demo_main(args: argparse.Namespace) -> int:
     from lm_eval.tasks import TaskManager
     from rich.console import Console
 
-    from l2pd_eval._hook import install
     from l2pd_eval.cli import main as cli_main
+    from l2pd_eval.harness._hook import install
     from l2pd_eval.testbed import checkpoint_path, filter_path
 
     install(force=True)

@@ -14,7 +14,7 @@ Three things lm-eval 0.4.13 cannot do from YAML alone:
 * **Local data.** With ``L2PD_DATA_DIR`` set, each task reads the files named in its
   ``local_data`` mapping (split -> path relative to that folder, HF schema) instead of the Hub.
 * **Code tasks.** Completions of a chat dLLM need their program extracted and executed for pass@1:
-  :mod:`l2pd_eval.tasks_code` does it; its YAML-facing names are re-exported here, and importing this
+  :mod:`l2pd_eval.harness.tasks_code` does it; its metrics are re-exported here, and importing this
   module registers its ``l2pd_extract_code`` filter.
 """
 
@@ -29,19 +29,8 @@ from typing import Any
 import yaml
 from lm_eval.api.task import ConfigurableTask
 
-# Re-exported: the task YAMLs (tasks/l2pd_suite/utils.py) and tests import these from here.
-from l2pd_eval.tasks_code import (  # noqa: F401
-    FILTER_NAME,
-    ExecResult,
-    ExtractCodeFilter,
-    entry_point_from_tests,
-    extract_program,
-    longest_valid_code,
-    pass_at_1,
-    pass_at_1_humaneval,
-    run_program,
-    sanitize_program,
-)
+# Re-exported for the task YAMLs' utils.py (tasks/l2pd_suite); the import also registers the filter.
+from l2pd_eval.harness.tasks_code import pass_at_1, pass_at_1_humaneval  # noqa: F401
 
 DATA_DIR_ENV = "L2PD_DATA_DIR"
 # Keys our YAMLs add on top of lm-eval's TaskConfig; removed before the config reaches lm-eval.

@@ -4,7 +4,7 @@ Completions of a chat dLLM come with chat wrappers, markdown fences and prose; :
 (registered as ``l2pd_extract_code`` when this module is imported) extracts the program the way the
 anchors' post-processing does, and :func:`run_program` executes program + tests in a subprocess for
 pass@1 (no Hub download, so it works offline). The task YAMLs reach these through
-:mod:`l2pd_eval.tasks_support`, which re-exports them.
+:mod:`l2pd_eval.harness.tasks_support`, which re-exports them.
 """
 
 from __future__ import annotations

@@ -1,10 +1,24 @@
-"""Make the stock ``lm_eval`` CLI see the ``learn2pd`` model and the ``tasks/`` of this package.
+"""Make the stock ``lm_eval`` CLI see the ``learn2pd`` model, the ``tasks/`` of this package and our sidecar.
 
 lm-eval 0.4.13 has no plugin entry point for models or task folders. A ``.pth`` file installed beside
 the package calls :func:`install` at interpreter start; it only puts a finder on ``sys.meta_path``
-(no torch, no lm-eval import). When lm-eval itself imports ``lm_eval.api.registry`` we add a *lazy*
-placeholder for our model class, and when it imports ``lm_eval.tasks.manager`` we append our task
-folder to every ``TaskManager``'s include path. Set ``L2PD_EVAL_NO_HOOK=1`` to switch it off.
+(no torch, no lm-eval import). When lm-eval itself imports one of these modules, the finder patches it
+right after it ran (:data:`_AFTER`):
+
+* ``lm_eval.api.registry``: registers a *lazy* placeholder ``learn2pd`` ->
+  :data:`MODEL_TARGET` (lm-eval's own placeholders are filled in first, so they keep resolving).
+* ``lm_eval.tasks.manager``: ``TaskManager.__init__`` puts our task folder (:func:`task_dir`) first on
+  every include path (user paths after it, so they may override ours).
+* ``lm_eval.loggers.evaluation_tracker``: after ``EvaluationTracker.save_results_aggregated`` wrote
+  ``results_<stamp>.json``, the pending sidecars of that model go beside it as ``l2pd_<stamp>.json``
+  (:func:`l2pd_eval.harness.recorder.flush_sidecars`).
+* ``lm_eval.api.model``: ``CachingLM`` (``--use_cache``) shows every request of a ``generate_until``
+  call to the model's ``restore_cached`` before it answers the cached ones itself, and makes a
+  data-parallel rank whose requests were all cached join the call's collective.
+
+Each patch is applied once (a ``_l2pd_patched`` flag on the class); :func:`install` called after lm-eval
+was imported (a notebook) patches the modules already loaded. Set ``L2PD_EVAL_NO_HOOK=1`` to switch
+the hook off (``python -m l2pd_eval.harness.lm_eval_cli`` still installs it).
 """
 
 from __future__ import annotations
@@ -13,15 +27,15 @@ import os
 import sys
 
 MODEL_NAME = "learn2pd"
-MODEL_TARGET = "l2pd_eval.lm_eval_model:Learn2PDLM"
+MODEL_TARGET = "l2pd_eval.harness.lm_eval_model:Learn2PDLM"
 
 
 def task_dir():
     """Installed wheels carry the YAMLs as ``l2pd_eval/tasks``; a source checkout has ``tasks/`` at the root."""
     from pathlib import Path
 
-    here = Path(__file__).resolve().parent
-    for cand in (here / "tasks", here.parent / "tasks"):
+    package = Path(__file__).resolve().parents[1]  # l2pd_eval/
+    for cand in (package / "tasks", package.parent / "tasks"):
         if cand.is_dir():
             return cand
     return None
@@ -68,14 +82,14 @@ def _after_tracker(module) -> None:
 
     def save_results_aggregated(self, *args, **kwargs):
         out = original(self, *args, **kwargs)
-        lm_mod = sys.modules.get("l2pd_eval.lm_eval_model")
-        if lm_mod is not None and self.output_path and getattr(self, "date_id", None):
+        recorder = sys.modules.get("l2pd_eval.harness.recorder")  # imported by the model, if one was built
+        if recorder is not None and self.output_path and getattr(self, "date_id", None):
             from pathlib import Path
 
             path = Path(self.output_path)
             folder = path.parent if path.suffix == ".json" else path / str(
                 self.general_config_tracker.model_name_sanitized)
-            lm_mod.flush_sidecars(folder, self.date_id, getattr(self.general_config_tracker, "model_name", None))
+            recorder.flush_sidecars(folder, self.date_id, getattr(self.general_config_tracker, "model_name", None))
         return out
 
     cls.save_results_aggregated = save_results_aggregated
@@ -85,7 +99,7 @@ def _after_tracker(module) -> None:
 def _after_model(module) -> None:
     """``--use_cache``: lm-eval's CachingLM answers cached requests itself and hands the model only the
     rest, so the model never sees the cached ones. Show them to a model that wants them
-    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/resume.py)."""
+    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/harness/resume.py)."""
     cls = module.CachingLM
     if getattr(cls, "_l2pd_patched", False):
         return
@@ -101,7 +115,7 @@ def _after_model(module) -> None:
             restore(requests, self.dbdict)
             calls = getattr(self.lm, "generate_calls", None)
             out = fn(requests, *args, **kwargs)
-            if calls is not None and self.lm.generate_calls == calls and getattr(self.lm, "_world_size", 1) > 1:
+            if calls is not None and self.lm.generate_calls == calls and getattr(self.lm, "world_size", 1) > 1:
                 # every request of this rank came from the db, so CachingLM never called the model; its
                 # generate_until is collective (rank 0 gathers the sidecar records), so join it empty.
                 self.lm.generate_until([])

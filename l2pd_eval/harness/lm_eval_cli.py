@@ -1,7 +1,7 @@
-"""``python -m l2pd_eval.lm_eval_cli ...`` = ``lm_eval ...`` with our model, tasks and sidecar registered,
+"""``python -m l2pd_eval.harness.lm_eval_cli ...`` = ``lm_eval ...`` with our model, tasks and sidecar registered,
 for environments where the ``.pth`` hook is disabled (``L2PD_EVAL_NO_HOOK=1``) or not installed."""
 
-from l2pd_eval._hook import install
+from l2pd_eval.harness._hook import install
 
 if __name__ == "__main__":
     install(force=True)

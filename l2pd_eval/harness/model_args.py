@@ -1,0 +1,157 @@
+"""``--model_args`` of ``--model learn2pd``: one typed parse, joined with the settings lm-eval passes itself.
+
+Every key is ours (:class:`ModelArgs`) or the chosen policy's; each value is coerced once by its field's
+type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
+(docs/errors.md), raised before the model is loaded.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+
+from l2pd_eval.engine.generate import EotpMode, GenerationConfig
+from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
+
+log = logging.getLogger(__name__)
+
+Tristate = Literal["auto", "true", "false"]
+#: lm-eval 0.4.13 passes ``device="cuda:0"`` when --device is not given (EvaluatorConfig's default).
+LM_EVAL_DEFAULT_DEVICE = "cuda:0"
+#: The decode length when neither gen_length= nor the task's max_gen_toks says otherwise.
+DEFAULT_GEN_LENGTH = 256
+#: batch_size=auto: rows are sized for prompts of this many tokens (engine/memory.py's ``prompt_len``).
+AUTO_PROMPT_BUDGET = 1024
+#: batch_size=auto without max_batch_size: at most this many rows.
+AUTO_BATCH_CAP = 64
+
+
+@dataclass
+class ModelArgs:
+    """Everything ``--model_args`` accepts besides the chosen policy's own parameters.
+
+    Built only by :func:`parse_model_args`, so every field already has its declared type.
+    """
+
+    pretrained: str
+    tokenizer: str | None = None
+    revision: str | None = None
+    policy: str = "low_confidence"
+    cache: str = "none"
+    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end
+    eot_ids: str | None = None        # ';'-separated ids (commas separate model_args); default: eos + eot_id
+    gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
+    block_length: int = 32
+    steps: int | None = None
+    temperature: float | None = None  # given: wins over the tasks' gen_kwargs (harness/gen_kwargs.py)
+    seed: int = 0
+    dtype: str = "auto"
+    device: str | None = None
+    batch_size: int | str = 1         # rows per batch, or auto: sized per (gen_length, temperature)
+    max_batch_size: int | None = None
+    chat: Tristate = "auto"           # auto: the model family's rule (model/family.py, instruct_marker)
+    add_bos_token: Tristate = "auto"  # BOS before plain (non-chat) prompts; auto: the model family's rule
+    mask_id: int | None = None
+    eos_id: int | None = None
+    sidecar: str | None = None        # explicit sidecar path; default: beside lm-eval's --output_path results
+    checkpoint_s: float = 10.0        # partial sidecar rewritten at most this often (0: after every batch)
+    progress_every_s: float = 30.0    # off a terminal: one progress line at most this often (0: every batch)
+    cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
+    compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
+    compile_autotune: bool = False    # compile: time reduction kernels' configs (l2pd_eval/model/compiling.py)
+    progress: bool = True
+    mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
+    mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
+
+    def __post_init__(self) -> None:
+        for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name}={value} must be a positive integer")
+        for name in ("checkpoint_s", "progress_every_s", "temperature"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"{name}={value} must be >= 0")
+        self.end_ids()
+        self.fixed_batch_size()
+        if self.compile_autotune and not self.compile:
+            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
+        if self.gen_length is None and self.steps is not None:
+            raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
+                             "max_gen_toks and steps = gen_length)")
+
+    def end_ids(self) -> list[int] | None:
+        """``eot_ids=`` as ids (None: the tokenizer's eos and the family's end of turn)."""
+        if self.eot_ids is None:
+            return None
+        parts = [p.strip() for p in self.eot_ids.split(";") if p.strip()]
+        if not parts or not all(INTEGER.match(p) for p in parts):
+            raise ValueError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
+        return [int(p) for p in parts]
+
+    def fixed_batch_size(self) -> int | None:
+        """The rows per batch, or None for ``auto`` (lm-eval's ``auto:N`` spelling included)."""
+        if isinstance(self.batch_size, str):
+            if self.batch_size.startswith("auto"):
+                return None
+            raise ValueError(f"batch_size={self.batch_size!r}; valid choices: a positive integer or auto")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size={self.batch_size} must be positive")
+        return self.batch_size
+
+    def gen_length_for(self, max_gen_toks: int | None) -> int:
+        """gen_length= if given; else the task's max_gen_toks rounded up to whole blocks (the 256/1024 tasks)."""
+        if self.gen_length is not None:
+            return self.gen_length
+        want = int(max_gen_toks or DEFAULT_GEN_LENGTH)
+        return -(-want // self.block_length) * self.block_length
+
+    def generation_config(self, gen_length: int, temperature: float | None, cuda_graph: bool) -> GenerationConfig:
+        """The engine's settings for one (decode length, temperature); ``temperature`` None: the run's."""
+        return GenerationConfig(
+            gen_length=gen_length, block_length=self.block_length, steps=self.steps,
+            temperature=(self.temperature or 0.0) if temperature is None else temperature,
+            cache=self.cache, eotp=self.eotp, seed=self.seed, cuda_graph=cuda_graph, compile=self.compile,
+            compile_autotune=self.compile_autotune)
+
+
+def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
+    """The one parse of ``--model_args``: (typed ModelArgs, typed parameters of the chosen policy).
+
+    ``None`` means "not given" (lm-eval reads ``key=none`` as None). Each value is coerced once by its
+    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours nor the policy's are an error
+    listing both.
+    """
+    values = {k: v for k, v in raw.items() if v is not None}
+    if "pretrained" not in values:
+        raise ValueError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
+    own = parameters(ModelArgs)
+    args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
+    rest = {k: v for k, v in values.items() if k not in own}
+    return args, parse_policy_params(args.policy, rest, also_valid=own)
+
+
+def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, Any]) -> dict[str, Any]:
+    """Join --model_args with the settings lm-eval always passes (batch_size, max_batch_size, device).
+
+    lm-eval hands over its own values even when the user gave none, so a key in both would be a
+    ``TypeError: got multiple values``: --model_args wins and the override is said once. lm-eval's default
+    ``device=cuda:0`` on a machine without CUDA is no request at all: the model picks its device itself.
+    """
+    merged = dict(model_args)
+    for key, value in lm_eval.items():
+        if value is None:
+            continue
+        if key in model_args:
+            if str(model_args[key]) != str(value):
+                log.warning("model_args %s=%s overrides lm-eval's --%s %s", key, model_args[key], key, value)
+            continue
+        if key == "device" and value == LM_EVAL_DEFAULT_DEVICE and not torch.cuda.is_available():
+            continue
+        merged[key] = value
+    return merged

@@ -1,0 +1,203 @@
+"""What a ``learn2pd`` run writes besides lm-eval's own files, so that an interrupted run loses nothing.
+
+:class:`RunRecorder` owns the run's timing sidecar (its manifest, one ``SampleRecord`` per answer, one
+``LoopRecord`` per ``generate_until`` call), the timing journal beside a ``--use_cache`` db
+(:mod:`l2pd_eval.harness.resume`) and the partial sidecar checkpoints (docs/results.md, "Partial runs").
+It never calls the model: the one collective it needs (rank 0 gathering every rank's records) is handed
+in as ``gather``. After lm-eval saved ``results_<stamp>.json`` the import hook calls
+:func:`flush_sidecars`, which writes the complete sidecar ``l2pd_<stamp>.json`` beside it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from l2pd_eval.harness.resume import TimingJournal, configuration_key, restore
+from l2pd_eval.results.sidecar import (
+    SIDECAR_PREFIX,
+    SampleRecord,
+    Sidecar,
+    output_path_from_argv,
+    results_dir,
+)
+
+log = logging.getLogger(__name__)
+# Sidecars of this process's rank 0 still waiting for lm-eval to save its results. Held strongly: lm-eval
+# drops the model object before it writes results_<stamp>.json.
+_PENDING: list[Sidecar] = []
+#: ``gather(obj, dst)``: every rank's ``obj`` as a list on rank ``dst`` (None elsewhere); lm-eval's
+#: ``LM.gather_object`` contract.
+Gather = Callable[[Any, int], "list[Any] | None"]
+
+
+def padding_copies(requests: Sequence[Any]) -> list[bool]:
+    """Data-parallel lm-eval pads a rank's list with extra copies of its last request: they are timed but
+    kept out of the sidecar (a request legitimately appears ``repeats`` times)."""
+    seen: dict[int, int] = {}
+    padding = []
+    for r in requests:
+        seen[id(r)] = seen.get(id(r), 0) + 1
+        padding.append(seen[id(r)] > max(int(getattr(r, "repeats", 1) or 1), 1))
+    return padding
+
+
+def task_name(request: Any) -> str:
+    return str(getattr(request, "task_name", None) or "unknown")
+
+
+def doc_id(request: Any) -> int:
+    return int(getattr(request, "doc_id", -1) or 0)
+
+
+class RunRecorder:
+    """The sidecar, journal and checkpoints of one ``learn2pd`` model object (one per rank)."""
+
+    def __init__(self, manifest: dict[str, Any], rank: int, world_size: int, sidecar_path: str | None,
+                 checkpoint_s: float) -> None:
+        self.sidecar = Sidecar(manifest=manifest, samples=[])
+        self.rank, self.world_size = rank, world_size
+        self.sidecar_path = sidecar_path  # sidecar=PATH; None: beside lm-eval's results
+        self.checkpoint_s = checkpoint_s
+        self._mark = 0.0  # end of the previous batch (per-request wall shares, see record_batch)
+        if rank == 0:
+            _PENDING.append(self.sidecar)
+
+    @contextmanager
+    def timed_call(self, requests: Sequence[Any], padding: list[bool]) -> Iterator[None]:
+        """Time one ``generate_until`` call (enter before tokenising, leave after detokenising); a crash or
+        Ctrl-C inside checkpoints everything finished so far before it propagates."""
+        loop = self.sidecar.begin_loop(self.rank, [task_name(r) for r, pad in zip(requests, padding, strict=True)
+                                                   if not pad])
+        self._mark = time.perf_counter()
+        try:
+            yield
+        except BaseException:
+            self.checkpoint(force=True)
+            raise
+        self.sidecar.end_loop(loop)
+
+    def record_batch(self, requests: Sequence[Any], texts: list[str], records: list[SampleRecord],
+                     padding: list[bool], cache_hook: Any) -> None:
+        """Answers to lm-eval's response cache, timing to the journal and the sidecar, then a checkpoint.
+
+        Each request's share of the loop's wall time is the time since the previous batch finished (the
+        first batch also carries the tokenising of the whole call) split over the batch's rows."""
+        from lm_eval.api.model import hash_args
+
+        now = time.perf_counter()
+        share, self._mark = (now - self._mark) / len(requests), now
+        keep = [(req, rec) for req, rec, pad in zip(requests, records, padding, strict=True) if not pad]
+        db = getattr(cache_hook, "dbdict", None)
+        if db is not None:  # journal first: a kill before the db commit only means decoding it again
+            self._journal(db).append((hash_args("generate_until", req.args), rec, share) for req, rec in keep)
+        for req, text in zip(requests, texts, strict=True):
+            cache_hook.add_partial("generate_until", req.args, text)
+        if db is not None:
+            db.commit(blocking=True)
+        for _, rec in keep:
+            self.sidecar.add(rec)
+        self.checkpoint()
+
+    def restore_cached(self, requests: Sequence[Any], db: Any) -> None:
+        """``--use_cache``: the timing records of the requests the db will answer come back from the
+        journal, each once (:func:`l2pd_eval.harness.resume.restore`)."""
+        from lm_eval.api.model import hash_args
+
+        cached = []
+        for req, pad in zip(requests, padding_copies(requests), strict=True):
+            if pad or (req.args[1] or {}).get("do_sample", False):
+                continue  # a data-parallel padding copy; CachingLM never answers sampled requests from the db
+            h = hash_args("generate_until", req.args)
+            if h in db:
+                cached.append((h, task_name(req), doc_id(req)))
+        if not cached:
+            return
+        journal = self._journal(db)
+        samples, loop, untimed = restore(journal, cached, self.rank)
+        self.sidecar.samples.extend(samples)
+        if loop is not None:
+            self.sidecar.loops.append(loop)
+        manifest = self.sidecar.manifest
+        manifest["restored_from_cache"] = manifest.get("restored_from_cache", 0) + len(samples)
+        if untimed:
+            log.warning("%d answers come from the --use_cache db %s without timing records (decoded before "
+                        "l2pd-eval journaled them, or by another model); the sidecar leaves them out", untimed,
+                        db.filename)
+        log.info("learn2pd: %d answers and their timing restored from %s", len(samples), journal.path)
+
+    def end_call(self, gather: Gather) -> None:
+        """After every ``generate_until`` call, on every rank (collective): rank 0 gathers the records, then
+        writes ``sidecar=PATH`` or the partial checkpoint."""
+        self._gather(gather)
+        if self.sidecar_path and self.rank == 0:
+            self.sidecar.save(self.sidecar_path)
+        else:
+            self.checkpoint(force=True)
+
+    def checkpoint(self, force: bool = False) -> None:
+        """Rewrite the partial sidecar (rank 0), at most every ``checkpoint_s`` seconds unless ``force``."""
+        if self.rank != 0 or not self.sidecar.samples:
+            return
+        path = self._checkpoint_path()
+        if path is not None:
+            self.sidecar.checkpoint(path, min_interval_s=0.0 if force else self.checkpoint_s)
+
+    def _journal(self, db: Any) -> TimingJournal:
+        return TimingJournal(db.filename, configuration_key(self.sidecar.manifest.get("model_args") or {}))
+
+    def _checkpoint_path(self) -> Path | None:
+        """Where the partial sidecar goes while the run is going (docs/results.md, "Partial runs").
+
+        ``sidecar=PATH``: there. Else, for a stock ``lm_eval ... --output_path OUT`` run: lm-eval's results
+        folder, ``l2pd_partial_<hash of the command line>.json``, so a rerun of the same command rewrites
+        the same file; the final sidecar replaces it. No --output_path: nowhere."""
+        if self.sidecar_path:
+            return Path(self.sidecar_path)
+        out = output_path_from_argv()
+        if out is None or "lm_eval" not in Path(sys.argv[0]).as_posix():
+            return None
+        folder = results_dir(out, self.sidecar.manifest.get("model_args")) or Path(out)
+        key = hashlib.sha256("\0".join(sys.argv[1:]).encode()).hexdigest()[:12]
+        return folder / f"{SIDECAR_PREFIX}partial_{key}.json"
+
+    def _gather(self, gather: Gather) -> None:
+        """Data-parallel runs: rank 0 collects every rank's records (all ranks call generate_until together)."""
+        if self.world_size <= 1:
+            return
+        manifest = self.sidecar.manifest
+        restored = manifest.pop("restored_from_cache", 0)
+        gathered = gather((self.sidecar.samples, self.sidecar.loops, restored), 0)
+        if self.rank == 0:
+            self.sidecar.samples = [s for part in gathered for s in part[0]]
+            self.sidecar.loops = [loop for part in gathered for loop in part[1]]
+            if any(part[2] for part in gathered):
+                manifest["restored_from_cache"] = sum(part[2] for part in gathered)
+        else:
+            self.sidecar.samples, self.sidecar.loops = [], []
+
+
+def flush_sidecars(directory: Path, stamp: str, model_name: str | None = None) -> list[Path]:
+    """Called by the hook right after lm-eval saved ``results_<stamp>.json`` into ``directory``.
+
+    Only sidecars of the model lm-eval is saving (its ``pretrained``) are written, and then forgotten;
+    other pending ones (another model built in the same process) wait for their own results.
+    """
+    written = []
+    for sidecar in list(_PENDING):
+        if model_name is not None and sidecar.manifest.get("model") != model_name:
+            continue
+        _PENDING.remove(sidecar)
+        if sidecar.samples:
+            partial = sidecar.path  # the run's checkpoints, if any: the complete file replaces them
+            suffix = f"_{len(written)}" if written else ""
+            written.append(sidecar.save(Path(directory) / f"{SIDECAR_PREFIX}{stamp}{suffix}.json"))
+            if partial is not None and partial.name.startswith(f"{SIDECAR_PREFIX}partial_") and partial != written[-1]:
+                partial.unlink(missing_ok=True)
+    return written
