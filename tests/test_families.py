@@ -17,6 +17,7 @@ from l2pd_eval.model.family import FAMILIES, Family, family_of, register_family
 from l2pd_eval.model.layers import RMSNorm
 from l2pd_eval.model.llada import PRESETS, LLaDA, LLaDAConfig
 from l2pd_eval.model.loading import random_model
+from l2pd_eval.model.tiny import write_tiny
 from l2pd_eval.model.tokenizer import LLADA_STYLE
 
 
@@ -205,3 +206,11 @@ def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
         load_model(str(tmp_path))
     with pytest.raises(ValueError, match=expected):
         random_model(BlockCausalConfig.from_dict(PRESETS["tiny"]), torch.float32, "cpu")
+
+
+def test_write_tiny_names_a_family_or_key_it_does_not_know(tmp_path):
+    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada"):
+        write_tiny("llama", tmp_path)
+    with pytest.raises(ValueError, match="write_tiny: llada's config.json has no key n_kv_head; valid: .*n_kv_heads"):
+        write_tiny("llada", tmp_path, n_kv_head=2)
+    assert not any(tmp_path.iterdir())

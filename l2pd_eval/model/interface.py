@@ -124,6 +124,7 @@ class DiffusionLM(Protocol):
         network was built on the meta device."""
 
 
-#: What ``register_family`` checks a network class has (the members of :class:`DiffusionLM`).
-MEMBERS: tuple[str, ...] = ("logit_shift", "device", "dtype", "new_cache", "forward", "compile_blocks",
-                            "init_weights", "init_buffers")
+#: The members of :class:`DiffusionLM` a network class must have (``register_family`` checks them; ``config``
+#: is set per instance).
+MEMBERS: tuple[str, ...] = tuple(name for name in dict.fromkeys((*DiffusionLM.__annotations__, *vars(DiffusionLM)))
+                                 if not name.startswith("_") and name != "config")

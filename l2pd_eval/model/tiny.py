@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,11 @@ def write_tiny(family: str, path: str | Path, seed: int = 0, init_std: float = 0
     if family not in FAMILIES:
         raise ValueError(f"family={family!r}; valid choices: {', '.join(sorted(FAMILIES))}")
     entry = FAMILIES[family]
+    names = {f.name for f in dataclasses.fields(entry.config_class)} - {"extra"}
+    unknown = sorted(set(fields) - names)
+    if unknown:  # from_dict would keep them in ``extra``, unused
+        raise ValueError(f"write_tiny: {family}'s config.json has no key {', '.join(unknown)}; "
+                         f"valid: {', '.join(sorted(names))}")
     shape = {**entry.presets[entry.tiny_preset], **fields}
     vocab = entry.config_class.from_dict(shape).vocab_size  # the tokenizer's size before its ids are known
     tokenizer = build_tokenizer(vocab_size=vocab, style=entry.tokenizer_style)
