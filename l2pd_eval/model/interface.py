@@ -126,5 +126,6 @@ class DiffusionLM(Protocol):
 
 #: The members of :class:`DiffusionLM` a network class must have (``register_family`` checks them; ``config``
 #: is set per instance).
-MEMBERS: tuple[str, ...] = tuple(name for name in dict.fromkeys((*DiffusionLM.__annotations__, *vars(DiffusionLM)))
-                                 if not name.startswith("_") and name != "config")
+MEMBERS: tuple[str, ...] = tuple(
+    name for name in dict.fromkeys((*DiffusionLM.__annotations__, *vars(DiffusionLM)))
+    if not name.startswith("_") and name != "config")

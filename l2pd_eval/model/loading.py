@@ -170,7 +170,8 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str | torch.devic
     return model.eval().requires_grad_(False)
 
 
-def save_model(model: DiffusionLM, directory: str | Path, dtype: torch.dtype | None = None, tokenizer: Any = None) -> Path:
+def save_model(model: DiffusionLM, directory: str | Path, dtype: torch.dtype | None = None,
+               tokenizer: Any = None) -> Path:
     """Write config.json + model.safetensors with the original key names (what :func:`load_model` reads)."""
     from safetensors.torch import save_file
 
