@@ -161,7 +161,7 @@ def model_args(cfg: RunConfig, tokenizer: Path, sidecar: Path) -> str:
 
 def launch(cfg: RunConfig, lengths: list[int]) -> tuple[Path, float]:
     """Build the workload in a fresh run folder and run lm_eval there; returns (run folder, process wall)."""
-    from l2pd_eval.model.config import PRESETS, LLaDAConfig
+    from l2pd_eval.model import PRESETS, LLaDAConfig
 
     vocab = LLaDAConfig.from_dict(PRESETS[cfg.preset]).vocab_size
     run_dir = cfg.workdir / (cfg.label or f"{cfg.preset}_b{cfg.batch_size}_np{cfg.nproc}_{int(time.time())}")

@@ -13,7 +13,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "smoke": ("l2pd_eval.smoke", "Decode a few prompts with a checkpoint and print text and statistics."),
-    "make-tiny": ("l2pd_eval.model.tiny", "Write a tiny random LLaDA- or Dream-format checkpoint directory."),
+    "make-tiny": ("l2pd_eval.model.tiny", "Write a tiny random checkpoint directory of a model family."),
     "report": ("l2pd_eval.results.cli", "Join lm-eval results with timing sidecars into the paper's table."),
     "compare": ("l2pd_eval.results.cli", "Regression check of a run against a stored baseline (exit 1 on regressions)."),
     "trajectories": ("l2pd_eval.filters.cli", "Record oracle-labelled decoding trajectories for filter training."),

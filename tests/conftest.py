@@ -1,11 +1,16 @@
-"""Shared fixtures: a tiny random LLaDA checkpoint written through the real checkpoint format."""
+"""Shared fixtures: tiny random checkpoints written through the real checkpoint format, one per model family."""
 
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+
+from l2pd_eval.model.family import FAMILIES, Family
 
 # Tiny models: one thread is as fast as two and does not oversubscribe CI's two cores.
 torch.set_num_threads(1)
@@ -14,27 +19,64 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+#: Three prompts of different lengths (left padding is exercised).
+PROMPT_TEXTS = ("Question: 3 + 4 = ?", "Hi", "def add(a, b):\n    return a + b\n# Natalia sold 48 clips")
+
+
+def _loaded(directory: Path) -> tuple[Any, Any, Any]:
+    """(model in float64 so batched/unbatched comparisons are exact, tokenizer, special ids)."""
+    from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
+
+    model = load_model(str(directory), dtype="float64")
+    tok = load_tokenizer(directory)
+    return model, tok, SpecialIds.resolve(tok, model.config)
+
+
+def _encode(tok, texts=PROMPT_TEXTS) -> list[list[int]]:
+    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
 
 @pytest.fixture(scope="session")
 def tiny_dir(tmp_path_factory):
-    from l2pd_eval.model.tiny import write_tiny_llada
+    from l2pd_eval.model.tiny import write_tiny
 
-    return write_tiny_llada(tmp_path_factory.mktemp("tiny-llada"), seed=0)
+    return write_tiny("llada", tmp_path_factory.mktemp("tiny-llada"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def tiny(tiny_dir):
-    """(model in float64 so batched/unbatched comparisons are exact, tokenizer, special ids)."""
-    from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
-
-    model = load_model(str(tiny_dir), dtype="float64")
-    tok = load_tokenizer(tiny_dir)
-    return model, tok, SpecialIds.resolve(tok, model.config)
+    """LLaDA's tiny checkpoint: (model in float64, tokenizer, special ids)."""
+    return _loaded(tiny_dir)
 
 
 @pytest.fixture(scope="session")
 def prompts(tiny):
-    """Three prompts of different lengths (left padding is exercised)."""
-    _, tok, _ = tiny
-    texts = ["Question: 3 + 4 = ?", "Hi", "def add(a, b):\n    return a + b\n# Natalia sold 48 clips"]
-    return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    """:data:`PROMPT_TEXTS` in the tiny LLaDA's tokens."""
+    return _encode(tiny[1])
+
+
+@dataclass
+class TinyFamily:
+    """One family's tiny checkpoint, loaded (the ``family`` fixture)."""
+
+    entry: Family           # the family table's entry
+    directory: Path         # config.json, model.safetensors and tokenizer, as ``model.tiny.write_tiny`` writes them
+    model: Any              # float64, so batched/unbatched comparisons are exact
+    tokenizer: Any
+    special: Any            # SpecialIds resolved from the tokenizer and config, as the adapter does
+    prompts: list[list[int]]  # PROMPT_TEXTS in this family's tokens
+
+    @property
+    def name(self) -> str:
+        return self.entry.name
+
+
+@pytest.fixture(scope="session", params=sorted(FAMILIES), ids=lambda name: f"family={name}")
+def family(request, tmp_path_factory) -> TinyFamily:
+    """Every family in the table, in turn: a test taking ``family`` runs once per family (the next family
+    is covered by adding its entry; nothing here names one)."""
+    from l2pd_eval.model.tiny import write_tiny
+
+    directory = write_tiny(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"), seed=0)
+    model, tok, special = _loaded(directory)
+    return TinyFamily(FAMILIES[request.param], directory, model, tok, special, _encode(tok))

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from l2pd_eval.model.llada import KVCache
+from l2pd_eval.model.layers import KVCache
 
 
 @dataclass

@@ -1,5 +1,6 @@
 """Dream network and loader: a checkpoint written here with the hub's key names and config format, checked
-against an independent plain-torch forward; shifted logits in full and cached (prefix/dual) chunks."""
+against an independent plain-torch forward; shifted logits; Dream's shapes, variants and special ids (what
+every family shares, cached chunks and padding included, is in tests/test_families.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.model import SpecialIds, load_model, load_tokenizer, save_model
+from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.dream import PRESETS, Dream, DreamConfig
 from l2pd_eval.model.family import family_of
 from l2pd_eval.model.tiny import write_tiny_dream
@@ -52,18 +53,10 @@ def hub_state(cfg: dict, seed: int = 0) -> dict[str, torch.Tensor]:
     return state
 
 
-def write_checkpoint(directory, cfg: dict, state: dict, shards: int = 1):
+def write_checkpoint(directory, cfg: dict, state: dict):
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(cfg))
-    if shards == 1:
-        save_file(state, str(directory / "model.safetensors"))
-        return directory
-    names = sorted(state)
-    files = {f"model-{j + 1:05d}-of-{shards:05d}.safetensors": names[j::shards] for j in range(shards)}
-    for file, keys in files.items():
-        save_file({k: state[k] for k in keys}, str(directory / file))
-    index = {"metadata": {}, "weight_map": {k: f for f, ks in files.items() for k in ks}}
-    (directory / "model.safetensors.index.json").write_text(json.dumps(index))
+    save_file(state, str(directory / "model.safetensors"))
     return directory
 
 
@@ -129,49 +122,17 @@ def test_model_type_dream_loads_dream_and_matches_the_plain_reference(checkpoint
     torch.testing.assert_close(dream(x, logits_slice=slice(0, 1)), ref[:, :1], rtol=0, atol=1e-10)
 
 
-def test_sharded_checkpoint_loads_identically(checkpoint, dream, tmp_path):
-    directory, state = checkpoint
-    sharded = load_model(str(write_checkpoint(tmp_path / "sharded", CONFIG, state, shards=3)), dtype="float64")
-    x = torch.randint(0, CONFIG["vocab_size"], (1, 12))
-    assert torch.equal(sharded(x), dream(x))
-
-
-def test_cached_chunks_give_the_full_forwards_predictions_at_a_blocks_first_step(dream):
+def test_a_cached_chunk_must_start_one_position_before_its_block(dream):
     b, t, bs, be = 2, 24, 8, 16
     x = torch.randint(0, CONFIG["vocab_size"], (b, t), generator=torch.Generator().manual_seed(2))
-    full = dream(x)
     cache = dream.new_cache(b, t)
-    refresh = dream(x, cache=cache, kv_len=t, logits_slice=slice(bs, be))  # what the prefix/dual refresh runs
-    assert torch.equal(refresh, full[:, bs:be])
-    s = dream.logit_shift
-    block = slice(s, s + be - bs)
-    prefix = dream(x[:, bs - s:], cache=cache, start=bs - s, kv_len=t, logits_slice=block)
-    dual = dream(x[:, bs - s:be], cache=cache, start=bs - s, kv_len=t, logits_slice=block)
-    pos = torch.arange(bs - s, be).expand(b, -1)
-    graphed = dream(x[:, bs - s:be], pos, None, cache=cache, kv_len=t, logits_slice=block,
-                    write_index=torch.arange(bs - s, be))  # the CUDA-graph call form: no Python start
-    for out in (prefix, dual, graphed):
-        torch.testing.assert_close(out, full[:, bs:be], rtol=0, atol=1e-10)
+    dream(x, cache=cache, kv_len=t)
+    assert dream.logit_shift == 1
     with pytest.raises(ValueError, match="block_start - model.logit_shift"):
         dream(x[:, bs:be], cache=cache, start=bs, kv_len=t, logits_slice=slice(0, be - bs))
 
 
-def test_key_mask_and_positions_hide_left_padding(dream):
-    x = torch.randint(0, CONFIG["vocab_size"], (1, 10))
-    padded = torch.cat([torch.full((1, 3), 48), x], 1)
-    mask = (torch.arange(13) >= 3).unsqueeze(0)
-    pos = (mask.long().cumsum(-1) - 1).clamp(min=0)
-    torch.testing.assert_close(dream(padded, pos, mask, logits_slice=slice(4, 13)), dream(x)[:, 1:],
-                               rtol=0, atol=1e-10)
-
-
-def test_presets_save_and_unsupported_variants(tmp_path):
-    tiny = load_model("random:dream-tiny", dtype="float64")
-    assert isinstance(tiny, Dream) and tiny.config.kv_heads == 2
-    reloaded = load_model(str(save_model(tiny, tmp_path / "saved")), dtype="float64")
-    assert json.loads((tmp_path / "saved" / "config.json").read_text())["model_type"] == "Dream"
-    x = torch.randint(0, tiny.config.vocab_size, (1, 9))
-    assert torch.equal(tiny(x), reloaded(x))
+def test_the_7b_shape_and_unsupported_variants():
     cfg = DreamConfig.from_dict(PRESETS["dream-7b"])  # the real shape, counted on the meta device
     with torch.device("meta"):
         big = Dream(cfg)
@@ -187,9 +148,8 @@ def test_tiny_dream_checkpoint_and_special_ids_follow_the_family(dream, tmp_path
     assert isinstance(model, Dream) and family_of(model.config).add_bos
     special = SpecialIds.resolve(tok, model.config)
     ids = tok.convert_tokens_to_ids
-    assert special.mask == ids("<|mask|>") == model.config.mask_token_id
-    assert (special.eos, special.end_ids, special.bos) == (ids("<|endoftext|>"), (ids("<|endoftext|>"), ids("<|im_end|>")),
-                                                          ids("<|beginoftext|>"))
+    assert (special.mask, special.end_ids, special.bos) == (ids("<|mask|>"), (ids("<|endoftext|>"), ids("<|im_end|>")),
+                                                           ids("<|beginoftext|>"))
     text = tok.apply_chat_template([{"role": "user", "content": "2+2?"}], tokenize=False, add_generation_prompt=True)
     assert text == "<|im_start|>user\n2+2?<|im_end|>\n<|im_start|>assistant\n"
     # Without a tokenizer: config.json's ids, and the family's end of turn (151645) where the vocabulary has it.

@@ -6,10 +6,8 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from l2pd_eval.model import load_model
-from l2pd_eval.model.loading import save_model
 from l2pd_eval.model.tiny import write_tiny_llada
 from l2pd_eval.testbed import checkpoint_path
 
@@ -27,22 +25,14 @@ LLADA_KEYS = {
 }
 
 
-def test_saved_checkpoint_has_llada_full_config_and_round_trips(tmp_path):
-    src = write_tiny_llada(tmp_path / "a", seed=3)
-    cfg = json.loads((src / "config.json").read_text())
+def test_saved_checkpoint_has_llada_full_config(tiny_dir):
+    """(That a saved checkpoint round-trips, config.json and weights: tests/test_families.py.)"""
+    cfg = json.loads((tiny_dir / "config.json").read_text())
     assert LLADA_KEYS <= set(cfg)
     assert (cfg["rope"], cfg["rope_full_precision"], cfg["alibi"], cfg["attention_layer_norm"],
             cfg["input_emb_norm"], cfg["layer_norm_with_affine"], cfg["include_qkv_bias"]) == (
         True, True, False, False, False, True, False)
     assert "auto_map" not in cfg
-    model = load_model(str(src), dtype="float32")
-    again = save_model(model, tmp_path / "b", dtype=torch.float32)
-    assert json.loads((again / "config.json").read_text()) == cfg
-    reloaded = load_model(str(again), dtype="float32")
-    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
-        assert torch.equal(a, b), name
-    x = torch.arange(12).view(2, 6) % 50
-    assert torch.equal(model(x), reloaded(x))
 
 
 @pytest.mark.parametrize("key, value", [

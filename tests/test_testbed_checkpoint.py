@@ -6,7 +6,8 @@ import json
 
 from l2pd_eval.testbed import BLOCK_LENGTH, GEN_LENGTH, checkpoint_path
 from l2pd_eval.testbed.data import load_test_split
-from l2pd_eval.testbed.train import Special, TrainConfig, encode, extract, reproduce_command, vanilla_decode
+from l2pd_eval.testbed.examples import Special, encode
+from l2pd_eval.testbed.train import TrainConfig, extract, reproduce_command, vanilla_decode
 
 
 def test_checkpoint_is_small_and_documented():

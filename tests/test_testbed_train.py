@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from l2pd_eval.testbed import data
+from l2pd_eval.testbed import examples as ex
 from l2pd_eval.testbed import train as tb
 
 TINY = dict(d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, vocab_size=400, tokenizer_corpus=300,
@@ -17,12 +18,12 @@ TINY = dict(d_model=32, n_layers=2, n_heads=2, mlp_hidden_size=64, vocab_size=40
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    return tb.train_tokenizer(tb.TrainConfig(**TINY))
+    return ex.train_tokenizer(tb.TrainConfig(**TINY))
 
 
 @pytest.fixture(scope="module")
 def special(tokenizer):
-    return tb.Special.of(tokenizer)
+    return ex.Special.of(tokenizer)
 
 
 class Spy(torch.nn.Module):
@@ -40,23 +41,23 @@ class Spy(torch.nn.Module):
 
 def test_encoding_formats_and_fast_path(tokenizer, special):
     problems = data.generate(5, 12)
-    for fmt in tb.FORMATS:
-        slow = [tb.encode(tokenizer, p, fmt, special) for p in problems]
-        assert tb.encode_batch(tokenizer, problems, [fmt] * len(problems), special) == slow
+    for fmt in ex.FORMATS:
+        slow = [ex.encode(tokenizer, p, fmt, special) for p in problems]
+        assert ex.encode_batch(tokenizer, problems, [fmt] * len(problems), special) == slow
     p = problems[0]
-    plain, ans = tb.encode(tokenizer, p, "plain", special)
+    plain, ans = ex.encode(tokenizer, p, "plain", special)
     assert tokenizer.decode(plain) == data.format_prompt(p.question)
     assert ans[-1] == special.eos and tokenizer.decode(ans[:-1]) == " " + p.answer
-    assert tb.encode(tokenizer, p, "plain_bos", special)[0] == [special.bos, *plain]
-    chat, chat_ans = tb.encode(tokenizer, p, "chat", special)
-    assert tokenizer.decode(chat) == tb.chat_prompt(tokenizer, p.question)
+    assert ex.encode(tokenizer, p, "plain_bos", special)[0] == [special.bos, *plain]
+    chat, chat_ans = ex.encode(tokenizer, p, "chat", special)
+    assert tokenizer.decode(chat) == ex.chat_prompt(tokenizer, p.question)
     assert chat_ans[-2:] == [special.eot, special.eos]
     with pytest.raises(ValueError, match="valid choices"):
-        tb.encode(tokenizer, p, "markdown", special)
+        ex.encode(tokenizer, p, "markdown", special)
 
 
 def test_collate_pads_answers_with_end_of_text(special):
-    batch = tb.collate([([5, 6, 7], [8, 9, special.eos], 6), ([5], [8, special.eos], 4)], special)
+    batch = ex.collate([([5, 6, 7], [8, 9, special.eos], 6), ([5], [8, special.eos], 4)], special)
     assert batch.input_ids.tolist() == [[5, 6, 7, 8, 9, special.eos, special.eos, special.eos, special.eos],
                                         [5, 8, special.eos, special.eos, special.eos, special.eos, special.eos,
                                          special.eos, special.eos]]
@@ -64,12 +65,12 @@ def test_collate_pads_answers_with_end_of_text(special):
     assert batch.key_mask.int().tolist() == [[1] * 9, [1] * 5 + [0] * 4]
     assert batch.target_len.tolist() == [6.0, 4.0]
     with pytest.raises(ValueError, match="does not fit"):
-        tb.collate([([5], [8, 9, 10], 2)], special)
+        ex.collate([([5], [8, 9, 10], 2)], special)
 
 
 def _batch(tokenizer, special, n=6, seed=0):
     cfg = tb.TrainConfig(**{**TINY, "batch_size": n, "seed": seed})
-    return next(iter(tb.ExampleStream(cfg, tokenizer, [])))
+    return next(iter(ex.ExampleStream(cfg, tokenizer, [])))
 
 
 def test_sft_loss_masks_only_the_answer_region(tokenizer, special):
@@ -161,7 +162,7 @@ def test_train_end_to_end_writes_a_loadable_llada_directory(tmp_path):
     assert any(k.startswith("model.transformer.blocks.0.") for k in model.state_dict())
     special = SpecialIds.resolve(tok, model.config)
     assert special.mask == model.config.mask_token_id and special.eos == model.config.eos_token_id
-    assert "<|start_header_id|>" in tb.chat_prompt(tok, "hi")
+    assert "<|start_header_id|>" in ex.chat_prompt(tok, "hi")
     saved = json.loads((out / "training.json").read_text())
     assert saved["config"]["data_seed"] == data.DEFAULT_TEST_SEED and saved["config"]["steps"] == 2
     assert saved["final_eval"]["n"] == 6 and 0.0 <= saved["final_eval"]["accuracy"] <= 1.0

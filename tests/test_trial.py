@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from l2pd_eval.model import load_tokenizer
-from l2pd_eval.model.config import PRESETS
+from l2pd_eval.model import PRESETS, load_tokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENIZER = "l2pd_eval/testbed/checkpoint"

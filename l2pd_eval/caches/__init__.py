@@ -15,13 +15,13 @@ from l2pd_eval.caches.graphs import (
     row_bucket,
 )
 from l2pd_eval.caches.strategies import CACHES, STRATEGIES, DualCache, ForwardStrategy, PrefixCache, StepInput
-from l2pd_eval.model.llada import LLaDA
+from l2pd_eval.model.interface import DiffusionLM
 
 __all__ = ["CACHES", "MAX_GRAPHS", "DualCache", "ForwardStrategy", "GraphReplay", "GraphedDualCache",
            "GraphedPrefixCache", "PrefixCache", "StepInput", "exact_rows", "make_strategy", "row_bucket"]
 
 
-def make_strategy(name: str, model: LLaDA, batch: int, total_length: int, cuda_graph: bool = False,
+def make_strategy(name: str, model: DiffusionLM, batch: int, total_length: int, cuda_graph: bool = False,
                   split_keys: bool = True, graph_rows: Callable[[int, int], int] = row_bucket,
                   width_bucket: int = 0) -> ForwardStrategy:
     """``cuda_graph`` replays the cached steps of ``prefix``/``dual`` as CUDA graphs (no effect for ``none``,

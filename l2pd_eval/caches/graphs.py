@@ -10,7 +10,8 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.caches.strategies import DualCache, PrefixCache, StepInput
-from l2pd_eval.model.llada import KVCache, LLaDA
+from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.model.layers import KVCache
 
 MAX_GRAPHS = 16  # CUDA graphs kept per decode (each holds its block logits); see GraphReplay
 
@@ -57,7 +58,7 @@ class GraphReplay:
 
     max_graphs = MAX_GRAPHS
 
-    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True,
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0):
         super().__init__(model, batch, total_length, split_keys, width_bucket)
         self._batch = batch

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2pd_eval.model.llada import KVCache, LLaDA
+from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.model.layers import KVCache
 
 CACHES = ("none", "prefix", "dual")
 
@@ -41,7 +42,7 @@ class ForwardStrategy:
 
     name = "none"
 
-    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True):
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True):
         self.model = model
         self.split_keys = split_keys
         self.positions = 0
@@ -67,7 +68,7 @@ class PrefixCache(ForwardStrategy):
     name = "prefix"
     recompute_suffix = True
 
-    def __init__(self, model: LLaDA, batch: int, total_length: int, split_keys: bool = True,
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  width_bucket: int = 0):
         super().__init__(model, batch, total_length, split_keys)
         self.width_bucket = width_bucket if self.recompute_suffix else 0  # dual's chunk is one block anyway

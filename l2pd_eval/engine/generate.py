@@ -23,7 +23,7 @@ from l2pd_eval.caches import CACHES, ForwardStrategy, StepInput, exact_rows, mak
 from l2pd_eval.engine import rng
 from l2pd_eval.engine.layout import LeftPadded, left_pad
 from l2pd_eval.model.compiling import compile_dynamic
-from l2pd_eval.model.llada import LLaDA
+from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
 from l2pd_eval.policies.scores import step_statistics
@@ -301,7 +301,7 @@ def _predict_after(logits: Tensor, temperature: float, seeds: Tensor, salt: tupl
     return torch.cat(x0s, -1), torch.cat(confs, -1)
 
 
-def _start(model: LLaDA, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
+def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
            reference: Tensor | Sequence[Sequence[int]] | None) -> DecodeState:
     """Validate the request and lay the batch out: left-padded prompts, then ``gen_length`` masks."""
     if any(len(p) == 0 for p in prompts):
@@ -411,7 +411,7 @@ def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
 class _Run:
     """What stays fixed during one ``generate`` call."""
 
-    model: LLaDA
+    model: DiffusionLM
     config: GenerationConfig
     policy: Policy
     special: SpecialIds
@@ -472,7 +472,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
 
 @torch.no_grad()
 def generate(
-    model: LLaDA,
+    model: DiffusionLM,
     prompts: Sequence[Sequence[int]],
     config: GenerationConfig,
     policy: Policy,

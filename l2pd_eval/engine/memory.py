@@ -6,10 +6,10 @@ import torch
 
 from l2pd_eval.caches import MAX_GRAPHS
 from l2pd_eval.engine.generate import AFTER_CHUNK, GenerationConfig
-from l2pd_eval.model.llada import LLaDA
+from l2pd_eval.model.interface import DiffusionLM
 
 
-def bytes_per_row(model: LLaDA, config: GenerationConfig, prompt_len: int) -> int:
+def bytes_per_row(model: DiffusionLM, config: GenerationConfig, prompt_len: int) -> int:
     """Peak bytes one row adds: KV cache (if any) + the widest activation of a full forward + block logits,
     and with CUDA graphs the block logits each kept graph holds (bound: every graph at full batch)."""
     c, t = model.config, prompt_len + config.gen_length
@@ -24,7 +24,7 @@ def bytes_per_row(model: LLaDA, config: GenerationConfig, prompt_len: int) -> in
     return kv + act + logits + graphs + tail
 
 
-def largest_batch(model: LLaDA, config: GenerationConfig, prompt_len: int, cap: int = 64,
+def largest_batch(model: DiffusionLM, config: GenerationConfig, prompt_len: int, cap: int = 64,
                   headroom: float = 0.9) -> int:
     if model.device.type != "cuda":
         return 1

@@ -1,9 +1,9 @@
-"""Dream network (Qwen2 layout run bidirectionally) with the same call interface as :class:`LLaDA`.
+"""Dream network (Qwen2 layout run bidirectionally) behind the families' interface (``model/interface.py``).
 
 Module names mirror the hub checkpoint (``model.layers.{i}.self_attn.q_proj`` ..., ``lm_head``), so its
-state dict loads without renaming. Norm, rotary and KV cache are LLaDA's (the same math as Qwen2's: RMSNorm
-statistics in float32, split-half rotary); the differences are q/k/v biases, grouped KV heads and the
-Qwen2 key names.
+state dict loads without renaming. Norm, rotary, KV cache and init are the families' shared ones
+(``model/layers.py``: the same math as Qwen2's, RMSNorm statistics in float32, split-half rotary); what
+differs from LLaDA is q/k/v biases, grouped KV heads, the Qwen2 key names and the shifted logits.
 
 Shifted logits. Dream predicts the token at position ``i`` from the hidden state at ``i - 1`` (its
 generation code shifts the logits right by one and repeats position 0's). ``forward`` hides this: for
@@ -31,9 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
-from l2pd_eval.model.compiling import compile_layers
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.llada import KVCache, LLaDA, RMSNorm, Rotary
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
 
 
 @dataclass
@@ -102,6 +101,12 @@ class DreamConfig(FileConfig):
     @property
     def init_std(self) -> float:
         return self.initializer_range
+
+    @classmethod
+    def for_tokenizer(cls, tokenizer: Any, init_std: float, **fields: Any) -> DreamConfig:
+        return cls.from_dict({**fields, "vocab_size": len(tokenizer), "initializer_range": init_std,
+                              "mask_token_id": tokenizer.mask_token_id, "eos_token_id": tokenizer.eos_token_id,
+                              "pad_token_id": tokenizer.pad_token_id, "bos_token_id": tokenizer.bos_token_id})
 
     def validate(self) -> None:
         """Reject variants this implementation does not compute, instead of silently computing another net."""
@@ -197,7 +202,7 @@ def _shifted_rows(n: int, logits_slice: slice | None, first_is_sequence_start: b
     return 0, b - 1, True
 
 
-class Dream(nn.Module):
+class Dream(MaskPredictor):
     """Dream mask predictor. ``forward`` returns the predictions for the requested positions only."""
 
     logit_shift: ClassVar[int] = 1  # a chunk's first prediction needs the hidden state one position earlier
@@ -211,15 +216,12 @@ class Dream(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length)
 
     @property
-    def device(self) -> torch.device:
-        return self.model.embed_tokens.weight.device
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.embed_tokens
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.model.embed_tokens.weight.dtype
-
-    def new_cache(self, batch: int, length: int) -> KVCache:
-        return KVCache.empty(self.config, batch, length, self.dtype, self.device)
+    def blocks(self) -> nn.ModuleList:
+        return self.model.layers
 
     def forward(
         self,
@@ -235,31 +237,14 @@ class Dream(nn.Module):
         split_keys: bool = True,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
-        positions ``[start, start + n)``; arguments as in :meth:`LLaDA.forward`. The slice must not start at
-        the chunk's first position unless the chunk starts the sequence (see the module docstring)."""
-        b, n = input_ids.shape
-        if position_ids is None:
-            position_ids = torch.arange(start, start + n, device=input_ids.device).expand(b, n)
-        kv_len = (start + n) if kv_len is None else kv_len
+        positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
+        The slice must not start at the chunk's first position unless the chunk starts the sequence (see
+        the module docstring)."""
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        lo, hi, repeat_first = _shifted_rows(n, logits_slice, start == 0 and write_index is None)
-        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
-        cos, sin = self.rotary.tables(position_ids, self.dtype)
-        x = self.model.embed_tokens(input_ids)
-        for i, layer in enumerate(self.model.layers):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x = layer(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
+        lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return F.linear(x, head)
-
-    def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> Dream:
-        """``torch.compile`` every layer; ``recompile_limit`` and ``autotune`` as in
-        :meth:`LLaDA.compile_blocks` (the limit is dynamo's process-wide one; None leaves it alone)."""
-        compile_layers(self.model.layers, recompile_limit, autotune)
-        return self
-
-    # Same rule as LLaDA's (normal with the config's init_std, norms at one): the names it tests fit Dream's.
-    init_weights = LLaDA.init_weights

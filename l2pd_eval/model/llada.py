@@ -1,78 +1,148 @@
-"""Compact LLaDA network (bidirectional LLaMA-style transformer) with a positional KV-cache interface.
+"""LLaDA: its ``config.json`` (:class:`LLaDAConfig`) and its network (bidirectional LLaMA-style transformer).
 
 Module names mirror the hub checkpoint (``model.transformer.blocks.{i}.q_proj`` ...), so a state dict
 loads without renaming. The cache is a per-layer buffer over the *whole* sequence: a forward over the
 chunk ``[start, start + n)`` writes its fresh keys/values into that slice and attends to ``[:kv_len]``.
 Prefix cache and dual cache are then the same call with a different chunk (see ``l2pd_eval.caches``).
+Norm, rotary, cache and init are the families' shared ones (``model/layers.py``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import ClassVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
-from l2pd_eval.model.compiling import compile_layers
-from l2pd_eval.model.config import LLaDAConfig
-
-
-class RMSNorm(nn.Module):
-    """LLaDA's RMSNorm: statistics in float32, weight applied in the input dtype."""
-
-    def __init__(self, dim: int, eps: float):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: Tensor) -> Tensor:
-        xf = x.float()
-        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        return self.weight * xf.to(x.dtype)
-
-
-def _rotate_half(x: Tensor) -> Tensor:
-    x1, x2 = x.chunk(2, dim=-1)
-    return torch.cat((-x2, x1), dim=-1)
-
-
-class Rotary(nn.Module):
-    """Split-half rotary embedding over the full head dim, computed in float32 like the reference."""
-
-    def __init__(self, head_dim: int, theta: float, max_len: int):
-        super().__init__()
-        inv = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim))
-        ang = torch.outer(torch.arange(max_len, dtype=torch.float64), inv)
-        ang = torch.cat((ang, ang), dim=-1)
-        self.register_buffer("cos", ang.cos().float(), persistent=False)
-        self.register_buffer("sin", ang.sin().float(), persistent=False)
-
-    def tables(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
-        """cos/sin [B, 1, n, D]; float64 models keep float64 so tests can compare exactly."""
-        work = torch.float64 if dtype == torch.float64 else torch.float32
-        return (self.cos.to(work)[position_ids].unsqueeze(1), self.sin.to(work)[position_ids].unsqueeze(1))
-
-    @staticmethod
-    def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        xf = x.to(cos.dtype)
-        return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+from l2pd_eval.model.config import FileConfig
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
 
 
 @dataclass
-class KVCache:
-    """Keys/values of every layer over the full sequence: ``k[l]``/``v[l]`` are [B, H_kv, T, D]."""
+class LLaDAConfig(FileConfig):
+    """The subset of LLaDA's ``config.json`` the network needs; names are the file's own."""
 
-    k: list[Tensor]
-    v: list[Tensor]
+    model_type: ClassVar[str] = "llada"
+    architectures: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
+
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int | None = None
+    mlp_hidden_size: int | None = 12288
+    mlp_ratio: int = 4
+    vocab_size: int = 126464
+    embedding_size: int | None = 126464
+    max_sequence_length: int = 4096
+    rope_theta: float = 500000.0
+    rms_norm_eps: float = 1e-5
+    weight_tying: bool = False
+    include_bias: bool = False
+    activation_type: str = "silu"
+    block_type: str = "llama"
+    layer_norm_type: str = "rms"
+    scale_logits: bool = False
+    mask_token_id: int | None = 126336
+    eos_token_id: int | None = 126081
+    pad_token_id: int | None = None
+    init_std: float = 0.02
+    # Switches of LLaDA's own config class whose other values would make another network than the one
+    # computed here (``validate`` rejects them); written out so LLaDA's remote code builds this same net.
+    rope: bool = True
+    rope_full_precision: bool = True
+    alibi: bool = False
+    attention_layer_norm: bool = False
+    input_emb_norm: bool = False
+    layer_norm_with_affine: bool = True
+    bias_for_layer_norm: bool | None = False
+    include_qkv_bias: bool = False
+    clip_qkv: float | None = None
+    multi_query_attention: bool | None = None
+    block_group_size: int = 1
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    # The rest of LLaDA's config class, with the values of GSAI-ML/LLaDA-8B-Instruct's config.json: none
+    # changes what the network computes at inference.
+    REMOTE_CODE: ClassVar[dict[str, Any]] = {
+        "alibi_bias_max": 8.0, "attention_dropout": 0.0, "residual_dropout": 0.0, "embedding_dropout": 0.0,
+        "attention_layer_norm_with_affine": True, "flash_attention": False, "init_device": "meta",
+        "init_fn": "mitchell", "init_cutoff_factor": None, "precision": "amp_bf16", "use_cache": False,
+    }
+
+    @property
+    def kv_heads(self) -> int:
+        return self.n_kv_heads or self.n_heads
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def hidden_size(self) -> int:
+        return self.mlp_hidden_size or self.mlp_ratio * self.d_model
+
+    @property
+    def mlp_width(self) -> int:  # the family-neutral name (Qwen2-style configs use hidden_size for the model width)
+        return self.hidden_size
+
+    @property
+    def padded_vocab(self) -> int:
+        return self.embedding_size or self.vocab_size
 
     @classmethod
-    def empty(cls, cfg: LLaDAConfig, batch: int, length: int, dtype: torch.dtype, device) -> KVCache:
-        shape = (batch, cfg.kv_heads, length, cfg.head_dim)
-        return cls([torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)],
-                   [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)])
+    def for_tokenizer(cls, tokenizer: Any, init_std: float, **fields: Any) -> LLaDAConfig:
+        vocab = len(tokenizer)
+        return cls.from_dict({**fields, "vocab_size": vocab, "embedding_size": vocab, "init_std": init_std,
+                              "mask_token_id": tokenizer.mask_token_id, "eos_token_id": tokenizer.eos_token_id,
+                              "pad_token_id": tokenizer.pad_token_id})
+
+    def to_dict(self) -> dict[str, Any]:
+        """The full config LLaDA's own code reads (its remaining keys from ``REMOTE_CODE`` where the source
+        file did not say). No ``auto_map``: a saved folder holds no code files for it to name, and one that
+        names the hub makes every ``AutoTokenizer`` load of the folder ask to run remote code; LLaDA's
+        ``LLaDAModelLM.from_pretrained(DIR)`` reads the folder as it is (docs/conventions.md)."""
+        out = super().to_dict()
+        out.pop("auto_map", None)
+        for key, value in self.REMOTE_CODE.items():
+            out.setdefault(key, value)
+        return out
+
+    def validate(self) -> None:
+        """Reject variants this implementation does not compute, instead of silently computing another net."""
+        self.check_choices({
+            "block_type": (self.block_type, {"llama"}),
+            "layer_norm_type": (self.layer_norm_type, {"rms"}),
+            "activation_type": (self.activation_type, {"silu", "swiglu"}),
+            "include_bias": (self.include_bias, {False}),
+            "scale_logits": (self.scale_logits, {False}),
+            "rope": (self.rope, {True}),
+            "rope_full_precision": (self.rope_full_precision, {True}),
+            "alibi": (self.alibi, {False}),
+            "attention_layer_norm": (self.attention_layer_norm, {False}),
+            "input_emb_norm": (self.input_emb_norm, {False}),
+            "layer_norm_with_affine": (self.layer_norm_with_affine, {True}),
+            "bias_for_layer_norm": (self.bias_for_layer_norm, {False, None}),
+            "include_qkv_bias": (self.include_qkv_bias, {False}),
+            "clip_qkv": (self.clip_qkv, {None}),
+            "multi_query_attention": (self.multi_query_attention, {False, None}),
+            "block_group_size": (self.block_group_size, {1}),
+        })
+        if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
+            raise ValueError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
+
+
+# Shapes for random-weight benchmarking (``pretrained=random:<name>``); values from LLaDA-8B's config.json.
+PRESETS: dict[str, dict[str, Any]] = {
+    "llada-8b": {},
+    "tiny": dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=320, embedding_size=320,
+                 max_sequence_length=1024, rope_theta=10000.0, mask_token_id=None, eos_token_id=None),
+    # CPU trials of the real 5-shot tasks (prompts of 1.8-4.5k tokens) with the testbed's 1024-token
+    # tokenizer: `pretrained=random:tiny-long,tokenizer=l2pd_eval/testbed/checkpoint` (README, "Trying it").
+    "tiny-long": dict(d_model=64, n_layers=2, n_heads=4, mlp_hidden_size=128, vocab_size=1024, embedding_size=1024,
+                      max_sequence_length=8192, rope_theta=10000.0, mask_token_id=None, eos_token_id=None),
+}
 
 
 class Block(nn.Module):
@@ -118,7 +188,7 @@ class _Transformer(nn.Module):
             self.transformer["ff_out"] = nn.Linear(cfg.d_model, cfg.padded_vocab, bias=False)
 
 
-class LLaDA(nn.Module):
+class LLaDA(MaskPredictor):
     """LLaDA mask predictor. ``forward`` returns logits for the requested positions only."""
 
     logit_shift: ClassVar[int] = 0  # position i is predicted from its own hidden state (Dream: from i - 1)
@@ -130,15 +200,12 @@ class LLaDA(nn.Module):
         self.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length)
 
     @property
-    def device(self) -> torch.device:
-        return self.model.transformer.wte.weight.device
+    def token_embedding(self) -> nn.Embedding:
+        return self.model.transformer.wte
 
     @property
-    def dtype(self) -> torch.dtype:
-        return self.model.transformer.wte.weight.dtype
-
-    def new_cache(self, batch: int, length: int) -> KVCache:
-        return KVCache.empty(self.config, batch, length, self.dtype, self.device)
+    def blocks(self) -> nn.ModuleList:
+        return self.model.transformer.blocks
 
     def forward(
         self,
@@ -153,57 +220,12 @@ class LLaDA(nn.Module):
         write_index: Tensor | None = None,
         split_keys: bool = True,
     ) -> Tensor:
-        """Logits [B, n', V] for ``input_ids`` occupying absolute positions ``[start, start + n)``.
-
-        Without a cache the chunk attends to itself (``start`` must be 0). With one, the chunk's fresh
-        K/V overwrite the cache at its slice and the chunk attends to ``cache[:kv_len]``; ``key_mask``
-        ([B, kv_len], True = visible) hides padding and cut-off positions. ``logits_slice`` is relative
-        to the chunk: the vocabulary projection is the largest matmul, so only the block gets it.
-        ``write_index`` (device tensor of the chunk's absolute positions) replaces ``start`` for cache
-        writes, so the call has no Python-int dependence on the block and can be captured in a CUDA graph.
-        ``split_keys``: allow the key-splitting attention kernel (``model.attention.cache_attention``).
-        """
-        b, n = input_ids.shape
-        t = self.model.transformer
-        if position_ids is None:
-            position_ids = torch.arange(start, start + n, device=input_ids.device).expand(b, n)
-        kv_len = (start + n) if kv_len is None else kv_len
-        if cache is None and start != 0:
-            raise ValueError("start must be 0 without a cache")
-        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
-        cos, sin = self.rotary.tables(position_ids, self.dtype)
-        x = t.wte(input_ids)
-        for i, block in enumerate(t.blocks):
-            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
-            x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
+        """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
+        ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
         if logits_slice is not None:
             x = x[:, logits_slice]
+        t = self.model.transformer
         x = t.ln_f(x)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
         return F.linear(x, head)[..., : self.config.vocab_size]
-
-    def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> LLaDA:
-        """``torch.compile`` every block (dynamic shapes: one graph for all chunk lengths), fusing the
-        float32 RMSNorm, rotary and SwiGLU elementwise passes around the GEMMs. Opt-in: compiling costs
-        tens of seconds on first use; docs/benchmarks.md has the measured effect.
-
-        A run meets one compiled graph per guard set (cache or not, key mask or not, a single row or
-        several, graph capture's write index...), more than dynamo's default limit of 8, past which it
-        silently falls back to eager. ``recompile_limit`` therefore raises dynamo's **process-wide**
-        ``recompile_limit`` to at least this value (never lowers it); pass None to leave dynamo's setting
-        alone. ``autotune``: see :func:`~l2pd_eval.model.compiling.compile_dynamic`. The engine compiles its
-        own statistics when ``GenerationConfig.compile`` is set."""
-        compile_layers(self.model.transformer.blocks, recompile_limit, autotune)
-        return self
-
-    @torch.no_grad()
-    def init_weights(self, seed: int | None = None) -> None:
-        """Random init (normal, std ``init_std``; norms at one) for testing and benchmarking without weights."""
-        gen = None
-        if seed is not None:
-            gen = torch.Generator(device=self.device).manual_seed(seed)
-        for name, p in self.named_parameters():
-            if name.endswith("norm.weight") or name.endswith("ln_f.weight"):
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, self.config.init_std, generator=gen)

@@ -12,9 +12,16 @@ from typing import Any
 
 import torch
 
-from l2pd_eval.model.config import PRESETS, LLaDAConfig
-from l2pd_eval.model.family import FAMILIES, family_of, family_of_config_json, family_of_preset
-from l2pd_eval.model.llada import LLaDA, Rotary
+from l2pd_eval.model.family import (
+    FAMILIES,
+    Family,
+    check_supported,
+    family_of,
+    family_of_config_json,
+    family_of_preset,
+    preset_names,
+)
+from l2pd_eval.model.interface import DiffusionLM, ModelConfig
 
 DTYPES = {"bfloat16": torch.bfloat16, "bf16": torch.bfloat16, "float16": torch.float16, "fp16": torch.float16,
           "float32": torch.float32, "fp32": torch.float32, "float64": torch.float64}
@@ -42,7 +49,8 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
     if path.exists() or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
         raise FileNotFoundError(
             f"pretrained={pretrained!r} is neither a checkpoint directory nor a hub id (owner/name); "
-            f"valid forms: a local LLaDA directory, e.g. GSAI-ML/LLaDA-8B-Instruct, or random:<{'|'.join(PRESETS)}>")
+            f"valid forms: a local checkpoint directory, a hub id (e.g. GSAI-ML/LLaDA-8B-Instruct), or one of "
+            f"{preset_names()}")
     from huggingface_hub import snapshot_download
 
     try:
@@ -51,20 +59,24 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
         raise FileNotFoundError(f"pretrained={pretrained!r}: could not fetch from the Hugging Face hub ({err})") from err
 
 
-def read_config(directory: Path) -> LLaDAConfig:
+def read_config(directory: Path) -> ModelConfig:
     with open(directory / "config.json") as fh:
         raw = json.load(fh)
     return family_of_config_json(raw, str(directory / "config.json")).config_class.from_dict(raw)
 
 
-def _family_config(pretrained: str, directory: Path | None) -> tuple[Any, type[torch.nn.Module]]:
-    """(config, network class) for ``random:<preset>`` or a checkpoint directory: the family dispatch."""
+def _family_config(pretrained: str, directory: Path | None) -> tuple[Any, Family]:
+    """(config, family) for ``random:<preset>`` or a checkpoint directory: the family dispatch. A family
+    the engine cannot decode yet is refused here, before any weights are read."""
     if directory is None:
         preset = pretrained.split(":", 1)[1]
         family = family_of_preset(preset)
-        return family.config_class.from_dict(family.presets[preset]), family.model_class
-    cfg = read_config(directory)
-    return cfg, family_of(cfg).model_class
+        cfg = family.config_class.from_dict(family.presets[preset])
+    else:
+        cfg = read_config(directory)
+        family = family_of(cfg)
+    check_supported(family, pretrained)
+    return cfg, family
 
 
 def _weight_files(directory: Path) -> list[Path]:
@@ -93,7 +105,7 @@ def read_safetensors(path: Path, fix: str, device: str | torch.device = "cpu") -
                          f"{fix}") from None
 
 
-def _check_shapes(model: LLaDA, state: dict[str, torch.Tensor], pretrained: str, directory: Path) -> None:
+def _check_shapes(model: DiffusionLM, state: dict[str, torch.Tensor], pretrained: str, directory: Path) -> None:
     """config.json decides every shape; weights of other shapes mean the two files do not belong together."""
     expected = model.state_dict()
     missing, unexpected = set(expected) - set(state), set(state) - set(expected)
@@ -112,7 +124,7 @@ def _check_shapes(model: LLaDA, state: dict[str, torch.Tensor], pretrained: str,
             f"vocab_size / embedding_size, or use the config.json that came with these weights")
 
 
-def check_vocab(tokenizer: Any, config: LLaDAConfig, tokenizer_name: str, model_name: str) -> None:
+def check_vocab(tokenizer: Any, config: ModelConfig, tokenizer_name: str, model_name: str) -> None:
     """A token id past the embedding would fail deep inside the forward pass; refuse the pair at load."""
     size = len(tokenizer)
     if size > config.padded_vocab:
@@ -123,38 +135,43 @@ def check_vocab(tokenizer: Any, config: LLaDAConfig, tokenizer_name: str, model_
 
 
 def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               revision: str | None = None, seed: int = 0) -> LLaDA:
-    """Build LLaDA from a checkpoint directory, a hub id, or ``random:<preset>`` (random weights, e.g. 8B shape)."""
+               revision: str | None = None, seed: int = 0) -> DiffusionLM:
+    """Build a network of the checkpoint's family from a checkpoint directory, a hub id, or
+    ``random:<preset>`` (random weights, e.g. the 8B shape)."""
     torch_dtype = resolve_dtype(dtype, device)
     if pretrained.startswith("random:"):
         return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
     directory = resolve_checkpoint(pretrained, revision)
-    cfg, model_class = _family_config(pretrained, directory)
+    cfg, family = _family_config(pretrained, directory)
     with torch.device("meta"):
-        model = model_class(cfg)
+        model = family.model_class(cfg)
     state: dict[str, torch.Tensor] = {}
     for file in _weight_files(directory):
         state.update(read_safetensors(file, "download or copy the checkpoint again", device)[0])
     state = {k: v.to(torch_dtype) for k, v in state.items()}
     _check_shapes(model, state, pretrained, directory)
     model.load_state_dict(state, assign=True)
-    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length).to(device)
+    model.init_buffers(device)
     model.name_or_path = str(pretrained)
     return model.eval().requires_grad_(False)  # an inference harness: no autograd graph, ever
 
 
-def random_model(cfg: LLaDAConfig, dtype: torch.dtype, device: str | torch.device, seed: int = 0) -> LLaDA:
+def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str | torch.device, seed: int = 0) -> DiffusionLM:
+    """A network of ``cfg``'s family with random weights (``init_weights(seed)``)."""
+    family = family_of(cfg)
+    check_supported(family, "random")
     # Built on meta and materialised in the target dtype: an 8B float32 detour would need 32 GB.
     with torch.device("meta"):
-        model = family_of(cfg).model_class(cfg).to(dtype)
+        model = family.model_class(cfg).to(dtype)
     model.to_empty(device=device)
-    model.rotary = Rotary(cfg.head_dim, cfg.rope_theta, cfg.max_sequence_length).to(device)
+    model.init_buffers(device)
     model.init_weights(seed)
     model.name_or_path = "random"
     return model.eval().requires_grad_(False)
 
 
-def save_model(model: LLaDA, directory: str | Path, dtype: torch.dtype | None = None, tokenizer: Any = None) -> Path:
+def save_model(model: DiffusionLM, directory: str | Path, dtype: torch.dtype | None = None,
+               tokenizer: Any = None) -> Path:
     """Write config.json + model.safetensors with the original key names (what :func:`load_model` reads)."""
     from safetensors.torch import save_file
 
@@ -209,7 +226,7 @@ class SpecialIds:
         return tuple(dict.fromkeys((self.eos, *self.eot)))
 
     @classmethod
-    def resolve(cls, tokenizer=None, config: LLaDAConfig | None = None, mask_id: int | None = None,
+    def resolve(cls, tokenizer=None, config: ModelConfig | None = None, mask_id: int | None = None,
                 eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None) -> SpecialIds:
         """Overrides first, then the tokenizer's special tokens (spelt as the model family spells them), then
         config.json, then the family's defaults."""

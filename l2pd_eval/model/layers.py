@@ -1,0 +1,178 @@
+"""The floor every model family stands on: RMSNorm, rotary tables, the KV cache, the random init, and
+:class:`MaskPredictor`, the ``nn.Module`` base that gives a family's network the members of
+:class:`~l2pd_eval.model.interface.DiffusionLM` it would otherwise write again (device, dtype, cache,
+compile, init, and the layer loop of ``forward``).
+
+A family file (``llada.py``, ``dream.py``) keeps what is its own: module names after its checkpoint's keys,
+biases and head layout, the output head, and ``logit_shift``. The math here is LLaDA's and Qwen2's alike
+(RMSNorm statistics in float32, split-half rotary over the full head dim in float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from l2pd_eval.model.compiling import compile_layers
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm with statistics in float32 and the weight applied in the input dtype."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: Tensor) -> Tensor:
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: Tensor) -> Tensor:
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Rotary(nn.Module):
+    """Split-half rotary embedding over the full head dim. The tables are computed in float64 and kept in
+    float32 like the reference code's; they are not checkpoint weights (non-persistent buffers)."""
+
+    def __init__(self, head_dim: int, theta: float, max_len: int):
+        super().__init__()
+        self.head_dim, self.theta, self.max_len = head_dim, theta, max_len
+        cos, sin = self._tables()
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("sin", sin, persistent=False)
+
+    def _tables(self) -> tuple[Tensor, Tensor]:
+        inv = 1.0 / (self.theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        ang = torch.outer(torch.arange(self.max_len, dtype=torch.float64), inv)
+        ang = torch.cat((ang, ang), dim=-1)
+        return ang.cos().float(), ang.sin().float()
+
+    def materialize(self, device: str | torch.device) -> None:
+        """Compute the tables on the default device and move them to ``device``: a network built on the
+        meta device (the loader's way) has none."""
+        cos, sin = self._tables()
+        self.cos, self.sin = cos.to(device), sin.to(device)
+
+    def tables(self, position_ids: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        """cos/sin [B, 1, n, D]; float64 models keep float64 so tests can compare exactly."""
+        work = torch.float64 if dtype == torch.float64 else torch.float32
+        return (self.cos.to(work)[position_ids].unsqueeze(1), self.sin.to(work)[position_ids].unsqueeze(1))
+
+    @staticmethod
+    def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        xf = x.to(cos.dtype)
+        return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+
+
+@dataclass
+class KVCache:
+    """Keys/values of every layer over the full sequence: ``k[l]``/``v[l]`` are [B, H_kv, T, D]."""
+
+    k: list[Tensor]
+    v: list[Tensor]
+
+    @classmethod
+    def empty(cls, cfg: Any, batch: int, length: int, dtype: torch.dtype, device) -> KVCache:
+        """Uninitialised buffers for ``cfg``'s ``n_layers``, ``kv_heads`` and ``head_dim``."""
+        shape = (batch, cfg.kv_heads, length, cfg.head_dim)
+        return cls([torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)],
+                   [torch.empty(shape, dtype=dtype, device=device) for _ in range(cfg.n_layers)])
+
+
+@torch.no_grad()
+def init_normal(module: nn.Module, std: float, seed: int | None = None) -> None:
+    """Random init for testing and benchmarking without weights: RMSNorm weights at one, every other
+    parameter normal(0, ``std``), drawn in ``named_parameters`` order from a generator seeded ``seed``."""
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=next(module.parameters()).device).manual_seed(seed)
+    norms = {id(m.weight) for m in module.modules() if isinstance(m, RMSNorm)}
+    for p in module.parameters():
+        if id(p) in norms:
+            p.fill_(1.0)
+        else:
+            p.normal_(0.0, std, generator=gen)
+
+
+class MaskPredictor(nn.Module):
+    """Base of the families' networks. A subclass sets ``config`` and ``rotary`` in ``__init__``, names its
+    token embedding and its list of transformer layers (``token_embedding``, ``blocks``), and writes
+    ``forward``: usually :meth:`hidden_states`, then its own norm, slice and output head.
+
+    Each layer is called as ``layer(x, cos, sin, mask, layer_cache, start, kv_len, write_index,
+    split_keys)`` and attends through :func:`~l2pd_eval.model.attention.attend_over_cache`, so every
+    family's cache writes mean the same thing to the caches."""
+
+    config: Any
+    rotary: Rotary
+    logit_shift: ClassVar[int] = 0
+
+    @property
+    def token_embedding(self) -> nn.Embedding:
+        raise NotImplementedError
+
+    @property
+    def blocks(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    @property
+    def device(self) -> torch.device:
+        return self.token_embedding.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.token_embedding.weight.dtype
+
+    def new_cache(self, batch: int, length: int) -> KVCache:
+        return KVCache.empty(self.config, batch, length, self.dtype, self.device)
+
+    def hidden_states(self, input_ids: Tensor, position_ids: Tensor | None, key_mask: Tensor | None,
+                      cache: KVCache | None, start: int, kv_len: int | None, write_index: Tensor | None,
+                      split_keys: bool) -> Tensor:
+        """The last layer's output [B, n, d] for the chunk (before the final norm); the arguments and
+        their defaults as in :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
+        b, n = input_ids.shape
+        if position_ids is None:
+            position_ids = torch.arange(start, start + n, device=input_ids.device).expand(b, n)
+        kv_len = (start + n) if kv_len is None else kv_len
+        if cache is None and start != 0:
+            raise ValueError("start must be 0 without a cache")
+        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
+        cos, sin = self.rotary.tables(position_ids, self.dtype)
+        x = self.token_embedding(input_ids)
+        for i, block in enumerate(self.blocks):
+            layer_cache = None if cache is None else (cache.k[i], cache.v[i])
+            x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
+        return x
+
+    def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> MaskPredictor:
+        """``torch.compile`` every layer (dynamic shapes: one graph for all chunk lengths), fusing the
+        float32 RMSNorm, rotary and SwiGLU elementwise passes around the GEMMs. Opt-in: compiling costs
+        tens of seconds on first use; docs/benchmarks.md has the measured effect.
+
+        A run meets one compiled graph per guard set (cache or not, key mask or not, a single row or
+        several, graph capture's write index...), more than dynamo's default limit of 8, past which it
+        silently falls back to eager. ``recompile_limit`` therefore raises dynamo's **process-wide**
+        ``recompile_limit`` to at least this value (never lowers it); pass None to leave dynamo's setting
+        alone. ``autotune``: see :func:`~l2pd_eval.model.compiling.compile_dynamic`. The engine compiles its
+        own statistics when ``GenerationConfig.compile`` is set."""
+        compile_layers(self.blocks, recompile_limit, autotune)
+        return self
+
+    def init_weights(self, seed: int | None = None) -> None:
+        """:func:`init_normal` with the config's ``init_std``."""
+        init_normal(self, self.config.init_std, seed)
+
+    def init_buffers(self, device: str | torch.device) -> None:
+        """Recompute the buffers no checkpoint holds (every :class:`Rotary`'s tables) on ``device``."""
+        for module in self.modules():
+            if isinstance(module, Rotary):
+                module.materialize(device)
