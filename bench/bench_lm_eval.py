@@ -202,7 +202,7 @@ def _warm_up(lm: Any, lengths: list[int]) -> None:
     block = lm.config.block_length
     one_block = dataclasses.replace(lm.config, gen_length=block, steps=block // COMMITS_PER_STEP)
     for batch, config in ((ordered[:rows], lm.config), (ordered[-rows:], one_block)):
-        generate(lm.model, [[lm.special.eos] * n for n in batch], config, lm.policy, lm.special)
+        generate(lm.model, [[lm.special.eos] * n for n in batch], config, lm.policy, lm.special, speed=lm.speed)
 
 
 def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
@@ -212,8 +212,8 @@ def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
     from l2pd_eval.engine.memory import largest_batch
 
     config = dataclasses.replace(lm.config, gen_length=gen_length, steps=None)
-    return {f"auto_batch_gen{gen_length}": largest_batch(lm.model, config, prompt_len=1024),
-            f"auto_batch_gen{gen_length}_uncapped": largest_batch(lm.model, config, prompt_len=1024, cap=10**6)}
+    fit = functools.partial(largest_batch, lm.model, config, prompt_len=1024, speed=lm.speed)
+    return {f"auto_batch_gen{gen_length}": fit(), f"auto_batch_gen{gen_length}_uncapped": fit(cap=10**6)}
 
 
 def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:
@@ -427,6 +427,7 @@ SMOKE = dict(preset="tiny", limit=6, batch_size="2", gen_length=32, cache="dual"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
+    from l2pd_eval.caches import available as cache_names
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
     run = sub.add_parser("run", help="build the workload, run lm_eval, report")
@@ -435,7 +436,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--batch-size", default="1", help="an integer or auto")
     run.add_argument("--max-batch-size", type=int, default=None, help="cap for --batch-size auto")
     run.add_argument("--gen-length", type=int, default=256)
-    run.add_argument("--cache", default="dual", choices=("none", "prefix", "dual"))
+    run.add_argument("--cache", default="dual", choices=cache_names())
     run.add_argument("--compile", action="store_true")
     run.add_argument("--compile-autotune", action="store_true",
                      help="compile_autotune=true: inductor times reduction configs (the pre-fix behaviour)")

@@ -21,8 +21,7 @@ from typing import Any, Literal
 import torch
 from lm_eval.api.model import LM
 
-from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.engine.generate import EotpMode
+from l2pd_eval.engine import EotpMode, GenerationConfig, SpeedConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
 from l2pd_eval.model.loading import check_vocab
@@ -159,6 +158,8 @@ class Learn2PDLM(LM):
         self._rank, self._world_size = 0, 1
         self._device = self._choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
+        self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
+                                 compile_autotune=args.compile_autotune)
         self._configs: dict[tuple[int, float], GenerationConfig] = {}
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self._mark = 0.0  # end of the previous batch (per-request wall shares, see _finish_batch)
@@ -168,8 +169,7 @@ class Learn2PDLM(LM):
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
-        if args.compile:
-            self.model.compile_blocks(autotune=args.compile_autotune)
+        self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
@@ -227,8 +227,7 @@ class Learn2PDLM(LM):
         if (gen_length, temperature) not in self._configs:
             self._configs[gen_length, temperature] = GenerationConfig(
                 gen_length=gen_length, block_length=a.block_length, steps=a.steps, temperature=temperature,
-                cache=a.cache, eotp=a.eotp, seed=a.seed, cuda_graph=self._cuda_graph, compile=a.compile,
-                compile_autotune=a.compile_autotune)
+                cache=a.cache, eotp=a.eotp, seed=a.seed)
         return self._configs[gen_length, temperature]
 
     def _gen_length(self, max_gen_toks: int | None) -> int:
@@ -275,7 +274,7 @@ class Learn2PDLM(LM):
         if isinstance(batch_size, str) and batch_size.startswith("auto"):
             from l2pd_eval.engine.memory import largest_batch
 
-            bs = largest_batch(self.model, self.config, prompt_len=1024, cap=max_batch_size or 64)
+            bs = largest_batch(self.model, self.config, prompt_len=1024, cap=max_batch_size or 64, speed=self.speed)
             log.info("batch_size=auto: %d rows fit (prompt budget 1024 tokens)", bs)
             return bs
         try:
@@ -377,7 +376,8 @@ class Learn2PDLM(LM):
         with progress:
             for idx in batches:
                 config = self._config_for(*keys[idx[0]])
-                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special)
+                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special,
+                               speed=self.speed)
                 records = []
                 for row, i in enumerate(idx):
                     st, s = out.stats[row], settings[i]

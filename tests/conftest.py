@@ -38,3 +38,18 @@ def prompts(tiny):
     _, tok, _ = tiny
     texts = ["Question: 3 + 4 = ?", "Hi", "def add(a, b):\n    return a + b\n# Natalia sold 48 clips"]
     return [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+
+
+@pytest.fixture(scope="session")
+def filter_path(tmp_path_factory):
+    """A hand-made Learn2PD filter for block_length 8 that accepts a masked position whose confidence
+    exceeds about 0.57: a real, if hand-made, filter."""
+    from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+
+    filt = L2PFilter(FilterConfig(block_length=8, accept_threshold=0.6))
+    with torch.no_grad():
+        filt.linears[0].weight.copy_(torch.eye(8) * 6)
+        filt.linears[0].bias.fill_(-3)
+        filt.linears[1].weight.copy_(torch.eye(8))
+        filt.linears[1].bias.zero_()
+    return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})
