@@ -364,7 +364,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--compile", action="store_true", help="compile=true: torch.compile the blocks and statistics")
     ap.add_argument("--graph-width-bucket", type=int, nargs="+", default=[128],
-                    help="GenerationConfig.graph_width_bucket; several values: one prefix+graph batch-1 e2e cell each")
+                    help="SpeedConfig.graph_width_bucket; several values: one batch-1 e2e cell each where it applies")
     ap.add_argument("--prefix-blocks", action="store_true",
                     help="also time each block's new-width cost for prefix+graph at batch 1 (gen --e2e-gen)")
     ap.add_argument("--compile-autotune", action="store_true",

@@ -13,6 +13,7 @@ from test_dream_engine import dream  # noqa: F401 (a fixture)
 
 from l2pd_eval.caches import (
     GraphReplay,
+    NoCache,
     PrefixCache,
     StepInput,
     available,
@@ -236,3 +237,27 @@ def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, t
         out = generate(model, [prompt], cfg, make("low_confidence"), special)
         chunks = [total - (len(prompt) + 8 * b) for b in range(2)]
         assert out.stats[0].positions == sum(4 * total + 4 * chunk for chunk in chunks)
+
+
+def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, tiny, prompts):
+    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs, without
+    an engine change: the step within the block, and which block positions are still masked."""
+    model, _, special = tiny
+    seen = []
+
+    class Watching(NoCache):
+        name = "_watching"
+
+        def logits(self, s: StepInput) -> torch.Tensor:
+            seen.append((s.step, s.masked, s.x[:, s.block[0]:s.block[1]] == special.mask))
+            return super().logits(s)
+
+    monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
+    register(Watching)
+    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching"),
+                   make("threshold", threshold=0.3), special)
+    steps = [step for step, _, _ in seen]
+    assert steps[0] == 0 and steps.count(0) == 2  # two blocks, each from step 0
+    assert all(b == a + 1 for a, b in zip(steps, steps[1:], strict=False) if b)  # counts up within a block
+    assert all(torch.equal(masked, from_x) for _, masked, from_x in seen)
+    assert not (out.tokens == special.mask).any()

@@ -17,6 +17,8 @@ _COMPILED: weakref.WeakSet = weakref.WeakSet()  # models whose blocks ``SpeedCon
 
 @dataclass(frozen=True)
 class SpeedConfig:
+    """The speed switches of a run (defaults: what ``generate`` does unless told otherwise)."""
+
     cuda_graph: bool = False  # replay cached steps as CUDA graphs (strategies with ``cuda_graphs``; CUDA only)
     compile: bool = False  # torch.compile the model's blocks and fuse the confidence statistics
     compile_autotune: bool = False  # with compile: let inductor time kernel configs (model.compiling)
@@ -45,6 +47,6 @@ class SpeedConfig:
 
     def strategy(self, cache: str, model: LLaDA, batch: int, total_length: int) -> ForwardStrategy:
         """The forward strategy ``cache=`` for ``batch`` rows, with the graph and kernel switches."""
+        rows = row_bucket if self.graph_row_buckets else exact_rows
         return make_strategy(cache, model, batch, total_length, cuda_graph=self.cuda_graph,
-                             split_keys=self.split_keys, graph_rows=row_bucket if self.graph_row_buckets else exact_rows,
-                             graph_width_bucket=self.graph_width_bucket)
+                             split_keys=self.split_keys, graph_rows=rows, graph_width_bucket=self.graph_width_bucket)
