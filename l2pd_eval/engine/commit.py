@@ -3,8 +3,9 @@
 A commit lands only on positions still masked, and a row that would stall commits its most confident one,
 so every step commits at least one token per row. Re-masks (policies that declare ``remasks``) land only
 on positions of the block committed before this step and inside the row's live answer, and undo at most
-the step's new commits beyond ``max(k, 1)``: the masked count of a row falls every step (by at least the
-schedule's count for scheduled policies), so a block finishes within the engine's step budget.
+the step's new commits beyond ``max(k, 1)``: a row's masked count falls every step, by the schedule's count
+when the policy commits at least that many, so a block finishes within the engine's step budget
+(``block_length`` steps, or the schedule's).
 """
 
 from __future__ import annotations
