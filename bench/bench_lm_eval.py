@@ -288,7 +288,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--batch-size", default="1", help="an integer or auto")
     run.add_argument("--max-batch-size", type=int, default=None, help="cap for --batch-size auto")
     run.add_argument("--gen-length", type=int, default=256)
-    run.add_argument("--cache", default="dual", choices=("none", "prefix", "dual"))
+    from l2pd_eval.caches import available as cache_names
+
+    run.add_argument("--cache", default="dual", choices=cache_names())
     run.add_argument("--compile", action="store_true")
     run.add_argument("--compile-autotune", action="store_true",
                      help="compile_autotune=true: inductor times reduction configs (the pre-fix behaviour)")

@@ -90,7 +90,7 @@ def _warm_up(lm: Any, lengths: list[int]) -> None:
     block = lm.config.block_length
     one_block = dataclasses.replace(lm.config, gen_length=block, steps=lm.config.steps_per_block)
     for batch, config in ((ordered[:rows], lm.config), (ordered[-rows:], one_block)):
-        generate(lm.model, [[lm.special.eos] * n for n in batch], config, lm.policy, lm.special)
+        generate(lm.model, [[lm.special.eos] * n for n in batch], config, lm.policy, lm.special, speed=lm.speed)
 
 
 def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
@@ -100,8 +100,8 @@ def _auto_batch(lm: Any, gen_length: int) -> dict[str, int]:
     from l2pd_eval.engine.memory import largest_batch
 
     config = dataclasses.replace(lm.config, gen_length=gen_length, steps=None)
-    return {f"auto_batch_gen{gen_length}": largest_batch(lm.model, config, prompt_len=1024),
-            f"auto_batch_gen{gen_length}_uncapped": largest_batch(lm.model, config, prompt_len=1024, cap=10**6)}
+    fit = functools.partial(largest_batch, lm.model, config, prompt_len=1024, speed=lm.speed)
+    return {f"auto_batch_gen{gen_length}": fit(), f"auto_batch_gen{gen_length}_uncapped": fit(cap=10**6)}
 
 
 def install_probe(probe: Probe, warmup_lengths: list[int] | None) -> None:

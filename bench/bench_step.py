@@ -19,19 +19,35 @@ import time
 
 import torch
 
-from l2pd_eval.caches import StepInput, exact_rows, make_strategy, row_bucket
-from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.engine.generate import _predict
+from l2pd_eval.caches import StepInput, available, cache_class
+from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate
 from l2pd_eval.model import SpecialIds, load_model
-from l2pd_eval.policies import get_policy
-from l2pd_eval.policies.base import Policy, StepState, topk_mask
+from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
 
 DEVICE = "cuda"
 
 
-def switches(args) -> dict:
-    """The A/B speed switches as ``make_strategy`` arguments (GenerationConfig has the same choices)."""
-    return dict(split_keys=not args.no_split_kv, graph_rows=exact_rows if args.no_row_buckets else row_bucket)
+def speed(args, cache: str = "", graph_width_bucket: int = 0) -> SpeedConfig:
+    """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on.
+    Width buckets default to exact widths: the step tables time each block's own chunk."""
+    return SpeedConfig(cuda_graph=cache.endswith("+graph"), compile=args.compile,
+                       compile_autotune=args.compile_autotune, split_keys=not args.no_split_kv,
+                       graph_row_buckets=not args.no_row_buckets, graph_width_bucket=graph_width_bucket)
+
+
+def strategy(args, cache: str, model, batch: int, total: int):
+    """``cache`` (a registered name, ``+graph`` for graph replay) as the engine builds it."""
+    return speed(args, cache).strategy(cache.split("+")[0], model, batch, total)
+
+
+def width_buckets_apply(cache: str, batch: int) -> bool:
+    """Where ``graph_width_bucket`` changes anything: graphed strategies with ``width_buckets``, at batch 1."""
+    return cache.endswith("+graph") and cache_class(cache.split("+")[0]).width_buckets and batch == 1
+
+
+def cache_choices() -> list[str]:
+    """Every registered cache, and ``<name>+graph`` for those that replay CUDA graphs."""
+    return [*available(), *(f"{c}+graph" for c in available() if cache_class(c).cuda_graphs)]
 
 
 def cuda_time(fn, warmup: int = 2, iters: int = 5) -> float:
@@ -78,13 +94,13 @@ def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int =
     elt = 2
     total = prompt + gen
     bs = prompt + gen // 2 if block_start is None else block_start
-    shift = model.logit_shift  # Dream's cached chunk starts one position before the block
-    queries = {"none": total, "prefix": total - bs + shift, "dual": block + shift}[cache]
+    strat = cache_class(cache)  # its cost model: queries per cached step (a full forward without a cache)
+    queries = strat.step_queries((bs, bs + block), total, model.logit_shift)
     layer_params = c.n_layers * (2 * c.d_model * c.n_heads * c.head_dim + 2 * c.d_model * c.kv_heads * c.head_dim
                                  + 3 * c.d_model * c.mlp_width)
     head = c.d_model * c.vocab_size
     weights = (layer_params + head) * elt  # embedding rows gathered are negligible
-    kv_read = 0 if cache == "none" else 2 * c.n_layers * c.kv_heads * c.head_dim * total * elt * batch
+    kv_read = 2 * c.n_layers * c.kv_heads * c.head_dim * strat.kv_positions(total) * elt * batch
     gemm_flops = 2 * layer_params * queries * batch + 2 * head * block * batch
     attn_flops = 4 * c.n_layers * c.d_model * queries * total * batch
     return dict(bytes=weights + kv_read, flops=gemm_flops + attn_flops, gemm_bytes=weights, gemm_flops=gemm_flops,
@@ -113,10 +129,7 @@ def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_p
         bs = prompt + b * block
         full, per_op_full, _ = floors(step_cost(model, "none", batch, prompt, gen, block, bs), ceil)
         n_cached = steps_per_block - 1
-        if cache == "none":
-            step, per_op_step = full, per_op_full
-        else:
-            step, per_op_step, _ = floors(step_cost(model, cache, batch, prompt, gen, block, bs), ceil)
+        step, per_op_step, _ = floors(step_cost(model, cache, batch, prompt, gen, block, bs), ceil)
         out["floor_s"] += full + n_cached * step
         out["per_op_floor_s"] += per_op_full + n_cached * per_op_step
         out["refresh_floor_s"] += per_op_full
@@ -124,20 +137,21 @@ def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_p
     return out
 
 
-def step_fn(strat, x, pos, block, total):
-    return lambda: strat.logits(StepInput(x, pos, None, block, total, False))
+def step_fn(strat, x, pos, block, total, step: int = 1):
+    """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step)."""
+    return lambda: strat.logits(StepInput(x, pos, None, block, total, step=step))
 
 
 def time_strategy(strat, x, pos, block, total):
     """(refresh seconds, block-step seconds) for one strategy on a filled cache."""
-    strat.logits(StepInput(x, pos, None, block, total, refresh=True))
-    refresh = cuda_time(lambda: strat.logits(StepInput(x, pos, None, block, total, True)), iters=3)
-    strat.logits(StepInput(x, pos, None, block, total, refresh=True))
+    step_fn(strat, x, pos, block, total, step=0)()
+    refresh = cuda_time(step_fn(strat, x, pos, block, total, step=0), iters=3)
+    step_fn(strat, x, pos, block, total, step=0)()
     step = cuda_time(step_fn(strat, x, pos, block, total))
     return refresh, step
 
 
-def time_policy(policy, step, fused: bool, reps: int = 8, autotune: bool = False) -> tuple[float, float]:
+def time_policy(policy, step, predict, reps: int = 8) -> tuple[float, float]:
     """Seconds per step of the vocabulary statistics (x0, confidence) + selection: (isolated, in pipeline).
 
     Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
@@ -152,7 +166,7 @@ def time_policy(policy, step, fused: bool, reps: int = 8, autotune: bool = False
     rows = torch.arange(batch, device=logits.device)
 
     def select(lg):
-        x0, conf = _predict(lg, 0.0, seeds, (0, 0, 0), fused=fused, autotune=autotune)
+        x0, conf = predict(lg, 0.0, seeds, (0, 0, 0))
         st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=0, block=0, block_start=0, rows=rows)
         return policy.select(st) & masked
 
@@ -180,12 +194,10 @@ def bench_steps(model, special, args, ceilings, out):
                 pos = torch.arange(total, device=DEVICE).expand(batch, total)
                 bs = args.prompt + gen // 2
                 try:
-                    strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=cache.endswith("+graph"),
-                                          **switches(args))
+                    strat = strategy(args, cache, model, batch, total)
                     refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
                     iso, piped = time_policy(get_policy(args.policy_for_overhead),
-                                             step_fn(strat, x, pos, (bs, bs + 32), total), args.compile,
-                                             autotune=args.compile_autotune)
+                                             step_fn(strat, x, pos, (bs, bs + 32), total), speed(args).predictor())
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
@@ -212,15 +224,15 @@ def check_graph(model, args, out) -> float:
     mask = torch.ones(2, 320, dtype=torch.bool, device=DEVICE)
     mask[1, :40] = False
     worst, same = 0.0, True
-    for cache in ("prefix", "dual"):
+    for cache in [c for c in available() if cache_class(c).cuda_graphs]:
         for key_mask in (None, mask):
             res = []
-            for graph in (False, True):
-                strat = make_strategy(cache, model, 2, 320, cuda_graph=graph, **switches(args))
+            for graph in ("", "+graph"):
+                strat = strategy(args, cache + graph, model, 2, 320)
                 for block in ((64, 96), (96, 128)):  # second block: graphs captured, now replayed
-                    strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=True))
-                    strat.logits(StepInput(x, pos, key_mask, block, 320, refresh=False))
-                res.append(strat.logits(StepInput(x, pos, key_mask, (96, 128), 320, refresh=False)).float())
+                    strat.logits(StepInput(x, pos, key_mask, block, 320, step=0))
+                    strat.logits(StepInput(x, pos, key_mask, block, 320, step=1))
+                res.append(strat.logits(StepInput(x, pos, key_mask, (96, 128), 320, step=1)).float())
             worst = max(worst, (res[0] - res[1]).abs().max().item())
             same &= bool(torch.equal(res[0].argmax(-1), res[1].argmax(-1)))
     print(json.dumps(dict(graph_check=True, max_abs_diff=worst, same_argmax=same)), file=out, flush=True)
@@ -258,11 +270,11 @@ def bench_prefix_blocks(model, args, out) -> list[dict]:
     gen, total = args.e2e_gen, args.prompt + args.e2e_gen
     x = torch.randint(0, model.config.vocab_size, (1, total), device=DEVICE)
     pos = torch.arange(total, device=DEVICE).expand(1, total)
-    strat = make_strategy("prefix", model, 1, total, cuda_graph=True, **switches(args))  # exact widths
+    strat = strategy(args, "prefix+graph", model, 1, total)  # exact widths
     rows = []
     for b in range(gen // 32):
         block = (args.prompt + 32 * b, args.prompt + 32 * b + 32)
-        strat.logits(StepInput(x, pos, None, block, total, refresh=True))
+        step_fn(strat, x, pos, block, total, step=0)()
         step = step_fn(strat, x, pos, block, total)
         eager, record = host_time(step), host_time(step)
         replay = cuda_time(step, warmup=1, iters=5)
@@ -278,8 +290,7 @@ def bench_e2e(model, special, args, out, steps: dict, ceilings: dict[str, float]
     for spb in args.e2e_steps_per_block:
         for cache in args.e2e_caches:
             for batch in args.e2e_batches:
-                # width buckets only matter for the prefix cache's graphs at batch 1 (the engine's rule)
-                buckets = args.graph_width_bucket if cache == "prefix+graph" and batch == 1 else args.graph_width_bucket[:1]
+                buckets = args.graph_width_bucket if width_buckets_apply(cache, batch) else args.graph_width_bucket[:1]
                 for wb in buckets:
                     rows.append(e2e_cell(model, special, args, cache, batch, spb, steps, ceilings, wb))
                     print(json.dumps(rows[-1]), file=out, flush=True)
@@ -293,23 +304,20 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     def e2e_policy():
         return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy)
 
-    graph = cache.endswith("+graph")
     mode = cache.split("+")[0]
-    cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode,
-                           cuda_graph=graph, compile=args.compile, compile_autotune=args.compile_autotune,
-                           split_keys=not args.no_split_kv, graph_row_buckets=not args.no_row_buckets,
-                           graph_width_bucket=width_bucket)
+    cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode)
+    fast = speed(args, cache, width_bucket)
     lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
     prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
     # warm-up on the same shapes: compilation is a once-per-process cost; graph captures are not (each
     # generate() call records its own, as each lm-eval batch would), so the timed run still pays them
-    generate(model, prompts, cfg, e2e_policy(), special)
+    generate(model, prompts, cfg, e2e_policy(), special, speed=fast)
     walls = []
     for _ in range(args.e2e_reps):  # median: host-side jitter moves single batch-1 runs by ~10%
         if DEVICE == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        res = generate(model, prompts, cfg, e2e_policy(), special)
+        res = generate(model, prompts, cfg, e2e_policy(), special, speed=fast)
         walls.append(time.perf_counter() - t0)
     wall = statistics.median(walls)
     row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps, seconds=wall,
@@ -335,9 +343,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--prompt", type=int, default=900, help="prompt tokens (~5-shot GSM8K in LLaDA tokens)")
     ap.add_argument("--gen-lengths", type=int, nargs="+", default=[256, 1024])
     ap.add_argument("--batches", type=int, nargs="+", default=[1, 8, 16, 32])
-    ap.add_argument("--caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
+    ap.add_argument("--caches", nargs="*", default=cache_choices())
     ap.add_argument("--e2e-batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--e2e-caches", nargs="*", default=["none", "prefix", "prefix+graph", "dual", "dual+graph"])
+    ap.add_argument("--e2e-caches", nargs="*", default=cache_choices())
     ap.add_argument("--e2e-gen", type=int, default=256)
     ap.add_argument("--e2e-reps", type=int, default=3, help="timed generations per e2e cell (median)")
     ap.add_argument("--e2e-steps-per-block", type=int, nargs="+", default=[8],
@@ -354,9 +362,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--out", default="bench.jsonl")
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")
-    ap.add_argument("--compile", action="store_true", help="torch.compile the blocks (model.compile_blocks())")
+    ap.add_argument("--compile", action="store_true", help="compile=true: torch.compile the blocks and statistics")
     ap.add_argument("--graph-width-bucket", type=int, nargs="+", default=[128],
-                    help="GenerationConfig.graph_width_bucket; several values: one prefix+graph batch-1 e2e cell each")
+                    help="SpeedConfig.graph_width_bucket; several values: one batch-1 e2e cell each where it applies")
     ap.add_argument("--prefix-blocks", action="store_true",
                     help="also time each block's new-width cost for prefix+graph at batch 1 (gen --e2e-gen)")
     ap.add_argument("--compile-autotune", action="store_true",
@@ -381,7 +389,7 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         if "floor_s" in r:
             extra += f"  {r['floor_ratio']:.2f}x its floor ({r['per_op_floor_ratio']:.2f}x per-op)"
         extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
-        if r["cache"] == "prefix+graph" and r["batch"] == 1:
+        if width_buckets_apply(r["cache"], r["batch"]):
             extra += f"  width bucket {r['graph_width_bucket']}"
         print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
               f"{' ragged' if r['ragged'] else ''}: "
@@ -402,8 +410,7 @@ def main() -> None:
                    **ceilings)
         print(json.dumps(env), file=out, flush=True)
         model = load_model(args.model, dtype="bfloat16", device=DEVICE)
-        if args.compile:
-            model.compile_blocks(autotune=args.compile_autotune)
+        speed(args).prepare(model)
         c = model.config  # the family's ids; tiny presets carry none: the last ids of their vocabulary
         special = SpecialIds.resolve(None, c, mask_id=None if c.mask_token_id is not None else c.vocab_size - 1,
                                      eos_id=None if c.eos_token_id is not None else c.vocab_size - 2)

@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from bench.bench_step import cuda_time, measure_ceilings
-from l2pd_eval.caches import StepInput, make_strategy
-from l2pd_eval.engine.generate import _predict
+from l2pd_eval.caches import StepInput
+from l2pd_eval.engine import Predictor, SpeedConfig
 from l2pd_eval.model import load_model
 from l2pd_eval.model.attention import cache_attention
 
@@ -127,17 +127,16 @@ def bench_attention_choice(out, ceil, cfg, prompt: int) -> None:
 
 def bench_predict(out, cfg) -> None:
     """Confidence statistics over the vocabulary for a block of 32, eager vs compiled."""
-    def compiled(*a):
-        return _predict(*a, fused=True)  # the path the engine takes for compiled models
+    eager, compiled = Predictor(), SpeedConfig(compile=True).predictor()  # the path compile=true takes
     print(f"{'predict':>8} {'B':>3} {'eager us':>9} {'compiled us':>12}")
     for batch in (1, 16, 32):
         logits = (torch.randn(batch, 32, cfg.vocab_size, device="cuda") * 3).bfloat16()
         seeds = torch.zeros(batch, dtype=torch.long, device="cuda")
-        ref = _predict(logits, 0.0, seeds, (0, 0, 0))
+        ref = eager(logits, 0.0, seeds, (0, 0, 0))
         got = compiled(logits, 0.0, seeds, (0, 0, 0))
         same = bool(torch.equal(ref[0], got[0]))
         err = ((ref[1] - got[1]).abs() / ref[1]).max().item()
-        te = cuda_time(lambda a=logits, s=seeds: _predict(a, 0.0, s, (0, 0, 0)), iters=20)
+        te = cuda_time(lambda a=logits, s=seeds: eager(a, 0.0, s, (0, 0, 0)), iters=20)
         tc = cuda_time(lambda a=logits, s=seeds: compiled(a, 0.0, s, (0, 0, 0)), iters=20)
         emit(out, part="predict", batch=batch, eager_us=te * 1e6, compiled_us=tc * 1e6, same_x0=same, conf_rel_err=err)
         print(f"{'':>8} {batch:>3} {te * 1e6:9.1f} {tc * 1e6:12.1f}  same x0 {same}, conf rel err {err:.2g}")
@@ -164,13 +163,13 @@ def profile_steps(model, out, args) -> None:
         total, bs = args.prompt + gen, args.prompt + gen // 2
         x = torch.randint(0, model.config.vocab_size, (batch, total), device="cuda")
         pos = torch.arange(total, device="cuda").expand(batch, total)
-        graph = cache.endswith("+graph")
-        strat = make_strategy(cache.split("+")[0], model, batch, total, cuda_graph=graph)
+        fast = SpeedConfig(cuda_graph=cache.endswith("+graph"), graph_width_bucket=0)  # exact widths
+        strat = fast.strategy(cache.split("+")[0], model, batch, total)
 
-        def step(strat=strat, x=x, pos=pos, bs=bs, total=total):
-            return strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=args.refresh))
+        def step(strat=strat, x=x, pos=pos, bs=bs, total=total):  # step 0 refreshes, step 1 is a cached step
+            return strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=0 if args.refresh else 1))
 
-        strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, refresh=True))
+        strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=0))
         wall = cuda_time(step, iters=10)
         reps = 3
         with profile(activities=[ProfilerActivity.CUDA]) as prof:
@@ -238,8 +237,7 @@ def main() -> None:
         if "predict" in args.parts:
             bench_predict(out, cfg)
         if "profile" in args.parts:
-            if args.compile:
-                model.compile_blocks()
+            SpeedConfig(compile=args.compile).prepare(model)
             profile_steps(model, out, args)
 
 

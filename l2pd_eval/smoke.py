@@ -24,6 +24,7 @@ def smoke_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from l2pd_eval.caches import available as cache_names
     from l2pd_eval.engine import GenerationConfig, generate
     from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
     from l2pd_eval.policies import get_policy
@@ -44,7 +45,7 @@ def smoke_main(args: argparse.Namespace) -> int:
     table = Table(title=f"{path} · policy={args.policy}")
     for col in ("cache", "eotp", "NFE", "tokens", "seconds", "answer"):
         table.add_column(col)
-    for cache in ("none", "prefix", "dual"):
+    for cache in cache_names():
         for eotp in (False, True):
             cfg = GenerationConfig(gen_length=args.gen_length, block_length=args.block_length, cache=cache, eotp=eotp)
             out = generate(model, ids, cfg, get_policy(args.policy), special)

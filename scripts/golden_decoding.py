@@ -70,8 +70,8 @@ def _record(out) -> dict[str, object]:
 
 
 def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
-    from l2pd_eval.engine import GenerationConfig, generate
-    from l2pd_eval.engine.generate import EOTP_MODES
+    from l2pd_eval.caches import available as cache_names
+    from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
     from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
     from l2pd_eval.policies import available, get_policy
 
@@ -83,7 +83,7 @@ def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
             special = SpecialIds.resolve(tok, model.config)
             prompts, refs = _prompts_and_references(tok)
             for policy in available():
-                for cache in ("none", "prefix", "dual"):
+                for cache in cache_names():
                     for eotp in EOTP_MODES:
                         for temp in TEMPERATURES:
                             key = f"{fam}/{policy}/{cache}/eotp={eotp}/T={temp:g}"
@@ -92,7 +92,7 @@ def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
                             cfg = GenerationConfig(gen_length=GEN_LENGTH, block_length=BLOCK_LENGTH, cache=cache,
                                                    eotp=eotp, temperature=temp, seed=0)
                             pol = get_policy(policy, **_policy_params(policy))
-                            ref = refs if getattr(pol, "needs_reference", False) else None
+                            ref = refs if pol.needs_reference else None
                             results[key] = _record(generate(model, prompts, cfg, pol, special, reference=ref))
     return results
 

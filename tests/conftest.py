@@ -80,3 +80,18 @@ def family(request, tmp_path_factory) -> TinyFamily:
     directory = write_tiny(request.param, tmp_path_factory.mktemp(f"tiny-{request.param}"), seed=0)
     model, tok, special = _loaded(directory)
     return TinyFamily(FAMILIES[request.param], directory, model, tok, special, _encode(tok))
+
+
+@pytest.fixture(scope="session")
+def filter_path(tmp_path_factory):
+    """A hand-made Learn2PD filter for block_length 8 that accepts a masked position whose confidence
+    exceeds about 0.57: a real, if hand-made, filter."""
+    from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+
+    filt = L2PFilter(FilterConfig(block_length=8, accept_threshold=0.6))
+    with torch.no_grad():
+        filt.linears[0].weight.copy_(torch.eye(8) * 6)
+        filt.linears[0].bias.fill_(-3)
+        filt.linears[1].weight.copy_(torch.eye(8))
+        filt.linears[1].bias.zero_()
+    return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from l2pd_eval.policies import Policy
+from l2pd_eval.policies import Policy, Selection
 from l2pd_eval.policies.base import topk_mask
 
 
@@ -20,5 +20,4 @@ class EndAt(Policy):
         at = torch.tensor(self.at, device=state.conf.device)[state.rows] - state.block_start
         hit = (at >= 0) & (at < state.conf.shape[1]) & (state.step == 0)
         mark = (torch.arange(state.conf.shape[1], device=at.device) == at.clamp(0).unsqueeze(1)) & hit.unsqueeze(1)
-        state.x0.masked_fill_(mark, self.eos)
-        return commit | mark
+        return Selection(commit | mark, tokens=state.x0.masked_fill(mark, self.eos))

@@ -83,8 +83,8 @@ def test_cached_model_step_matches_sdpa_and_eager(cache, compiled):
 
     def steps(split_keys: bool, rows: int, graph: bool = True):
         strat = make_strategy(cache, model, rows, total, cuda_graph=graph, split_keys=split_keys)
-        strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, refresh=True))
-        return [strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, refresh=False)) for _ in range(3)]
+        strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, step=0))
+        return [strat.logits(StepInput(x[:rows], pos[:rows], None, block, total, step=1)) for _ in range(3)]
 
     (plain, _, _), (flash, _, replayed) = steps(False, 1), steps(True, 1)
     assert torch.equal(flash, replayed)  # graph replay == the eager first run of the same shape

@@ -1,12 +1,110 @@
-"""Forward strategies on the CPU: the prefix cache's width buckets (padded chunks) change nothing but shape."""
+"""Forward strategies on the CPU: the registry and its one list of names, each strategy's exactness, work and
+declared capabilities, the prefix cache's width buckets, and a strategy added from a test (what adding a
+cache to the package takes: a class in caches/ and its tests)."""
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
+from policy_cases import POLICIES, assert_batched_equals_alone, make
+from test_dream_engine import dream  # noqa: F401 (a fixture)
 
-from l2pd_eval.caches import PrefixCache, StepInput, make_strategy
-from l2pd_eval.engine import GenerationConfig
+from l2pd_eval.caches import (
+    GraphReplay,
+    NoCache,
+    PrefixCache,
+    StepInput,
+    available,
+    cache_class,
+    graph_replay,
+    make_strategy,
+    register,
+    registry,
+    row_bucket,
+)
+from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate
+from l2pd_eval.engine.memory import bytes_per_row
+
+
+def _strategy_logits(model, name, x, block):
+    """A refreshing step's and a cached step's logits and query positions: counted at the model's input,
+    and as the strategy reports them."""
+    strat = make_strategy(name, model, x.shape[0], x.shape[1])
+    pos = torch.arange(x.shape[1]).expand_as(x)
+    computed = []
+    hook = model.register_forward_pre_hook(lambda _m, args: computed.append(args[0].numel()))
+    try:
+        first = strat.logits(StepInput(x, pos, None, block, x.shape[1], step=0))
+        reported = [strat.positions]
+        later = strat.logits(StepInput(x, pos, None, block, x.shape[1], step=1))
+        reported.append(strat.positions)
+    finally:
+        hook.remove()
+    assert reported == computed
+    return first, later, computed[0], computed[1]
+
+
+@pytest.mark.parametrize("family", ["tiny", "dream"])
+def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(request, family):
+    """Dream's cached chunk starts one position before the block (shifted logits): one query more per row."""
+    model = request.getfixturevalue(family)
+    model = model[0] if isinstance(model, tuple) else model
+    shift = model.logit_shift
+    x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
+    block = (16, 24)
+    ref, again, full_cost, _ = _strategy_logits(model, "none", x, block)
+    assert torch.equal(again, ref)
+    for name, later_cost in (("prefix", 2 * (40 - 16 + shift)), ("dual", 2 * (8 + shift))):
+        first, later, first_cost, cost = _strategy_logits(model, name, x, block)
+        assert torch.equal(first, ref)  # the refreshing step is a full forward: bit-identical
+        assert (first_cost, cost) == (full_cost, later_cost) and full_cost == 2 * 40
+        assert cost == 2 * cache_class(name).step_queries(block, 40, shift)  # the cost model benches use
+        torch.testing.assert_close(later, ref, rtol=0, atol=1e-10)  # nothing changed: cache is exact too
+
+
+def test_registry_lists_the_strategies_once_in_order_and_rejects_unknown_names():
+    assert available() == ["none", "prefix", "dual"]
+    with pytest.raises(ValueError, match="cache='paged' is unknown; valid choices: none, prefix, dual"):
+        cache_class("paged")
+    with pytest.raises(ValueError, match="cache='paged' is unknown; valid choices: none, prefix, dual"):
+        GenerationConfig(cache="paged")
+
+    class Other(PrefixCache):
+        name = "prefix"
+
+    with pytest.raises(ValueError, match="cache 'prefix' already registered by l2pd_eval.caches.prefix"):
+        register(Other)
+
+
+def test_the_torch_free_results_list_names_the_same_caches():
+    from l2pd_eval.results.methods import CACHE_ORDER
+
+    assert list(CACHE_ORDER) == available()
+
+
+def test_declared_capabilities_are_what_the_strategies_do(tiny):
+    """``logits_after``: logits after the block on request, or a clear error; ``kv_positions``: the KV buffer
+    allocated, and what batch sizing counts; ``cuda_graphs``: a graph-replaying class exists."""
+    model = tiny[0]
+    x = torch.randint(0, model.config.vocab_size - 8, (1, 40), generator=torch.Generator().manual_seed(2))
+    pos = torch.arange(40).expand_as(x)
+    per_position = 2 * model.config.n_layers * model.config.kv_heads * model.config.head_dim * 8  # float64
+    cfg = {name: GenerationConfig(gen_length=16, block_length=8, cache=name) for name in available()}
+    for name in available():
+        cls, strat = cache_class(name), make_strategy(name, model, 1, 40)
+        after = StepInput(x, pos, None, (16, 24), 40, step=0, after=True)
+        if cls.logits_after:
+            assert strat.logits(after).shape[1] == 40 - 16
+        else:
+            with pytest.raises(ValueError, match="predictions after the block exist only"):
+                strat.logits(after)
+        kept = strat._buffer.k[0].shape[2] if cls.kv_positions(40) else 0
+        assert kept == cls.kv_positions(40) == (0 if name == "none" else 40)
+        size = bytes_per_row(model, cfg[name], 24) - bytes_per_row(model, cfg["none"], 24)
+        assert size == cls.kv_positions(40) * per_position
+        assert cls.cuda_graphs == issubclass(type(make_strategy(name, model, 1, 40, cuda_graph=True)), GraphReplay)
 
 
 @pytest.mark.parametrize("length", [64, 52])  # the whole sequence, and an EoTP cut 12 positions short
@@ -18,17 +116,16 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
     pos = torch.arange(total).expand(2, total)
     mask = torch.ones(2, total, dtype=torch.bool)
     mask[1, :3] = False  # a left-padded row
-    exact, padded = PrefixCache(model, 2, total), make_strategy("prefix", model, 2, total, width_bucket=24)
+    exact, padded = PrefixCache(model, 2, total), PrefixCache(model, 2, total, width_bucket=24)
     assert padded.width_bucket == 24 and padded._buffer.k[0].shape[2] == total + 23  # scratch slots
     widths = []
     for bs in (16, 24, 32, 40):
         block = (bs, bs + 8)
         outs = []
         for strat in (exact, padded):
-            strat.logits(StepInput(x[:, :length], pos[:, :length], mask[:, :length], block, length, refresh=True))
             steps = [strat.logits(StepInput(x[:, :length], pos[:, :length], mask[:, :length], block, length,
-                                            refresh=False)) for _ in range(2)]
-            outs.append((steps, strat.positions))
+                                            step=step)) for step in range(3)]
+            outs.append((steps[1:], strat.positions))
         (e_steps, e_pos), (p_steps, p_pos) = outs
         for e, p in zip(e_steps, p_steps, strict=True):
             torch.testing.assert_close(p, e, rtol=1e-12, atol=1e-12)
@@ -37,14 +134,130 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
         for t_e, t_p in zip(exact._buffer.k + exact._buffer.v, padded._buffer.k + padded._buffer.v, strict=True):
             torch.testing.assert_close(t_p[:, :, :length], t_e[:, :, :length], rtol=1e-12, atol=1e-12)
         widths.append(padded._chunk_inputs(StepInput(x[:, :length], pos[:, :length], None, block, length,
-                                                     refresh=False))[0].shape[1])
+                                                     step=1))[0].shape[1])
     assert all(w % 24 == 0 and w - 24 < length - bs for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
 
 
-def test_width_bucket_is_only_the_prefix_cache_s_and_must_not_be_negative(tiny):
+def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(tiny):
     model, _, _ = tiny
-    dual = make_strategy("dual", model, 1, 32, width_bucket=16)
+    assert cache_class("prefix").width_buckets and not cache_class("dual").width_buckets
+    dual = cache_class("dual")(model, 1, 32, width_bucket=16)
     assert dual.width_bucket == 0 and dual._buffer.k[0].shape[2] == 32  # its chunk is always one block
+    graphed = make_strategy("prefix", model, 1, 32, cuda_graph=True, graph_width_bucket=16)
+    assert type(graphed) is graph_replay(PrefixCache) and graphed.width_bucket == 0  # a CPU model: no padding
+    assert make_strategy("prefix", model, 1, 32, graph_width_bucket=16).width_bucket == 0  # eager: exact widths
     with pytest.raises(ValueError, match="graph_width_bucket=-1 must be >= 0"):
-        GenerationConfig(graph_width_bucket=-1)
+        SpeedConfig(graph_width_bucket=-1)
+
+
+def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(tiny, prompts):
+    """cuda_graph=True on a CPU model decodes exactly as without it (graphs exist only on CUDA;
+    tests/test_cuda_graphs.py checks the replay itself on a GPU)."""
+    model, _, special = tiny
+    for cache in [c for c in available() if cache_class(c).cuda_graphs]:
+        cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache, eotp=True)
+        plain = generate(model, prompts, cfg, make("threshold", threshold=0.3), special)
+        graph = generate(model, prompts, cfg, make("threshold", threshold=0.3), special,
+                         speed=SpeedConfig(cuda_graph=True))
+        assert torch.equal(plain.sequences, graph.sequences)
+        assert [s.positions for s in plain.stats] == [s.positions for s in graph.stats]
+
+
+def test_graph_row_buckets():
+    assert [row_bucket(n, 32) for n in (1, 2, 3, 5, 8, 9, 16, 17, 31, 32)] == [1, 2, 4, 8, 8, 16, 16, 24, 32, 32]
+    assert row_bucket(11, 12) == 12 and row_bucket(3, 3) == 3  # never more rows than the strategy holds
+
+
+# -- a strategy added from a test ---------------------------------------------------------------------------
+
+
+class PrefixEvery(PrefixCache):
+    """Test-only: a prefix cache that refreshes every ``interval`` steps of a block (dLLM-Cache's rhythm),
+    not only at the first. Nothing else: the engine, the batch sizer and graph replay serve it unchanged."""
+
+    interval = 2
+
+    def refreshes(self, s: StepInput) -> bool:
+        return s.step % self.interval == 0
+
+
+class EveryStep(PrefixEvery):
+    name = "_prefix_every_1"
+    interval = 1
+
+
+class EveryOtherStep(PrefixEvery):
+    name = "_prefix_every_2"
+
+
+@pytest.fixture
+def added_caches(monkeypatch):
+    """The two test strategies registered through the public decorator, for this test only."""
+    monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
+    register(EveryStep)
+    register(EveryOtherStep)
+    return [EveryStep.name, EveryOtherStep.name]
+
+
+def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, tiny):
+    model = tiny[0]
+    assert available() == ["none", "prefix", "dual", *added_caches]
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache="_prefix_every_2")
+    assert bytes_per_row(model, cfg, 24) == bytes_per_row(model, GenerationConfig(gen_length=16, block_length=8,
+                                                                                  cache="prefix"), 24)
+    graphed = make_strategy("_prefix_every_2", model, 2, 40, cuda_graph=True)
+    assert isinstance(graphed, GraphReplay) and isinstance(graphed, EveryOtherStep)
+
+
+@pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "committed"])))
+def test_refreshing_every_step_decodes_exactly_as_no_cache(added_caches, tiny, prompts, filter_path, policy, eotp):
+    """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost."""
+    model, _, special = tiny
+    cfg = {c: GenerationConfig(gen_length=16, block_length=8, cache=c, eotp=eotp) for c in ("none", added_caches[0])}
+    plain, every = (assert_batched_equals_alone(model, prompts, cfg[c], policy, special, filter_path) for c in cfg)
+    assert torch.equal(plain.sequences, every.sequences)
+    assert [s.positions for s in plain.stats] == [s.positions for s in every.stats]
+
+
+@pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "true", "committed"])))
+def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_caches, tiny, prompts, filter_path, policy,
+                                                                   eotp):
+    model, _, special = tiny
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1], eotp=eotp)
+    assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
+
+
+def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, tiny, prompts):
+    """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks."""
+    model, _, special = tiny
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1])
+    for prompt in prompts:
+        total = len(prompt) + 16
+        out = generate(model, [prompt], cfg, make("low_confidence"), special)
+        chunks = [total - (len(prompt) + 8 * b) for b in range(2)]
+        assert out.stats[0].positions == sum(4 * total + 4 * chunk for chunk in chunks)
+
+
+def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, tiny, prompts):
+    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs, without
+    an engine change: the step within the block, and which block positions are still masked."""
+    model, _, special = tiny
+    seen = []
+
+    class Watching(NoCache):
+        name = "_watching"
+
+        def logits(self, s: StepInput) -> torch.Tensor:
+            seen.append((s.step, s.masked, s.x[:, s.block[0]:s.block[1]] == special.mask))
+            return super().logits(s)
+
+    monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
+    register(Watching)
+    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching"),
+                   make("threshold", threshold=0.3), special)
+    steps = [step for step, _, _ in seen]
+    assert steps[0] == 0 and steps.count(0) == 2  # two blocks, each from step 0
+    assert all(b == a + 1 for a, b in zip(steps, steps[1:], strict=False) if b)  # counts up within a block
+    assert all(torch.equal(masked, from_x) for _, masked, from_x in seen)
+    assert not (out.tokens == special.mask).any()

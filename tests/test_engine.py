@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from l2pd_eval.engine import GenerationConfig, generate, left_pad, linear_schedule
+from l2pd_eval.caches import available as cache_names
+from l2pd_eval.engine import GenerationConfig, Predictor, SpeedConfig, generate, left_pad, linear_schedule
+from l2pd_eval.engine.state import RowStats
 from l2pd_eval.policies import get_policy
 
 
@@ -88,7 +90,7 @@ def test_left_pad_layout_hides_the_padding(tiny):
     (dict(gen_length=30, block_length=8), "gen_length=30 is not divisible by block_length=8"),
     (dict(gen_length=32, block_length=8, steps=6), "steps=6 must be a positive multiple of the number of blocks"),
     (dict(gen_length=32, block_length=8, steps=64), "more than block_length=8"),
-    (dict(cache="paged"), "cache='paged' is unknown; valid choices: none, prefix, dual"),
+    (dict(cache="paged"), f"cache='paged' is unknown; valid choices: {', '.join(cache_names())}"),
     (dict(temperature=-1.0), "temperature=-1.0 must be >= 0"),
 ])
 def test_config_validation_names_the_argument(kwargs, message):
@@ -105,14 +107,12 @@ def test_too_long_prompt_is_rejected(tiny):
 
 def test_compiled_greedy_statistics_match_eager():
     """The fused (torch.compile) confidence path used with compile=true picks the same tokens."""
-    from l2pd_eval.engine.generate import _predict
-
     torch.manual_seed(0)
     logits = (torch.randn(3, 8, 1000) * 4).bfloat16()
     logits[1, 2, 7] = logits[1, 2, 9] = logits[1, 2].max() + 1  # a tie: the first maximum wins in both
     seeds = torch.zeros(3, dtype=torch.long)
-    x_e, c_e = _predict(logits, 0.0, seeds, (0, 0, 0))
-    x_f, c_f = _predict(logits, 0.0, seeds, (0, 0, 0), fused=True)
+    x_e, c_e = Predictor()(logits, 0.0, seeds, (0, 0, 0))
+    x_f, c_f = Predictor(fused=True)(logits, 0.0, seeds, (0, 0, 0))
     assert torch.equal(x_e, x_f) and x_f[1, 2] == 7
     torch.testing.assert_close(c_f, c_e, rtol=1e-5, atol=0)
 
@@ -126,5 +126,27 @@ def test_batch_sizing_counts_the_kv_cache_and_graph_logits():
     none, dual = (bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache=k), 100)
                   for k in ("none", "dual"))
     assert dual - none == 2 * c.n_layers * c.kv_heads * c.head_dim * 164 * 4  # float32 K and V of 164 positions
-    graphed = bytes_per_row(model, GenerationConfig(gen_length=64, block_length=32, cache="dual", cuda_graph=True), 100)
+    dual_cfg = GenerationConfig(gen_length=64, block_length=32, cache="dual")
+    graphed = bytes_per_row(model, dual_cfg, 100, speed=SpeedConfig(cuda_graph=True))
     assert graphed - dual == 16 * 32 * c.vocab_size * 4
+
+
+def test_speed_switches_are_checked_and_compile_applies_once_per_model():
+    with pytest.raises(ValueError, match="compile_autotune=true only applies with compile=true"):
+        SpeedConfig(compile_autotune=True)
+    from l2pd_eval.model import load_model
+
+    model = load_model("random:tiny")
+    blocks = model.model.transformer.blocks
+    SpeedConfig().prepare(model)
+    assert not any("forward" in vars(b) for b in blocks)  # compile=false: the model is left alone
+    SpeedConfig(compile=True).prepare(model)
+    compiled = [vars(b)["forward"] for b in blocks]  # each block's forward replaced by its compiled wrapper
+    SpeedConfig(compile=True).prepare(model)  # generate and the adapter both call it: a no-op now
+    assert all(vars(b)["forward"] is c for b, c in zip(blocks, compiled, strict=True))
+
+
+def test_tokens_per_forward_counts_net_commits():
+    st = RowStats(nfe=4, committed_per_step=[3, 2, 2, 1], seconds=0.0, latency=0.0, num_tokens=8, eotp_saved=0,
+                  positions=0, remasked_per_step=[0, 1, 1, 0])
+    assert st.tokens_per_forward == 6 / 4

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from l2pd_eval.caches import CACHES
+from l2pd_eval.caches import available as cache_names
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.attention import attend_over_cache
@@ -156,7 +156,7 @@ def test_it_loads_by_model_type_with_its_special_ids(toy):
     assert type(load_model("random:toy-tiny")) is Toy
 
 
-@pytest.mark.parametrize("cache", CACHES)
+@pytest.mark.parametrize("cache", cache_names())
 @pytest.mark.parametrize("policy", ["low_confidence", "threshold"])
 def test_it_decodes_through_the_engine_with_every_cache_batched_as_alone(toy, policy, cache):
     model, tok = load_model(str(toy), dtype="float64"), load_tokenizer(toy)

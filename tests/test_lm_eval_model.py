@@ -210,7 +210,7 @@ def test_auto_batch_size_is_sized_per_decode_length(tiny_dir, monkeypatch):
     short, long = lm.config_for(256), lm.config_for(1024)
     sizes = [lm.batch_size_for(c) for c in (long, short, long, short)]
     assert [c[:2] for c in calls] == [(1024, 0.0), (256, 0.0)]  # once per key, with the key's own length
-    assert all(kw == {"prompt_len": 1024, "cap": 1000} for *_, kw in calls)
+    assert all(kw == {"prompt_len": 1024, "cap": 1000, "speed": lm.speed} for *_, kw in calls)
     assert 1 < sizes[0] == sizes[2] < sizes[1] == sizes[3]
     assert lm.batch_size_for(lm.config_for(1024, 0.5)) == sizes[0] and len(calls) == 3  # a new temperature: sized
     assert lm.recorder.sidecar.manifest["batch_size"] == "auto"
@@ -229,9 +229,9 @@ def test_requests_are_batched_per_configuration_at_its_own_size(tiny_dir, monkey
     batches = []
     real_generate = adapter.generate
 
-    def spy(model, prompts, config, policy, special):
+    def spy(model, prompts, config, policy, special, **kw):
         batches.append((config.gen_length, [len(p) for p in prompts]))
-        return real_generate(model, prompts, config, policy, special)
+        return real_generate(model, prompts, config, policy, special, **kw)
 
     prompts = ["Hi", "Question: 1 + 1 =", "def f(x):", "a b c d e f g", "x"]
     reqs = [_req(p, until=[], max_gen_toks=8 if i % 2 else 16) for i, p in enumerate(prompts)]

@@ -1,5 +1,5 @@
-"""Policy semantics (not just that they run), cache exactness and work, EoTP, and batch invariance of
-every policy x cache x EoTP combination."""
+"""Policy semantics (not just that they run), EoTP, and batch invariance of every registered policy x cache x
+EoTP combination."""
 
 from __future__ import annotations
 
@@ -8,32 +8,14 @@ import itertools
 import pytest
 import torch
 from end_at_policy import EndAt
+from policy_cases import POLICIES, assert_batched_equals_alone, make
 
-from l2pd_eval.caches import StepInput, make_strategy
-from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+from l2pd_eval.caches import available as cache_names
+from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.policies import RunSettings, StepState, available, get_policy, policy_params
 from l2pd_eval.policies.factor import factor_count
 
 CFG = dict(gen_length=24, block_length=8)
-
-
-@pytest.fixture(scope="module")
-def filter_path(tmp_path_factory):
-    torch.manual_seed(0)
-    filt = L2PFilter(FilterConfig(block_length=8, accept_threshold=0.6))
-    with torch.no_grad():  # accept confident masked positions: a real, if hand-made, filter
-        filt.linears[0].weight.copy_(torch.eye(8) * 6)
-        filt.linears[0].bias.fill_(-3)
-        filt.linears[1].weight.copy_(torch.eye(8))
-        filt.linears[1].bias.zero_()
-    return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})
-
-
-def make(name, filter_path=None, **kw):
-    if name == "learn2pd":
-        kw = {"filter": str(filter_path), **kw}
-    return get_policy(name, **kw).bind(RunSettings(block_length=8))
 
 
 class Recorder:
@@ -167,55 +149,15 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
         assert fast.stats[row].positions < plain.stats[row].positions
 
 
-def _strategy_logits(model, name, x, block, refresh_first=True):
-    """Both steps' logits and query positions: counted at the model's input, and as the strategy reports."""
-    strat = make_strategy(name, model, x.shape[0], x.shape[1])
-    pos = torch.arange(x.shape[1]).expand_as(x)
-    computed = []
-    hook = model.register_forward_pre_hook(lambda _m, args: computed.append(args[0].numel()))
-    try:
-        first = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=True))
-        reported = [strat.positions]
-        later = strat.logits(StepInput(x, pos, None, block, x.shape[1], refresh=False))
-        reported.append(strat.positions)
-    finally:
-        hook.remove()
-    assert reported == computed
-    return first, later, computed[0], computed[1]
-
-
-def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(tiny):
-    model, _, _ = tiny
-    torch.manual_seed(1)
-    x = torch.randint(0, model.config.vocab_size, (2, 40))
-    block = (16, 24)
-    ref, _, full_cost, _ = _strategy_logits(model, "none", x, block)
-    for name, later_cost in (("prefix", 2 * (40 - 16)), ("dual", 2 * 8)):
-        first, later, first_cost, cost = _strategy_logits(model, name, x, block)
-        assert torch.equal(first, ref)  # the refreshing step is a full forward: bit-identical
-        assert first_cost == full_cost == 2 * 40
-        assert cost == later_cost
-        torch.testing.assert_close(later, ref, rtol=0, atol=1e-10)  # nothing changed: cache is exact too
-
-
-COMBOS = list(itertools.product(["low_confidence", "random", "threshold", "factor", "learn2pd", "oracle"],
-                                ["none", "prefix", "dual"], ["false", "true", "committed"]))
+COMBOS = list(itertools.product(POLICIES, cache_names(), EOTP_MODES))
 
 
 @pytest.mark.parametrize("policy, cache, eotp", COMBOS)
 def test_every_combination_batched_equals_unbatched(tiny, prompts, filter_path, policy, cache, eotp):
     model, _, special = tiny
-    small = dict(gen_length=16, block_length=8)  # two blocks: cache refresh and reuse across a block boundary
-    cfg = GenerationConfig(cache=cache, eotp=eotp, **small)
-    reference = None
-    if policy == "oracle":
-        reference = generate(model, prompts, GenerationConfig(**small), make("low_confidence"), special).tokens
-    batched = generate(model, prompts, cfg, make(policy, filter_path), special, reference=reference)
-    for row, p in enumerate(prompts):
-        ref_row = None if reference is None else reference[row:row + 1]
-        alone = generate(model, [p], cfg, make(policy, filter_path), special, reference=ref_row)
-        assert torch.equal(batched.tokens[row], alone.tokens[0])
-        assert batched.stats[row].committed_per_step == alone.stats[0].committed_per_step
+    # two blocks: cache refresh and reuse across a block boundary
+    cfg = GenerationConfig(cache=cache, eotp=eotp, gen_length=16, block_length=8)
+    assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
 
 
 def test_top1_mask_equals_topk_with_k_one_including_ties():
@@ -226,23 +168,3 @@ def test_top1_mask_equals_topk_with_k_one_including_ties():
     assert torch.equal(top1_mask(scores), topk_mask(scores, torch.ones(3, dtype=torch.long)))
     rand = torch.rand(64, 32).masked_fill(torch.rand(64, 32) < 0.5, ninf)
     assert torch.equal(top1_mask(rand), topk_mask(rand, torch.ones(64, dtype=torch.long)))
-
-
-def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(tiny, prompts):
-    """cuda_graph=True on a CPU model decodes exactly as without it (graphs exist only on CUDA;
-    tests/test_cuda_graphs.py checks the replay itself on a GPU)."""
-    model, _, special = tiny
-    for cache in ("prefix", "dual"):
-        cfg = dict(gen_length=16, block_length=8, cache=cache, eotp=True)
-        plain = generate(model, prompts, GenerationConfig(**cfg), make("threshold", threshold=0.3), special)
-        graph = generate(model, prompts, GenerationConfig(cuda_graph=True, **cfg), make("threshold", threshold=0.3),
-                         special)
-        assert torch.equal(plain.sequences, graph.sequences)
-        assert [s.positions for s in plain.stats] == [s.positions for s in graph.stats]
-
-
-def test_graph_row_buckets():
-    from l2pd_eval.caches import row_bucket
-
-    assert [row_bucket(n, 32) for n in (1, 2, 3, 5, 8, 9, 16, 17, 31, 32)] == [1, 2, 4, 8, 8, 16, 16, 24, 32, 32]
-    assert row_bucket(11, 12) == 12 and row_bucket(3, 3) == 3  # never more rows than the strategy holds

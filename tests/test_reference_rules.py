@@ -8,29 +8,19 @@ import pytest
 import torch
 from scripted_model import ScriptedModel
 
-from l2pd_eval.engine import GenerationConfig, generate
-from l2pd_eval.engine.generate import EotpStep, cut_at_predicted_end, eotp_mode
-from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import cache_class
+from l2pd_eval.engine import GenerationConfig, eotp_mode, generate
+from l2pd_eval.engine.eotp import EotpStep, cut_at_predicted_end
 from l2pd_eval.model.loading import SpecialIds
-from l2pd_eval.policies import RunSettings, StepState, get_policy
+from l2pd_eval.policies import StepState, get_policy
 from l2pd_eval.policies.factor import factor_count
 
 MASK, EOS, EOT, WORD = 15, 14, 13, 3
 SPECIAL = SpecialIds(mask=MASK, eos=EOS, eot=(EOT,))
 P, G, BL = 4, 16, 8
 PROMPT = [1, 2, 1, 2]
-
-
-@pytest.fixture(scope="module")
-def filter_path(tmp_path_factory):
-    """A hand-made filter that accepts a masked position whose confidence exceeds about 0.57."""
-    filt = L2PFilter(FilterConfig(block_length=BL, accept_threshold=0.6))
-    with torch.no_grad():
-        filt.linears[0].weight.copy_(torch.eye(BL) * 6)
-        filt.linears[0].bias.fill_(-3)
-        filt.linears[1].weight.copy_(torch.eye(BL))
-        filt.linears[1].bias.zero_()
-    return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})
+CACHED = [c for c in cache_names() if not cache_class(c).logits_after]  # strategies that predict the block only
 
 
 def script(ends: dict[int, float]) -> list[tuple[int, float]]:
@@ -41,7 +31,7 @@ def script(ends: dict[int, float]) -> list[tuple[int, float]]:
 def decode(table, policy, cache="none", eotp="true", **kw):
     model = ScriptedModel(P, table)
     cfg = GenerationConfig(gen_length=G, block_length=BL, cache=cache, eotp=eotp, **kw)
-    out = generate(model, [PROMPT], cfg, policy.bind(RunSettings(block_length=BL)), SPECIAL)
+    out = generate(model, [PROMPT], cfg, policy, SPECIAL)  # generate binds the policy (the filter's block length)
     return out, model.lengths
 
 
@@ -65,14 +55,14 @@ def test_no_cache_cuts_after_the_most_confident_end_anywhere_in_the_answer():
     assert tokens[13:] == [EOS] * 3
 
 
-@pytest.mark.parametrize("cache", ["prefix", "dual"])
+@pytest.mark.parametrize("cache", CACHED)
 def test_with_a_cache_the_search_covers_only_the_block(cache):
     out, _ = decode(script(ENDS), get_policy("low_confidence"), cache=cache)
     assert cut_after(out) == 5  # the most confident end of block 0; position 12 is never looked at there
     assert out.tokens[0, 6:].tolist() == [EOS] * 10
 
 
-@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+@pytest.mark.parametrize("cache", cache_names())
 def test_an_end_the_filter_accepts_comes_first(filter_path, cache):
     out, _ = decode(script(MORE_ENDS), get_policy("learn2pd", filter=str(filter_path)), cache=cache)
     assert cut_after(out) == 2  # the first accepted end, not the more confident ones at 5 and 12
@@ -114,8 +104,8 @@ def test_a_cut_only_shortens_and_rows_are_cut_independently():
 def test_rule_on_a_hand_built_step():
     """The rule itself: accepted end first, else the most confident end among the block's masked positions
     and the live positions after it; the cut never moves a row's end later."""
-    from l2pd_eval.engine.generate import BlockRows, DecodeState
     from l2pd_eval.engine.layout import left_pad
+    from l2pd_eval.engine.state import BlockRows, DecodeState
 
     layout = left_pad([PROMPT] * 3, EOS, torch.device("cpu"), tail=G, tail_id=MASK)
     T = P + G

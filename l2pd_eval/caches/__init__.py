@@ -1,36 +1,37 @@
-"""Forward strategies (``none``/``prefix``/``dual``, ``strategies.py``) and their CUDA-graph replay
-(``graphs.py``); ``make_strategy`` picks one from the run's settings."""
+"""Forward strategies: what a decoding step computes. One class per strategy (``none.py``, ``prefix.py``,
+``dual.py``), one registry (``registry.py``), CUDA-graph replay for those that declare it (``graphs.py``);
+``make_strategy`` builds one from the run's settings."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from l2pd_eval.caches.graphs import (
-    GRAPHED,
-    MAX_GRAPHS,
-    GraphedDualCache,
-    GraphedPrefixCache,
-    GraphReplay,
-    exact_rows,
-    row_bucket,
-)
-from l2pd_eval.caches.strategies import CACHES, STRATEGIES, DualCache, ForwardStrategy, PrefixCache, StepInput
+# isort: off
+# The built-in strategies register in this order, the order ``available()`` lists them in.
+from l2pd_eval.caches import none, prefix, dual  # noqa: F401
+# isort: on
+from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.dual import DualCache
+from l2pd_eval.caches.graphs import MAX_GRAPHS, GraphReplay, exact_rows, graph_replay, row_bucket
+from l2pd_eval.caches.none import NoCache
+from l2pd_eval.caches.prefix import PrefixCache
+from l2pd_eval.caches.registry import available, cache_class, register
 from l2pd_eval.model.interface import DiffusionLM
 
-__all__ = ["CACHES", "MAX_GRAPHS", "DualCache", "ForwardStrategy", "GraphReplay", "GraphedDualCache",
-           "GraphedPrefixCache", "PrefixCache", "StepInput", "exact_rows", "make_strategy", "row_bucket"]
+__all__ = ["MAX_GRAPHS", "DualCache", "ForwardStrategy", "GraphReplay", "NoCache", "PrefixCache", "StepInput",
+           "available", "cache_class", "exact_rows", "graph_replay", "make_strategy", "register", "row_bucket"]
 
 
 def make_strategy(name: str, model: DiffusionLM, batch: int, total_length: int, cuda_graph: bool = False,
                   split_keys: bool = True, graph_rows: Callable[[int, int], int] = row_bucket,
-                  width_bucket: int = 0) -> ForwardStrategy:
-    """``cuda_graph`` replays the cached steps of ``prefix``/``dual`` as CUDA graphs (no effect for ``none``,
-    whose every step is a full forward, nor off CUDA), recording one graph per ``graph_rows(rows, batch)``
-    rows. ``split_keys``: see ``model.attention.cache_attention``. ``width_bucket``: the prefix cache's
-    chunk padding (``PrefixCache``); ignored by the other strategies, whose chunk shape never changes."""
-    if name not in STRATEGIES:
-        raise ValueError(f"cache={name!r} is unknown; valid choices: {', '.join(CACHES)}")
-    extra = {"width_bucket": width_bucket} if name == "prefix" else {}
-    if cuda_graph and name in GRAPHED:
-        return GRAPHED[name](model, batch, total_length, split_keys, graph_rows, **extra)
-    return STRATEGIES[name](model, batch, total_length, split_keys, **extra)
+                  graph_width_bucket: int = 0) -> ForwardStrategy:
+    """The strategy ``cache=name`` for ``batch`` rows of ``total_length`` positions.
+
+    ``cuda_graph`` replays the cached steps as CUDA graphs for strategies that declare ``cuda_graphs`` (no
+    effect for the others, nor off CUDA), recording one graph per ``graph_rows(rows, batch)`` rows, with
+    chunks padded to ``graph_width_bucket`` where that pays (``GraphReplay``). ``split_keys``: see
+    ``model.attention.cache_attention``."""
+    cls = cache_class(name)
+    if cuda_graph and cls.cuda_graphs:
+        return graph_replay(cls)(model, batch, total_length, split_keys, graph_rows, graph_width_bucket)
+    return cls(model, batch, total_length, split_keys)

@@ -1,7 +1,8 @@
-"""CUDA-graph replay of the prefix and dual caches' cached steps."""
+"""CUDA-graph replay of a chunked KV strategy's cached steps (the strategies that declare ``cuda_graphs``)."""
 
 from __future__ import annotations
 
+import functools
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches.strategies import DualCache, PrefixCache, StepInput
+from l2pd_eval.caches.base import StepInput
+from l2pd_eval.caches.prefix import PrefixCache
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
 
@@ -39,28 +41,31 @@ def exact_rows(n: int, batch: int) -> int:
 
 
 class GraphReplay:
-    """Mixin for the prefix and dual caches: cached steps replay CUDA graphs.
+    """Mixin over a ``PrefixCache``-like strategy (``graph_replay`` builds the class): cached steps replay
+    CUDA graphs.
 
     A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than streaming the
     weights. One graph per shape (row bucket, live length, chunk width, key mask or not), so padded
     batches, EoTP cuts and rows leaving a block early replay too. The prefix cache's chunk is a block
-    shorter in every block; with its ``width_bucket`` (the engine sets one at batch 1) several blocks share
-    a padded width, hence a graph, instead of each block paying an eager step and a recording. Rows are padded up to a bucket
-    (``rows``, by default ``row_bucket``): with threshold-like policies rows finish a block one by one, and a
-    graph per row count would mean a capture at nearly every step. Padding rows compute on rows of the KV
-    buffer no one reads (rows that left the block) and their outputs are dropped. Refresh steps run eagerly.
-    The first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
-    recording must not); the second records the graph, which executes nothing, and replays it. A shape
-    met once costs no recording: without width buckets the prefix cache has a new shape every block, and
-    with threshold or Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
-    ``max_graphs`` shapes are kept (least recently used dropped).
+    shorter in every block; with a ``width_bucket`` (strategies with ``width_buckets``, at batch 1 only,
+    where recordings are the cost: docs/benchmarks.md) several blocks share a padded width, hence a graph,
+    instead of each block paying an eager step and a recording. Rows are padded up to a bucket (``rows``,
+    by default ``row_bucket``): with threshold-like policies rows finish a block one by one, and a graph per
+    row count would mean a capture at nearly every step. Padding rows compute on rows of the KV buffer no
+    one reads (rows that left the block) and their outputs are dropped. Refreshing steps run eagerly. The
+    first step of a shape runs eagerly on the static buffers (it also compiles and initialises what a
+    recording must not); the second records the graph, which executes nothing, and replays it. A shape met
+    once costs no recording: without width buckets the prefix cache has a new shape every block, and with
+    threshold or Learn2PD a block often has a single cached step. Graphs share one memory pool and at most
+    ``max_graphs`` shapes are kept (least recently used dropped). Off CUDA every step runs eagerly.
     """
 
     max_graphs = MAX_GRAPHS
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0):
-        super().__init__(model, batch, total_length, split_keys, width_bucket)
+        padded = width_bucket if batch == 1 and model.device.type == "cuda" else 0
+        super().__init__(model, batch, total_length, split_keys, padded)
         self._batch = batch
         self._rows = rows
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
@@ -132,12 +137,10 @@ class GraphReplay:
         g.graph = graph
 
 
-class GraphedPrefixCache(GraphReplay, PrefixCache):
-    pass
-
-
-class GraphedDualCache(GraphReplay, DualCache):
-    pass
-
-
-GRAPHED: dict[str, type[GraphReplay]] = {c.name: c for c in (GraphedPrefixCache, GraphedDualCache)}
+@functools.cache
+def graph_replay(cls: type[PrefixCache]) -> type[PrefixCache]:
+    """``cls`` with its cached steps replayed as CUDA graphs (one class per strategy, made once)."""
+    if not (cls.cuda_graphs and issubclass(cls, PrefixCache)):
+        raise ValueError(f"cache={cls.name!r} does not replay CUDA graphs (cuda_graphs=False or not a chunked "
+                         f"KV strategy)")
+    return type(f"Graphed{cls.__name__}", (GraphReplay, cls), {"__module__": cls.__module__})

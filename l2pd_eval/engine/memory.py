@@ -4,29 +4,34 @@ from __future__ import annotations
 
 import torch
 
-from l2pd_eval.caches import MAX_GRAPHS
-from l2pd_eval.engine.generate import AFTER_CHUNK, GenerationConfig
+from l2pd_eval.caches import MAX_GRAPHS, cache_class
+from l2pd_eval.engine.config import GenerationConfig
+from l2pd_eval.engine.predict import AFTER_CHUNK
+from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.model.interface import DiffusionLM
 
 
-def bytes_per_row(model: DiffusionLM, config: GenerationConfig, prompt_len: int) -> int:
-    """Peak bytes one row adds: KV cache (if any) + the widest activation of a full forward + block logits,
-    and with CUDA graphs the block logits each kept graph holds (bound: every graph at full batch)."""
+def bytes_per_row(model: DiffusionLM, config: GenerationConfig, prompt_len: int, speed: SpeedConfig | None = None) -> int:
+    """Peak bytes one row adds: the KV cache its strategy keeps + the widest activation of a full forward +
+    block logits, with CUDA graphs the block logits each kept graph holds (bound: every graph at full
+    batch), and the logits after the block where EoTP "true" searches them."""
     c, t = model.config, prompt_len + config.gen_length
+    strategy = cache_class(config.cache)
+    graphed = (speed or SpeedConfig()).cuda_graph and strategy.cuda_graphs
     elt = torch.finfo(model.dtype).bits // 8
-    kv = 2 * c.n_layers * c.kv_heads * c.head_dim * t * elt if config.cache != "none" else 0
+    kv = 2 * c.n_layers * c.kv_heads * c.head_dim * strategy.kv_positions(t) * elt
     act = t * (3 * c.mlp_width + 4 * c.d_model) * elt         # MLP gate/up projections, product + residual stream
     logits = config.block_length * c.vocab_size * (elt + 3 * 4)  # block logits + float32 softmax work
-    graphs = MAX_GRAPHS * config.block_length * c.vocab_size * elt if config.cuda_graph and kv else 0
-    tail = 0  # EoTP "true" without a cache also projects the answer after the block (statistics by chunk)
-    if config.eotp == "true" and config.cache == "none":
+    graphs = MAX_GRAPHS * config.block_length * c.vocab_size * elt if graphed else 0
+    tail = 0  # EoTP "true" with logits_after also projects the answer after the block (statistics by chunk)
+    if config.eotp == "true" and strategy.logits_after:
         tail = (config.gen_length - config.block_length) * c.vocab_size * elt + AFTER_CHUNK * c.vocab_size * 3 * 4
     return kv + act + logits + graphs + tail
 
 
 def largest_batch(model: DiffusionLM, config: GenerationConfig, prompt_len: int, cap: int = 64,
-                  headroom: float = 0.9) -> int:
+                  headroom: float = 0.9, speed: SpeedConfig | None = None) -> int:
     if model.device.type != "cuda":
         return 1
     free, _ = torch.cuda.mem_get_info(model.device)
-    return max(1, min(cap, int(free * headroom) // bytes_per_row(model, config, prompt_len)))
+    return max(1, min(cap, int(free * headroom) // bytes_per_row(model, config, prompt_len, speed)))

@@ -131,41 +131,21 @@ class BatchRecords:
 
 
 class _Capture:
-    """``on_step`` observer; also wraps the policy to see the prediction *before* a policy may replace it
-    (the oracle substitutes the reference token when stuck; the label must judge the model's own guess)."""
+    """``on_step`` observer. ``ev.x0`` is the model's own prediction, also where a policy committed another
+    token (the oracle substitutes the reference when stuck): the label judges the model's guess."""
 
-    def __init__(self, policy):
-        from l2pd_eval.policies.base import Policy
-
-        capture = self
-
-        class _Wrapped(Policy):
-            name = "capture"
-            scheduled = policy.scheduled
-
-            def select(self, state):
-                capture._pred = state.x0
-                return policy.select(state)
-
-            def to(self, device):
-                policy.to(device)
-                return self
-
-        self.policy = _Wrapped()
-        self._pred: Tensor | None = None
+    def __init__(self) -> None:
         self.events: list[tuple[Tensor, Tensor, Tensor, Tensor, int, int, Tensor]] = []
 
     def __call__(self, ev) -> None:
-        pred = self._pred if self._pred is not None else ev.x0
-        self.events.append((ev.conf.float(), pred, ev.masked, ev.commit, ev.step, ev.block, ev.rows))
-        self._pred = None
+        self.events.append((ev.conf.float(), ev.x0, ev.masked, ev.commit, ev.step, ev.block, ev.rows))
 
 
 def _run(model, prompts: list[list[int]], gen_cfg, policy, special, reference=None):
     from l2pd_eval.engine import generate
 
-    cap = _Capture(policy)
-    out = generate(model, prompts, gen_cfg, cap.policy, special, reference=reference, on_step=cap)
+    cap = _Capture()
+    out = generate(model, prompts, gen_cfg, policy, special, reference=reference, on_step=cap)
     return out, cap.events
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lm_eval.api.model import LM
 
-from l2pd_eval.engine import GenerationConfig, GenerationOutput, generate
+from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, generate
 from l2pd_eval.engine.memory import largest_batch
 from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
 from l2pd_eval.harness.model_args import (
@@ -88,6 +88,8 @@ class Learn2PDLM(LM):
         self.args = args
         self._device, self._rank, self._world_size = choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
+        self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
+                                 compile_autotune=args.compile_autotune)
         self._configs: dict[Key, GenerationConfig] = {}
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
@@ -96,8 +98,7 @@ class Learn2PDLM(LM):
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
-        if args.compile:
-            self.model.compile_blocks(autotune=args.compile_autotune)
+        self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
@@ -150,7 +151,7 @@ class Learn2PDLM(LM):
         """One config per (decode length, temperature); ``temperature`` None: the run's (model_args or 0)."""
         key = (gen_length, (self.args.temperature or 0.0) if temperature is None else temperature)
         if key not in self._configs:
-            self._configs[key] = self.args.generation_config(gen_length, key[1], self._cuda_graph)
+            self._configs[key] = self.args.generation_config(gen_length, key[1])
         return self._configs[key]
 
     def batch_size_for(self, config: GenerationConfig) -> int:
@@ -172,7 +173,7 @@ class Learn2PDLM(LM):
 
     def _auto_batch_size(self, config: GenerationConfig) -> int:
         size = largest_batch(self.model, config, prompt_len=AUTO_PROMPT_BUDGET,
-                             cap=self.args.max_batch_size or AUTO_BATCH_CAP)
+                             cap=self.args.max_batch_size or AUTO_BATCH_CAP, speed=self.speed)
         log.info("batch_size=auto: %d rows fit at gen_length %d, temperature %g (prompt budget %d tokens)", size,
                  config.gen_length, config.temperature, AUTO_PROMPT_BUDGET)
         return size
@@ -275,7 +276,8 @@ class Learn2PDLM(LM):
         with progress:
             for idx in batches:
                 config = self.config_for(*keys[idx[0]])
-                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special)
+                out = generate(self.model, [encoded[i] for i in idx], config, self.policy, self.special,
+                               speed=self.speed)
                 batch = [requests[i] for i in idx]
                 texts, records = self._answers(out, batch, [settings[i] for i in idx], config)
                 for i, text in zip(idx, texts, strict=True):

@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 import torch
 
-from l2pd_eval.engine.generate import EotpMode, GenerationConfig
+from l2pd_eval.engine import EotpMode, GenerationConfig
 from l2pd_eval.policies.registry import parse_policy_params
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
@@ -111,13 +111,12 @@ class ModelArgs:
         want = int(max_gen_toks or DEFAULT_GEN_LENGTH)
         return -(-want // self.block_length) * self.block_length
 
-    def generation_config(self, gen_length: int, temperature: float | None, cuda_graph: bool) -> GenerationConfig:
+    def generation_config(self, gen_length: int, temperature: float | None) -> GenerationConfig:
         """The engine's settings for one (decode length, temperature); ``temperature`` None: the run's."""
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
-            cache=self.cache, eotp=self.eotp, seed=self.seed, cuda_graph=cuda_graph, compile=self.compile,
-            compile_autotune=self.compile_autotune)
+            cache=self.cache, eotp=self.eotp, seed=self.seed)
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""Policy interface: given one decoding step's block predictions, choose which masked positions to commit.
+"""Policy interface: given one decoding step's block predictions, choose which masked positions to commit
+(and, for policies that declare ``remasks``, which committed ones of the block to mask again).
 
-Everything is batched over rows: a policy sees [B, block_length] tensors and returns a bool mask of the
-same shape. The engine ANDs the result with ``masked`` (a policy can never touch committed tokens or the
-prompt) and guarantees progress checks; policies never sync with the host.
+Everything is batched over rows: a policy sees [B, block_length] tensors of a read-only ``StepState`` and
+returns a ``Selection`` (or just its commit mask) of the same shape. The engine restricts a selection to what
+it may touch (masked positions for commits, the block's committed ones for re-masks: never the prompt or
+another block) and guarantees progress; policies never sync with the host.
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ from torch import Tensor
 from l2pd_eval.typed_args import parameters as dataclass_parameters
 
 
-@dataclass
+@dataclass(frozen=True)
 class StepState:
-    """One step of one block for the rows still decoding it."""
+    """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
+    than x0 says so in its ``Selection``)."""
 
     conf: Tensor      # [B, L] float32: probability of x0 at every block position (committed ones too)
-    x0: Tensor        # [B, L] long: predicted token; a policy may overwrite it (oracle fallback)
+    x0: Tensor        # [B, L] long: the model's predicted token
     masked: Tensor    # [B, L] bool: still masked before this step
     k: Tensor         # [B] long: tokens the linear schedule asks for at this step (>= 1 while masked)
     step: int         # step index within the block
@@ -38,6 +41,17 @@ class StepState:
     def masked_conf(self) -> Tensor:
         """Confidence where a commit is allowed, -inf elsewhere (so top-k never picks committed slots)."""
         return self.conf.masked_fill(~self.masked, float("-inf"))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What a policy decided at one step ([B, L] each)."""
+
+    commit: Tensor                  # bool: positions to commit (the engine keeps the masked ones)
+    tokens: Tensor | None = None    # long: the tokens to commit there (None: x0), e.g. the oracle's fallback
+    accepted: Tensor | None = None  # bool: positions accepted on their own merit before any schedule fill
+    #                                 (Learn2PD's filter); EoTP "true" cuts first after an accepted end
+    remask: Tensor | None = None    # bool: committed positions of the block to mask again (``remasks`` only)
 
 
 def topk_mask(scores: Tensor, k: Tensor) -> Tensor:
@@ -63,23 +77,39 @@ class RunSettings:
 
 
 class Policy:
-    """Base class. Subclasses are dataclasses of their parameters, registered by ``name``."""
+    """Base class. Subclasses are dataclasses of their parameters, registered by ``name``; they implement
+    ``select`` under the contract written there (and only there)."""
 
     name: ClassVar[str] = ""
+    # Capabilities (what the engine asks of a policy):
     # Scheduled policies follow the linear steps schedule; the others run until the block is filled.
     scheduled: ClassVar[bool] = True
     # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
     # engine computes them once per step for the block and hands them over in ``StepState.stats``.
     needs: ClassVar[tuple[str, ...]] = ()
+    # Needs the target answer (``generate(reference=...)``, ``StepState.reference``): the oracle.
+    needs_reference: ClassVar[bool] = False
+    # May return ``Selection.remask``: committed tokens of the current block go back to the mask (revocable
+    # rules: WINO, ReMDM). The engine honours it only for policies that declare it.
+    remasks: ClassVar[bool] = False
 
-    def select(self, state: StepState) -> Tensor:
+    def select(self, state: StepState) -> Tensor | Selection:
+        """Choose this step's commits for the rows of ``state``.
+
+        Args:
+            state: the block's predictions for the rows still decoding it (``StepState``); read-only.
+                ``state.k`` is the schedule's count for scheduled policies (1 for the others).
+
+        Returns:
+            A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
+            policy also commits other tokens (``tokens``), reports positions accepted on their own merit
+            (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
+            positions still masked; a row whose selection commits none commits its most confident masked
+            position. Re-masks apply only to the block's positions committed before this step (never the
+            prompt, another block or an EoTP-cut tail) and never undo more of a row's new commits than
+            leaves ``max(state.k, 1)`` of them, so every step makes net progress and every block finishes.
+        """
         raise NotImplementedError
-
-    def select_with_accepted(self, state: StepState) -> tuple[Tensor, Tensor | None]:
-        """``select``, plus the positions the policy accepted on their own merit before any schedule fill
-        (Learn2PD's filter), or None. EoTP ``true`` cuts first after an accepted end-of-text (the
-        Learn2PD reference code), so a policy with such a notion says which positions it accepted."""
-        return self.select(state), None
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:
@@ -90,9 +120,11 @@ class Policy:
         return {k: getattr(self, k) for k in self.parameters()}
 
     def bind(self, run: RunSettings) -> Policy:
-        """Called once by a run before its first request, so a policy rejects settings it cannot serve
-        (a filter trained for another block length) before any decoding; the default needs nothing."""
-        return self
+        """Check and prepare for a run's settings: a policy rejects settings it cannot serve (a filter
+        trained for another block length) before any decoding, and moves what it owns to ``run.device``.
+        ``generate`` binds every call and the adapter once before its first request, so it must be cheap
+        and idempotent; the default only moves the policy."""
+        return self.to(run.device)
 
     def to(self, device: torch.device) -> Policy:
         """Move any tensors/modules the policy owns (the Learn2PD filter) to the decoding device."""

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from l2pd_eval.policies.base import Policy, RunSettings, StepState, topk_mask
+from l2pd_eval.policies.base import Policy, RunSettings, Selection, StepState, topk_mask
 from l2pd_eval.policies.filter_net import check_block_length, load_filter
 from l2pd_eval.policies.registry import register
 
@@ -38,9 +37,6 @@ class Learn2PD(Policy):
         self._net = self._net.to(device)
         return self
 
-    def select(self, state: StepState) -> Tensor:
-        return self.select_with_accepted(state)[0]
-
-    def select_with_accepted(self, state: StepState) -> tuple[Tensor, Tensor]:
+    def select(self, state: StepState) -> Selection:
         accepted = self._net.accept(state.conf, state.masked)
-        return topk_mask(state.masked_conf, state.k) | accepted, accepted
+        return Selection(topk_mask(state.masked_conf, state.k) | accepted, accepted=accepted)

@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
-from l2pd_eval.policies.base import Policy, StepState, top1_mask
+from l2pd_eval.policies.base import Policy, Selection, StepState, top1_mask
 from l2pd_eval.policies.registry import register
 
 
@@ -27,12 +26,11 @@ class Oracle(Policy):
         if self.fallback not in ("reference", "prediction"):
             raise ValueError(f"fallback={self.fallback!r}; valid choices: reference, prediction")
 
-    def select(self, state: StepState) -> Tensor:
+    def select(self, state: StepState) -> Selection:
         if state.reference is None:
             raise ValueError("policy=oracle needs a reference answer (reference= in generate)")
         match = state.masked & (state.x0 == state.reference)
         stuck = ~match.any(dim=-1, keepdim=True)
         forced = top1_mask(state.masked_conf) & stuck
-        if self.fallback == "reference":
-            state.x0 = torch.where(forced, state.reference, state.x0)
-        return match | forced
+        tokens = torch.where(forced, state.reference, state.x0) if self.fallback == "reference" else None
+        return Selection(match | forced, tokens=tokens)

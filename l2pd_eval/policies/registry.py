@@ -7,20 +7,17 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from l2pd_eval.policies.base import Policy
+from l2pd_eval.registry import Registry
 from l2pd_eval.typed_args import coerce_fields
 
-_REGISTRY: dict[str, type[Policy]] = {}
+POLICIES: Registry[type[Policy]] = Registry("policy")
 _BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd",
             "entropy", "topk_margin", "maskgit_plus", "origin")
 
 
 def register(cls: type[Policy]) -> type[Policy]:
-    if not cls.name:
-        raise ValueError(f"{cls.__name__} has no name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ValueError(f"policy {cls.name!r} already registered by {_REGISTRY[cls.name].__module__}")
-    _REGISTRY[cls.name] = cls
-    return cls
+    """Class decorator: ``policy=<cls.name>`` selects ``cls``."""
+    return POLICIES.register(cls)
 
 
 def _load_builtins() -> None:
@@ -30,7 +27,7 @@ def _load_builtins() -> None:
 
 def available() -> list[str]:
     _load_builtins()
-    return sorted(_REGISTRY)
+    return POLICIES.names()
 
 
 def policy_params(name: str) -> list[str]:
@@ -39,9 +36,7 @@ def policy_params(name: str) -> list[str]:
 
 def policy_class(name: str) -> type[Policy]:
     _load_builtins()
-    if name not in _REGISTRY:
-        raise ValueError(f"policy={name!r} is unknown; valid choices: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name]
+    return POLICIES.get(name)
 
 
 def parse_policy_params(name: str, params: Mapping[str, Any], also_valid: Collection[str] = ()) -> dict[str, Any]:

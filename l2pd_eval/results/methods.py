@@ -59,6 +59,7 @@ class Method:
 # Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
 MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
+# l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
 CACHE_ORDER = ("none", "prefix", "dual")
 EOTP_RULES = ("false", "true", "committed")  # also the rows' order
 EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}

@@ -66,11 +66,11 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
         policy = get_policy(s.policy, **s.params).bind(
             RunSettings(block_length=block_length, gen_length=gen_length, device=model.device))
         cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, eotp=s.eotp)
-        if getattr(policy, "needs_reference", False) and reference is None:
+        if policy.needs_reference and reference is None:
             raise ValueError(f"setting {s.label!r} needs the vanilla setting to run first (its output is the reference)")
         outs, stats, t0 = [], [], time.perf_counter()
         for i in range(0, len(prompts), batch_size):
-            ref = reference[i // batch_size] if getattr(policy, "needs_reference", False) else None
+            ref = reference[i // batch_size] if policy.needs_reference else None
             out = generate(model, prompts[i:i + batch_size], cfg, policy, special, reference=ref)
             outs.append(out.tokens)
             stats += out.stats

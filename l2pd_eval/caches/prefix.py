@@ -1,0 +1,88 @@
+"""``cache=prefix`` (Fast-dLLM): a block's refreshing step computes the whole sequence and keeps every key
+and value; later steps recompute block + suffix against the kept prefix. The refreshing step is a full
+forward, so its logits equal ``none``'s exactly; later steps are the cache's approximation."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.registry import register
+from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.model.layers import KVCache
+
+
+@register
+class PrefixCache(ForwardStrategy):
+    """``width_bucket``: right-pad each cached step's chunk (block + suffix, a block shorter in every
+    block) to a multiple of this many positions, so the chunk keeps one shape over several blocks and a
+    CUDA graph recorded in one block replays in the next (``caches.graphs``, which sets it at batch 1). The
+    padding queries copy the chunk's last token and position; their keys and values land in scratch slots
+    after the sequence, which no query reads (attention stops at the live length), and their logits are
+    never computed. 0: exact widths; ignored by strategies without ``width_buckets``."""
+
+    name = "prefix"
+    cuda_graphs = True
+    width_buckets = True
+    recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
+
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
+                 width_bucket: int = 0):
+        super().__init__(model, batch, total_length, split_keys)
+        self.width_bucket = width_bucket if self.width_buckets else 0
+        # allocated once, with the padding's scratch slots; blocks use its leading rows
+        self._buffer = model.new_cache(batch, self.kv_positions(total_length) + max(self.width_bucket - 1, 0))
+        self.kv: KVCache | None = None
+
+    @classmethod
+    def kv_positions(cls, total_length: int) -> int:
+        return total_length
+
+    @classmethod
+    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int) -> int:
+        start, end = cls.chunk(block, length, logit_shift)
+        return end - start
+
+    @classmethod
+    def chunk(cls, block: tuple[int, int], length: int, logit_shift: int) -> tuple[int, int]:
+        """Absolute [start, end) of the positions a cached step recomputes: from ``logit_shift`` positions
+        before the block, since Dream predicts a position from the hidden state before it (model.dream)."""
+        bs, be = block
+        return bs - logit_shift, (length if cls.recompute_suffix else be)
+
+    def logits(self, s: StepInput) -> Tensor:
+        if s.after:
+            raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
+                             f"after the block exist only with a cache that has logits_after")
+        if self.refreshes(s):
+            bs, be = s.block
+            n = s.x.shape[0]
+            self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
+            self.positions = s.x.numel()
+            return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
+                              logits_slice=slice(bs, be), split_keys=self.split_keys)
+        self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift)
+        return self._cached_step(s)
+
+    def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
+        """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift)
+        x, pos = s.x[:, start:end], s.pos[:, start:end]
+        pad = -(end - start) % self.width_bucket if self.width_bucket else 0
+        if pad:
+            x = torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1)
+            pos = torch.cat([pos, pos[:, -1:].expand(-1, pad)], dim=1)
+        return x, pos, start
+
+    def _cached_step(self, s: StepInput) -> Tensor:
+        bs, be = s.block
+        x, pos, start = self._chunk_inputs(s)
+        return self.model(x, pos, s.key_mask, cache=self.kv, start=start, kv_len=s.length,
+                          logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
+
+    def keep(self, idx: Tensor) -> None:
+        n = idx.numel()
+        for t in self._buffer.k + self._buffer.v:
+            t[:n] = t.index_select(0, idx)
+        self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])

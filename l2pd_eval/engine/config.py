@@ -1,0 +1,71 @@
+"""What is decoded: the settings that change answers. How fast it is decoded is ``engine.speed``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from l2pd_eval.caches import available as cache_names
+
+# EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
+# "committed" = cut after a *committed* end token, "false" = none.
+EotpMode = Literal["false", "true", "committed"]
+EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+
+
+def eotp_mode(value: str | bool) -> str:
+    """``GenerationConfig.eotp`` from a mode name or a bool (True = the reference rule ``"true"``)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    text = str(value).strip().lower()
+    if text not in EOTP_MODES:
+        raise ValueError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
+    return text
+
+
+@dataclass
+class GenerationConfig:
+    """Decoding settings. ``steps`` (total, default ``gen_length``) drives the linear schedule of the
+    scheduled policies (low_confidence, random, learn2pd); threshold/factor/oracle ignore it."""
+
+    gen_length: int = 256
+    block_length: int = 32
+    steps: int | None = None
+    temperature: float = 0.0
+    cache: str = "none"  # a registered forward strategy (caches.available())
+    eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.eotp = eotp_mode(self.eotp)
+        self.validate()
+
+    @property
+    def num_blocks(self) -> int:
+        return self.gen_length // self.block_length
+
+    @property
+    def total_steps(self) -> int:
+        return self.gen_length if self.steps is None else self.steps
+
+    @property
+    def steps_per_block(self) -> int:
+        return self.total_steps // self.num_blocks
+
+    def validate(self) -> None:
+        if self.gen_length <= 0 or self.block_length <= 0:
+            raise ValueError(f"gen_length={self.gen_length} and block_length={self.block_length} must be > 0")
+        if self.gen_length % self.block_length:
+            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}; "
+                             f"choose gen_length a multiple of {self.block_length}")
+        if self.total_steps <= 0 or self.total_steps % self.num_blocks:
+            raise ValueError(f"steps={self.total_steps} must be a positive multiple of the number of blocks "
+                             f"({self.num_blocks} = gen_length / block_length)")
+        if self.steps_per_block > self.block_length:
+            raise ValueError(f"steps={self.total_steps} gives {self.steps_per_block} steps per block, more than "
+                             f"block_length={self.block_length}; use steps <= gen_length")
+        if self.cache not in cache_names():
+            raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0")
+        eotp_mode(self.eotp)

@@ -1,0 +1,52 @@
+"""How fast, never what: the speed switches, chosen once at the edge (the adapter's model_args, a bench's
+flags) and applied through this class's methods only: ``generate`` calls them, and so do benches that time
+a part of a step. None of them changes what is decoded beyond float rounding (docs/benchmarks.md measures
+each)."""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass
+
+from l2pd_eval.caches import ForwardStrategy, exact_rows, make_strategy, row_bucket
+from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.model.interface import DiffusionLM
+
+_COMPILED: weakref.WeakSet = weakref.WeakSet()  # models whose blocks ``SpeedConfig.prepare`` compiled
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """The speed switches of a run (defaults: what ``generate`` does unless told otherwise)."""
+
+    cuda_graph: bool = False  # replay cached steps as CUDA graphs (strategies with ``cuda_graphs``; CUDA only)
+    compile: bool = False  # torch.compile the model's blocks and fuse the confidence statistics
+    compile_autotune: bool = False  # with compile: let inductor time kernel configs (model.compiling)
+    split_keys: bool = True  # let batch-1 attention use the key-splitting flash kernel (model.attention)
+    graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
+    graph_width_bucket: int = 128  # graphed chunks whose width changes between blocks (the prefix cache) are
+    #                                padded to a multiple of this at batch 1, so a graph serves several; 0: exact
+
+    def __post_init__(self) -> None:
+        if self.graph_width_bucket < 0:
+            raise ValueError(f"graph_width_bucket={self.graph_width_bucket} must be >= 0 (0: exact widths)")
+        if self.compile_autotune and not self.compile:
+            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
+
+    def prepare(self, model: DiffusionLM) -> None:
+        """``compile``'s part on the model: its blocks compiled, once per model (the first setting that meets
+        a model decides its ``compile_autotune``). ``generate`` calls it; so does a caller whose first
+        forward is not a decode (the adapter, for likelihood requests)."""
+        if self.compile and model not in _COMPILED:
+            model.compile_blocks(autotune=self.compile_autotune)
+            _COMPILED.add(model)
+
+    def predictor(self) -> Predictor:
+        """x0 and confidence from logits, fused by torch.compile with ``compile``."""
+        return Predictor(fused=self.compile, autotune=self.compile_autotune)
+
+    def strategy(self, cache: str, model: DiffusionLM, batch: int, total_length: int) -> ForwardStrategy:
+        """The forward strategy ``cache=`` for ``batch`` rows, with the graph and kernel switches."""
+        rows = row_bucket if self.graph_row_buckets else exact_rows
+        return make_strategy(cache, model, batch, total_length, cuda_graph=self.cuda_graph,
+                             split_keys=self.split_keys, graph_rows=rows, graph_width_bucket=self.graph_width_bucket)

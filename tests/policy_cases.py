@@ -1,0 +1,38 @@
+"""Every registered policy, built and decoded the same way by the tests that cover them all (batch
+invariance on each family, each cache): a policy added to the registry joins those tests by itself."""
+
+from __future__ import annotations
+
+import torch
+
+from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.policies import Policy, available, get_policy, policy_class, policy_params
+
+POLICIES = available()
+
+
+def make(name: str, filter_path=None, **params) -> Policy:
+    """``policy=name`` with the test filter where it takes one (unbound: ``generate`` binds it)."""
+    if "filter" in policy_params(name):
+        params = {"filter": str(filter_path), **params}
+    return get_policy(name, **params)
+
+
+def assert_batched_equals_alone(model, prompts, cfg: GenerationConfig, name: str, special, filter_path=None,
+                                speed=None, **params):
+    """Decode ``prompts`` as one batch and each alone: the same tokens and per-step counts. A policy that
+    needs a reference gets the low-confidence answer of the same lengths. Returns the batched output."""
+    reference = None
+    if policy_class(name).needs_reference:
+        plain = GenerationConfig(gen_length=cfg.gen_length, block_length=cfg.block_length)
+        reference = generate(model, prompts, plain, make("low_confidence"), special).tokens
+    batched = generate(model, prompts, cfg, make(name, filter_path, **params), special, reference=reference,
+                       speed=speed)
+    for row, prompt in enumerate(prompts):
+        ref_row = None if reference is None else reference[row:row + 1]
+        alone = generate(model, [prompt], cfg, make(name, filter_path, **params), special, reference=ref_row,
+                         speed=speed)
+        assert torch.equal(batched.tokens[row], alone.tokens[0]), (name, row)
+        assert batched.stats[row].committed_per_step == alone.stats[0].committed_per_step, (name, row)
+        assert batched.stats[row].remasked_per_step == alone.stats[0].remasked_per_step, (name, row)
+    return batched

@@ -1,0 +1,171 @@
+"""The policy contract as the engine keeps it: ``generate`` binds the policy, the step state is read-only (a
+policy commits other tokens through its ``Selection``), ``select`` is documented once, and a policy that
+declares ``remasks`` can mask committed tokens of the current block again, counted honestly, without ever
+touching the prompt or another block, and every block still finishes."""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import itertools
+from dataclasses import dataclass
+
+import pytest
+import torch
+from policy_cases import POLICIES
+
+from l2pd_eval.caches import available as cache_names
+from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
+from l2pd_eval.policies import (
+    Policy,
+    RunSettings,
+    Selection,
+    StepState,
+    get_policy,
+    policy_class,
+    top1_mask,
+    topk_mask,
+)
+
+CFG = dict(gen_length=16, block_length=8)
+
+
+@dataclass
+class Revoke(Policy):
+    """Test-only revocable rule: commit the two most confident masked positions, and mask again the committed
+    position of the block the model is now least sure of (``every``: ask to re-mask the whole block)."""
+
+    every: bool = False
+
+    name = "_revoke"
+    scheduled = False
+    remasks = True
+
+    def select(self, state: StepState) -> Selection:
+        commit = topk_mask(state.masked_conf, state.k + 1)
+        if self.every:
+            return Selection(commit, remask=torch.ones_like(state.masked))
+        committed = ~state.masked
+        least = top1_mask(-state.conf.masked_fill(state.masked, float("inf"))) & committed.any(-1, keepdim=True)
+        return Selection(commit, remask=least)
+
+
+@dataclass
+class ScheduledRevoke(Revoke):
+    """The same on the linear schedule: one commit beyond the schedule's count, one re-mask."""
+
+    scheduled = True
+
+
+class Undeclared(Revoke):
+    remasks = False
+
+
+def test_generate_binds_the_policy_to_the_run(tiny, prompts, filter_path):
+    """A filter trained for block 8 is refused at block 16 by a bare ``generate`` call (smoke, trajectories)."""
+    model, _, special = tiny
+    with pytest.raises(ValueError, match="trained for block_length=8, but this run uses block_length=16"):
+        generate(model, prompts, GenerationConfig(gen_length=16, block_length=16),
+                 get_policy("learn2pd", filter=str(filter_path)), special)
+    seen = []
+
+    class Recording(Policy):
+        name = "_recording"
+
+        def bind(self, run: RunSettings) -> Policy:
+            seen.append(run)
+            return get_policy("low_confidence").bind(run)  # bind may return the policy the run uses
+
+    generate(model, prompts, GenerationConfig(**CFG), Recording(), special)
+    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device)]
+    bound = get_policy("learn2pd", filter=str(filter_path)).bind(seen[0])
+    assert bound.bind(seen[0]) is bound  # idempotent: the adapter binds once, generate again
+
+
+def test_the_step_state_is_read_only_and_the_oracle_commits_its_tokens_through_the_selection(tiny, prompts):
+    model, _, special = tiny
+    events = []
+    reference = torch.randint(10, 200, (len(prompts), 16), generator=torch.Generator().manual_seed(0))
+    out = generate(model, prompts, GenerationConfig(**CFG), get_policy("oracle"), special, reference=reference,
+                   on_step=events.append)
+    assert torch.equal(out.tokens, reference)  # random targets: reached only through the fallback tokens
+    forced = [ev.commit & (ev.tokens != ev.x0) for ev in events]
+    assert any(f.any() for f in forced)  # the events keep the model's own prediction beside what was committed
+    st = StepState(conf=torch.zeros(1, 2), x0=torch.zeros(1, 2, dtype=torch.long), masked=torch.ones(1, 2).bool(),
+                   k=torch.ones(1, dtype=torch.long), step=0, block=0, block_start=0, rows=torch.zeros(1).long())
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        st.x0 = torch.ones(1, 2, dtype=torch.long)
+
+
+def test_select_is_documented_once_on_the_base_class():
+    contract = inspect.getdoc(Policy.select)
+    assert "Args:" in contract and "Returns:" in contract
+    for name in POLICIES:
+        assert inspect.getdoc(policy_class(name).select) == contract, name
+
+
+def test_only_a_policy_that_declares_remasks_may_remask(tiny, prompts):
+    model, _, special = tiny
+    with pytest.raises(ValueError, match="policy='_revoke' returned positions to re-mask but does not declare"):
+        generate(model, prompts, GenerationConfig(**CFG), Undeclared(), special)
+
+
+@pytest.mark.parametrize("policy", [Revoke(), Revoke(every=True), ScheduledRevoke()], ids=["one", "every", "sched"])
+def test_remasking_terminates_and_counts_net_commits(tiny, prompts, policy):
+    """Without EoTP every answer position ends committed, so net commits (commits - re-masks) are the answer
+    length; a re-mask never undoes more than the step's commits beyond ``max(k, 1)``."""
+    model, _, special = tiny
+    cfg = GenerationConfig(steps=8, **CFG)  # scheduled: 4 steps per block, k = 2
+    out = generate(model, prompts, cfg, policy, special)
+    assert not (out.tokens == special.mask).any()
+    budget_k = 2 if policy.scheduled else 1
+    for st in out.stats:
+        assert len(st.remasked_per_step) == len(st.committed_per_step) == st.nfe <= 2 * 8
+        assert sum(st.committed_per_step) - sum(st.remasked_per_step) == 16
+        assert st.tokens_per_forward == pytest.approx(16 / st.nfe)
+        assert sum(st.remasked_per_step) > 0
+        assert all(r <= c - budget_k for c, r in zip(st.committed_per_step, st.remasked_per_step, strict=True) if r)
+    if policy.scheduled:
+        assert {st.nfe for st in out.stats} == {8}  # the schedule's net count each step: the blocks end on time
+
+
+def test_remasking_never_touches_the_prompt_or_another_block(tiny, prompts):
+    """What the network is fed at each forward (no cache: the whole sequence): blocks before the current
+    one never change again, later ones stay masked, the prompt stays, and the current block's mask count
+    falls every step even when the policy asks to re-mask everything."""
+    model, _, special = tiny
+    for prompt in prompts:
+        fed: list[torch.Tensor] = []
+        hook = model.register_forward_pre_hook(lambda _m, args, fed=fed: fed.append(args[0][0].clone()))
+        try:
+            out = generate(model, [prompt], GenerationConfig(**CFG), Revoke(every=True), special)
+        finally:
+            hook.remove()
+        final, P = out.sequences[0], len(prompt)
+        masks_before = {0: 9, 1: 9}
+        for x in fed:
+            blk = int((x[P:] == special.mask).nonzero()[0, 0]) // 8  # the first block with a mask left
+            assert torch.equal(x[:P + 8 * blk], final[:P + 8 * blk])
+            assert (x[P + 8 * (blk + 1):] == special.mask).all()
+            left = int((x[P + 8 * blk:P + 8 * (blk + 1)] == special.mask).sum())
+            assert left < masks_before[blk]
+            masks_before[blk] = left
+
+
+@pytest.mark.parametrize("cache, eotp", list(itertools.product(cache_names(), EOTP_MODES)))
+def test_remasking_decodes_a_batch_as_each_prompt_alone(tiny, prompts, cache, eotp):
+    model, _, special = tiny
+    cfg = GenerationConfig(cache=cache, eotp=eotp, **CFG)
+    batched = generate(model, prompts, cfg, Revoke(), special)
+    for row, prompt in enumerate(prompts):
+        alone = generate(model, [prompt], cfg, Revoke(), special)
+        assert torch.equal(batched.tokens[row], alone.tokens[0])
+        assert batched.stats[row].committed_per_step == alone.stats[0].committed_per_step
+        assert batched.stats[row].remasked_per_step == alone.stats[0].remasked_per_step
+    assert not (batched.tokens == special.mask).any()
+
+
+def test_a_policy_without_remasks_reports_zero_remasks(tiny, prompts):
+    model, _, special = tiny
+    out = generate(model, prompts, GenerationConfig(**CFG), get_policy("threshold"), special)
+    assert all(st.remasked_per_step == [0] * st.nfe for st in out.stats)
