@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Generic, TypeVar
 
+from l2pd_eval.errors import ConfigError
+
 C = TypeVar("C", bound=type)
 
 
@@ -29,5 +31,5 @@ class Registry(Generic[C]):
 
     def get(self, name: str) -> C:
         if name not in self.classes:
-            raise ValueError(f"{self.kind}={name!r} is unknown; valid choices: {', '.join(self.names())}")
+            raise ConfigError(f"{self.kind}={name!r} is unknown; valid choices: {', '.join(self.names())}")
         return self.classes[name]

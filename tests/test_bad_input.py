@@ -211,8 +211,9 @@ def test_filter_weights_that_do_not_match_their_settings_are_one_message(filter_
 def test_garbage_published_filter_names_the_file(tmp_path):
     path = tmp_path / "layer_2_flan.pth"
     path.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(ValueError, match=rf"^filter={str(path)!r}: not a readable PyTorch state dict \(.*\); "
-                                         "download or copy the published filter again$"):
+    with pytest.raises(ValueError, match=rf"^filter={str(path)!r}: not a readable PyTorch state dict, refused "
+                                         r"without running any of its code \(.*\); download or copy the published "
+                                         "filter again from a trusted source$"):
         load_filter(path)
 
 

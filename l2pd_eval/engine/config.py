@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.errors import ConfigError
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
 # "committed" = cut after a *committed* end token, "false" = none.
@@ -19,7 +20,7 @@ def eotp_mode(value: str | bool) -> str:
         return "true" if value else "false"
     text = str(value).strip().lower()
     if text not in EOTP_MODES:
-        raise ValueError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
+        raise ConfigError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
     return text
 
 
@@ -54,18 +55,18 @@ class GenerationConfig:
 
     def validate(self) -> None:
         if self.gen_length <= 0 or self.block_length <= 0:
-            raise ValueError(f"gen_length={self.gen_length} and block_length={self.block_length} must be > 0")
+            raise ConfigError(f"gen_length={self.gen_length} and block_length={self.block_length} must be > 0")
         if self.gen_length % self.block_length:
-            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}; "
-                             f"choose gen_length a multiple of {self.block_length}")
+            raise ConfigError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}; "
+                              f"choose gen_length a multiple of {self.block_length}")
         if self.total_steps <= 0 or self.total_steps % self.num_blocks:
-            raise ValueError(f"steps={self.total_steps} must be a positive multiple of the number of blocks "
-                             f"({self.num_blocks} = gen_length / block_length)")
+            raise ConfigError(f"steps={self.total_steps} must be a positive multiple of the number of blocks "
+                              f"({self.num_blocks} = gen_length / block_length)")
         if self.steps_per_block > self.block_length:
-            raise ValueError(f"steps={self.total_steps} gives {self.steps_per_block} steps per block, more than "
-                             f"block_length={self.block_length}; use steps <= gen_length")
+            raise ConfigError(f"steps={self.total_steps} gives {self.steps_per_block} steps per block, more than "
+                              f"block_length={self.block_length}; use steps <= gen_length")
         if self.cache not in cache_names():
-            raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+            raise ConfigError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
+            raise ConfigError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from l2pd_eval.caches import ForwardStrategy, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.interface import DiffusionLM
 
 _COMPILED: weakref.WeakSet = weakref.WeakSet()  # models whose blocks ``SpeedConfig.prepare`` compiled
@@ -29,9 +30,9 @@ class SpeedConfig:
 
     def __post_init__(self) -> None:
         if self.graph_width_bucket < 0:
-            raise ValueError(f"graph_width_bucket={self.graph_width_bucket} must be >= 0 (0: exact widths)")
+            raise ConfigError(f"graph_width_bucket={self.graph_width_bucket} must be >= 0 (0: exact widths)")
         if self.compile_autotune and not self.compile:
-            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
+            raise ConfigError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
 
     def prepare(self, model: DiffusionLM) -> None:
         """``compile``'s part on the model: its blocks compiled, once per model (the first setting that meets

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import torch
 
 from l2pd_eval.engine import EotpMode, GenerationConfig
-from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.errors import ConfigError
+from l2pd_eval.policies.registry import parse_policy_params, policy_class
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
@@ -72,18 +73,18 @@ class ModelArgs:
         for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be a positive integer")
+                raise ConfigError(f"{name}={value} must be a positive integer")
         for name in ("checkpoint_s", "progress_every_s", "temperature"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name}={value} must be >= 0")
+                raise ConfigError(f"{name}={value} must be >= 0")
         self.end_ids()
         self.fixed_batch_size()
         if self.compile_autotune and not self.compile:
-            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
+            raise ConfigError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
         if self.gen_length is None and self.steps is not None:
-            raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
-                             "max_gen_toks and steps = gen_length)")
+            raise ConfigError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
+                              "max_gen_toks and steps = gen_length)")
 
     def end_ids(self) -> list[int] | None:
         """``eot_ids=`` as ids (None: the tokenizer's eos and the family's end of turn)."""
@@ -91,7 +92,7 @@ class ModelArgs:
             return None
         parts = [p.strip() for p in self.eot_ids.split(";") if p.strip()]
         if not parts or not all(INTEGER.match(p) for p in parts):
-            raise ValueError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
+            raise ConfigError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
         return [int(p) for p in parts]
 
     def fixed_batch_size(self) -> int | None:
@@ -99,9 +100,9 @@ class ModelArgs:
         if isinstance(self.batch_size, str):
             if self.batch_size.startswith("auto"):
                 return None
-            raise ValueError(f"batch_size={self.batch_size!r}; valid choices: a positive integer or auto")
+            raise ConfigError(f"batch_size={self.batch_size!r}; valid choices: a positive integer or auto")
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size={self.batch_size} must be positive")
+            raise ConfigError(f"batch_size={self.batch_size} must be positive")
         return self.batch_size
 
     def gen_length_for(self, max_gen_toks: int | None) -> int:
@@ -128,7 +129,7 @@ def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]
     """
     values = {k: v for k, v in raw.items() if v is not None}
     if "pretrained" not in values:
-        raise ValueError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
+        raise ConfigError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
     own = parameters(ModelArgs)
     args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
     rest = {k: v for k, v in values.items() if k not in own}
@@ -154,3 +155,23 @@ def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, 
             continue
         merged[key] = value
     return merged
+
+
+def accepted_model_args() -> dict[str, str]:
+    """Every key ``--model_args`` accepts -> who takes it (``model_args``, ``policy <name>``, ``cache <name>``):
+    :class:`ModelArgs`' fields, each registered policy's parameters, and the parameters a registered cache
+    declares (a ``parameters()`` classmethod, as policies have). The README's table lists each one
+    (tests/test_readme.py)."""
+    from l2pd_eval.caches import available as caches
+    from l2pd_eval.caches import cache_class
+    from l2pd_eval.policies.registry import available as policies
+
+    out = dict.fromkeys(parameters(ModelArgs), "model_args")
+    for name in policies():
+        for key in policy_class(name).parameters():
+            out.setdefault(key, f"policy {name}")
+    for name in caches():
+        declared = getattr(cache_class(name), "parameters", None)
+        for key in (declared() if callable(declared) else {}):
+            out.setdefault(key, f"cache {name}")
+    return out

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.family import Family
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.model.tokenizer import chat_opening, chat_user_prompt
@@ -34,8 +35,8 @@ def bos_prefix(add_bos_token: str, family: Family, special: SpecialIds, source: 
         return []
     if special.bos is None:
         rule = f"the {family.name} family's default" if add_bos_token == "auto" else "requested"
-        raise ValueError(f"add_bos_token ({rule}): the tokenizer of {source} has no BOS token and config.json no "
-                         "bos_token_id; pass add_bos_token=false")
+        raise ConfigError(f"add_bos_token ({rule}): the tokenizer of {source} has no BOS token and config.json no "
+                          "bos_token_id; pass add_bos_token=false")
     return [special.bos]
 
 

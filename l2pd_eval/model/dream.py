@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
@@ -65,6 +66,9 @@ class DreamConfig(FileConfig):
 
     model_type: ClassVar[str] = "Dream"
     architectures: ClassVar[tuple[str, ...]] = ("DreamModel",)
+    sizes: ClassVar[tuple[str, ...]] = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                        "num_key_value_heads", "vocab_size", "max_position_embeddings")
+    context_key: ClassVar[str] = "max_position_embeddings"
 
     @property
     def d_model(self) -> int:
@@ -116,8 +120,8 @@ class DreamConfig(FileConfig):
             "rope_scaling": (self.rope_scaling, {None}),
         })
         if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.kv_heads:
-            raise ValueError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
-                             f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")
+            raise ConfigError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
+                              f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")
 
 
 # Shapes for random-weight runs (``pretrained=random:<name>``); dream-7b from Dream-v0-*-7B's config.json.

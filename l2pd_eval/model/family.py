@@ -12,6 +12,7 @@ from typing import Any, Literal, get_args
 
 from torch import nn
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model import dream, llada
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.interface import MEMBERS
@@ -108,14 +109,14 @@ def family_of_config_json(raw: dict[str, Any], source: str = "config.json") -> F
         if family.config_class.model_type == model_type:
             return family
     valid = ", ".join(repr(f.config_class.model_type) for f in FAMILIES.values())
-    raise ValueError(f"pretrained: {source} has model_type={model_type!r}; valid choices: {valid}")
+    raise ConfigError(f"pretrained: {source} has model_type={model_type!r}; valid choices: {valid}")
 
 
 def family_of_preset(preset: str) -> Family:
     for family in FAMILIES.values():
         if preset in family.presets:
             return family
-    raise ValueError(f"pretrained='random:{preset}': unknown preset; valid choices: {preset_names()}")
+    raise ConfigError(f"pretrained='random:{preset}': unknown preset; valid choices: {preset_names()}")
 
 
 def preset_names() -> str:
@@ -136,6 +137,6 @@ def check_supported(family: Family, source: str) -> None:
     """Refuse, at load, a family the engine and caches cannot decode yet (``source``: the ``pretrained=``
     value). Block-causal attention needs its own network mask and an exact cache of finished blocks."""
     if family.attention != "bidirectional":
-        raise ValueError(f"pretrained={source!r}: the {family.name!r} family attends {family.attention} "
-                         f"(trained block size {family.block_size}); only bidirectional families can be "
-                         f"decoded so far")
+        raise ConfigError(f"pretrained={source!r}: the {family.name!r} family attends {family.attention} "
+                          f"(trained block size {family.block_size}); only bidirectional families can be "
+                          f"decoded so far")

@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
@@ -26,6 +27,9 @@ class LLaDAConfig(FileConfig):
 
     model_type: ClassVar[str] = "llada"
     architectures: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
+    sizes: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "mlp_ratio",
+                                        "vocab_size", "embedding_size", "max_sequence_length")
+    context_key: ClassVar[str] = "max_sequence_length"
 
     d_model: int = 4096
     n_layers: int = 32
@@ -130,7 +134,7 @@ class LLaDAConfig(FileConfig):
             "block_group_size": (self.block_group_size, {1}),
         })
         if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
-            raise ValueError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
+            raise ConfigError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
 
 
 # Shapes for random-weight benchmarking (``pretrained=random:<name>``); values from LLaDA-8B's config.json.

@@ -10,7 +10,7 @@ another block) and guarantees progress; policies never sync with the host.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -74,6 +74,7 @@ class RunSettings:
     block_length: int
     gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
     device: torch.device = torch.device("cpu")
+    model: Mapping[str, str] | None = None  # the decoded checkpoint's identity (model.loading.checkpoint_identity)
 
 
 class Policy:

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, Selection, StepState, top1_mask
 from l2pd_eval.policies.registry import register
 
@@ -24,7 +25,7 @@ class Oracle(Policy):
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reference", "prediction"):
-            raise ValueError(f"fallback={self.fallback!r}; valid choices: reference, prediction")
+            raise ConfigError(f"fallback={self.fallback!r}; valid choices: reference, prediction")
 
     def select(self, state: StepState) -> Selection:
         if state.reference is None:

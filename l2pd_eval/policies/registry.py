@@ -6,6 +6,7 @@ import importlib
 from collections.abc import Collection, Mapping
 from typing import Any
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy
 from l2pd_eval.registry import Registry
 from l2pd_eval.typed_args import coerce_fields
@@ -49,11 +50,11 @@ def parse_policy_params(name: str, params: Mapping[str, Any], also_valid: Collec
     kinds = cls.parameters()
     unknown = sorted(set(params) - set(kinds))
     if unknown and also_valid:
-        raise ValueError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={name!r}; valid: "
-                         f"{', '.join(sorted({*also_valid, *kinds}))}")
+        raise ConfigError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={name!r}; valid: "
+                          f"{', '.join(sorted({*also_valid, *kinds}))}")
     if unknown:
-        raise ValueError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: "
-                         f"{', '.join(kinds) or '(none)'}")
+        raise ConfigError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: "
+                          f"{', '.join(kinds) or '(none)'}")
     return coerce_fields(cls, params)
 
 

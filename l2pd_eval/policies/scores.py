@@ -25,6 +25,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, StepState, topk_mask
 
 STATISTICS = ("neg_entropy", "margin", "chosen_prob")
@@ -74,7 +75,7 @@ class ScoredPolicy(Policy):
 
     def __post_init__(self) -> None:
         if self.alg_temp < 0:
-            raise ValueError(f"alg_temp={self.alg_temp} must be >= 0")
+            raise ConfigError(f"alg_temp={self.alg_temp} must be >= 0")
 
     def select(self, state: StepState) -> Tensor:
         if self.statistic not in state.stats:

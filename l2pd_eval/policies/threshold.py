@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, StepState, top1_mask
 from l2pd_eval.policies.registry import register
 
@@ -20,7 +21,7 @@ class Threshold(Policy):
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
+            raise ConfigError(f"threshold={self.threshold} must lie in [0, 1]")
 
     def select(self, state: StepState) -> Tensor:
         conf = state.masked_conf

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from l2pd_eval.results import render
 from l2pd_eval.results.sidecar import TPS_KINDS
+from l2pd_eval.typed_args import finite_float
 
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 
@@ -145,9 +146,9 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
     _common(parser)
     parser.add_argument("--baseline", required=True, metavar="FILE.json",
                         help="baseline written by `l2pd-eval report RUN --save-baseline FILE`")
-    parser.add_argument("--acc-tol", type=float, default=1.0, metavar="PP",
+    parser.add_argument("--acc-tol", type=finite_float(0), default=1.0, metavar="PP",
                         help="allowed accuracy drop in percentage points (default 1.0)")
-    parser.add_argument("--tps-tol", type=float, default=0.10, metavar="FRACTION",
+    parser.add_argument("--tps-tol", type=finite_float(0), default=0.10, metavar="FRACTION",
                         help="allowed relative TPS drop (default 0.10 = 10%% slower)")
     parser.add_argument("--ignore-tps", action="store_true", help="check accuracy only (e.g. on other hardware)")
     parser.add_argument("--allow-missing", action="store_true",
