@@ -29,10 +29,10 @@ from l2pd_eval.harness.model_args import (
     parse_model_args,
 )
 from l2pd_eval.harness.prompts import PromptCodec
-from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, task_name
+from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, probe_outputs, task_name
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
-from l2pd_eval.model.loading import check_vocab
+from l2pd_eval.model.loading import check_vocab, checkpoint_identity
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.results.sidecar import SampleRecord, build_manifest, count_paper_tokens
 
@@ -94,12 +94,20 @@ class Learn2PDLM(LM):
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
         self.config = self.config_for(args.gen_length_for(None))  # validates block_length against the length
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        probe_outputs(args.sidecar, given, self._rank)  # an unwritable output is found before decoding
+        self.identity = checkpoint_identity(args.pretrained, args.revision, args.seed)
         self.policy = policy_class(args.policy)(**policy_params).bind(
-            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
+            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device,
+                        model=self.identity))
+        if args.fixed_batch_size() is None and self._device.type != "cuda":
+            log.warning("batch_size=auto on %s decodes 1 row per batch (the batch sizer measures GPU memory); "
+                        "pass batch_size=N to batch on this device", self._device)
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
-        self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
+        self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision,
+                                        argument="tokenizer" if args.tokenizer else "pretrained")
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
                                           args.end_ids())
@@ -114,7 +122,7 @@ class Learn2PDLM(LM):
         """The sidecar's run manifest: every setting that changes answers or speed (docs/results.md)."""
         a = self.args
         return build_manifest(
-            model=a.pretrained, family=self.family.name, add_bos_token=bool(self.prompts.bos),
+            model=a.pretrained, model_identity=self.identity, family=self.family.name, add_bos_token=bool(self.prompts.bos),
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
@@ -298,6 +306,11 @@ class Learn2PDLM(LM):
                 task_name(req), doc_id(req), st, config.gen_length,
                 paper_tokens=count_paper_tokens(self.prompts.token_ids, texts[-1], self.family.paper_drop_ids)))
         return texts, records
+
+    def bind_cache_db(self, path: str) -> None:
+        """``--use_cache``: called by the hook with the db's path before lm-eval opens it; ties the db to this
+        run's model_args, or refuses it (:func:`l2pd_eval.harness.resume.bind_db`)."""
+        self.recorder.bind_db(path)
 
     def restore_cached(self, requests, db) -> None:
         """``--use_cache``: called by the hook (:mod:`l2pd_eval.harness._hook`) with every request of

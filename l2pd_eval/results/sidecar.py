@@ -332,9 +332,15 @@ class Sidecar:
         for loop in self.loops:
             loop.tick()
         self.manifest["updated_at"] = time.time()
+        # Strict JSON (no NaN/Infinity, which other readers reject); a failed write leaves no temp file.
+        text = json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.path = target
         return target
 
