@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.reproduce.cells import (
     TESTBED,
     TESTBED_TASK,
@@ -28,8 +30,10 @@ from l2pd_eval.reproduce.cells import (
     set_aside,
     settings_mismatch,
     shell_line,
+    split_limit,
+    write_cell_record,
 )
-from l2pd_eval.reproduce.papers import PAPERS, get_paper
+from l2pd_eval.reproduce.papers import BLOCK_LENGTH, PAPERS, get_paper
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -75,7 +79,7 @@ def _selection(args: argparse.Namespace) -> Selection:
                      extra_model_args=args.extra_model_args.strip(","))
 
 
-def _finished(cells: list[Cell], opts: RunOptions) -> dict[str, Path]:
+def finished_cells(cells: list[Cell], opts: RunOptions) -> dict[str, Path]:
     """Finished cells' results; a finished run with other settings stops everything (never mixed in)."""
     done = {}
     for cell in cells:
@@ -84,25 +88,115 @@ def _finished(cells: list[Cell], opts: RunOptions) -> dict[str, Path]:
             continue
         why = settings_mismatch(results, cell, opts)
         if why:
-            raise ValueError(f"{results.parent}: a finished run with other settings ({why}); remove that folder "
-                             "or choose another --output_path")
+            raise ConfigError(f"{results.parent}: a finished run with other settings ({why}); remove that folder "
+                              "or choose another --output_path")
         done[cell.folder] = results
     return done
 
 
+#: Lines of a cell's lm-eval output shown while it runs (the rest goes to its log): the adapter's progress
+#: lines (``learn2pd POLICY: done/total requests, ...``), lm-eval's cache summary, errors.
+_RELAY = re.compile(r"^(learn2pd .*: \d+/\S+ requests|.*Cached requests: |lm_eval: error: |.*Error: )")
+
+
 def _run_cell(cell: Cell, opts: RunOptions) -> tuple[int, Path]:
+    """Run one cell's lm-eval command; its output goes to ``lm_eval.log`` in the cell's folder, and the
+    progress lines are relayed as they come (indented)."""
     folder = opts.output_path / cell.folder
     moved = set_aside(folder)
     if moved is not None:
         print(f"    unfinished leftovers moved to {moved}")
     folder.mkdir(parents=True, exist_ok=True)
+    write_cell_record(folder, opts)
     log = folder / "lm_eval.log"
+    env = {**os.environ, **environment(cell), "PYTHONUNBUFFERED": "1"}
     with log.open("w", encoding="utf-8") as out:
         out.write(shell_line(cell, opts) + "\n\n")
         out.flush()
-        proc = subprocess.run(command(cell, opts), env={**os.environ, **environment(cell)}, stdout=out,
-                              stderr=subprocess.STDOUT, check=False)
+        with subprocess.Popen(command(cell, opts), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True, errors="replace", bufsize=1) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                out.write(line)
+                out.flush()
+                if _RELAY.match(line):
+                    print(f"    {line.rstrip()}", flush=True)
     return proc.returncode, log
+
+
+class OutputLock:
+    """One ``reproduce`` at a time per ``--output_path``: an exclusive ``flock`` on ``DIR/.reproduce.lock``,
+    held while the process lives. The kernel drops it when the process ends, however it ends, so a killed
+    run never leaves a stale lock (the file stays; it is only the lock's handle)."""
+
+    NAME = ".reproduce.lock"
+
+    def __init__(self, folder: Path):
+        self.path = folder / self.NAME
+        self._fh = None
+
+    def __enter__(self) -> OutputLock:
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX: no lock
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = self.path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "?"
+            fh.close()
+            raise ConfigError(f"--output_path {self.path.parent}: another `l2pd-eval reproduce` (pid {holder}) is "
+                              "running into this folder; wait for it to finish, or choose another --output_path") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"{os.getpid()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing releases the flock
+            self._fh = None
+
+
+def _check_filter(cells: list[Cell]) -> None:
+    """The Learn2PD cells' filter loads and fits the paper's block length, before any cell runs."""
+    paths = {dict(part.split("=", 1) for part in c.model_args.split(",") if "=" in part).get("filter")
+             for c in cells if c.method.uses_filter} - {None}
+    if not paths:
+        return
+    from l2pd_eval.policies.filter_net import load_filter
+
+    for path in sorted(paths):
+        load_filter(path, expected_block_length=BLOCK_LENGTH)
+
+
+def run_cells(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int:
+    """Run the cells not in ``done`` (folder -> finished results), one lm-eval process each, in order, saying
+    which cell runs and where its log is, relaying its progress lines; the first failure stops with its
+    log's tail. The caller holds the :class:`OutputLock`."""
+    for i, cell in enumerate(cells, 1):
+        head = f"[{i}/{len(cells)}] {cell.folder} ({cell.method.label})"
+        if cell.folder in done:
+            print(f"{head}: finished, skipped")
+            continue
+        print(f"running cell {i}/{len(cells)}: {cell.folder} ({cell.method.label}) (log: "
+              f"{opts.output_path / cell.folder / 'lm_eval.log'})", flush=True)
+        t0 = time.perf_counter()
+        code, log = _run_cell(cell, opts)
+        results = finished_results(opts.output_path / cell.folder)
+        if code != 0 or results is None:
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-20:])
+            why = f"lm-eval exited {code}" if code else "no results_*.json with a complete l2pd_*.json sidecar"
+            print(f"{head}: FAILED ({why}); log {log}:\n{tail}", file=sys.stderr)
+            return EXIT_FAILED
+        done[cell.folder] = results
+        print(f"{head}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return EXIT_OK
 
 
 def _report(paper_published: str | None, folders: list[Path]) -> int:
@@ -121,15 +215,17 @@ def _report(paper_published: str | None, folders: list[Path]) -> int:
 
 
 def reproduce_main(args: argparse.Namespace) -> int:
-    try:
-        paper = get_paper(args.paper)
-        cells = plan(paper, _selection(args))
-        opts = RunOptions(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=args.limit,
-                          device=args.device, lm_eval_args=tuple(shlex.split(args.lm_eval_args)))
-        done = _finished(cells, opts)
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+    if args.limit is not None and args.limit < 1:
+        raise ConfigError(f"--limit {args.limit}: give a positive number of documents per task (or leave it out "
+                          "for whole tasks)")
+    paper = get_paper(args.paper)
+    cells = plan(paper, _selection(args))
+    extra, limit = split_limit(tuple(shlex.split(args.lm_eval_args)), args.limit)
+    if limit is not None and limit < 1:
+        raise ConfigError(f"--lm_eval_args --limit {limit}: give a positive number of documents per task")
+    opts = RunOptions(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=limit,
+                      device=args.device, lm_eval_args=extra)
+    done = finished_cells(cells, opts)
     on = f"the {TESTBED} ({TESTBED_TASK})" if args.model == TESTBED else args.model
     print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
           f"{opts.output_path}")
@@ -138,21 +234,13 @@ def reproduce_main(args: argparse.Namespace) -> int:
             state = "finished, skipped" if cell.folder in done else "to run"
             print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
         return EXIT_OK
-    for i, cell in enumerate(cells, 1):
-        head = f"[{i}/{len(cells)}] {cell.folder} ({cell.method.label})"
-        if cell.folder in done:
-            print(f"{head}: finished, skipped")
-            continue
-        t0 = time.perf_counter()
-        code, log = _run_cell(cell, opts)
-        results = finished_results(opts.output_path / cell.folder)
-        if code != 0 or results is None:
-            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-20:])
-            why = f"lm-eval exited {code}" if code else "no results_*.json with a complete l2pd_*.json sidecar"
-            print(f"{head}: FAILED ({why}); log {log}:\n{tail}", file=sys.stderr)
-            return EXIT_FAILED
-        done[cell.folder] = results
-        print(f"{head}: done in {time.perf_counter() - t0:.1f} s")
+    if len(done) < len(cells):
+        _check_filter([c for c in cells if c.folder not in done])
+    with OutputLock(opts.output_path):
+        done = finished_cells(cells, opts)  # again, under the lock: another run may have finished cells meanwhile
+        code = run_cells(cells, opts, done)
+    if code != EXIT_OK:
+        return code
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
     return _report(None if args.model == TESTBED else paper.published, folders)

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from l2pd_eval.errors import ConfigError
+
 #: Both papers decode LLaDA in blocks of 32 with steps = gen_length (one token per step for the baseline).
 BLOCK_LENGTH = 32
 #: Fast-dLLM's confidence threshold ("+Parallel").
@@ -140,7 +142,7 @@ PAPERS: dict[str, Paper] = {p.name: p for p in (LEARN2PD, FASTDLLM)}
 
 def get_paper(name: str) -> Paper:
     if name not in PAPERS:
-        raise ValueError(f"paper {name!r} is unknown; valid choices: {', '.join(PAPERS)}")
+        raise ConfigError(f"paper {name!r} is unknown; valid choices: {', '.join(PAPERS)}")
     return PAPERS[name]
 
 
