@@ -23,6 +23,11 @@ def test_demo_runs_lm_eval_and_writes_table_and_plot(tmp_path):
     assert "threshold(threshold=0.9)" in table and "dual cache + EoTP" in table
     assert "n/a" in table  # no low_confidence run in this subset: speedups are not invented
     assert (run / "tradeoff.png").stat().st_size > 1000
+    # Progress: which method runs, and the adapter's own progress lines while it decodes.
+    assert "[1/2] fast-dllm threshold (policy=threshold) ..." in proc.stdout
+    assert "learn2pd threshold: 3/3 requests, TPS " in proc.stderr
+    # The per-method line names the metric the report uses, so the two never disagree.
+    assert "(exact_match,flexible-extract)" in proc.stdout and "exact_match,flexible-extract" in table
     bad = subprocess.run([sys.executable, "-m", "l2pd_eval.cli", "demo", "--methods", "fastest"], cwd=ROOT,
                          capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "valid choices" in bad.stdout

@@ -203,6 +203,15 @@ def _dedupe(items: list[str]) -> list[str]:
     return list(dict.fromkeys(items))
 
 
+def model_identity_text(manifest: dict) -> object:
+    """The model as the same on every machine: its recorded identity (``name (fingerprint)``, no absolute
+    path; model.loading.checkpoint_identity), else ``model`` as given (sidecars written before)."""
+    ident = manifest.get("model_identity")
+    if isinstance(ident, dict) and ident.get("fingerprint"):
+        return f"{ident.get('name')} ({ident['fingerprint']})"
+    return manifest.get("model")
+
+
 def _common_environment(runs: list[Run]) -> dict[str, object]:
     """Facts of the runs with a sidecar, "mixed" where they differ (TPS compares only on one setup)."""
     found: dict[str, list] = {}
@@ -211,7 +220,7 @@ def _common_environment(runs: list[Run]) -> dict[str, object]:
         if not m:
             continue
         env = m.get("environment") or {}
-        for key, value in (("model", m.get("model")), ("dtype", m.get("dtype")), ("batch_size", m.get("batch_size")),
+        for key, value in (("model", model_identity_text(m)), ("dtype", m.get("dtype")), ("batch_size", m.get("batch_size")),
                            ("gpu", env.get("gpu")), ("torch", env.get("torch")),
                            ("transformers", env.get("transformers")), ("lm_eval", env.get("lm_eval"))):
             found.setdefault(key, []).append(value)
