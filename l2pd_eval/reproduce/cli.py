@@ -234,11 +234,13 @@ def reproduce_main(args: argparse.Namespace) -> int:
             state = "finished, skipped" if cell.folder in done else "to run"
             print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
         return EXIT_OK
-    if len(done) < len(cells):
-        _check_filter([c for c in cells if c.folder not in done])
-    with OutputLock(opts.output_path):
-        done = finished_cells(cells, opts)  # again, under the lock: another run may have finished cells meanwhile
+    if len(done) == len(cells):  # nothing to run: nothing written, no lock needed
         code = run_cells(cells, opts, done)
+    else:
+        _check_filter([c for c in cells if c.folder not in done])
+        with OutputLock(opts.output_path):
+            done = finished_cells(cells, opts)  # again, under the lock: another run may have finished some meanwhile
+            code = run_cells(cells, opts, done)
     if code != EXIT_OK:
         return code
     print()
