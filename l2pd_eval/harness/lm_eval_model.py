@@ -102,7 +102,7 @@ class Learn2PDLM(LM):
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
-                                          args.end_ids())
+                                          args.end_ids(), checkpoint=self.model.checkpoint)
         self.family = family_of(self.model.config)
         self.prompts = PromptCodec.for_run(self.tokenizer, self.family, self.special, args.chat, args.add_bos_token,
                                            (args.pretrained, args.tokenizer))
@@ -115,6 +115,7 @@ class Learn2PDLM(LM):
         a = self.args
         return build_manifest(
             model=a.pretrained, family=self.family.name, add_bos_token=bool(self.prompts.bos),
+            checkpoint=self.model.checkpoint.hub_id if self.model.checkpoint else None,
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,

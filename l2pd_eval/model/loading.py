@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from l2pd_eval.family_facts import Checkpoint, find_checkpoint
 from l2pd_eval.model.family import (
     FAMILIES,
     Family,
@@ -153,6 +154,8 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
     model.load_state_dict(state, assign=True)
     model.init_buffers(device)
     model.name_or_path = str(pretrained)
+    # A released checkpoint whose facts differ from its family's (iLLaDA's mask id): family_facts.CHECKPOINTS.
+    model.checkpoint = find_checkpoint(pretrained, str(directory), family=family.name)
     return model.eval().requires_grad_(False)  # an inference harness: no autograd graph, ever
 
 
@@ -167,6 +170,7 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str | torch.devic
     model.init_buffers(device)
     model.init_weights(seed)
     model.name_or_path = "random"
+    model.checkpoint = None
     return model.eval().requires_grad_(False)
 
 
@@ -227,10 +231,14 @@ class SpecialIds:
 
     @classmethod
     def resolve(cls, tokenizer=None, config: ModelConfig | None = None, mask_id: int | None = None,
-                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None) -> SpecialIds:
-        """Overrides first, then the tokenizer's special tokens (spelt as the model family spells them), then
+                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None,
+                checkpoint: Checkpoint | None = None) -> SpecialIds:
+        """Overrides first, then a known ``checkpoint``'s own ids (``load_model`` sets ``model.checkpoint``;
+        iLLaDA's mask id 5), then the tokenizer's special tokens (spelt as the model family spells them), then
         config.json, then the family's defaults."""
         family = FAMILIES["llada"] if config is None else family_of(config)
+        if mask_id is None and checkpoint is not None:
+            mask_id = checkpoint.mask_id
 
         def from_tok(token: str) -> int | None:
             if tokenizer is None:
@@ -241,6 +249,8 @@ class SpecialIds:
         mask = mask_id if mask_id is not None else from_tok(family.mask_token)
         if mask is None and config is not None:
             mask = config.mask_token_id
+        if mask is None and family.mask_id is not None and (config is None or family.mask_id < config.vocab_size):
+            mask = family.mask_id
         eos = eos_id if eos_id is not None else from_tok(family.eos_token)
         if eos is None and tokenizer is not None and tokenizer.eos_token_id is not None:
             eos = int(tokenizer.eos_token_id)
