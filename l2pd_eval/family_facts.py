@@ -3,7 +3,7 @@
 The family table (``l2pd_eval/model/family.py``) extends each :class:`FamilyFacts` entry here with its
 network; the results, the report and ``reproduce`` read this module only (they stay torch-free). Two tables:
 
-* :data:`FACTS`: per family, how ``config.json`` names it (``architectures`` first, then ``model_type``), how
+* :data:`FACTS`: per family, how ``config.json`` names it (``model_type``, then ``architectures``), how
   its tokenizer spells the special tokens, its chat rule, the ids the papers' token count drops, its attention
   kind, and the published tables of runs of it (``results/published/<name>.json``).
 * :data:`CHECKPOINTS`: released checkpoints of those families whose facts differ from their family's (iLLaDA's
@@ -28,9 +28,9 @@ class FamilyFacts:
     (non-chat) prompts start with the BOS token by default.
 
     ``model_types`` / ``architectures``: what ``config.json`` says (the first model type is the one written).
-    A file is the family's whose ``architectures`` names one of these; a file without a known architecture
-    falls back to its ``model_type`` (LLaDA-MoE's hub config says ``"llada"``, as LLaDA-8B's does). Empty for
-    a family made with :class:`~l2pd_eval.model.family.Family` directly: its config class gives them.
+    Among the families of a file's ``model_type``, the one its ``architectures`` names is its family, else
+    the first (LLaDA-MoE's hub config says ``"llada"``, as LLaDA-8B's does). Empty for a family made with
+    :class:`~l2pd_eval.model.family.Family` directly: its config class gives them.
 
     ``attention``: ``bidirectional`` (every position sees the whole sequence: LLaDA, Dream) or
     ``block_causal`` (a block sees itself and earlier blocks: LLaDA2.0, SDAR, Fast-dLLM v2), trained with
@@ -111,7 +111,7 @@ def _checkpoint(hub_id: str, family: str, **facts: Any) -> None:
     CHECKPOINTS[hub_id.lower()] = Checkpoint(hub_id, family, **facts)
 
 
-# The built-in families (their networks: l2pd_eval/model/{llada,dream}.py).
+# The built-in families (their networks: l2pd_eval/model/{llada,dream,llada_moe}.py).
 # Both papers' llada/eval_llada.py: chat template iff 'instruct' in the model path; their TPS counts the
 # re-tokenised answer without id 126081 (<|endoftext|>).
 register_facts(FamilyFacts(
@@ -125,6 +125,15 @@ register_facts(FamilyFacts(
     "dream", mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|im_end|>", eot_id=151645,
     add_bos=True, instruct_marker="instruct", paper_drop_ids=(151643,), model_types=("Dream",),
     architectures=("DreamModel",), published=("fastdllm_dream",)))
+# LLaDA-MoE-7B-A1B: its hub config says model_type "llada" (dllm's edited copies "lladamoe"); the mask id
+# 156895 is in no config file (dInfer, the model card and llama.cpp's converter use it); dInfer's token count
+# leaves out its eos 156892. Turns end with <|role_end|> (its id is read from the tokenizer).
+register_facts(FamilyFacts(
+    "llada_moe", mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|role_end|>", eot_id=None,
+    mask_id=156895, add_bos=False, instruct_marker="instruct", paper_drop_ids=(156892,),
+    model_types=("llada", "lladamoe"), architectures=("LLaDAMoEModelLM",),
+    name_markers=("llada-moe", "lladamoe", "llada_moe")))
+
 # Released checkpoints (hub ids as their authors publish them; docs/families.md has the sources).
 _checkpoint("GSAI-ML/LLaDA-8B-Instruct", "llada")
 _checkpoint("GSAI-ML/LLaDA-8B-Base", "llada")
@@ -146,21 +155,21 @@ _checkpoint("Zigeng/dParallel_Dream_7B_Instruct", "dream",
             note="Dream-v0-Instruct-7B with a merged LoRA; decoded with dParallel's entropy threshold")
 _checkpoint("d3LLM/d3LLM_Dream", "dream", instruct=True,
             note="Dream-v0-Instruct-7B distilled; decoded with d3LLM's multi-block rule")
+_checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Base", "llada_moe")
+_checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Instruct", "llada_moe")
+_checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Instruct-TD", "llada_moe", instruct=True)
 
 
 def family_name_of_config_json(raw: dict[str, Any], source: str = "config.json") -> str:
-    """The family a ``config.json`` is of: the one naming an entry of its ``architectures``, else the first
-    family with its ``model_type`` (a file without one is LLaDA's, as before)."""
-    for arch in raw.get("architectures") or ():
-        for facts in FACTS.values():
-            if arch in facts.architectures:
-                return facts.name
+    """The family a ``config.json`` is of: among the families of its ``model_type`` (a file without one is
+    LLaDA's, as before), the one naming an entry of its ``architectures``, else the first of them."""
     model_type = raw.get("model_type", "llada")
-    for facts in FACTS.values():
-        if model_type in facts.model_types:
-            return facts.name
-    valid = ", ".join(dict.fromkeys(repr(t) for f in FACTS.values() for t in f.model_types))
-    raise ValueError(f"pretrained: {source} has model_type={model_type!r}; valid choices: {valid}")
+    candidates = [f for f in FACTS.values() if model_type in f.model_types]
+    if not candidates:
+        valid = ", ".join(dict.fromkeys(repr(t) for f in FACTS.values() for t in f.model_types))
+        raise ValueError(f"pretrained: {source} has model_type={model_type!r}; valid choices: {valid}")
+    named = [f for f in candidates if set(raw.get("architectures") or ()) & set(f.architectures)]
+    return (named or candidates)[0].name
 
 
 def _hub_names(name: str) -> list[str]:

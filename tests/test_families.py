@@ -205,7 +205,7 @@ def test_a_family_entry_that_cannot_work_is_refused_when_written(changes, messag
 def test_register_family_refuses_a_name_model_type_or_preset_taken(table, changes, message):
     with pytest.raises(ValueError, match=f"register_family: {message}"):
         register_family(_entry(**changes))
-    assert set(table) == {"llada", "dream"}
+    assert set(table) == {"llada", "dream", "llada_moe"}
 
 
 def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
@@ -223,7 +223,7 @@ def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
 
 
 def test_write_tiny_names_a_family_or_key_it_does_not_know(tmp_path):
-    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada"):
+    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada, llada_moe"):
         write_tiny("llama", tmp_path)
     with pytest.raises(ValueError, match="write_tiny: llada's config.json has no key n_kv_head; valid: .*n_kv_heads"):
         write_tiny("llada", tmp_path, n_kv_head=2)

@@ -50,13 +50,15 @@ def test_every_family_of_the_table_has_its_facts_there_and_the_same():
     (DREAM_7B, "dream"),                                   # Dream-v0, dParallel/d3LLM-Dream
     ({"architectures": ["SomethingElse"], "model_type": "Dream"}, "dream"),
 ])
-def test_a_config_json_is_its_architectures_family_then_its_model_types(raw, family):
+def test_a_config_json_is_its_model_types_family_named_by_its_architectures(raw, family):
     assert family_name_of_config_json(raw) == family
 
 
 def test_an_unknown_model_type_names_the_valid_ones():
     with pytest.raises(ValueError, match=r"config.json has model_type='gpt2'; valid choices: 'llada', 'Dream'"):
         family_name_of_config_json({"model_type": "gpt2"})
+    with pytest.raises(ValueError, match=r"model_type='llama'"):  # an architecture does not overrule it
+        family_name_of_config_json({"model_type": "llama", "architectures": ["LLaDAModelLM"]})
 
 
 @pytest.mark.parametrize("name, hub_id", [

@@ -18,10 +18,10 @@ from torch import nn
 
 from l2pd_eval import family_facts
 from l2pd_eval.family_facts import FACTS, Attention, FamilyFacts  # noqa: F401 (Attention: re-exported)
-from l2pd_eval.model import dream, llada
+from l2pd_eval.model import dream, llada, llada_moe
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.interface import MEMBERS
-from l2pd_eval.model.tokenizer import DREAM_STYLE, LLADA_STYLE, TokenizerStyle
+from l2pd_eval.model.tokenizer import DREAM_STYLE, LLADA_MOE_STYLE, LLADA_STYLE, TokenizerStyle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,10 +98,13 @@ register_family(Family.extending(FACTS["llada"], config_class=llada.LLaDAConfig,
                                  presets=llada.PRESETS, tiny_preset="tiny", tokenizer_style=LLADA_STYLE))
 register_family(Family.extending(FACTS["dream"], config_class=dream.DreamConfig, model_class=dream.Dream,
                                  presets=dream.PRESETS, tiny_preset="dream-tiny", tokenizer_style=DREAM_STYLE))
+register_family(Family.extending(FACTS["llada_moe"], config_class=llada_moe.LLaDAMoEConfig,
+                                 model_class=llada_moe.LLaDAMoE, presets=llada_moe.PRESETS,
+                                 tiny_preset="llada-moe-tiny", tokenizer_style=LLADA_MOE_STYLE))
 
 
 def family_of_config_json(raw: dict[str, Any], source: str = "config.json") -> Family:
-    """The family of a ``config.json``: ``architectures`` first, then ``model_type``
+    """The family of a ``config.json``: of its ``model_type``, the one its ``architectures`` names
     (:func:`~l2pd_eval.family_facts.family_name_of_config_json`)."""
     return FAMILIES[family_facts.family_name_of_config_json(raw, source)]
 
