@@ -26,8 +26,11 @@ GROUPED_DTYPES = {"cuda": (torch.bfloat16,), "cpu": (torch.float32, torch.bfloat
 
 def grouped_mm_runs(x: Tensor, weight: Tensor) -> bool:
     """Whether ``torch._grouped_mm`` takes ``x`` [P, K] times ``weight`` [E, N, K] transposed on this device:
-    a dtype its kernel has and rows of a multiple of 16 bytes (its stride rule)."""
+    a dtype its kernel has (under ``torch.compile`` bf16 only: its meta function's rule) and rows of a
+    multiple of 16 bytes (its stride rule)."""
     if not hasattr(torch, "_grouped_mm") or x.dtype not in GROUPED_DTYPES.get(x.device.type, ()):
+        return False
+    if torch.compiler.is_compiling() and x.dtype != torch.bfloat16:
         return False
     size = x.element_size()
     return all((n * size) % 16 == 0 for n in weight.shape[1:])
@@ -50,6 +53,9 @@ def grouped_linear(x: Tensor, weight: Tensor, ends: Tensor) -> Tensor:
     ``weight[e]`` [N, K] (``nn.Linear``'s layout): [P, N]."""
     if grouped_mm_runs(x, weight):
         return torch._grouped_mm(x, weight.transpose(1, 2), offs=ends)
+    if x.is_cuda and torch.cuda.is_current_stream_capturing():  # the fallback's host sync cannot be captured
+        raise ValueError(f"dtype={x.dtype}: a mixture-of-experts model replays CUDA graphs only in bfloat16 "
+                         "(torch._grouped_mm's dtype on CUDA); pass dtype=bfloat16 or cuda_graph=false")
     return _padded_grouped(x, weight, ends)
 
 
