@@ -97,7 +97,7 @@ class Learn2PDLM(LM):
         self.policy = policy_class(args.policy)(**policy_params).bind(
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
-                                seed=args.seed)
+                                seed=args.seed, adapter=args.adapter)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
@@ -115,7 +115,7 @@ class Learn2PDLM(LM):
         a = self.args
         return build_manifest(
             model=a.pretrained, family=self.family.name, add_bos_token=bool(self.prompts.bos),
-            checkpoint=self.model.checkpoint.hub_id if self.model.checkpoint else None,
+            checkpoint=self.model.checkpoint.hub_id if self.model.checkpoint else None, adapter=a.adapter,
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,

@@ -45,6 +45,9 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if (path / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"pretrained={pretrained!r} is a LoRA adapter, not a model: pass "
+                                        f"pretrained=<its base model>,adapter={pretrained}")
             raise FileNotFoundError(f"pretrained={pretrained!r}: directory has no config.json")
         return path
     if path.exists() or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
@@ -136,10 +139,16 @@ def check_vocab(tokenizer: Any, config: ModelConfig, tokenizer_name: str, model_
 
 
 def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               revision: str | None = None, seed: int = 0) -> DiffusionLM:
+               revision: str | None = None, seed: int = 0, adapter: str | None = None) -> DiffusionLM:
     """Build a network of the checkpoint's family from a checkpoint directory, a hub id, or
-    ``random:<preset>`` (random weights, e.g. the 8B shape)."""
+    ``random:<preset>`` (random weights, e.g. the 8B shape); ``adapter``: a LoRA adapter (folder or hub id)
+    merged into it (``model/adapter.py``)."""
     torch_dtype = resolve_dtype(dtype, device)
+    if adapter is not None:
+        from l2pd_eval.model.adapter import merge_adapter
+
+        model = load_model(pretrained, torch_dtype, device, revision, seed)
+        return merge_adapter(model, adapter, family_of(model.config).name, revision)
     if pretrained.startswith("random:"):
         return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
     directory = resolve_checkpoint(pretrained, revision)
