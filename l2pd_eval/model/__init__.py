@@ -1,4 +1,4 @@
-"""Model families (LLaDA, Dream), the interface the engine decodes through, loading and tokenizers.
+"""Model families (LLaDA, Dream, LLaDA-MoE), the interface the engine decodes through, loading and tokenizers.
 
 The names below load on first use (PEP 562), so a torch-free submodule (``l2pd_eval.model.tiny``'s command
 line, its ``--help``) does not pay for torch.

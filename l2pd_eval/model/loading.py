@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from l2pd_eval.errors import ConfigError, ConfigFileNotFound
+from l2pd_eval.family_facts import Checkpoint, find_checkpoint
 from l2pd_eval.model.family import (
     FAMILIES,
     Family,
@@ -46,6 +47,9 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if (path / "adapter_config.json").is_file():
+                raise ConfigFileNotFound(f"pretrained={pretrained!r} is a LoRA adapter, not a model: pass "
+                                         f"pretrained=<its base model>,adapter={pretrained}")
             raise ConfigFileNotFound(f"pretrained={pretrained!r}: directory has no config.json")
         return path
     if path.exists() or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
@@ -146,7 +150,8 @@ def _check_shapes(model: DiffusionLM, state: dict[str, torch.Tensor], pretrained
             f"vocab_size / embedding_size, or use the config.json that came with these weights")
 
 
-def checkpoint_identity(pretrained: str, revision: str | None = None, seed: int = 0) -> dict[str, str]:
+def checkpoint_identity(pretrained: str, revision: str | None = None, seed: int = 0,
+                        adapter: str | None = None) -> dict[str, str]:
     """What a checkpoint is, wherever it lies: ``family``, ``name`` (a hub id as given, a local folder by its
     own name, ``random:<preset>``) and ``fingerprint``, a short hash of config.json and of each weight file's
     size, first and last MiB (fine-tunes of one architecture differ there; a full hash of 16 GB is not
@@ -159,7 +164,10 @@ def checkpoint_identity(pretrained: str, revision: str | None = None, seed: int 
     directory = resolve_checkpoint(pretrained, revision)
     family = family_of(read_config(directory))  # also checks config.json, before any weights are read
     h = hashlib.sha256((directory / "config.json").read_bytes())
-    for file in _weight_files(directory):
+    files = _weight_files(directory)
+    if adapter:  # a LoRA adapter changes the weights: its files count too (each file's size and ends)
+        files += sorted(p for p in Path(adapter).expanduser().rglob("*") if p.is_file())
+    for file in files:
         size = file.stat().st_size
         h.update(str(size).encode())
         with file.open("rb") as fh:
@@ -168,6 +176,9 @@ def checkpoint_identity(pretrained: str, revision: str | None = None, seed: int 
             h.update(fh.read(1 << 20))
     local = Path(pretrained).expanduser().is_dir()
     name = "/".join(directory.resolve().parts[-2:]) if local else pretrained + (f"@{revision}" if revision else "")
+    if adapter:
+        folder = Path(adapter).expanduser()
+        name += f" + adapter {'/'.join(folder.resolve().parts[-2:]) if folder.is_dir() else adapter}"
     return {"family": family.name, "name": name, "fingerprint": h.hexdigest()[:16]}
 
 
@@ -182,10 +193,16 @@ def check_vocab(tokenizer: Any, config: ModelConfig, tokenizer_name: str, model_
 
 
 def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               revision: str | None = None, seed: int = 0) -> DiffusionLM:
+               revision: str | None = None, seed: int = 0, adapter: str | None = None) -> DiffusionLM:
     """Build a network of the checkpoint's family from a checkpoint directory, a hub id, or
-    ``random:<preset>`` (random weights, e.g. the 8B shape)."""
+    ``random:<preset>`` (random weights, e.g. the 8B shape); ``adapter``: a LoRA adapter (folder or hub id)
+    merged into it (``model/adapter.py``)."""
     torch_dtype = resolve_dtype(dtype, device)
+    if adapter is not None:
+        from l2pd_eval.model.adapter import merge_adapter
+
+        model = load_model(pretrained, torch_dtype, device, revision, seed)
+        return merge_adapter(model, adapter, family_of(model.config).name, revision)
     if pretrained.startswith("random:"):
         return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
     directory = resolve_checkpoint(pretrained, revision)
@@ -200,6 +217,8 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
     model.load_state_dict(state, assign=True)
     model.init_buffers(device)
     model.name_or_path = str(pretrained)
+    # A released checkpoint whose facts differ from its family's (iLLaDA's mask id): family_facts.CHECKPOINTS.
+    model.checkpoint = find_checkpoint(pretrained, str(directory), family=family.name)
     return model.eval().requires_grad_(False)  # an inference harness: no autograd graph, ever
 
 
@@ -214,6 +233,7 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str | torch.devic
     model.init_buffers(device)
     model.init_weights(seed)
     model.name_or_path = "random"
+    model.checkpoint = None
     return model.eval().requires_grad_(False)
 
 
@@ -291,11 +311,15 @@ class SpecialIds:
 
     @classmethod
     def resolve(cls, tokenizer=None, config: ModelConfig | None = None, mask_id: int | None = None,
-                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None) -> SpecialIds:
-        """Overrides first, then the tokenizer's special tokens (spelt as the model family spells them), then
+                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None,
+                checkpoint: Checkpoint | None = None) -> SpecialIds:
+        """Overrides first, then a known ``checkpoint``'s own ids (``load_model`` sets ``model.checkpoint``;
+        iLLaDA's mask id 5), then the tokenizer's special tokens (spelt as the model family spells them), then
         config.json, then the family's defaults."""
         family = FAMILIES["llada"] if config is None else family_of(config)
         eot_given = eot_ids is not None
+        if mask_id is None and checkpoint is not None:
+            mask_id = checkpoint.mask_id
 
         def from_tok(token: str) -> int | None:
             if tokenizer is None:
@@ -306,6 +330,8 @@ class SpecialIds:
         mask = mask_id if mask_id is not None else from_tok(family.mask_token)
         if mask is None and config is not None:
             mask = config.mask_token_id
+        if mask is None and family.mask_id is not None and (config is None or family.mask_id < config.vocab_size):
+            mask = family.mask_id
         eos = eos_id if eos_id is not None else from_tok(family.eos_token)
         if eos is None and tokenizer is not None and tokenizer.eos_token_id is not None:
             eos = int(tokenizer.eos_token_id)
