@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results import render
-from l2pd_eval.results.methods import Method
+from l2pd_eval.results.methods import KNOB_DEFAULTS, Method
 from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tps
 
 SCHEMA = "l2pd-eval/published"
@@ -63,6 +63,7 @@ class Published:
     family: str | None = None  # "llada" / "dream": which runs may stand beside it
     gpu: str | None = None
     arxiv: str | None = None
+    model_match: str | None = None  # setup.model_match: runs whose model name holds it (one family, several models)
 
 
 def _num(value: Any) -> float | None:
@@ -104,7 +105,7 @@ def load_published(name_or_path: str) -> Published:
     return Published(name=data.get("name", path.stem), title=paper.get("title", ""),
                      entries=entries, sources=data.get("sources", {}), units=data.get("units", {}),
                      missing=data.get("missing", []), path=path, family=data.get("family"),
-                     gpu=setup.get("gpu"), arxiv=paper.get("arxiv"))
+                     gpu=setup.get("gpu"), arxiv=paper.get("arxiv"), model_match=setup.get("model_match"))
 
 
 def load_tables(names: list[str]) -> list[Published]:
@@ -127,23 +128,40 @@ def cell_family(cell: ReportCell) -> str | None:
 
 
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
+    """No parameter of ``theirs`` contradicts ours; an end-token knob we do not carry is off (its default)."""
     mine = dict(ours.params)
     for key, value in theirs.items():
-        if key in mine:
-            try:
-                if float(mine[key]) != float(value):
-                    return False
-            except (TypeError, ValueError):
-                if mine[key] != str(value):
-                    return False
+        have = mine.get(key, KNOB_DEFAULTS.get(key))
+        if have is None:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        try:
+            if float(have) != float(value):
+                return False
+        except (TypeError, ValueError):
+            if have != str(value):
+                return False
     return True
 
 
-def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | None) -> bool:
+def _squash(text: str) -> str:
+    return "".join(ch for ch in text.lower() if ch.isalnum())
+
+
+def _model_fits(cell: ReportCell, model_match: str | None) -> bool:
+    """The run's model is the table's (``model_match`` in its name, ignoring case and punctuation)."""
+    return model_match is None or cell.model is None or _squash(model_match) in _squash(str(cell.model))
+
+
+def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | None,
+               model_match: str | None = None) -> bool:
     if cell is None:
         return False
     theirs = cell_family(cell)
     if family is not None and theirs is not None and theirs != family:
+        return False
+    if not _model_fits(cell, model_match):
         return False
     return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
 
@@ -174,12 +192,13 @@ def _committed_instead(report: Report, table: Published, entry: PublishedEntry) 
     return Pairing(table, entry, None, "EoTP committed-rule run vs the paper's EoTP rule (eotp=true)")
 
 
-def match_method(report: Report, entry: PublishedEntry, family: str | None = None) -> Method | None:
+def match_method(report: Report, entry: PublishedEntry, family: str | None = None,
+                 model_match: str | None = None) -> Method | None:
     """Our row for a published method: same policy, cache and EoTP; parameters must not contradict.
-    Among those, one whose cell for the entry's column fits (model family, shots) wins."""
+    Among those, one whose cell for the entry's column fits (model family and model, shots) wins."""
     candidates = _same_method(report, entry)
     column = (entry.task, entry.gen_length)
-    with_cell = [m for m in candidates if _cell_fits(report.cell(m, column), entry, family)]
+    with_cell = [m for m in candidates if _cell_fits(report.cell(m, column), entry, family, model_match)]
     if with_cell or not report.columns:
         return (with_cell or candidates or [None])[0]
     return None
@@ -214,7 +233,7 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
     out = []
     for table in tables:
         for e in table.entries:
-            method = match_method(report, e, table.family)
+            method = match_method(report, e, table.family, table.model_match)
             column = (e.task, e.gen_length)
             if method is None:  # a cell of this method that does not fit says why it is not beside it
                 method = next((m for m in _same_method(report, e) if report.cell(m, column)), None)
@@ -222,12 +241,14 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
             refused = _committed_instead(report, table, e) if cell is None else None
             if refused is not None:
                 out.append(refused)
-            elif cell is None or _cell_fits(cell, e, table.family):
+            elif cell is None or _cell_fits(cell, e, table.family, table.model_match):
                 out.append(Pairing(table, e, cell))
-            elif cell.n_shot != e.num_fewshot and cell_family(cell) in (None, table.family):
-                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
-            else:
+            elif cell_family(cell) not in (None, table.family):
                 out.append(Pairing(table, e, None, f"model {cell.model} is not of the {table.family} family"))
+            elif not _model_fits(cell, table.model_match):
+                out.append(Pairing(table, e, None, f"model {cell.model} is not {table.model_match}"))
+            else:
+                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
     return out
 
 
