@@ -45,7 +45,7 @@ def policy_for(case: dict):
             "hierarchy_fast_v2": "dinfer_hierarchy", "credit_threshold": "dinfer_credit"}[case["rule"]]
     params = dict(case["params"])
     if case["rule"] == "hierarchy_fast_v2":
-        params["rule"] = "fast_v2"
+        params["hierarchy_rule"] = "fast_v2"
     return get_policy(name, **params)
 
 
@@ -256,3 +256,16 @@ def test_sparse_credit_decodes_as_the_authors_dense_matrix(tiny, prompts, temper
     assert [s.committed_per_step for s in sparse.stats] == [s.committed_per_step for s in dense.stats]
     plain = generate(model, prompts, cfg, get_policy("dinfer_threshold", threshold=0.8), special)
     assert [s.committed_per_step for s in plain.stats] != [s.committed_per_step for s in sparse.stats]
+
+
+@pytest.mark.parametrize("name, params, message", [
+    ("dinfer_threshold", {"threshold": 1.5}, r"threshold=1.5 must lie in \[0, 1\]"),
+    ("dinfer_hierarchy", {"low_threshold": 1.5}, r"low_threshold=1.5 must lie in \[0, 1\] \(or be none\)"),
+    ("dinfer_hierarchy", {"hierarchy_rule": "v3"}, "hierarchy_rule='v3'; valid choices: class, fast_v2"),
+    ("dinfer_credit", {"decay_beta": 2}, r"decay_beta=2.0 must lie in \[0, 1\]"),
+    ("dinfer_credit", {"credit_alpha": -1}, "credit_alpha=-1.0 must be >= 0"),
+    ("dinfer_credit", {"credit_store": "disk"}, "credit_store='disk'; valid choices: sparse, dense"),
+])
+def test_bad_parameters_name_the_field(name, params, message):
+    with pytest.raises(ValueError, match=message):
+        get_policy(name, **params)

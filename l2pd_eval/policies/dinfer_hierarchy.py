@@ -2,7 +2,7 @@
 ones, when above a low threshold), every token above the high threshold, and always the block's top-1.
 
 Source: inclusionAI/dInfer ``python/dinfer/decoding/parallel_strategy.py``: ``HierarchyDecoder``
-(``get_transfer_index``, what its evaluation and serving code build) is the default rule, ``rule=fast_v2``
+(``get_transfer_index``, what its evaluation and serving code build) is the default rule, ``hierarchy_rule=fast_v2``
 is ``get_transfer_index_hierarchy_fast_v2`` (docs/conventions.md). The default rule, per row:
 
 - confidence = ``exp(log_softmax(logits))`` at x0, in the logits' own dtype (bf16 for a bf16 model, so
@@ -63,7 +63,7 @@ class DInferHierarchy(Policy):
     # hierarchy run (the class defaults to None / 0.4, eval_dinfer.py to 0.9 / 0.3). None: that part is off.
     threshold: float | None = 0.92
     low_threshold: float | None = 0.62
-    rule: Literal["class", "fast_v2"] = "class"
+    hierarchy_rule: Literal["class", "fast_v2"] = "class"
     confidence: Literal["model", "float32"] = "model"
 
     name = "dinfer_hierarchy"
@@ -74,17 +74,17 @@ class DInferHierarchy(Policy):
             value = getattr(self, field)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise ValueError(f"{field}={value} must lie in [0, 1] (or be none)")
-        if self.rule not in RULES:
-            raise ValueError(f"rule={self.rule!r}; valid choices: {', '.join(RULES)}")
+        if self.hierarchy_rule not in RULES:
+            raise ValueError(f"hierarchy_rule={self.hierarchy_rule!r}; valid choices: {', '.join(RULES)}")
         if self.confidence not in CONFIDENCES:
             raise ValueError(f"confidence={self.confidence!r}; valid choices: {', '.join(CONFIDENCES)}")
 
     @property
     def needs(self) -> tuple[str, ...]:  # type: ignore[override]
-        return ("chosen_prob_model",) if self.confidence == "model" and self.rule == "class" else ()
+        return ("chosen_prob_model",) if self.confidence == "model" and self.hierarchy_rule == "class" else ()
 
     def select(self, state: StepState) -> Tensor:
-        if self.rule == "fast_v2":
+        if self.hierarchy_rule == "fast_v2":
             return self._fast_v2(state.conf, state.masked)
         conf = state.stats["chosen_prob_model"] if self.needs else state.conf
         conf = conf.masked_fill(~state.masked, torch.finfo(conf.dtype).min)
