@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 
+from l2pd_eval.family_facts import FACTS
 from l2pd_eval.results.methods import Method, knob_params, method_from_settings
 from l2pd_eval.results.published import load_published, match_method, pair_published
 from l2pd_eval.results.table import Report, ReportCell
@@ -22,11 +23,12 @@ SPOT_CHECKS = {
 }
 
 
-@pytest.mark.parametrize("name, count, model", [("llada_eval_instruct", 2 * 11, "LLaDA-8B-Instruct"),
-                                                 ("llada_eval_1p5", 2 * 6, "LLaDA-1.5")])
+@pytest.mark.parametrize("name, count, model", [("llada_eval_instruct", 2 * 11, "GSAI-ML/LLaDA-8B-Instruct"),
+                                                 ("llada_eval_1p5", 2 * 6, "GSAI-ML/LLaDA-1.5")])
 def test_every_cell_is_stored_with_its_knob_setting_and_source(name, count, model):
     pub = load_published(name)
-    assert len(pub.entries) == count and pub.family == "llada" and pub.model_match == model
+    assert len(pub.entries) == count and pub.family == "llada" and {e.model for e in pub.entries} == {model}
+    assert name in FACTS["llada"].published  # --published auto shows it beside LLaDA runs
     keys = [(e.label, e.task, e.gen_length) for e in pub.entries]
     assert len(set(keys)) == len(keys)
     for e in pub.entries:
@@ -78,10 +80,11 @@ def test_a_cell_pairs_only_with_a_run_of_its_model():
     column = ("gsm8k", 256)
     instruct = Report("mean", [CONF_ZERO], [column], {(CONF_ZERO, column): cell(CONF_ZERO, "GSAI-ML/LLaDA-8B-Instruct")},
                       None, "")
-    one_five = Report("mean", [CONF_ZERO], [column], {(CONF_ZERO, column): cell(CONF_ZERO, "/models/llada_1.5")},
+    one_five = Report("mean", [CONF_ZERO], [column], {(CONF_ZERO, column): cell(CONF_ZERO, "/models/LLaDA-1.5")},
                       None, "")
     table = load_published("llada_eval_1p5")
     paired = [p for p in pair_published(one_five, [table]) if (p.entry.task, p.entry.gen_length) == column]
     assert [p.ours is not None for p in paired] == [True, True]  # Internal toolkit and OpenCompass rows
     refused = [p for p in pair_published(instruct, [table]) if (p.entry.task, p.entry.gen_length) == column]
-    assert [(p.ours, p.unpaired) for p in refused] == [(None, "model GSAI-ML/LLaDA-8B-Instruct is not LLaDA-1.5")] * 2
+    assert [(p.ours, p.unpaired) for p in refused] == [
+        (None, "model GSAI-ML/LLaDA-8B-Instruct is not GSAI-ML/LLaDA-1.5, the cell's checkpoint")] * 2
