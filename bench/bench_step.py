@@ -20,9 +20,10 @@ import time
 import torch
 
 from l2pd_eval.caches import StepInput, available, cache_class
-from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate
+from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
 from l2pd_eval.model import SpecialIds, load_model
 from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
+from l2pd_eval.policies.scores import step_statistics
 
 DEVICE = "cuda"
 
@@ -151,8 +152,10 @@ def time_strategy(strat, x, pos, block, total):
     return refresh, step
 
 
-def time_policy(policy, step, predict, reps: int = 8) -> tuple[float, float]:
-    """Seconds per step of the vocabulary statistics (x0, confidence) + selection: (isolated, in pipeline).
+def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tuple[float, float]:
+    """Seconds per step of the vocabulary statistics (x0, confidence, the policy's ``needs``) + selection:
+    (isolated, in pipeline). A policy with block state gets one ``begin_block`` memory, updated by every
+    call as on a mid-block step.
 
     Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
     is (forward + policy) - forward over ``reps`` steps enqueued back to back, as the engine runs them: the
@@ -164,11 +167,17 @@ def time_policy(policy, step, predict, reps: int = 8) -> tuple[float, float]:
     seeds = torch.zeros(batch, dtype=torch.long, device=logits.device)
     ones = torch.ones(batch, dtype=torch.long, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
+    memory = policy.begin_block(0, rows)
 
     def select(lg):
+        lg = lg[:, :width]
         x0, conf = predict(lg, 0.0, seeds, (0, 0, 0))
-        st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=0, block=0, block_start=0, rows=rows)
-        return policy.select(st) & masked
+        stats = step_statistics(lg, policy.needs, 0.0, x0) if policy.needs else {}
+        st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=1, block=0, block_start=0, rows=rows,
+                       stats=stats, memory=memory, mask_id=mask_id,
+                       uniform=lambda purpose, shape=(width,): rng.uniform(seeds, (0, 1, purpose), shape))
+        sel = policy.select(st)
+        return (sel if isinstance(sel, torch.Tensor) else sel.commit) & masked
 
     isolated = cuda_time(lambda: select(logits))
     if DEVICE == "cuda" and cuda_time(step, warmup=0, iters=1) > 0.05:
@@ -196,8 +205,11 @@ def bench_steps(model, special, args, ceilings, out):
                 try:
                     strat = strategy(args, cache, model, batch, total)
                     refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
-                    iso, piped = time_policy(get_policy(args.policy_for_overhead),
-                                             step_fn(strat, x, pos, (bs, bs + 32), total), speed(args).predictor())
+                    forward = step_fn(strat, x, pos, (bs, bs + 32), total)
+                    iso, piped = time_policy(get_policy(args.policy_for_overhead), forward, speed(args).predictor(),
+                                             mask_id=special.mask)
+                    beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(), mask_id=special.mask)
+                              for name in args.policy_overhead}
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
@@ -210,6 +222,11 @@ def bench_steps(model, special, args, ceilings, out):
                            policy_ms=iso * 1e3, policy_share=iso / (step + iso),
                            policy_pipelined_ms=piped * 1e3, policy_pipelined_share=piped / (step + piped),
                            peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0)
+                if beside:  # each policy's step (forward + its statistics and selection) against the reference's
+                    row["policy_overhead"] = {
+                        name: dict(policy_ms=p_iso * 1e3, policy_pipelined_ms=p_piped * 1e3,
+                                   vs_reference=(step + p_piped) / (step + piped) - 1)
+                        for name, (p_iso, p_piped) in beside.items()}
                 rows.append(row)
                 print(json.dumps(row), file=out, flush=True)
                 strat = x = None  # free the cache before the next configuration
@@ -359,6 +376,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--e2e-ragged", action="store_true",
                     help="e2e prompts of random lengths in [prompt/2, prompt]: padded batches, as lm-eval sends them")
     ap.add_argument("--policy-for-overhead", default="threshold")
+    ap.add_argument("--policy-overhead", nargs="*", default=[],
+                    help="also time these policies' per-step statistics + selection in every step cell, and their "
+                         "step time against --policy-for-overhead's (e.g. dinfer_threshold dinfer_hierarchy dinfer_credit)")
     ap.add_argument("--out", default="bench.jsonl")
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")
@@ -384,6 +404,10 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
               f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
               f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
+    for r in steps:
+        for name, p in r.get("policy_overhead", {}).items():
+            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  {name:<18} policy {p['policy_pipelined_ms']:6.3f} ms "
+                  f"in pipeline ({p['policy_ms']:6.3f} alone): step {100 * p['vs_reference']:+6.2f}% vs reference")
     for r in e2e:
         extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
         if "floor_s" in r:

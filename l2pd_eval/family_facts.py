@@ -119,7 +119,8 @@ def _checkpoint(hub_id: str, family: str, **facts: Any) -> None:
 register_facts(FamilyFacts(
     "llada", mask_token="<|mdm_mask|>", eos_token="<|endoftext|>", eot_token="<|eot_id|>", eot_id=None,
     add_bos=False, instruct_marker="instruct", paper_drop_ids=(126081,), model_types=("llada",),
-    architectures=("LLaDAModelLM",), published=("learn2pd", "fastdllm_llada", "d3llm_llada", "dparallel_llada")))
+    architectures=("LLaDAModelLM",),
+    published=("learn2pd", "fastdllm_llada", "d3llm_llada", "dparallel_llada", "llada_eval_instruct", "llada_eval_1p5")))
 # Fast-dLLM evaluates Dream-v0-Base with add_bos_token=true; the Instruct chat template brings its own start.
 # Its dream/eval.py counts the generated ids that are not the tokenizer's eos (Dream-Base: <|endoftext|>), and
 # applies the chat template only when asked (apply_chat_template=, default false): the name rule is LLaDA's.

@@ -57,7 +57,8 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
 
 
 @pytest.mark.parametrize("args, message", [
-    (dict(policy="fastest"), "policy='fastest' is unknown; valid choices: entropy, factor, learn2pd, low_confidence"),
+    (dict(policy="fastest"), "policy='fastest' is unknown; valid choices: dinfer_credit, dinfer_hierarchy, "
+                             "dinfer_threshold, entropy, factor, learn2pd, low_confidence"),
     (dict(threshhold=0.9, policy="threshold"), "unknown argument\\(s\\) threshhold for policy='threshold'; valid:"),
     (dict(gen_length=100), "gen_length=100 is not divisible by block_length=32"),
     (dict(cache="triple"), "cache='triple' is unknown; valid choices: none, prefix, dual"),

@@ -80,7 +80,7 @@ def test_wheel_location_is_searched_first():
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
     assert available() == ["d3llm_dream", "d3llm_llada", "dparallel_dream", "dparallel_llada", "fastdllm_dream",
-                           "fastdllm_llada", "learn2pd"]
+                           "fastdllm_llada", "learn2pd", "llada_eval_1p5", "llada_eval_instruct"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -91,7 +91,8 @@ def test_published_file_by_path_and_errors(tmp_path):
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
     with pytest.raises(ValueError, match="valid choices: d3llm_dream, d3llm_llada, dparallel_dream, dparallel_llada, "
-                                         "fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
+                                         "fastdllm_dream, fastdllm_llada, learn2pd, llada_eval_1p5, llada_eval_instruct, "
+                                         "all, or a path"):
         load_published("fast_dllm")
     trunc = tmp_path / "trunc.json"
     trunc.write_text(path.read_text()[:40])

@@ -6,12 +6,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.engine.predict import EOS_CONF_RULES
 from l2pd_eval.errors import ConfigError
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
 # "committed" = cut after a *committed* end token, "false" = none.
 EotpMode = Literal["false", "true", "committed"]
 EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+EosConfRule = Literal["code", "fixed", "zero"]
 
 
 def eotp_mode(value: str | bool) -> str:
@@ -36,6 +38,10 @@ class GenerationConfig:
     cache: str = "none"  # a registered forward strategy (caches.available())
     eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
+    # LLaDA generate.py's end-token knobs, for every policy (engine.predict.EndTokenKnobs):
+    eos_conf_zero: bool = False  # confidence_eos_eot_inf: end-of-text/turn predictions get confidence 0
+    eos_conf_rule: EosConfRule = "code"  # code (LLaDA's, EoT only above temperature 0) / fixed / zero
+    logits_eos_inf: bool = False  # logits_eos_inf: end-of-text is never predicted
 
     def __post_init__(self) -> None:
         self.eotp = eotp_mode(self.eotp)
@@ -70,3 +76,5 @@ class GenerationConfig:
         if self.temperature < 0:
             raise ConfigError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)
+        if self.eos_conf_rule not in EOS_CONF_RULES:
+            raise ConfigError(f"eos_conf_rule={self.eos_conf_rule!r}; valid choices: {', '.join(EOS_CONF_RULES)}")

@@ -23,7 +23,7 @@ from l2pd_eval.engine.commit import StepCommit, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import left_pad
-from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.engine.predict import EndTokenKnobs, Predictor
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
 from l2pd_eval.model.interface import DiffusionLM
@@ -59,6 +59,7 @@ class _Run:
     eotp: EotpRule | None
     after: bool  # the EoTP rule searches after the block and the strategy can predict there
     on_step: Callable[[StepEvent], None] | None
+    ends: EndTokenKnobs | None = None  # logits_eos_inf / eos_conf_zero (None: both off)
 
 
 def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfig, policy: Policy, special: SpecialIds,
@@ -70,8 +71,14 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
                                      device=model.device))
     strategy = speed.strategy(config.cache, model, batch, total)
     rule = eotp_rule(config)
+    ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
+                            tuple(i for i in special.end_ids if i != special.eos))
+    if ends is not None and not ends.renormalise and {"margin", "neg_entropy"} & set(policy.needs):
+        raise ValueError(f"eos_conf_rule=zero sets a probability to 0, but policy={policy.name!r} ranks by "
+                         f"{', '.join(sorted({'margin', 'neg_entropy'} & set(policy.needs)))}; use eos_conf_rule=code "
+                         f"or fixed (the distribution without the end tokens)")
     return _Run(config, policy, special, strategy, speed.predictor(), rule,
-                rule is cut_at_predicted_end and strategy.logits_after, on_step)
+                rule is cut_at_predicted_end and strategy.logits_after, on_step, ends)
 
 
 def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
@@ -113,7 +120,7 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     cur = torch.tensor(cur_host, device=state.x.device)
     max_limit = max(state_host[bsz + i] for i in cur_host)
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
-    return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
+    return BlockRows(bs, be, cur, cur_host, max_limit, schedule, policy.begin_block(blk, cur))
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
@@ -173,13 +180,31 @@ def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
     return stats
 
 
+def _predict(run: _Run, logits: Tensor, seeds: Tensor, blk: int, step: int) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """x0, the confidence the policy sees, the model's own probability of x0 (EoTP's), and the statistics
+    the policy ``needs``, with the end-token knobs applied (``EndTokenKnobs``)."""
+    temperature, needs = run.config.temperature, run.policy.needs
+    if run.ends is not None:
+        logits = run.ends.logits(logits)
+    x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
+    seen, scored, zero = conf, logits, None
+    if run.ends is not None:
+        seen, scored, zero = run.ends.confidence(logits, x0, conf, temperature)
+    stats = step_statistics(scored, needs, temperature, x0) if needs else {}
+    for name in stats:
+        if name == "logits":
+            stats[name] = logits  # the policy's own rescoring starts from what x0 was chosen from
+        elif zero is not None and name.startswith("chosen_prob"):
+            stats[name] = stats[name].masked_fill(zero, 0.0)
+    return x0, seen, conf, stats
+
+
 def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int, masked: Tensor,
-                logits: Tensor) -> StepState:
-    """Predict (x0, its probability, the statistics the policy ``needs``) and what the policy sees."""
+                logits: Tensor) -> tuple[StepState, Tensor]:
+    """Predict and what the policy sees; also the model's probability of x0 (EoTP ranks by it)."""
     BL, P, temperature = run.config.block_length, state.prompt_width, run.config.temperature
     seeds = state.seeds[rows.idx]
-    x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
-    needs = run.policy.needs
+    x0, conf, model_conf, stats = _predict(run, logits, seeds, blk, step)
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
     else:
@@ -187,9 +212,9 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
     return StepState(
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
-        uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=step_statistics(logits, needs, temperature, x0) if needs else {},
-    )
+        uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
+        stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
+    ), model_conf
 
 
 def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit) -> None:
@@ -216,13 +241,14 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         block_x, masked = narrowed
     logits = _forward(state, rows, run, step, masked)
     BL = run.config.block_length
-    st = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    st, model_conf = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
     c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)
+        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted)
         if run.after and logits.shape[1] > BL:
-            eot.after_x0, eot.after_conf = run.predict.chunked(logits[:, BL:], run.config.temperature,
+            after = logits[:, BL:] if run.ends is None else run.ends.logits(logits[:, BL:])
+            eot.after_x0, eot.after_conf = run.predict.chunked(after, run.config.temperature,
                                                                state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:

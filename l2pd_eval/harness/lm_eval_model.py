@@ -25,8 +25,10 @@ from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
 from l2pd_eval.harness.model_args import (
     AUTO_BATCH_CAP,
     AUTO_PROMPT_BUDGET,
+    likelihood_cannot_use,
     merge_lm_eval_settings,
     parse_model_args,
+    settings_that_cannot_act,
 )
 from l2pd_eval.harness.prompts import PromptCodec
 from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, probe_outputs, task_name
@@ -104,6 +106,9 @@ class Learn2PDLM(LM):
         if args.fixed_batch_size() is None and self._device.type != "cuda":
             log.warning("batch_size=auto on %s decodes 1 row per batch (the batch sizer measures GPU memory); "
                         "pass batch_size=N to batch on this device", self._device)
+        self._given = set(given)  # the model_args the user set
+        for line in settings_that_cannot_act(args, self.policy, self._given):
+            log.warning(line)
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed, adapter=args.adapter)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
@@ -132,6 +137,7 @@ class Learn2PDLM(LM):
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=a.steps or "gen_length", model_args={k: v for k, v in model_args.items() if v is not None},
             temperature="task gen_kwargs" if a.temperature is None else a.temperature,
+            eos_conf_zero=a.eos_conf_zero, eos_conf_rule=a.eos_conf_rule, logits_eos_inf=a.logits_eos_inf,
             batch_size=a.batch_size, batch_sizes=[], dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=a.compile, compile_autotune=a.compile_autotune,
@@ -343,6 +349,11 @@ class Learn2PDLM(LM):
         """
         if not requests:
             return []
+        if "loglikelihood" not in self._warned:
+            self._warned.add("loglikelihood")
+            line = likelihood_cannot_use(self.policy, self._given)
+            if line:
+                log.warning(line)
         from tqdm import tqdm
 
         from l2pd_eval.harness.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood

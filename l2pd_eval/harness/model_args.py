@@ -8,14 +8,16 @@ type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import torch
 
 from l2pd_eval.engine import EotpMode, GenerationConfig
+from l2pd_eval.engine.config import EosConfRule
 from l2pd_eval.errors import ConfigError
+from l2pd_eval.policies.base import Policy
 from l2pd_eval.policies.registry import parse_policy_params, policy_class
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
@@ -52,6 +54,9 @@ class ModelArgs:
     steps: int | None = None
     temperature: float | None = None  # given: wins over the tasks' gen_kwargs (harness/gen_kwargs.py)
     seed: int = 0
+    eos_conf_zero: bool = False       # LLaDA's confidence_eos_eot_inf: end predictions get confidence 0
+    eos_conf_rule: EosConfRule = "code"  # code (LLaDA's generate.py) / fixed (its PR #139) / zero (no renormalising)
+    logits_eos_inf: bool = False      # LLaDA's logits_eos_inf: end-of-text is never predicted
     dtype: str = "auto"
     device: str | None = None
     batch_size: int | str = 1         # rows per batch, or auto: sized per (gen_length, temperature)
@@ -118,7 +123,8 @@ class ModelArgs:
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
-            cache=self.cache, eotp=self.eotp, seed=self.seed)
+            cache=self.cache, eotp=self.eotp, seed=self.seed, eos_conf_zero=self.eos_conf_zero,
+            eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf)
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
@@ -135,6 +141,35 @@ def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]
     args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
     rest = {k: v for k, v in values.items() if k not in own}
     return args, parse_policy_params(args.policy, rest, also_valid=own)
+
+
+#: model_args that only decoding reads: a loglikelihood request (MMLU-style choices) uses none of them.
+DECODING_ARGS = ("policy", "cache", "eotp", "gen_length", "block_length", "steps", "eos_conf_zero", "eos_conf_rule",
+                 "logits_eos_inf")
+
+
+def settings_that_cannot_act(args: ModelArgs, policy: Policy, given: Collection[str]) -> list[str]:
+    """One line per setting the user gave (``given``: the model_args keys) that the run cannot honour, for the
+    adapter to say once (Fast-dLLM issues #38 and #54: a threshold on MMLU, steps with a threshold rule)."""
+    lines = []
+    if "steps" in given and not policy.scheduled:
+        lines.append(f"steps={args.steps} cannot act: policy={policy.name!r} is not scheduled (it decodes each "
+                     f"block until it is filled, at most block_length={args.block_length} steps); drop steps=")
+    if args.eos_conf_zero and not policy.reads_conf:
+        lines.append(f"eos_conf_zero=true cannot act: policy={policy.name!r} does not rank by the model's "
+                     f"confidence of x0")
+    if "eos_conf_rule" in given and not args.eos_conf_zero:
+        lines.append(f"eos_conf_rule={args.eos_conf_rule} cannot act without eos_conf_zero=true")
+    return lines
+
+
+def likelihood_cannot_use(policy: Policy, given: Collection[str]) -> str | None:
+    """The line a run with decoding settings says once when lm-eval asks it for log-likelihoods."""
+    named = [k for k in given if k in DECODING_ARGS or k in policy.parameters()]
+    if not named:
+        return None
+    return (f"loglikelihood requests (multiple-choice tasks such as MMLU) are scored by the Monte-Carlo likelihood "
+            f"(mc_num=, mc_batch_size=), not decoded: {', '.join(sorted(named))} cannot act on them")
 
 
 def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, Any]) -> dict[str, Any]:

@@ -34,13 +34,34 @@ class StepState:
     block_start: int  # offset of the block's first position from the start of the answer (0-based)
     rows: Tensor      # [B] long: original batch rows present in this step
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
-    uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
+    # (purpose, shape=(L,)) -> [B, *shape] U(0,1) float64, batch-invariant per row; purpose 0 with shape
+    # (L, V) is the very draw the engine's Gumbel-max sampling of x0 used at this step
+    uniform: Callable[..., Tensor] | None = None
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
+    #                                                                     ("logits": [B, L, V])
+    memory: BlockMemory | None = None  # what ``Policy.begin_block`` returned for this block, narrowed to ``rows``
+    mask_id: int | None = None  # the mask token's id (a policy that never commits a predicted mask reads it)
+    temperature: float = 0.0    # the run's sampling temperature (x0 is a Gumbel-max sample when > 0)
 
     @property
     def masked_conf(self) -> Tensor:
         """Confidence where a commit is allowed, -inf elsewhere (so top-k never picks committed slots)."""
         return self.conf.masked_fill(~self.masked, float("-inf"))
+
+
+class BlockMemory:
+    """What a stateful policy keeps about each row across the steps of one block (dInfer's credit matrix).
+
+    ``Policy.begin_block`` makes a fresh one at every block's start (nothing outlives a block or a
+    ``generate`` call, so nothing leaks from one request to the next), the engine hands it back in every
+    ``StepState.memory`` of that block, and calls ``keep(idx)`` when rows leave the step loop, exactly as it
+    narrows the rows' other state. Its first dimension is the block's rows, in ``StepState.rows`` order; the
+    policy updates it in place in ``select``, on the device.
+    """
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep rows ``idx`` (positions into the current rows, ascending) and drop the others."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -86,31 +107,50 @@ class Policy:
     # Scheduled policies follow the linear steps schedule; the others run until the block is filled.
     scheduled: ClassVar[bool] = True
     # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
-    # engine computes them once per step for the block and hands them over in ``StepState.stats``.
+    # engine computes them once per step for the block and hands them over in ``StepState.stats`` (read
+    # on the instance: a property where they depend on the parameters).
     needs: ClassVar[tuple[str, ...]] = ()
     # Needs the target answer (``generate(reference=...)``, ``StepState.reference``): the oracle.
     needs_reference: ClassVar[bool] = False
     # May return ``Selection.remask``: committed tokens of the current block go back to the mask (revocable
     # rules: WINO, ReMDM). The engine honours it only for policies that declare it.
     remasks: ClassVar[bool] = False
+    # The engine's stall guard: a row whose selection commits nothing commits its most confident masked
+    # position. False for rules that already commit at least one position whenever their own rule allows
+    # one and must commit nothing otherwise (dInfer never commits a predicted mask id): a row they cannot
+    # serve commits nothing at that step, and the block ends at the engine's step budget at worst.
+    stall_fallback: ClassVar[bool] = True
+    # Decisions read ``StepState.conf`` (or the chosen-token statistics), so the end-token confidence knob
+    # (``eos_conf_zero``) acts on them; False: it cannot act (random order, the oracle's match, a policy
+    # with its own confidence) and the adapter says so.
+    reads_conf: ClassVar[bool] = True
 
     def select(self, state: StepState) -> Tensor | Selection:
         """Choose this step's commits for the rows of ``state``.
 
         Args:
             state: the block's predictions for the rows still decoding it (``StepState``); read-only.
-                ``state.k`` is the schedule's count for scheduled policies (1 for the others).
+                ``state.k`` is the schedule's count for scheduled policies (1 for the others). A policy
+                that keeps state across the block's steps (``begin_block``) updates ``state.memory`` in
+                place; everything else in ``state`` is the engine's.
 
         Returns:
             A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
             (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
-            position. Re-masks apply only to the block's positions committed before this step (never the
-            prompt, another block or an EoTP-cut tail) and never undo more of a row's new commits than
-            leaves ``max(state.k, 1)`` of them, so every step makes net progress and every block finishes.
+            position (unless ``stall_fallback = False``). Re-masks apply only to the block's positions
+            committed before this step (never the prompt, another block or an EoTP-cut tail) and never undo
+            more of a row's new commits than leaves ``max(state.k, 1)`` of them, so every step makes net
+            progress and every block finishes.
         """
         raise NotImplementedError
+
+    def begin_block(self, block: int, rows: Tensor) -> BlockMemory | None:
+        """A fresh ``BlockMemory`` for the rows ``rows`` (original batch rows, [n]) about to decode block
+        ``block``, or None (the default: a stateless policy). Called once per block and ``generate`` call,
+        before the block's first step; ``select`` then reads and updates it through ``state.memory``."""
+        return None
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:

@@ -22,6 +22,7 @@ class Oracle(Policy):
     name = "oracle"
     scheduled = False
     needs_reference = True
+    reads_conf = False  # it commits matches of the reference; confidence only breaks a stall
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reference", "prediction"):

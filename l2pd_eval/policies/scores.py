@@ -28,7 +28,7 @@ from torch import Tensor
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, StepState, topk_mask
 
-STATISTICS = ("neg_entropy", "margin", "chosen_prob")
+STATISTICS = ("neg_entropy", "margin", "chosen_prob", "chosen_prob_model", "logits")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
 _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
 
@@ -39,18 +39,27 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
 
     One softmax over the block only (never the prompt or suffix), in float32 (float64 for float64 logits),
     at ``temperature`` as Dream scores. ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
+    Two are not Dream's: ``chosen_prob_model`` is the probability of ``x0`` under the plain logits (no
+    temperature), computed in the logits' own dtype as ``exp(log_softmax(logits))`` (dInfer's hierarchy
+    decoder: bf16 for a bf16 model, where nearby confidences tie), and ``logits`` is the block's logits
+    themselves, [B, L, V], not copied (rules that rescore the vocabulary: dInfer's credit).
     """
     needs = tuple(dict.fromkeys(needs))
     unknown = [n for n in needs if n not in STATISTICS]
     if unknown:
         raise ValueError(f"unknown step statistics {unknown}; valid choices: {', '.join(STATISTICS)}")
+    out: dict[str, Tensor] = {}
+    if "logits" in needs:
+        out["logits"] = logits
+    if "chosen_prob_model" in needs:
+        out["chosen_prob_model"] = _chosen(torch.log_softmax(logits, dim=-1), x0, "chosen_prob_model").exp()
+    needs = tuple(n for n in needs if n not in out)
     if not needs:
-        return {}
+        return out
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if temperature > 0:
         work = work / temperature
     logp = torch.log_softmax(work, dim=-1)
-    out: dict[str, Tensor] = {}
     if "neg_entropy" in needs:
         p = logp.exp()
         out["neg_entropy"] = (p * torch.log(p + _ENTROPY_EPS)).sum(-1)
@@ -58,10 +67,15 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
         top = logp.topk(2, dim=-1).values.exp()
         out["margin"] = top[..., 0] - top[..., 1]
     if "chosen_prob" in needs:
-        if x0 is None:
-            raise ValueError("step_statistics: 'chosen_prob' needs x0, the step's predicted tokens")
-        out["chosen_prob"] = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
+        out["chosen_prob"] = _chosen(logp, x0, "chosen_prob").exp()
     return out
+
+
+def _chosen(logp: Tensor, x0: Tensor | None, name: str) -> Tensor:
+    """``logp`` [B, L, V] at the step's tokens ``x0`` [B, L]."""
+    if x0 is None:
+        raise ValueError(f"step_statistics: {name!r} needs x0, the step's predicted tokens")
+    return logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass

@@ -58,6 +58,9 @@ class Method:
 
 # Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
 MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
+# The end-token knobs (model_args of every policy, engine/predict.py) change answers, so a method carries the
+# ones that are on; absent means this value (published cells spell out their setting, LLaDA's EVAL.md).
+KNOB_DEFAULTS = {"eos_conf_zero": "false", "eos_conf_rule": "code", "logits_eos_inf": "false"}
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
 CACHE_ORDER = ("none", "prefix", "dual")
@@ -80,6 +83,20 @@ def _fmt_param(value: Any) -> str | None:
         # A filter checkpoint path: its file name identifies it, the folder does not.
         return os.path.basename(value.rstrip("/\\")) if ("/" in value or "\\" in value) else value
     return None  # lists/dicts/None do not go into a row label
+
+
+def knob_params(settings: dict[str, Any]) -> dict[str, Any]:
+    """The end-token knobs that are on in a manifest or model_args (``eos_conf_rule`` only with
+    ``eos_conf_zero``, and only when not the default)."""
+    on: dict[str, Any] = {}
+    if str(settings.get("eos_conf_zero", "")).strip().lower() in _TRUE_SPELLINGS:
+        on["eos_conf_zero"] = True
+        rule = settings.get("eos_conf_rule")
+        if rule is not None and str(rule) != KNOB_DEFAULTS["eos_conf_rule"]:
+            on["eos_conf_rule"] = str(rule)
+    if str(settings.get("logits_eos_inf", "")).strip().lower() in _TRUE_SPELLINGS:
+        on["logits_eos_inf"] = True
+    return on
 
 
 def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:

@@ -24,7 +24,7 @@ from typing import Any
 
 from l2pd_eval.family_facts import FACTS, family_name_of_model, find_checkpoint
 from l2pd_eval.results import render
-from l2pd_eval.results.methods import Method
+from l2pd_eval.results.methods import KNOB_DEFAULTS, Method
 from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tps
 
 SCHEMA = "l2pd-eval/published"
@@ -158,15 +158,20 @@ def _checkpoint_fits(cell: ReportCell, entry: PublishedEntry) -> bool:
 
 
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
+    """No parameter of ``theirs`` contradicts ours; an end-token knob we do not carry is off (its default)."""
     mine = dict(ours.params)
     for key, value in theirs.items():
-        if key in mine:
-            try:
-                if float(mine[key]) != float(value):
-                    return False
-            except (TypeError, ValueError):
-                if mine[key] != str(value):
-                    return False
+        have = mine.get(key, KNOB_DEFAULTS.get(key))
+        if have is None:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        try:
+            if float(have) != float(value):
+                return False
+        except (TypeError, ValueError):
+            if have != str(value):
+                return False
     return True
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results.columns import choose_metric, metric_keys, split_task
-from l2pd_eval.results.methods import MODEL_ARGS_PARAMS, Method, method_from_settings
+from l2pd_eval.results.methods import MODEL_ARGS_PARAMS, Method, knob_params, method_from_settings
 from l2pd_eval.results.sidecar import (
     SCHEMA,
     Sidecar,
@@ -238,9 +238,10 @@ class Run:
         m = self.manifest
         try:
             if "policy" in m:
-                return method_from_settings(m.get("policy"), m.get("policy_params"), m.get("cache"), m.get("eotp"))
+                params = {**(m.get("policy_params") or {}), **knob_params(m)}
+                return method_from_settings(m.get("policy"), params, m.get("cache"), m.get("eotp"))
             args = self.results.model_args if self.results is not None else {}
-            params = {k: args[k] for k in MODEL_ARGS_PARAMS if k in args}
+            params = {**{k: args[k] for k in MODEL_ARGS_PARAMS if k in args}, **knob_params(args)}
             return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))
         except ValueError as err:
             raise ValueError(f"{self.name}: {err}") from None

@@ -41,6 +41,19 @@ DEFAULT_SETTINGS = [
 ]
 
 
+def parse_setting(spec: str) -> Setting:
+    """``policy[,key=value...]`` (``eotp=`` among the keys) as a row labelled by the spec itself."""
+    policy, *pairs = [p.strip() for p in spec.split(",") if p.strip()]
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--add {spec!r}: {pair!r} is not key=value; e.g. --add dinfer_hierarchy,eotp=true")
+        params[key.strip()] = value.strip()
+    eotp = params.pop("eotp", "false")
+    return Setting(spec, policy, params, eotp)
+
+
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: Sequence[Problem] | None = None,
                         settings: Sequence[Setting] = tuple(DEFAULT_SETTINGS), gen_length: int = 96,
                         block_length: int = 32, batch_size: int = 200, dtype: str = "auto",
@@ -111,11 +124,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test problems")
     parser.add_argument("--filter", default=None, help="a trained Learn2PD filter: adds learn2pd rows")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--add", action="append", default=[], metavar="POLICY[,KEY=VALUE...]",
+                        help="another row: a policy with its parameters (eotp= too), e.g. dinfer_credit,eotp=true")
+    parser.add_argument("--no-defaults", action="store_true", help="only the --add rows (and --filter's)")
     args = parser.parse_args(argv)
     problems = load_test_split()[: args.limit]
-    results = evaluate_checkpoint(args.checkpoint, args.device, problems, gen_length=args.gen_length,
-                                  block_length=args.block_length, batch_size=args.batch_size, dtype=args.dtype,
-                                  filter_path=args.filter)
+    settings = ([] if args.no_defaults else list(DEFAULT_SETTINGS)) + [parse_setting(a) for a in args.add]
+    results = evaluate_checkpoint(args.checkpoint, args.device, problems, settings=settings,
+                                  gen_length=args.gen_length, block_length=args.block_length,
+                                  batch_size=args.batch_size, dtype=args.dtype, filter_path=args.filter)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
