@@ -5,6 +5,7 @@ cache to the package takes: a class in caches/ and its tests)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ from policy_cases import POLICIES, assert_batched_equals_alone, make
 from test_dream_engine import dream  # noqa: F401 (a fixture)
 
 from l2pd_eval.caches import (
+    CacheParams,
     GraphReplay,
     NoCache,
     PrefixCache,
@@ -172,66 +174,134 @@ def test_graph_row_buckets():
 # -- a strategy added from a test ---------------------------------------------------------------------------
 
 
-class PrefixEvery(PrefixCache):
-    """Test-only: a prefix cache that refreshes every ``interval`` steps of a block (dLLM-Cache's rhythm),
-    not only at the first. Nothing else: the engine, the batch sizer and graph replay serve it unchanged."""
+@dataclass(frozen=True)
+class EveryParams(CacheParams):
+    every_interval: int = 2  # refresh every this many steps of a block
 
-    interval = 2
+    def __post_init__(self) -> None:
+        if self.every_interval < 1:
+            raise ValueError(f"every_interval={self.every_interval} must be >= 1")
+
+
+class PrefixEvery(PrefixCache):
+    """Test-only: a prefix cache that refreshes every ``every_interval`` steps of a block (dLLM-Cache's
+    rhythm), not only at the first. Nothing else: the engine, the batch sizer, graph replay and the model_args
+    parser serve it and its parameter unchanged."""
+
+    name = "_prefix_every"
+    Params = EveryParams
 
     def refreshes(self, s: StepInput) -> bool:
-        return s.step % self.interval == 0
-
-
-class EveryStep(PrefixEvery):
-    name = "_prefix_every_1"
-    interval = 1
-
-
-class EveryOtherStep(PrefixEvery):
-    name = "_prefix_every_2"
+        return s.step % self.params.every_interval == 0
 
 
 @pytest.fixture
-def added_caches(monkeypatch):
-    """The two test strategies registered through the public decorator, for this test only."""
+def added_cache(monkeypatch):
+    """The test strategy registered through the public decorator, for this test only."""
     monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
-    register(EveryStep)
-    register(EveryOtherStep)
-    return [EveryStep.name, EveryOtherStep.name]
+    register(PrefixEvery)
+    return PrefixEvery.name
 
 
-def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, tiny):
+def test_an_added_strategy_is_a_valid_cache_everywhere(added_cache, tiny):
     model = tiny[0]
-    assert available() == ["none", "prefix", "dual", *added_caches]
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache="_prefix_every_2")
+    assert available()[-1] == added_cache and available().count(added_cache) == 1
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
+    assert cfg.cache_params == {"every_interval": 2}  # every parameter recorded, defaults filled in
     assert bytes_per_row(model, cfg, 24) == bytes_per_row(model, GenerationConfig(gen_length=16, block_length=8,
                                                                                   cache="prefix"), 24)
-    graphed = make_strategy("_prefix_every_2", model, 2, 40, cuda_graph=True)
-    assert isinstance(graphed, GraphReplay) and isinstance(graphed, EveryOtherStep)
+    graphed = make_strategy(added_cache, model, 2, 40, cuda_graph=True, params={"every_interval": 3})
+    assert isinstance(graphed, GraphReplay) and isinstance(graphed, PrefixEvery)
+    assert graphed.params == EveryParams(every_interval=3)
+
+
+def test_cache_parameters_are_coerced_checked_and_listed_like_a_policy_s(added_cache, tiny, tiny_dir):
+    from l2pd_eval.harness.model_args import parse_model_args
+
+    assert cache_class(added_cache).parameters() == {"every_interval": int}
+    assert GenerationConfig(cache=added_cache, cache_params={"every_interval": "3"}).cache_params == {
+        "every_interval": 3}  # text from --model_args, coerced by the field's type
+    with pytest.raises(ValueError, match="every_interval=0 must be >= 1"):
+        GenerationConfig(cache=added_cache, cache_params={"every_interval": 0})
+    with pytest.raises(ValueError, match="every_interval='often' is not an integer"):
+        make_strategy(added_cache, tiny[0], 1, 8, params={"every_interval": "often"})
+    with pytest.raises(ValueError, match="cache='_prefix_every' does not take interval; valid parameters: "
+                                         "every_interval"):
+        GenerationConfig(cache=added_cache, cache_params={"interval": 2})
+    with pytest.raises(ValueError, match="cache='prefix' does not take every_interval; valid parameters: [(]none[)]"):
+        GenerationConfig(cache="prefix", cache_params={"every_interval": 2})
+    args, policy = parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", threshold="0.5",
+                                         cache=added_cache, every_interval="4"))
+    assert (args.cache_params, policy) == ({"every_interval": 4}, {"threshold": 0.5})
+    assert args.generation_config(64, None).cache_params == {"every_interval": 4}
+    with pytest.raises(ValueError, match="unknown argument[(]s[)] every_interval for policy='threshold'; valid: "
+                                         ".*cache, ") as err:
+        parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", every_interval="4"))
+    assert "every_interval" not in str(err.value).split("valid: ")[1]  # cache=none takes none
+    with pytest.raises(ValueError, match="unknown argument[(]s[)] interval for policy='threshold'; valid: .*"
+                                         "every_interval.*threshold"):
+        parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", cache=added_cache, interval="4"))
+
+
+def test_the_registry_refuses_parameters_without_defaults(monkeypatch):
+    monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
+
+    @dataclass(frozen=True)
+    class Needs(CacheParams):
+        needs_value: int
+
+    class NoDefault(NoCache):
+        name = "_no_default"
+        Params = Needs
+
+    class NotParams(NoCache):
+        name = "_not_params"
+        Params = dict
+
+    with pytest.raises(ValueError, match="cache '_no_default': parameter[(]s[)] needs_value need a default"):
+        register(NoDefault)
+    with pytest.raises(ValueError, match="cache '_not_params': Params must be a dataclass subclassing"):
+        register(NotParams)
+
+
+def test_no_cache_parameter_clashes_with_a_policy_s_or_a_model_arg():
+    """One model_args namespace: a cache's parameters are named after it (the parser also refuses a clash)."""
+    from l2pd_eval.harness.model_args import ModelArgs
+    from l2pd_eval.policies import available as policy_names
+    from l2pd_eval.policies import policy_params
+    from l2pd_eval.results.methods import CACHE_PARAMS
+    from l2pd_eval.typed_args import parameters
+
+    taken = {*parameters(ModelArgs), *(p for name in policy_names() for p in policy_params(name))}
+    ours = [p for name in available() for p in cache_class(name).parameters()]
+    assert not taken & set(ours)
+    assert set(CACHE_PARAMS) == set(ours)  # the torch-free list results read model_args with
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "committed"])))
-def test_refreshing_every_step_decodes_exactly_as_no_cache(added_caches, tiny, prompts, filter_path, policy, eotp):
+def test_refreshing_every_step_decodes_exactly_as_no_cache(added_cache, tiny, prompts, filter_path, policy, eotp):
     """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost."""
     model, _, special = tiny
-    cfg = {c: GenerationConfig(gen_length=16, block_length=8, cache=c, eotp=eotp) for c in ("none", added_caches[0])}
-    plain, every = (assert_batched_equals_alone(model, prompts, cfg[c], policy, special, filter_path) for c in cfg)
+    cfg = [GenerationConfig(gen_length=16, block_length=8, cache="none", eotp=eotp),
+           GenerationConfig(gen_length=16, block_length=8, cache=added_cache, cache_params={"every_interval": 1},
+                            eotp=eotp)]
+    plain, every = (assert_batched_equals_alone(model, prompts, c, policy, special, filter_path) for c in cfg)
     assert torch.equal(plain.sequences, every.sequences)
     assert [s.positions for s in plain.stats] == [s.positions for s in every.stats]
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "true", "committed"])))
-def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_caches, tiny, prompts, filter_path, policy,
+def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_cache, tiny, prompts, filter_path, policy,
                                                                    eotp):
     model, _, special = tiny
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1], eotp=eotp)
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache, eotp=eotp)
     assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
 
 
-def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, tiny, prompts):
+def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_cache, tiny, prompts):
     """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks."""
     model, _, special = tiny
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1])
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
     for prompt in prompts:
         total = len(prompt) + 16
         out = generate(model, [prompt], cfg, make("low_confidence"), special)

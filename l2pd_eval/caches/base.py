@@ -9,11 +9,12 @@ tests (``register`` it, and ``cache=<name>`` works everywhere).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.typed_args import parameters as dataclass_parameters
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,15 @@ class StepInput:
     after: bool = False      # also return the logits after the block, up to ``length`` (``logits_after``)
 
 
+@dataclass(frozen=True)
+class CacheParams:
+    """A strategy's parameters: a frozen dataclass whose fields are ``--model_args`` keys, each with the
+    authors' default (so ``cache=<name>`` alone is their configuration). Subclass it per strategy, name its
+    fields after the method (``dpad_window``), so they never clash with a policy's, and reject bad values
+    in ``__post_init__`` with a message naming the field. Values arrive coerced by their annotations
+    (``caches.registry.parse_cache_params``). The base has no fields: the built-in Fast-dLLM caches take none."""
+
+
 class ForwardStrategy:
     """The contract the engine's loop relies on.
 
@@ -44,16 +54,24 @@ class ForwardStrategy:
     """
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type[CacheParams]] = CacheParams  # its parameters (``parameters()`` lists them)
     # Capabilities (what the engine and the batch sizer ask instead of the name):
     logits_after: ClassVar[bool] = False  # can return the logits after the block (EoTP "true" searches there)
     cuda_graphs: ClassVar[bool] = False   # its cached steps can replay as CUDA graphs (caches.graphs)
     width_buckets: ClassVar[bool] = False  # its cached chunk changes width between blocks: padding it to a
     #                                        bucket lets one CUDA graph serve several blocks
 
-    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True):
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
+                 params: CacheParams | None = None):
         self.model = model
         self.split_keys = split_keys
+        self.params = self.Params() if params is None else params
         self.positions = 0
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Parameter name -> declared type: the model_args keys ``cache=<name>`` accepts."""
+        return dataclass_parameters(cls.Params)
 
     @classmethod
     def kv_positions(cls, total_length: int) -> int:

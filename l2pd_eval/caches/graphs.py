@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches.base import StepInput
+from l2pd_eval.caches.base import CacheParams, StepInput
 from l2pd_eval.caches.prefix import PrefixCache
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -63,9 +63,10 @@ class GraphReplay:
     max_graphs = MAX_GRAPHS
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
-                 rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0):
+                 rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0,
+                 params: CacheParams | None = None):
         padded = width_bucket if batch == 1 and model.device.type == "cuda" else 0
-        super().__init__(model, batch, total_length, split_keys, padded)
+        super().__init__(model, batch, total_length, split_keys, padded, params=params)
         self._batch = batch
         self._rows = rows
         self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()

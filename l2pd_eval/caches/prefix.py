@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.base import CacheParams, ForwardStrategy, StepInput
 from l2pd_eval.caches.registry import register
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -28,8 +28,8 @@ class PrefixCache(ForwardStrategy):
     recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
-                 width_bucket: int = 0):
-        super().__init__(model, batch, total_length, split_keys)
+                 width_bucket: int = 0, params: CacheParams | None = None):
+        super().__init__(model, batch, total_length, split_keys, params)
         self.width_bucket = width_bucket if self.width_buckets else 0
         # allocated once, with the padding's scratch slots; blocks use its leading rows
         self._buffer = model.new_cache(batch, self.kv_positions(total_length) + max(self.width_bucket - 1, 0))

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import parse_cache_params
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
 # "committed" = cut after a *committed* end token, "false" = none.
@@ -33,6 +34,8 @@ class GenerationConfig:
     steps: int | None = None
     temperature: float = 0.0
     cache: str = "none"  # a registered forward strategy (caches.available())
+    cache_params: dict[str, Any] = field(default_factory=dict)  # its parameters (``Params`` fields), normalised
+    #                                                             to all of them, defaults filled in
     eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
 
@@ -66,6 +69,7 @@ class GenerationConfig:
                              f"block_length={self.block_length}; use steps <= gen_length")
         if self.cache not in cache_names():
             raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+        self.cache_params = parse_cache_params(self.cache, self.cache_params)
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)

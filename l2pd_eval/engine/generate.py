@@ -68,7 +68,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device))
-    strategy = speed.strategy(config.cache, model, batch, total)
+    strategy = speed.strategy(config.cache, model, batch, total, config.cache_params)
     rule = eotp_rule(config)
     return _Run(config, policy, special, strategy, speed.predictor(), rule,
                 rule is cut_at_predicted_end and strategy.logits_after, on_step)

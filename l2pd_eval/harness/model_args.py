@@ -1,7 +1,7 @@
 """``--model_args`` of ``--model learn2pd``: one typed parse, joined with the settings lm-eval passes itself.
 
-Every key is ours (:class:`ModelArgs`) or the chosen policy's; each value is coerced once by its field's
-type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
+Every key is ours (:class:`ModelArgs`), the chosen policy's or the chosen cache's; each value is coerced once
+by its field's type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
 (docs/errors.md), raised before the model is loaded.
 """
 
@@ -9,13 +9,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from l2pd_eval.caches import cache_params, parse_cache_params
 from l2pd_eval.engine import EotpMode, GenerationConfig
-from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.policies.registry import parse_policy_params, policy_params
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,10 @@ AUTO_BATCH_CAP = 64
 
 @dataclass
 class ModelArgs:
-    """Everything ``--model_args`` accepts besides the chosen policy's own parameters.
+    """Everything ``--model_args`` accepts besides the chosen policy's and cache's own parameters.
 
-    Built only by :func:`parse_model_args`, so every field already has its declared type.
+    Built only by :func:`parse_model_args`, so every field already has its declared type (and
+    ``cache_params`` holds the cache's parameters, all of them, defaults filled in).
     """
 
     pretrained: str
@@ -67,6 +69,7 @@ class ModelArgs:
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
+    cache_params: dict[str, Any] = field(default_factory=dict, init=False)  # set by parse_model_args
 
     def __post_init__(self) -> None:
         for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
@@ -116,15 +119,16 @@ class ModelArgs:
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
-            cache=self.cache, eotp=self.eotp, seed=self.seed)
+            cache=self.cache, cache_params=self.cache_params, eotp=self.eotp, seed=self.seed)
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
-    """The one parse of ``--model_args``: (typed ModelArgs, typed parameters of the chosen policy).
+    """The one parse of ``--model_args``: (typed ModelArgs with the cache's parameters in ``cache_params``,
+    typed parameters of the chosen policy).
 
     ``None`` means "not given" (lm-eval reads ``key=none`` as None). Each value is coerced once by its
-    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours nor the policy's are an error
-    listing both.
+    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours, the policy's nor the cache's
+    are an error listing all three.
     """
     values = {k: v for k, v in raw.items() if v is not None}
     if "pretrained" not in values:
@@ -132,7 +136,14 @@ def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]
     own = parameters(ModelArgs)
     args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
     rest = {k: v for k, v in values.items() if k not in own}
-    return args, parse_policy_params(args.policy, rest, also_valid=own)
+    for_cache = set(cache_params(args.cache))
+    clash = sorted(for_cache & set(policy_params(args.policy)) & set(rest))
+    if clash:
+        raise ValueError(f"model_args: {', '.join(clash)} is a parameter of both policy={args.policy!r} and "
+                         f"cache={args.cache!r} (a cache's parameters are named after it so this cannot happen: report it)")
+    args.cache_params = parse_cache_params(args.cache, {k: v for k, v in rest.items() if k in for_cache})
+    return args, parse_policy_params(args.policy, {k: v for k, v in rest.items() if k not in for_cache},
+                                     also_valid={*own, *for_cache})
 
 
 def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, Any]) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from l2pd_eval.typed_args import FALSE_WORDS, TRUE_WORDS
 
 @dataclass(frozen=True, order=True)
 class Method:
-    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row."""
+    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row. ``params`` holds the
+    policy's and the cache's parameters in one namespace (a cache's are named after it: ``dpad_window``)."""
 
     policy: str
     params: tuple[tuple[str, str], ...] = ()
@@ -61,6 +62,8 @@ MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
 CACHE_ORDER = ("none", "prefix", "dual")
+# Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
+CACHE_PARAMS: tuple[str, ...] = ()
 EOTP_RULES = ("false", "true", "committed")  # also the rows' order
 EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
 # The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
