@@ -9,9 +9,10 @@ from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import parse_cache_params
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
-# "committed" = cut after a *committed* end token, "false" = none.
-EotpMode = Literal["false", "true", "committed"]
-EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+# "committed" = cut after a *committed* end token, "block_end" = DPad's and dInfer's early termination
+# (cut at the end of a finished block that holds an end token), "false" = none.
+EotpMode = Literal["false", "true", "committed", "block_end"]
+EOTP_MODES: tuple[str, ...] = ("false", "true", "committed", "block_end")
 
 
 def eotp_mode(value: str | bool) -> str:

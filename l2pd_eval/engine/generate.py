@@ -220,7 +220,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)
+        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted, remask=c.remask)
         if run.after and logits.shape[1] > BL:
             eot.after_x0, eot.after_conf = run.predict.chunked(logits[:, BL:], run.config.temperature,
                                                                state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))

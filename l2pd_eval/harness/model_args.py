@@ -45,7 +45,8 @@ class ModelArgs:
     revision: str | None = None
     policy: str = "low_confidence"
     cache: str = "none"
-    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end
+    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end;
+    #                                    "block_end": at the end of a finished block holding an end (DPad, dInfer)
     eot_ids: str | None = None        # ';'-separated ids (commas separate model_args); default: eos + eot_id
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32

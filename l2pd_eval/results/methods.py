@@ -2,7 +2,8 @@
 
 A run's method comes from its sidecar manifest, or from lm-eval's ``model_args`` when it has none;
 ``--baseline-method`` and baseline files name methods by the same fields. The EoTP rule is one of
-``"false"``, ``"true"`` (the Learn2PD authors' rule) and ``"committed"`` (cut after a committed end id;
+``"false"``, ``"true"`` (the Learn2PD authors' rule), ``"committed"`` (cut after a committed end id) and
+``"block_end"`` (DPad's and dInfer's early termination at a finished block holding an end id;
 docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule_name`): sidecars and baselines
 written before the rules were told apart stored ``true`` for what is now ``"committed"``.
 """
@@ -64,8 +65,8 @@ POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "
 CACHE_ORDER = ("none", "prefix", "dual")
 # Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
 CACHE_PARAMS: tuple[str, ...] = ()
-EOTP_RULES = ("false", "true", "committed")  # also the rows' order
-EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
+EOTP_RULES = ("false", "true", "committed", "block_end")  # also the rows' order
+EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)", "block_end": " + early stop (block end)"}
 # The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
 # which older results files may hold.
 _TRUE_SPELLINGS = {*TRUE_WORDS, "yes", "on"}
@@ -102,8 +103,8 @@ def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
         return "false"
     if text in _TRUE_SPELLINGS:
         return "true"
-    if text == "committed":
-        return "committed"
+    if text in ("committed", "block_end"):
+        return text
     raise ValueError(f"eotp={value!r} is not an EoTP rule; use one of {', '.join(EOTP_RULES)}")
 
 
