@@ -26,7 +26,7 @@ from l2pd_eval.caches import (
     registry,
     row_bucket,
 )
-from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate
+from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
 from l2pd_eval.engine.memory import bytes_per_row
 
 
@@ -310,8 +310,9 @@ def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_cache, ti
 
 
 def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, tiny, prompts):
-    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs, without
-    an engine change: the step within the block, and which block positions are still masked."""
+    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs: the step
+    within the block, which block positions are still masked, which batch rows are in the step (state kept
+    per row across blocks: vicinity's warmup, smoothing) and their seeds (DPad's per-prompt draws)."""
     model, _, special = tiny
     seen = []
 
@@ -320,12 +321,19 @@ def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, 
 
         def logits(self, s: StepInput) -> torch.Tensor:
             seen.append((s.step, s.masked, s.x[:, s.block[0]:s.block[1]] == special.mask))
+            rows.append((s.rows, s.seeds))
             return super().logits(s)
 
     monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
     register(Watching)
-    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching"),
+    rows = []
+    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching", seed=3),
                    make("threshold", threshold=0.3), special)
+    seeds = [rng.row_seed(p, 3) for p in prompts]
+    assert rows[0] == ((0, 1, 2), tuple(seeds))  # host batch indices and per-prompt seeds, in row order
+    assert all(len(r) == len(sd) == n for (r, sd), (_, _, m) in zip(rows, seen, strict=True) for n in [m.shape[0]])
+    assert all(list(sd) == [seeds[i] for i in r] for r, sd in rows)
+    assert any(len(r) < 3 for r, _ in rows)  # rows leave a block early: the indices say which stayed
     steps = [step for step, _, _ in seen]
     assert steps[0] == 0 and steps.count(0) == 2  # two blocks, each from step 0
     assert all(b == a + 1 for a, b in zip(steps, steps[1:], strict=False) if b)  # counts up within a block

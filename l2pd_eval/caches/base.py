@@ -30,6 +30,10 @@ class StepInput:
     masked: Tensor | None = None  # [n, block] bool: block positions still masked before this step (None:
     #                               not tracked, as in a benchmark timing a bare step)
     after: bool = False      # also return the logits after the block, up to ``length`` (``logits_after``)
+    rows: tuple[int, ...] = ()   # host: the n rows' indices in the batch (per-row state that outlives a
+    #                              block is kept by them: rows leave a block early and rejoin at the next)
+    seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a
+    #                              strategy makes on the host (DPad's kept positions)
 
 
 @dataclass(frozen=True)
@@ -46,7 +50,9 @@ class ForwardStrategy:
 
     ``logits(s)`` returns [n, block, V] where ``[:, j]`` predicts the token at absolute position
     ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow), and sets ``positions`` to the
-    query positions that call computed for the n real rows (the cost statistic). ``keep(idx)`` drops the
+    query positions that call computed for the n real rows (the cost statistic): their total, or a list of
+    n per-row counts where rows compute different numbers (padding a strategy adds to share one shape
+    belongs to no row and is not counted). ``keep(idx)`` drops the
     state of rows that finished the block. A model family whose outputs are shifted (Dream: position i is
     predicted from hidden state i - 1) maps that inside its forward; a strategy that recomputes a chunk starts
     it ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a
@@ -66,7 +72,7 @@ class ForwardStrategy:
         self.model = model
         self.split_keys = split_keys
         self.params = self.Params() if params is None else params
-        self.positions = 0
+        self.positions: int | list[int] = 0
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:

@@ -85,7 +85,8 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
                          f"({model.config.max_sequence_length})")
     layout = left_pad(prompts, special.eos, device, tail=G, tail_id=special.mask)
-    seeds = torch.tensor([rng.row_seed(list(p), config.seed) for p in prompts], device=device)
+    seeds_host = [rng.row_seed(list(p), config.seed) for p in prompts]
+    seeds = torch.tensor(seeds_host, device=device)
     ref = None
     if reference is not None:
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
@@ -96,6 +97,7 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+        seeds_host=seeds_host,
     )
 
 
@@ -143,8 +145,13 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after))
-    state.positions[rows.host] += run.strategy.positions // len(rows.host)
+        length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
+        seeds=tuple(state.seeds_host[r] for r in rows.host)))
+    cost = run.strategy.positions
+    if isinstance(cost, int):  # the same count for every row
+        state.positions[rows.host] += cost // len(rows.host)
+    else:
+        state.positions[rows.host] += torch.tensor(cost, dtype=torch.long)
     return logits
 
 

@@ -66,6 +66,7 @@ class DecodeState:
     counts: list[Tensor] = field(default_factory=list)  # per step: committed count per row, -1 sat out
     remasked: list[Tensor] = field(default_factory=list)  # per step: re-masked count per row (remasking
     #                                                        policies only)
+    seeds_host: list[int] = field(default_factory=list)  # ``seeds`` on the host (strategies' host draws)
 
     @property
     def prompt_width(self) -> int:
