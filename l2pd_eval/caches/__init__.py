@@ -1,6 +1,6 @@
 """Forward strategies: what a decoding step computes. One class per strategy (``none.py``, ``prefix.py``,
-``dual.py``), one registry (``registry.py``), CUDA-graph replay for those that declare it (``graphs.py``);
-``make_strategy`` builds one from the run's settings."""
+``dual.py``; ``dpad.py``'s three over them), one registry (``registry.py``), CUDA-graph replay for those
+that declare it (``graphs.py``); ``make_strategy`` builds one from the run's settings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 
 # isort: off
 # The built-in strategies register in this order, the order ``available()`` lists them in.
-from l2pd_eval.caches import none, prefix, dual  # noqa: F401
+from l2pd_eval.caches import none, prefix, dual, dpad  # noqa: F401
 # isort: on
 from l2pd_eval.caches.base import CacheParams, ForwardStrategy, StepInput
 from l2pd_eval.caches.dual import DualCache
@@ -36,6 +36,10 @@ def make_strategy(name: str, model: DiffusionLM, batch: int, total_length: int, 
     ``model.attention.cache_attention``."""
     cls = cache_class(name)
     settings = cls.Params(**parse_cache_params(name, params or {}))
+    if cls.inner is not None:  # it transforms the sequence; the inner strategy computes it, with the switches
+        inner = make_strategy(cls.inner, model, batch, total_length, cuda_graph, split_keys, graph_rows,
+                              graph_width_bucket)
+        return cls(model, batch, total_length, split_keys, params=settings, inner=inner)
     if cuda_graph and cls.cuda_graphs:
         return graph_replay(cls)(model, batch, total_length, split_keys, graph_rows, graph_width_bucket,
                                  params=settings)

@@ -34,6 +34,7 @@ class StepInput:
     #                              block is kept by them: rows leave a block early and rejoin at the next)
     seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a
     #                              strategy makes on the host (DPad's kept positions)
+    limits: tuple[int, ...] = ()  # host: the n rows' live ends (EoTP cuts; the step's sync has them)
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,8 @@ class ForwardStrategy:
     cuda_graphs: ClassVar[bool] = False   # its cached steps can replay as CUDA graphs (caches.graphs)
     width_buckets: ClassVar[bool] = False  # its cached chunk changes width between blocks: padding it to a
     #                                        bucket lets one CUDA graph serve several blocks
+    inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
+    #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  params: CacheParams | None = None):
@@ -73,6 +76,7 @@ class ForwardStrategy:
         self.split_keys = split_keys
         self.params = self.Params() if params is None else params
         self.positions: int | list[int] = 0
+        self.keys = 0  # keys each query of the last step attended to (the live length, or fewer)
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:

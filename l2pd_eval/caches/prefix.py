@@ -55,6 +55,7 @@ class PrefixCache(ForwardStrategy):
         if s.after:
             raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
                              f"after the block exist only with a cache that has logits_after")
+        self.keys = s.length
         if self.refreshes(s):
             bs, be = s.block
             n = s.x.shape[0]

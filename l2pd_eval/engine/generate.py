@@ -113,9 +113,9 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     if not cur_host:
         return None
     cur = torch.tensor(cur_host, device=state.x.device)
-    max_limit = max(state_host[bsz + i] for i in cur_host)
+    limits = [state_host[bsz + i] for i in cur_host]
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
-    return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
+    return BlockRows(bs, be, cur, cur_host, max(limits), schedule, limits)
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
@@ -127,7 +127,8 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
         return None
-    rows.max_limit = max(synced[n + j] for j in keep_host)
+    rows.limits = [synced[n + j] for j in keep_host]
+    rows.max_limit = max(rows.limits)
     if len(keep_host) < n:
         idx = rows.keep(keep_host, state.x.device)
         block_x, masked = block_x[idx], masked[idx]
@@ -146,7 +147,7 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
         length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
-        seeds=tuple(state.seeds_host[r] for r in rows.host)))
+        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
     cost = run.strategy.positions
     if isinstance(cost, int):  # the same count for every row
         state.positions[rows.host] += cost // len(rows.host)

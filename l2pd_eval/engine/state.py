@@ -87,6 +87,7 @@ class BlockRows:
     host: list[int]           # the same on the host
     max_limit: int            # largest live sequence end among them
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
+    limits: list[int] = field(default_factory=list)  # host: each row's live end, as of the step's sync
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)
