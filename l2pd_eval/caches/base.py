@@ -89,8 +89,17 @@ class ForwardStrategy:
         return 0
 
     @classmethod
-    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int) -> int:
-        """Query positions per row of a step that does not refresh (a cost model for benchmarks too)."""
+    def extra_bytes_per_row(cls, config: Any, total_length: int, params: CacheParams, elt: int) -> int:
+        """Device bytes a row needs beyond its KV cache and one block's logits (batch sizing): state kept
+        per position, logits of more positions. ``config``: the model's (``ModelConfig``); ``elt``: bytes
+        per element of the model's dtype."""
+        return 0
+
+    @classmethod
+    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int,
+                     params: CacheParams | None = None) -> int:
+        """Query positions per row of a step that does not refresh (a cost model for benchmarks too), with
+        the strategy's ``params`` (None: its defaults)."""
         return length
 
     def refreshes(self, s: StepInput) -> bool:

@@ -97,7 +97,7 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
-        seeds_host=seeds_host,
+        seeds_host=seeds_host, forwards=torch.zeros(bsz, dtype=torch.long, device=device),
     )
 
 
@@ -197,6 +197,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
         stats=step_statistics(logits, needs, temperature, x0) if needs else {},
+        forwards=state.forwards[rows.idx],
     )
 
 
@@ -225,6 +226,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run, step, masked)
     BL = run.config.block_length
     st = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    state.forwards[rows.idx] += 1
     c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:

@@ -67,6 +67,7 @@ class DecodeState:
     remasked: list[Tensor] = field(default_factory=list)  # per step: re-masked count per row (remasking
     #                                                        policies only)
     seeds_host: list[int] = field(default_factory=list)  # ``seeds`` on the host (strategies' host draws)
+    forwards: Tensor | None = None  # [B] forwards each row took part in so far (``StepState.forwards``)
 
     @property
     def prompt_width(self) -> int:

@@ -36,6 +36,7 @@ class StepState:
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
+    forwards: Tensor | None = None  # [B] long: forwards each row took part in before this one (whole answer)
 
     @property
     def masked_conf(self) -> Tensor:
