@@ -103,7 +103,8 @@ class SuffixDropout(ForwardStrategy):
         self._pdf = gaussian_pdf(p.dpad_sigma, p.dpad_scale, p.dpad_window, total_length)
         self._kept: dict[int, list[int]] = {}  # batch row -> its kept absolute columns in this block
         self._tail: tuple[Tensor, Tensor] | None = None  # [n, K] tokens and rope positions of the kept columns
-        self._tail_mask: tuple[tuple, Tensor | None] = ((), None)  # (rows, limits) -> [n, K] real and live
+        self._live: tuple[tuple, list[int], Tensor | None] = ((), [], None)  # (rows, limits) -> per row its
+        #                                 live kept count, and the [n, K] mask of real, live kept columns
 
     @classmethod
     def kv_positions(cls, total_length: int) -> int:
@@ -146,7 +147,7 @@ class SuffixDropout(ForwardStrategy):
         cols = torch.tensor([k + [k[-1] if k else be - 1] * (width - len(k)) for k in kept],
                             dtype=torch.long).view(len(kept), width).to(s.x.device)
         self._tail = (s.x.gather(1, cols), s.pos.gather(1, cols))
-        self._tail_mask = ((), None)
+        self._live = ((), [], None)
 
     def logits(self, s: StepInput) -> Tensor:
         if s.after:
@@ -164,8 +165,7 @@ class SuffixDropout(ForwardStrategy):
         self.keys = self.wrapped.keys
         inner, n, width = self.wrapped.positions, x.shape[0], self._tail[0].shape[1]
         per_row = inner if isinstance(inner, list) else [inner // n] * n
-        live = self._live(s)
-        self.positions = [q - (width - sum(v)) * tail_computed for q, v in zip(per_row, live, strict=True)]
+        self.positions = [q - (width - k) * tail_computed for q, k in zip(per_row, self._live[1], strict=True)]
         return out
 
     def _computes_tail(self, s: StepInput) -> bool:
@@ -173,20 +173,17 @@ class SuffixDropout(ForwardStrategy):
         inner = self.wrapped
         return not isinstance(inner, PrefixCache) or inner.refreshes(s) or inner.recompute_suffix
 
-    def _live(self, s: StepInput) -> list[list[bool]]:
-        """Per row, per kept column: still before the row's live end (an EoTP cut may remove some)."""
-        return [[c < limit for c in self._kept[r]] for r, limit in zip(s.rows, s.limits, strict=True)]
-
     def _mask(self, s: StepInput) -> Tensor | None:
         """The gathered key mask: the prefix's as the engine gives it, then the kept columns that are real
-        (not padding) and live. None when every key is visible."""
+        (not padding) and before the row's live end (an EoTP cut may remove some). None when every key is
+        visible. The kept columns' part is rebuilt on the host only when the rows or their ends change."""
         be, width = s.block[1], self._tail[0].shape[1]
-        key, tail = self._tail_mask
-        if key != (s.rows, s.limits):
-            live = self._live(s)
+        if self._live[0] != (s.rows, s.limits):
+            live = [[c < limit for c in self._kept[r]] for r, limit in zip(s.rows, s.limits, strict=True)]
             tail = None if all(len(v) == width and all(v) for v in live) else torch.tensor(
                 [v + [False] * (width - len(v)) for v in live], dtype=torch.bool).view(len(live), width).to(s.x.device)
-            self._tail_mask = ((s.rows, s.limits), tail)
+            self._live = ((s.rows, s.limits), [sum(v) for v in live], tail)
+        tail = self._live[2]
         if tail is None:
             return None if s.key_mask is None else torch.cat([s.key_mask[:, :be], s.key_mask.new_ones(
                 s.key_mask.shape[0], width)], 1)
