@@ -227,3 +227,21 @@ def test_parameters_are_checked_and_the_wrapper_needs_its_inner(tiny):
         DPadDual(tiny[0], 1, 32)
     strat = make_strategy("dpad_dual", tiny[0], 1, 32, params={"dpad_window": "8"})
     assert strat.params.dpad_window == 8 and strat.wrapped.name == "dual"
+
+
+def test_model_args_reach_the_strategy_and_the_report_tells_settings_apart(tiny_dir):
+    """``cache=dpad_dual,dpad_window=8`` through the lm-eval adapter: the decode uses it, the sidecar
+    records every DPad parameter, and two runs that differ in one are two rows of a report."""
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+    from l2pd_eval.results.runs import Run
+    from l2pd_eval.results.sidecar import Sidecar
+
+    lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=16, block_length=8, policy="threshold", cache="dpad_dual",
+                    dpad_window="8", eotp="block_end", progress=False)
+    assert lm.config.cache_params["dpad_window"] == 8 and lm.config.eotp == "block_end"
+    manifest = lm.recorder.sidecar.manifest
+    assert manifest["cache"] == "dpad_dual" and manifest["cache_params"] == lm.config.cache_params
+    methods = [Run(sidecar=Sidecar({**manifest, "cache_params": {**manifest["cache_params"], "dpad_window": w}})).method
+               for w in (8, 16)]
+    assert methods[0] != methods[1] and ("dpad_window", "8") in methods[0].params
+    assert methods[0].cache == "dpad_dual" and methods[0].eotp == "block_end"
