@@ -37,8 +37,8 @@ def make_strategy(name: str, model: DiffusionLM, batch: int, total_length: int, 
     cls = cache_class(name)
     settings = cls.Params(**parse_cache_params(name, params or {}))
     if cls.inner is not None:  # it transforms the sequence; the inner strategy computes it, with the switches
-        inner = make_strategy(cls.inner, model, batch, total_length, cuda_graph, split_keys, graph_rows,
-                              graph_width_bucket)
+        # (no width buckets: a transformed sequence's length changes per block, so padded chunks share no graph)
+        inner = make_strategy(cls.inner, model, batch, total_length, cuda_graph, split_keys, graph_rows, 0)
         return cls(model, batch, total_length, split_keys, params=settings, inner=inner)
     if cuda_graph and cls.cuda_graphs:
         return graph_replay(cls)(model, batch, total_length, split_keys, graph_rows, graph_width_bucket,
