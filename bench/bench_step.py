@@ -2,8 +2,10 @@
 (default) or ``random:dream-7b``, any other ``pretrained`` value too.
 
 Measures, in one run (see docs/benchmarks.md for the command and the recorded numbers):
-  (a) time per forward step for cache none / prefix / dual, gen_length 256 and 1024, batch 1/8/16/32;
-  (b) the same against a roofline built from this machine's measured copy bandwidth and bf16 matmul rate;
+  (a) time per forward step for every registered cache (``--caches``), gen_length 256 and 1024, batch 1/8/16/32;
+  (b) the same against a roofline built from this machine's measured copy bandwidth and bf16 matmul rate,
+      for the work the step actually did (its query positions per row and the keys they attended, as the
+      strategy reports them: DPad's drawn kept set, vicinity's window);
   (c) policy overhead per step (confidence + selection) as a share of the step;
   (d) end-to-end generations per second for a fixed schedule, batch 1 vs batched;
   (e) peak GPU memory per configuration.
@@ -28,6 +30,12 @@ from l2pd_eval.policies.scores import step_statistics
 DEVICE = "cuda"
 
 
+def cache_params(args, cache: str) -> dict[str, str]:
+    """The ``--cache-params`` that ``cache`` (a registered name, ``+graph`` allowed) takes."""
+    taken = cache_class(cache.split("+")[0]).parameters()
+    return {k: v for k, v in args.cache_params.items() if k in taken}
+
+
 def speed(args, cache: str = "", graph_width_bucket: int = 0) -> SpeedConfig:
     """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on.
     Width buckets default to exact widths: the step tables time each block's own chunk."""
@@ -38,7 +46,7 @@ def speed(args, cache: str = "", graph_width_bucket: int = 0) -> SpeedConfig:
 
 def strategy(args, cache: str, model, batch: int, total: int):
     """``cache`` (a registered name, ``+graph`` for graph replay) as the engine builds it."""
-    return speed(args, cache).strategy(cache.split("+")[0], model, batch, total)
+    return speed(args, cache).strategy(cache.split("+")[0], model, batch, total, cache_params(args, cache))
 
 
 def width_buckets_apply(cache: str, batch: int) -> bool:
@@ -87,23 +95,26 @@ def measure_ceilings() -> dict[str, float]:
 
 
 def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32,
-              block_start: int | None = None) -> dict[str, float]:
+              block_start: int | None = None, work: tuple[float, int] | None = None) -> dict[str, float]:
     """What a step must move/do at least, for the block at ``block_start`` (default: the mid block of the
     answer): totals (bytes, flops) and the GEMM / attention parts, so a per-op floor can be formed (the parts
-    run one after the other). ``cache="none"`` is a full forward, as every block's refresh is."""
+    run one after the other). ``cache="none"`` is a full forward, as every block's refresh is. ``work``:
+    (query positions per row, keys per query) the step actually computed (``measured_work``); default the
+    strategy's class cost model (``step_queries`` over the whole live length)."""
     c = model.config
     elt = 2
     total = prompt + gen
     bs = prompt + gen // 2 if block_start is None else block_start
     strat = cache_class(cache)  # its cost model: queries per cached step (a full forward without a cache)
-    queries = strat.step_queries((bs, bs + block), total, model.logit_shift)
+    queries, keys = work or (strat.step_queries((bs, bs + block), total, model.logit_shift), total)
     layer_params = c.n_layers * (2 * c.d_model * c.n_heads * c.head_dim + 2 * c.d_model * c.kv_heads * c.head_dim
                                  + 3 * c.d_model * c.mlp_width)
     head = c.d_model * c.vocab_size
     weights = (layer_params + head) * elt  # embedding rows gathered are negligible
-    kv_read = 2 * c.n_layers * c.kv_heads * c.head_dim * strat.kv_positions(total) * elt * batch
+    read = keys if strat.kv_positions(total) else 0  # a cache's keys/values are read; none computes its own
+    kv_read = 2 * c.n_layers * c.kv_heads * c.head_dim * read * elt * batch
     gemm_flops = 2 * layer_params * queries * batch + 2 * head * block * batch
-    attn_flops = 4 * c.n_layers * c.d_model * queries * total * batch
+    attn_flops = 4 * c.n_layers * c.d_model * queries * keys * batch
     return dict(bytes=weights + kv_read, flops=gemm_flops + attn_flops, gemm_bytes=weights, gemm_flops=gemm_flops,
                 attn_bytes=kv_read, attn_flops=attn_flops)
 
@@ -138,9 +149,23 @@ def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_p
     return out
 
 
+def step_input(x, pos, block, total, step: int = 1, key_mask=None) -> StepInput:
+    """The engine's input for rows 0..n-1 of a batch, none of them cut (rows and seeds as ``generate``'s)."""
+    n = x.shape[0]
+    return StepInput(x, pos, key_mask, block, total, step=step, rows=tuple(range(n)), seeds=tuple(range(n)),
+                     limits=(total,) * n)
+
+
 def step_fn(strat, x, pos, block, total, step: int = 1):
     """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step)."""
-    return lambda: strat.logits(StepInput(x, pos, None, block, total, step=step))
+    return lambda: strat.logits(step_input(x, pos, block, total, step))
+
+
+def measured_work(strat, batch: int) -> tuple[float, int]:
+    """(query positions per row, keys per query) of the strategy's last step, as it reported them."""
+    cost = strat.positions
+    per_row = sum(cost) / len(cost) if isinstance(cost, list) else cost / batch
+    return per_row, strat.keys
 
 
 def time_strategy(strat, x, pos, block, total):
@@ -206,17 +231,20 @@ def bench_steps(model, special, args, ceilings, out):
                     strat = strategy(args, cache, model, batch, total)
                     refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
                     forward = step_fn(strat, x, pos, (bs, bs + 32), total)
-                    iso, piped = time_policy(get_policy(args.policy_for_overhead), forward, speed(args).predictor(),
-                                             mask_id=special.mask)
+                    iso, piped = (0.0, 0.0) if args.no_policy_overhead else time_policy(
+                        get_policy(args.policy_for_overhead), forward, speed(args).predictor(), mask_id=special.mask)
                     beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(), mask_id=special.mask)
                               for name in args.policy_overhead}
                 except torch.OutOfMemoryError:
                     rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
                     print(json.dumps(rows[-1]), file=out, flush=True)
                     continue
-                cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen)
+                step_fn(strat, x, pos, (bs, bs + 32), total)()  # its work, as the strategy reports it
+                queries, keys = measured_work(strat, batch)
+                cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen, work=(queries, keys))
                 floor, per_op, bound = floors(cost, ceilings)
-                row = dict(gen=gen, batch=batch, cache=cache, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
+                row = dict(gen=gen, batch=batch, cache=cache, params=cache_params(args, cache), queries=queries,
+                           keys=keys, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
                            floor_ms=floor * 1e3, ratio=step / floor, per_op_floor_ms=per_op * 1e3,
                            per_op_ratio=step / per_op, bound=bound,
                            policy_ms=iso * 1e3, policy_share=iso / (step + iso),
@@ -234,7 +262,7 @@ def bench_steps(model, special, args, ceilings, out):
 
 
 def check_graph(model, args, out) -> float:
-    """Max |graph - eager| of prefix and dual cached-step logits (also with a padding mask), and equal
+    """Max |graph - eager| of every graphed cache's cached-step logits (also with a padding mask), and equal
     greedy tokens, before trusting graph timings. tests/test_cuda_graphs.py checks whole decodes."""
     x = torch.randint(0, model.config.vocab_size, (2, 320), device=DEVICE)
     pos = torch.arange(320, device=DEVICE).expand(2, 320)
@@ -247,13 +275,13 @@ def check_graph(model, args, out) -> float:
             for graph in ("", "+graph"):
                 strat = strategy(args, cache + graph, model, 2, 320)
                 for block in ((64, 96), (96, 128)):  # second block: graphs captured, now replayed
-                    strat.logits(StepInput(x, pos, key_mask, block, 320, step=0))
-                    strat.logits(StepInput(x, pos, key_mask, block, 320, step=1))
-                res.append(strat.logits(StepInput(x, pos, key_mask, (96, 128), 320, step=1)).float())
+                    strat.logits(step_input(x, pos, block, 320, 0, key_mask))
+                    strat.logits(step_input(x, pos, block, 320, 1, key_mask))
+                res.append(strat.logits(step_input(x, pos, (96, 128), 320, 1, key_mask)).float())
             worst = max(worst, (res[0] - res[1]).abs().max().item())
             same &= bool(torch.equal(res[0].argmax(-1), res[1].argmax(-1)))
     print(json.dumps(dict(graph_check=True, max_abs_diff=worst, same_argmax=same)), file=out, flush=True)
-    print(f"graph vs eager prefix/dual logits (with and without padding mask): max |diff| {worst:.3g}, "
+    print(f"graph vs eager cached-step logits (with and without padding mask): max |diff| {worst:.3g}, "
           f"same argmax {same}")
     return worst
 
@@ -319,10 +347,11 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     """Median wall of whole generate() calls for one (cache, batch, steps per block), with the schedule's floor
     and, where the step table has the cell, the forwards it predicts (the rest is engine + policy)."""
     def e2e_policy():
-        return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy)
+        return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy, **args.e2e_params)
 
     mode = cache.split("+")[0]
-    cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode)
+    cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode,
+                           cache_params=cache_params(args, cache), eotp=args.e2e_eotp)
     fast = speed(args, cache, width_bucket)
     lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
     prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
@@ -340,8 +369,12 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps, seconds=wall,
                gens_per_s=batch / wall, reps=args.e2e_reps, steps_per_block=spb,
                nfe=max(s.nfe for s in res.stats), ragged=args.e2e_ragged, policy=args.e2e_policy,
-               row_buckets=not args.no_row_buckets, graph_width_bucket=width_bucket)
-    plain = not args.e2e_ragged and args.e2e_policy == "low_confidence"
+               row_buckets=not args.no_row_buckets, graph_width_bucket=width_bucket, eotp=cfg.eotp,
+               params=cfg.cache_params, mean_nfe=sum(s.nfe for s in res.stats) / batch,
+               positions_per_answer=sum(s.positions for s in res.stats) / batch)
+    # the schedule's floor needs a class cost model that is the step's work: not for a drawn one (DPad)
+    plain = (not args.e2e_ragged and args.e2e_policy == "low_confidence" and cfg.eotp == "false"
+             and cache_class(mode).inner is None)
     if plain:  # fixed schedule, equal prompts: the whole decode's floor (refresh + cached steps)
         floor = schedule_floor(model, mode, batch, args.prompt, args.e2e_gen, spb, ceilings)
         row.update(floor, floor_ratio=wall / floor["floor_s"], per_op_floor_ratio=wall / floor["per_op_floor_s"])
@@ -352,6 +385,14 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
         row.update(forward_s=refresh_s + cached_s, engine_share=1 - (refresh_s + cached_s) / wall,
                    refresh_s=refresh_s, cached_s=cached_s)
     return row
+
+
+def _pairs(text: str) -> dict[str, str]:
+    """``k=v,k=v`` -> dict (values stay text: the registries coerce them)."""
+    pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
+    if any(len(p) != 2 for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: use key=value,key=value")
+    return {k.strip(): v.strip() for k, v in pairs}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -379,6 +420,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--policy-overhead", nargs="*", default=[],
                     help="also time these policies' per-step statistics + selection in every step cell, and their "
                          "step time against --policy-for-overhead's (e.g. dinfer_threshold dinfer_hierarchy dinfer_credit)")
+    ap.add_argument("--no-policy-overhead", action="store_true", help="skip (c), the policy-overhead timing")
+    ap.add_argument("--cache-params", type=_pairs, default={},
+                    help="k=v,... cache parameters, each given to the caches that take it (e.g. dpad_window=128)")
+    ap.add_argument("--e2e-params", type=_pairs, default={},
+                    help="k=v,... the e2e policy's parameters (e.g. filter=l2pd_eval/testbed/filter for learn2pd)")
+    ap.add_argument("--e2e-eotp", default="false", help="the e2e decodes' EoTP rule (false, true, committed, block_end)")
     ap.add_argument("--out", default="bench.jsonl")
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")
@@ -395,18 +442,19 @@ def _parser() -> argparse.ArgumentParser:
 def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
     """The table for a reader, from the rows already written to ``--out`` (the JSON lines are the record)."""
     print(f"{env['gpu']}  copy {env['bandwidth_Bps'] / 1e12:.2f} TB/s  bf16 matmul {env['matmul_flops'] / 1e12:.0f} TFLOP/s")
-    print(f"{'gen':>5} {'B':>3} {'cache':>12} {'step ms':>8} {'floor':>7} {'ratio':>6} {'per-op':>7} {'ratio':>6} "
-          f"{'bound':>7} {'refresh':>8} {'pol iso':>7} {'pol pipe':>8} {'peakGiB':>7}")
+    print(f"{'gen':>5} {'B':>3} {'cache':>18} {'step ms':>8} {'floor':>7} {'ratio':>6} {'per-op':>7} {'ratio':>6} "
+          f"{'bound':>7} {'queries':>7} {'keys':>5} {'refresh':>8} {'pol iso':>7} {'pol pipe':>8} {'peakGiB':>7}")
     for r in steps:
         if r.get("oom"):
-            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  OOM")
+            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>18}  OOM")
             continue
-        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
-              f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
-              f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
+        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>18} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
+              f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['queries']:7.1f} {r['keys']:5d} "
+              f"{r['refresh_ms']:8.1f} {100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% "
+              f"{r['peak_gib']:7.1f}")
     for r in steps:
         for name, p in r.get("policy_overhead", {}).items():
-            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  {name:<18} policy {p['policy_pipelined_ms']:6.3f} ms "
+            print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>18}  {name:<18} policy {p['policy_pipelined_ms']:6.3f} ms "
                   f"in pipeline ({p['policy_ms']:6.3f} alone): step {100 * p['vs_reference']:+6.2f}% vs reference")
     for r in e2e:
         extra = f"  engine+policy {100 * r['engine_share']:.1f}% of wall" if "engine_share" in r else ""
@@ -415,9 +463,11 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
         if width_buckets_apply(r["cache"], r["batch"]):
             extra += f"  width bucket {r['graph_width_bucket']}"
-        print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
+        extra += "" if r["eotp"] == "false" else f"  eotp={r['eotp']}"
+        print(f"e2e cache={r['cache']:>18} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
               f"{' ragged' if r['ragged'] else ''}: "
-              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
+              f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s  NFE {r['mean_nfe']:.1f}  positions/answer "
+              f"{r['positions_per_answer']:.0f}{extra}")
 
 
 def main() -> None:

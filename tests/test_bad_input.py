@@ -39,7 +39,7 @@ def test_boolean_model_args_accept_only_true_false_1_0(tiny_dir, value):
     with pytest.raises(ValueError) as err:
         parse_model_args(dict(pretrained=str(tiny_dir), progress=value))
     assert str(err.value) == f"progress={value!r} is not a boolean; valid values: true, false, 1, 0 (any case)"
-    with pytest.raises(ValueError, match=r"^eotp='no'; valid choices: false, true, committed$"):
+    with pytest.raises(ValueError, match=r"^eotp='no'; valid choices: false, true, committed, block_end$"):
         parse_model_args(dict(pretrained=str(tiny_dir), eotp="no"))
     with pytest.raises(ValueError, match=r"^compile='no' is not a boolean; valid values: true, false, 1, 0"):
         Learn2PDLM(pretrained=str(tiny_dir), compile="no")

@@ -11,7 +11,7 @@ from policy_cases import POLICIES, assert_batched_equals_alone
 from test_dream import CONFIG, hub_state, write_checkpoint
 
 from l2pd_eval.caches import available as cache_names
-from l2pd_eval.engine import GenerationConfig
+from l2pd_eval.engine import EOTP_MODES, GenerationConfig
 from l2pd_eval.model import SpecialIds, load_model
 from l2pd_eval.policies import policy_params
 
@@ -23,7 +23,7 @@ def dream(tmp_path_factory):
 
 
 @pytest.mark.parametrize("policy, cache, eotp, temperature",
-                         list(itertools.product(POLICIES, cache_names(), [False, True], [0.0, 0.7])))
+                         list(itertools.product(POLICIES, cache_names(), EOTP_MODES, [0.0, 0.7])))
 def test_every_combination_batched_equals_unbatched(dream, filter_path, policy, cache, eotp, temperature):
     special = SpecialIds.resolve(None, dream.config)
     prompts = [[1, 2, 3, 4, 5], [6, 7], [9, 10, 11, 12, 13, 14, 15, 16, 17]]

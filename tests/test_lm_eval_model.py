@@ -65,7 +65,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(policy="learn2pd"), "policy=learn2pd needs filter="),
     (dict(batch_size="many"), "batch_size='many'; valid choices: a positive integer or auto"),
     (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
-    (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed"),
+    (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed, block_end"),
     (dict(block_length=0), "block_length=0 must be a positive integer"),
     (dict(compile_autotune=True), "compile_autotune=true only applies with compile=true"),
 ])

@@ -10,6 +10,7 @@ import pytest
 from results_runs import copy_runs, set_shots
 
 from l2pd_eval.cli import main
+from l2pd_eval.results.published import available as published_tables
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "results"
 
@@ -72,8 +73,7 @@ def test_report_published_csv_goes_to_a_second_file(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["report", "nope"], "RUN nope: no such file or folder"),
-    (["report", "runs", "--published", "nope"], "valid choices: d3llm_dream, d3llm_llada, dparallel_dream, "
-                                                "dparallel_llada, fastdllm_dream, fastdllm_llada, learn2pd, "),
+    (["report", "runs", "--published", "nope"], f"valid choices: {', '.join(published_tables())}, all"),
     (["report", "runs", "--metric", "gsm8k"], "--metric 'gsm8k': expected TASK=METRIC"),
     (["report", "runs", "--metric", "gsm8k=bogus"], "valid choices: exact_match,flexible-extract"),
     (["compare", "--baseline", "nope.json", "runs"], "--baseline nope.json: no such file"),

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import parse_cache_params
 from l2pd_eval.engine.predict import EOS_CONF_RULES
 from l2pd_eval.errors import ConfigError
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
-# "committed" = cut after a *committed* end token, "false" = none.
-EotpMode = Literal["false", "true", "committed"]
-EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+# "committed" = cut after a *committed* end token, "block_end" = DPad's and dInfer's early termination
+# (cut at the end of a finished block that holds an end token), "false" = none.
+EotpMode = Literal["false", "true", "committed", "block_end"]
+EOTP_MODES: tuple[str, ...] = ("false", "true", "committed", "block_end")
 EosConfRule = Literal["code", "fixed", "zero"]
 
 
@@ -36,6 +38,8 @@ class GenerationConfig:
     steps: int | None = None
     temperature: float = 0.0
     cache: str = "none"  # a registered forward strategy (caches.available())
+    cache_params: dict[str, Any] = field(default_factory=dict)  # its parameters (``Params`` fields), normalised
+    #                                                             to all of them, defaults filled in
     eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
     # LLaDA generate.py's end-token knobs, for every policy (engine.predict.EndTokenKnobs):
@@ -73,6 +77,7 @@ class GenerationConfig:
                               f"block_length={self.block_length}; use steps <= gen_length")
         if self.cache not in cache_names():
             raise ConfigError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+        self.cache_params = parse_cache_params(self.cache, self.cache_params)
         if self.temperature < 0:
             raise ConfigError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)

@@ -69,7 +69,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device))
-    strategy = speed.strategy(config.cache, model, batch, total)
+    strategy = speed.strategy(config.cache, model, batch, total, config.cache_params)
     rule = eotp_rule(config)
     ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
                             tuple(i for i in special.end_ids if i != special.eos))
@@ -92,7 +92,8 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
                          f"({model.config.max_sequence_length})")
     layout = left_pad(prompts, special.eos, device, tail=G, tail_id=special.mask)
-    seeds = torch.tensor([rng.row_seed(list(p), config.seed) for p in prompts], device=device)
+    seeds_host = [rng.row_seed(list(p), config.seed) for p in prompts]
+    seeds = torch.tensor(seeds_host, device=device)
     ref = None
     if reference is not None:
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
@@ -103,6 +104,7 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+        seeds_host=seeds_host, forwards=torch.zeros(bsz, dtype=torch.long, device=device),
     )
 
 
@@ -118,9 +120,9 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     if not cur_host:
         return None
     cur = torch.tensor(cur_host, device=state.x.device)
-    max_limit = max(state_host[bsz + i] for i in cur_host)
+    limits = [state_host[bsz + i] for i in cur_host]
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
-    return BlockRows(bs, be, cur, cur_host, max_limit, schedule, policy.begin_block(blk, cur))
+    return BlockRows(bs, be, cur, cur_host, max(limits), schedule, policy.begin_block(blk, cur), limits)
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
@@ -132,7 +134,8 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
         return None
-    rows.max_limit = max(synced[n + j] for j in keep_host)
+    rows.limits = [synced[n + j] for j in keep_host]
+    rows.max_limit = max(rows.limits)
     if len(keep_host) < n:
         idx = rows.keep(keep_host, state.x.device)
         block_x, masked = block_x[idx], masked[idx]
@@ -150,8 +153,13 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after))
-    state.positions[rows.host] += run.strategy.positions // len(rows.host)
+        length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
+        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
+    cost = run.strategy.positions
+    if isinstance(cost, int):  # the same count for every row
+        state.positions[rows.host] += cost // len(rows.host)
+    else:
+        state.positions[rows.host] += torch.tensor(cost, dtype=torch.long)
     return logits
 
 
@@ -214,6 +222,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
         stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
+        forwards=state.forwards[rows.idx],
     ), model_conf
 
 
@@ -242,10 +251,11 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run, step, masked)
     BL = run.config.block_length
     st, model_conf = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    state.forwards[rows.idx] += 1
     c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted)
+        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask)
         if run.after and logits.shape[1] > BL:
             after = logits[:, BL:] if run.ends is None else run.ends.logits(logits[:, BL:])
             eot.after_x0, eot.after_conf = run.predict.chunked(after, run.config.temperature,

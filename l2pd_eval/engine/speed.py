@@ -6,7 +6,9 @@ each)."""
 from __future__ import annotations
 
 import weakref
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from l2pd_eval.caches import ForwardStrategy, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine.predict import Predictor
@@ -46,8 +48,11 @@ class SpeedConfig:
         """x0 and confidence from logits, fused by torch.compile with ``compile``."""
         return Predictor(fused=self.compile, autotune=self.compile_autotune)
 
-    def strategy(self, cache: str, model: DiffusionLM, batch: int, total_length: int) -> ForwardStrategy:
-        """The forward strategy ``cache=`` for ``batch`` rows, with the graph and kernel switches."""
+    def strategy(self, cache: str, model: DiffusionLM, batch: int, total_length: int,
+                 params: Mapping[str, Any] | None = None) -> ForwardStrategy:
+        """The forward strategy ``cache=`` (with its ``params``) for ``batch`` rows, with the graph and
+        kernel switches."""
         rows = row_bucket if self.graph_row_buckets else exact_rows
         return make_strategy(cache, model, batch, total_length, cuda_graph=self.cuda_graph,
-                             split_keys=self.split_keys, graph_rows=rows, graph_width_bucket=self.graph_width_bucket)
+                             split_keys=self.split_keys, graph_rows=rows, graph_width_bucket=self.graph_width_bucket,
+                             params=params)

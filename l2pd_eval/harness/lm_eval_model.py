@@ -133,6 +133,7 @@ class Learn2PDLM(LM):
             add_bos_token=bool(self.prompts.bos),
             checkpoint=self.checkpoint.hub_id if self.checkpoint else None, adapter=a.adapter,
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
+            cache_params=a.cache_params,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=a.steps or "gen_length", model_args={k: v for k, v in model_args.items() if v is not None},

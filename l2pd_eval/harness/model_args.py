@@ -1,7 +1,7 @@
 """``--model_args`` of ``--model learn2pd``: one typed parse, joined with the settings lm-eval passes itself.
 
-Every key is ours (:class:`ModelArgs`) or the chosen policy's; each value is coerced once by its field's
-type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
+Every key is ours (:class:`ModelArgs`), the chosen policy's or the chosen cache's; each value is coerced once
+by its field's type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
 (docs/errors.md), raised before the model is loaded.
 """
 
@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from l2pd_eval.caches import cache_params, parse_cache_params
 from l2pd_eval.engine import EotpMode, GenerationConfig
 from l2pd_eval.engine.config import EosConfRule
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy
-from l2pd_eval.policies.registry import parse_policy_params, policy_class
+from l2pd_eval.policies.registry import parse_policy_params, policy_class, policy_params
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,10 @@ AUTO_BATCH_CAP = 64
 
 @dataclass
 class ModelArgs:
-    """Everything ``--model_args`` accepts besides the chosen policy's own parameters.
+    """Everything ``--model_args`` accepts besides the chosen policy's and cache's own parameters.
 
-    Built only by :func:`parse_model_args`, so every field already has its declared type.
+    Built only by :func:`parse_model_args`, so every field already has its declared type (and
+    ``cache_params`` holds the cache's parameters, all of them, defaults filled in).
     """
 
     pretrained: str
@@ -47,7 +49,8 @@ class ModelArgs:
     adapter: str | None = None        # a LoRA adapter (folder or hub id) merged into pretrained= (needs peft)
     policy: str = "low_confidence"
     cache: str = "none"
-    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end
+    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end;
+    #                                    "block_end": at the end of a finished block holding an end (DPad, dInfer)
     eot_ids: str | None = None        # ';'-separated ids (commas separate model_args); default: eos + eot_id
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32
@@ -74,6 +77,7 @@ class ModelArgs:
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
+    cache_params: dict[str, Any] = field(default_factory=dict, init=False)  # set by parse_model_args
 
     def __post_init__(self) -> None:
         for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
@@ -123,16 +127,17 @@ class ModelArgs:
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
-            cache=self.cache, eotp=self.eotp, seed=self.seed, eos_conf_zero=self.eos_conf_zero,
-            eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf)
+            cache=self.cache, cache_params=self.cache_params, eotp=self.eotp, seed=self.seed,
+            eos_conf_zero=self.eos_conf_zero, eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf)
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
-    """The one parse of ``--model_args``: (typed ModelArgs, typed parameters of the chosen policy).
+    """The one parse of ``--model_args``: (typed ModelArgs with the cache's parameters in ``cache_params``,
+    typed parameters of the chosen policy).
 
     ``None`` means "not given" (lm-eval reads ``key=none`` as None). Each value is coerced once by its
-    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours nor the policy's are an error
-    listing both.
+    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours, the policy's nor the cache's
+    are an error listing all three.
     """
     values = {k: v for k, v in raw.items() if v is not None}
     if "pretrained" not in values:
@@ -140,7 +145,14 @@ def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]
     own = parameters(ModelArgs)
     args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
     rest = {k: v for k, v in values.items() if k not in own}
-    return args, parse_policy_params(args.policy, rest, also_valid=own)
+    for_cache = set(cache_params(args.cache))
+    clash = sorted(for_cache & set(policy_params(args.policy)) & set(rest))
+    if clash:
+        raise ValueError(f"model_args: {', '.join(clash)} is a parameter of both policy={args.policy!r} and "
+                         f"cache={args.cache!r} (a cache's parameters are named after it so this cannot happen: report it)")
+    args.cache_params = parse_cache_params(args.cache, {k: v for k, v in rest.items() if k in for_cache})
+    return args, parse_policy_params(args.policy, {k: v for k, v in rest.items() if k not in for_cache},
+                                     also_valid={*own, *for_cache})
 
 
 #: model_args that only decoding reads: a loglikelihood request (MMLU-style choices) uses none of them.

@@ -239,6 +239,7 @@ class Dream(MaskPredictor):
         logits_slice: slice | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
+        embed_delta: Tensor | None = None,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
         positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
@@ -247,7 +248,8 @@ class Dream(MaskPredictor):
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
         lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
-        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
+                               embed_delta)
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight

@@ -136,7 +136,7 @@ class MaskPredictor(nn.Module):
 
     def hidden_states(self, input_ids: Tensor, position_ids: Tensor | None, key_mask: Tensor | None,
                       cache: KVCache | None, start: int, kv_len: int | None, write_index: Tensor | None,
-                      split_keys: bool) -> Tensor:
+                      split_keys: bool, embed_delta: Tensor | None = None) -> Tensor:
         """The last layer's output [B, n, d] for the chunk (before the final norm); the arguments and
         their defaults as in :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         b, n = input_ids.shape
@@ -148,6 +148,8 @@ class MaskPredictor(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
         cos, sin = self.rotary.tables(position_ids, self.dtype)
         x = self.token_embedding(input_ids)
+        if embed_delta is not None:
+            x = x + embed_delta.to(x.dtype)
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)

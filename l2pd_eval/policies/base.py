@@ -42,6 +42,7 @@ class StepState:
     memory: BlockMemory | None = None  # what ``Policy.begin_block`` returned for this block, narrowed to ``rows``
     mask_id: int | None = None  # the mask token's id (a policy that never commits a predicted mask reads it)
     temperature: float = 0.0    # the run's sampling temperature (x0 is a Gumbel-max sample when > 0)
+    forwards: Tensor | None = None  # [B] long: forwards each row took part in before this one (whole answer)
 
     @property
     def masked_conf(self) -> Tensor:

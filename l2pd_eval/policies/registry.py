@@ -6,7 +6,6 @@ import importlib
 from collections.abc import Collection, Mapping
 from typing import Any
 
-from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy
 from l2pd_eval.registry import Registry
 from l2pd_eval.typed_args import coerce_fields
@@ -48,14 +47,7 @@ def parse_policy_params(name: str, params: Mapping[str, Any], also_valid: Collec
     error so it shows everything the user could have meant.
     """
     cls = policy_class(name)
-    kinds = cls.parameters()
-    unknown = sorted(set(params) - set(kinds))
-    if unknown and also_valid:
-        raise ConfigError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={name!r}; valid: "
-                          f"{', '.join(sorted({*also_valid, *kinds}))}")
-    if unknown:
-        raise ConfigError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: "
-                          f"{', '.join(kinds) or '(none)'}")
+    POLICIES.check_parameters(name, cls.parameters(), params, also_valid)
     return coerce_fields(cls, params)
 
 

@@ -2,7 +2,8 @@
 
 A run's method comes from its sidecar manifest, or from lm-eval's ``model_args`` when it has none;
 ``--baseline-method`` and baseline files name methods by the same fields. The EoTP rule is one of
-``"false"``, ``"true"`` (the Learn2PD authors' rule) and ``"committed"`` (cut after a committed end id;
+``"false"``, ``"true"`` (the Learn2PD authors' rule), ``"committed"`` (cut after a committed end id) and
+``"block_end"`` (DPad's and dInfer's early termination at a finished block holding an end id;
 docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule_name`): sidecars and baselines
 written before the rules were told apart stored ``true`` for what is now ``"committed"``.
 """
@@ -18,7 +19,8 @@ from l2pd_eval.typed_args import FALSE_WORDS, TRUE_WORDS
 
 @dataclass(frozen=True, order=True)
 class Method:
-    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row."""
+    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row. ``params`` holds the
+    policy's and the cache's parameters in one namespace (a cache's are named after it: ``dpad_window``)."""
 
     policy: str
     params: tuple[tuple[str, str], ...] = ()
@@ -63,9 +65,14 @@ MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 KNOB_DEFAULTS = {"eos_conf_zero": "false", "eos_conf_rule": "code", "logits_eos_inf": "false"}
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
-CACHE_ORDER = ("none", "prefix", "dual")
-EOTP_RULES = ("false", "true", "committed")  # also the rows' order
-EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
+CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity")
+# Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
+CACHE_PARAMS: tuple[str, ...] = (
+    "dpad_dropout", "dpad_sigma", "dpad_scale", "dpad_window", "dpad_preserved",
+    "vicinity_prefix", "vicinity_after", "vicinity_warmup", "vicinity_double_refresh", "vicinity_smooth",
+    "vicinity_smooth_init", "vicinity_smooth_growth")
+EOTP_RULES = ("false", "true", "committed", "block_end")  # also the rows' order
+EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)", "block_end": " + early stop (block end)"}
 # The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
 # which older results files may hold.
 _TRUE_SPELLINGS = {*TRUE_WORDS, "yes", "on"}
@@ -116,8 +123,8 @@ def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
         return "false"
     if text in _TRUE_SPELLINGS:
         return "true"
-    if text == "committed":
-        return "committed"
+    if text in ("committed", "block_end"):
+        return text
     raise ValueError(f"eotp={value!r} is not an EoTP rule; use one of {', '.join(EOTP_RULES)}")
 
 

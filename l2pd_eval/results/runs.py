@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results.columns import choose_metric, metric_keys, split_task
-from l2pd_eval.results.methods import MODEL_ARGS_PARAMS, Method, knob_params, method_from_settings
+from l2pd_eval.results.methods import (
+    CACHE_PARAMS,
+    MODEL_ARGS_PARAMS,
+    Method,
+    knob_params,
+    method_from_settings,
+)
 from l2pd_eval.results.sidecar import (
     SCHEMA,
     Sidecar,
@@ -237,11 +243,11 @@ class Run:
         from before the rules were told apart wrote one), else from ``model_args`` (today's spellings)."""
         m = self.manifest
         try:
-            if "policy" in m:
-                params = {**(m.get("policy_params") or {}), **knob_params(m)}
+            if "policy" in m:  # a cache's parameters are named after it: one namespace with the policy's
+                params = {**(m.get("policy_params") or {}), **(m.get("cache_params") or {}), **knob_params(m)}
                 return method_from_settings(m.get("policy"), params, m.get("cache"), m.get("eotp"))
             args = self.results.model_args if self.results is not None else {}
-            params = {**{k: args[k] for k in MODEL_ARGS_PARAMS if k in args}, **knob_params(args)}
+            params = {**{k: args[k] for k in (*MODEL_ARGS_PARAMS, *CACHE_PARAMS) if k in args}, **knob_params(args)}
             return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))
         except ValueError as err:
             raise ValueError(f"{self.name}: {err}") from None
