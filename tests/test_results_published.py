@@ -80,8 +80,8 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["d3llm_dream", "d3llm_llada", "dparallel_dream", "dparallel_llada", "dpad_dream",
-                           "dpad_llada15", "dpad_llada_instruct", "fastdllm_dream", "fastdllm_llada", "learn2pd",
+    assert available() == ["d3llm_dream", "d3llm_llada", "dpad_dream", "dpad_llada15", "dpad_llada_instruct",
+                           "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
                            "llada_eval_1p5", "llada_eval_instruct"]
 
 
