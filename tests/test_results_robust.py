@@ -113,7 +113,7 @@ def test_checkpoint_writes_a_partial_state_atomically(tmp_path):
     side.add(rec(doc_id=1))
     assert side.checkpoint(path, min_interval_s=0.0)
     data = json.loads(path.read_text())
-    assert data["version"] == 2 and data["complete"] is False
+    assert data["version"] == 3 and data["complete"] is False
     assert data["requests_done"] == 2 and data["requests_total"] == 5
     assert data["loops"][0]["done"] is False and data["loops"][0]["seconds"] > 0
     assert sorted(p.name for p in path.parent.iterdir()) == ["l2pd_x.json"]  # no temp file left

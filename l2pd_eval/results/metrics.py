@@ -98,7 +98,7 @@ def aup(tpf: list[float], accuracy: list[float], y_max: float, alpha: float = 3.
     floor = first - y_min_offset
     kept = [p for p in points if p[1] >= floor]
     total = kept[0][0] * kept[0][1]
-    for (r0, y0), (r1, y1) in zip(kept, kept[1:]):
+    for (r0, y0), (r1, y1) in zip(kept, kept[1:], strict=False):
         total += 0.5 * (r1 - r0) * (y1 * aup_weight(y1, y_max, alpha) + y0 * aup_weight(y0, y_max, alpha))
     return total
 
