@@ -79,7 +79,7 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["fastdllm_dream", "fastdllm_llada", "learn2pd"]
+    assert available() == ["d3llm_dream", "d3llm_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -89,7 +89,7 @@ def test_published_file_by_path_and_errors(tmp_path):
          "accuracy": None, "source": "x"}]}))
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
-    with pytest.raises(ValueError, match="valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
+    with pytest.raises(ValueError, match="valid choices: d3llm_dream, d3llm_llada, fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
         load_published("fast_dllm")
     trunc = tmp_path / "trunc.json"
     trunc.write_text(path.read_text()[:40])
@@ -151,4 +151,4 @@ def test_other_shot_counts_are_not_paired_but_named(tmp_path):
     assert p.ours is None and p.unpaired == "2-shot run vs 5-shot paper"
     notes = comparison_notes(report, load_tables(["learn2pd"]))
     assert "Not paired: learn2pd Learn2PD + EoTP gsm8k 1024 (2-shot run vs 5-shot paper)" in notes
-    assert any(n.startswith("Absolute TPS were measured on different GPUs (ours: NVIDIA H100 80GB HBM3)") for n in notes)
+    assert any(n.startswith("Absolute TPS were measured on different hardware (ours: NVIDIA H100 80GB HBM3)") for n in notes)

@@ -13,7 +13,8 @@ from l2pd_eval.cli import main
 from l2pd_eval.results.methods import Method
 from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import LoopRecord, SampleRecord, Sidecar, count_paper_tokens
-from l2pd_eval.results.table import build_report, render_report
+from l2pd_eval.results.table import build_report
+from l2pd_eval.results.text import render_report
 
 L2PD = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", "true")
 BASE = Method("low_confidence")

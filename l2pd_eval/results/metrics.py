@@ -93,8 +93,8 @@ def aup(tpf: list[float], accuracy: list[float], y_max: float, alpha: float = 3.
     points = sorted(zip(tpf, accuracy, strict=True), key=lambda p: p[0])
     first, last = points[0][1], points[-1][1]
     if first - last > y_min_offset:
-        raise AUPError(f"AUP: accuracy at the largest TPF ({last:g}) is more than {y_min_offset:g} points below "
-                       f"the first point's ({first:g}); d3LLM's get_aup refuses such a curve")
+        raise AUPError(f"AUP: accuracy at the largest TPF ({last:.2f}) is more than {y_min_offset:g} points below "
+                       f"the first point's ({first:.2f}); d3LLM's get_aup refuses such a curve")
     floor = first - y_min_offset
     kept = [p for p in points if p[1] >= floor]
     total = kept[0][0] * kept[0][1]
@@ -108,7 +108,7 @@ def aup(tpf: list[float], accuracy: list[float], y_max: float, alpha: float = 3.
 
 #: Two-sided 95% normal quantile.
 Z95 = 1.959963984540054
-CI_NAME = "Wilson score interval, 95%"
+CI_NAME = "Wilson score interval"
 
 
 def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, float]:

@@ -1,0 +1,128 @@
+"""AUP curves in the report (a threshold sweep of the fixture runs) and d3LLM's published curves, whose AUPs
+must equal the ones their own main.py computes from the same pairs (tests/fixtures/results/aup_vectors.json)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+import pytest
+from results_runs import clone_run, copy_runs, upgrade
+
+from l2pd_eval.cli import main
+from l2pd_eval.results.metrics import AUPParams, aup
+from l2pd_eval.results.published import load_published
+from l2pd_eval.results.runs import discover
+from l2pd_eval.results.table import build_report
+from l2pd_eval.results.text import render_csv, render_markdown
+
+VECTORS = json.loads((Path(__file__).resolve().parent / "fixtures" / "results" / "aup_vectors.json").read_text())
+GSM = ("gsm8k", 256)
+
+
+@pytest.mark.parametrize("family", ["llada", "dream"])
+def test_published_d3llm_curves_reproduce_their_leaderboard(family):
+    table = load_published(f"d3llm_{family}")
+    curves = table.curves()
+    want = {k.split(":", 1)[1]: v for k, v in VECTORS["leaderboard_per_task"].items()
+            if k.startswith(f"data_{family}.yaml:")}
+    assert {c.group for c in curves} == set(want)
+    for curve in curves:
+        assert curve.y_max == want[curve.group]["y_max"]
+        assert curve.aup == pytest.approx(want[curve.group]["aup"][curve.label], rel=1e-12), (curve.group, curve.label)
+    assert len({c.label for c in curves}) >= 6
+    assert all(e.tpf is not None for e in table.entries)
+    # Only the methods of ours stand beside our runs; the rest (other checkpoints) are page-only.
+    paired = {(e.label, e.tpf) for e in table.entries if e.pair}
+    assert {label for label, _ in paired} <= {"LLaDA", "Fast-dLLM-LLaDA", "Fast-dLLM-Dream"}
+
+
+def _sweep(folder: Path, points: dict[str, tuple[float, int]]) -> None:
+    """Threshold runs at other thresholds: gsm8k 256 accuracy (fraction) and forwards per answer."""
+    for value, (acc, nfe) in points.items():
+        def results(d, value=value, acc=acc):
+            d["config"]["model_args"]["threshold"] = float(value)
+            d["results"]["gsm8k_l2pd_256"]["exact_match,flexible-extract"] = acc
+
+        def sidecar(d, value=value, nfe=nfe):
+            d["manifest"]["policy_params"]["threshold"] = float(value)
+            d["manifest"]["model_args"] = d["manifest"]["model_args"].replace("threshold=0.9", f"threshold={value}")
+            for s in d["samples"]:
+                s["nfe"] = nfe
+        clone_run(folder, "threshold", edit_results=results, edit_sidecar=sidecar)
+
+
+@pytest.fixture
+def swept(tmp_path):
+    folder = copy_runs(tmp_path)
+    upgrade(folder)
+    _sweep(folder, {"0.5": (4 / 6, 10), "0.7": (4 / 6, 20)})
+    return folder
+
+
+def test_a_sweep_is_one_curve_anchored_at_the_baseline(swept):
+    report = build_report(discover([swept]))
+    (curve,) = [c for c in report.curves if c.column == GSM and c.key.policy == "threshold"]
+    # by TPF: the lower the threshold, the more tokens per forward (fewer forwards in this sweep)
+    assert [c.method.params for c in curve.cells] == [(("threshold", "0.9"),), (("threshold", "0.7"),),
+                                                       (("threshold", "0.5"),)]
+    assert curve.swept == ("threshold",) and curve.label == "threshold over threshold"
+    base = report.cell(next(m for m in report.methods if m.policy == "low_confidence"), GSM)
+    tpfs = [c.tpf for c in curve.cells]
+    assert tpfs == sorted(tpfs) and tpfs[-1] == pytest.approx(sum(range(60, 126, 13)) / 60)  # 6 answers, 10 NFE
+    y_max = 100 * max(c.accuracy for (m, col), c in report.cells.items() if col == GSM and c.accuracy is not None)
+    assert report.y_max[GSM][0] == y_max and curve.y_max == y_max
+    expected = aup([1.0] + tpfs, [100 * base.accuracy] + [100 * c.accuracy for c in curve.cells], y_max)
+    assert curve.aup == pytest.approx(expected) and all(c.aup == curve.aup for c in curve.cells)
+    # The baseline's own curve is its accuracy at TPF 1.0 (d3LLM's vanilla rows): AUP = accuracy.
+    assert base.aup == pytest.approx(100 * base.accuracy)
+    none = build_report(discover([swept]), aup_params=AUPParams(anchor="none"))
+    (free,) = [c for c in none.curves if c.column == GSM and c.key.policy == "threshold"]
+    assert free.aup == pytest.approx(aup(tpfs, [100 * c.accuracy for c in curve.cells], y_max))
+    pinned = build_report(discover([swept]), aup_y_max={"gsm8k:256": 90.0})
+    assert pinned.y_max[GSM] == (90.0, "pinned")
+    (p,) = [c for c in pinned.curves if c.column == GSM and c.key.policy == "threshold"]
+    assert p.aup == pytest.approx(aup([1.0] + tpfs, [100 * base.accuracy] + [100 * c.accuracy for c in curve.cells],
+                                      90.0))
+
+
+def test_tpf_kinds_and_aup_reach_every_output(swept, capsys):
+    report = build_report(discover([swept]), tpf_kind="committed")
+    cell = next(c for (m, col), c in report.cells.items() if col == GSM and dict(m.params).get("threshold") == "0.5")
+    assert cell.tpf == pytest.approx(cell.tpf_by_kind["committed"]) and cell.tpf_by_kind["committed"] == 256 / 10
+    md = render_markdown(report)
+    assert "| Task | Len | Curve (AUP) | Points | TPF range | AUP | y_max |" in md
+    assert "TPF (committed) = tokens committed" in md and "AUP (d3LLM, arXiv 2601.07568" in md
+    rows = list(csv.DictReader(io.StringIO(render_csv(report))))
+    row = next(r for r in rows if r["method"] == "threshold(threshold=0.5)" and r["gen_length"] == "256")
+    assert row["tpf_kind"] == "committed" and float(row["tpf"]) == pytest.approx(25.6)
+    assert row["aup_alpha"] == "3" and row["aup_anchor"] == "baseline" and row["aup"] and row["env_gpu"]
+    assert main(["report", str(swept), "--tpf", "until", "--aup-alpha", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "TPF (until)" in out and "alpha=1" in out and "curves" in out
+    assert main(["report", str(swept), "--aup-y-max", "gsm8k=abc"]) == 2
+    assert "--aup-y-max 'gsm8k=abc': expected TASK=PERCENT" in capsys.readouterr().err
+
+
+def test_baseline_and_compare_carry_tpf_and_aup(swept, tmp_path, capsys):
+    base = tmp_path / "b.json"
+    assert main(["report", str(swept), "--format", "csv", "--save-baseline", str(base)]) == 0
+    data = json.loads(base.read_text())
+    assert data["tpf_kind"] == "answer" and "alpha=3" in data["aup"]["params"]
+    cell = next(c for c in data["cells"] if c["label"] == "threshold(threshold=0.5)" and c["gen_length"] == 256)
+    assert cell["tpf"] and cell["aup"] and cell["environment"]["gpu"] == "NVIDIA H100 80GB HBM3"
+    capsys.readouterr()
+    assert main(["compare", "--baseline", str(base), str(swept)]) == 0
+    out = capsys.readouterr().out
+    assert "TPF base" in out and "AUP run" in out
+    # A TPF drop is a regression even with --ignore-tps (it does not depend on the machine).
+    for side in swept.glob("l2pd_*.json"):
+        data = json.loads(side.read_text())
+        if data["manifest"]["policy_params"].get("threshold") == 0.5:
+            for s in data["samples"]:
+                s["nfe"] = 20
+            side.write_text(json.dumps(data))
+    assert main(["compare", "--baseline", str(base), str(swept), "--ignore-tps"]) == 1
+    assert "TPF " in capsys.readouterr().out
