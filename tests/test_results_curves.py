@@ -126,3 +126,19 @@ def test_baseline_and_compare_carry_tpf_and_aup(swept, tmp_path, capsys):
             side.write_text(json.dumps(data))
     assert main(["compare", "--baseline", str(base), str(swept), "--ignore-tps"]) == 1
     assert "TPF " in capsys.readouterr().out
+
+
+def test_plots_label_points_give_n_and_the_tps_kind(swept, tmp_path, capsys):
+    from l2pd_eval.results.plot import plot_curves, plot_tradeoff
+
+    report = build_report(discover([swept]))
+    path, x = plot_tradeoff(report, tmp_path / "t.svg")
+    svg = path.read_text()
+    assert x == "speedup" and "gsm8k 256 (n=6)" in svg and "TPS (papers'" in svg
+    for label in ("threshold threshold=0.5", "threshold threshold=0.9", "learn2pd + dual + EoTP", "low_confidence"):
+        assert label in svg, label
+    svg = plot_curves(report, tmp_path / "c.svg", published=[load_published("d3llm_llada")]).read_text()
+    assert "threshold over threshold (AUP" in svg and "TPF (answer)" in svg and "y_max 83.3" in svg
+    assert "[d3llm_llada]" not in svg  # d3LLM's gsm8k curves are 5-shot; these runs are 2-shot
+    assert main(["report", str(swept), "--curves", str(tmp_path / "c.png"), "--format", "csv"]) == 0
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"

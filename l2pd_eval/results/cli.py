@@ -110,6 +110,10 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", default=None, metavar="FILE.png", help="also draw the speed/accuracy trade-off")
     parser.add_argument("--plot-x", choices=("auto", "speedup", "tps"), default="auto",
                         help="x axis of --plot (auto: speedup if a baseline run exists, else TPS)")
+    parser.add_argument("--curves", default=None, metavar="FILE.png",
+                        help="also draw accuracy against TPF per method curve (sweeps), AUP in the legend; with "
+                             "--published, the published (TPF, accuracy) curves of the same task beside them")
+    parser.add_argument("--curves-x", choices=("tpf", "tps"), default="tpf", help="x axis of --curves (default tpf)")
     parser.add_argument("--published", action="append", default=[], metavar="NAME",
                         help="also show a published table side by side: learn2pd, fastdllm_llada, fastdllm_dream, "
                              "all, or a JSON path; repeatable")
@@ -168,6 +172,14 @@ def report_main(args: argparse.Namespace) -> int:
         except ValueError as exc:
             return _error(f"--plot: {exc}")
         print(f"wrote {path} (x axis: {x})")
+    if args.curves:
+        from l2pd_eval.results.plot import plot_curves
+
+        try:
+            path = plot_curves(report, args.curves, x=args.curves_x, published=published)
+        except ValueError as exc:
+            return _error(f"--curves: {exc}")
+        print(f"wrote {path} (accuracy vs {args.curves_x.upper()})")
     if args.save_baseline:
         from l2pd_eval.results.baseline import save_baseline
 

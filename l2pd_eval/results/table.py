@@ -68,6 +68,7 @@ class ReportCell:
     environment: dict[str, str | None] = field(default_factory=dict)  # environment.stamp of the run
     baseline_accuracy: float | None = None  # accuracy of the baseline cell this cell's speedup used
     empty_sidecar: str | None = None  # the run's sidecar, when it holds no samples at all
+    filter_name: str | None = None  # a Learn2PD filter as its own manifest names it (manifest.filter_name)
     aup: float | None = None  # AUP of this cell's curve (curves.Curve); None: no curve or refused
     curve: str | None = None  # that curve's label
     best_tps: bool = False
@@ -151,7 +152,16 @@ def _report_cell(run: Run, method: Method, result: TaskResult, kinds: tuple[str,
         n_shot=result.n_shot, limit=run.limit, settings=dict(result.settings),
         environment=environment.stamp(run.manifest) if run.sidecar is not None else {},
         empty_sidecar=str(run.sidecar.path) if run.sidecar is not None and not run.sidecar.samples else None,
+        filter_name=_filter_name(run),
     )
+
+
+def _filter_name(run: Run) -> str | None:
+    """The run's filter by its manifest: recorded by the adapter, else read now if the path is here."""
+    from l2pd_eval.results.manifest import filter_name
+
+    path = (run.manifest.get("policy_params") or {}).get("filter")
+    return run.manifest.get("filter_name") or (filter_name(path) if isinstance(path, str) else None)
 
 
 #: Settings that differ from task to task within one run (a split by them is made per column only).
