@@ -135,7 +135,8 @@ def test_plots_label_points_give_n_and_the_tps_kind(swept, tmp_path, capsys):
     path, x = plot_tradeoff(report, tmp_path / "t.svg")
     svg = path.read_text()
     assert x == "speedup" and "gsm8k 256 (n=6)" in svg and "TPS (papers'" in svg
-    for label in ("threshold threshold=0.5", "threshold threshold=0.9", "learn2pd + dual + EoTP", "low_confidence"):
+    for label in ("threshold(threshold=0.5)", "threshold(threshold=0.9)", "learn2pd + dual cache + EoTP",
+                  "low_confidence"):
         assert label in svg, label
     svg = plot_curves(report, tmp_path / "c.svg", published=[load_published("d3llm_llada")]).read_text()
     assert "threshold over threshold (AUP" in svg and "TPF (answer)" in svg and "y_max 83.3" in svg

@@ -16,7 +16,7 @@ import math
 import os
 from pathlib import Path
 
-from l2pd_eval.results.methods import EOTP_LABELS, Method
+from l2pd_eval.results.methods import Method
 from l2pd_eval.results.table import Column, Report, ReportCell, column_label
 
 TPS_AXIS = {"paper": "TPS (papers': tokens / generate_until wall time)", "mean": "TPS (decode, per-sample mean)",
@@ -35,18 +35,12 @@ def _pyplot():
 
 
 def short_label(method: Method, report: Report) -> str:
-    """A point's label: the policy, the parameters that tell its rows apart, cache and EoTP; the filter is
-    named once in the footnote."""
+    """A point's label: the row label with only the parameters that tell rows of its policy apart (the
+    filter is named once, in the footnote)."""
     same_policy = [m for m in report.methods if m.policy == method.policy]
-    varying = {k for k, _ in method.params if len({dict(m.params).get(k) for m in same_policy}) > 1}
-    text = method.policy + "".join(f" {k}={v}" for k, v in method.params if k in varying and k != "filter")
-    if method.cache != "none":
-        text += f" + {method.cache}"
-    if method.eotp != "false":
-        text += EOTP_LABELS[method.eotp]
-    if method.variant:
-        text += " [" + ", ".join(f"{k}={v}" for k, v in method.variant) + "]"
-    return text
+    kept = tuple((k, v) for k, v in method.params
+                 if k != "filter" and len({dict(m.params).get(k) for m in same_policy}) > 1)
+    return Method(method.policy, kept, method.cache, method.eotp, method.variant).label
 
 
 def _n_text(cells: list[ReportCell]) -> str:
