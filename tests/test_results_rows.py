@@ -108,7 +108,8 @@ def test_limit_n_and_another_model_than_the_papers(folder):
     for side in folder.glob("l2pd_*.json"):
         edit_json(side, lambda d: d["manifest"].update(model="/ckpt/my-llada", family="llada"))
     report = build_report(discover([folder]))
-    assert any("run with --limit 6" in n for n in report.notes)
+    (limit,) = [n for n in report.notes if "--limit" in n]  # one note, not one per run
+    assert limit.startswith("lm-eval --limit 6 was used by 4 run(s): ") and "and 1 more" in limit
     tables = load_tables(["learn2pd"])
     notes = comparison_notes(report, tables)
     assert any(n.startswith("Our runs used --limit") and "gsm8k 1024: n=6" in n for n in notes)

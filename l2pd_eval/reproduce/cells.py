@@ -154,6 +154,12 @@ class RunOptions:
     device: str | None = None
     lm_eval_args: tuple[str, ...] = ()
 
+    @classmethod
+    def from_args(cls, args) -> RunOptions:
+        """From the options ``reproduce`` and ``sweep`` share (--output_path, --batch_size, --limit, ...)."""
+        return cls(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=args.limit,
+                   device=args.device, lm_eval_args=tuple(shlex.split(args.lm_eval_args)))
+
 
 def command(cell: Cell, opts: RunOptions) -> list[str]:
     """The stock lm-eval CLI (``python -m lm_eval``; through our entry point when the .pth hook is off)."""

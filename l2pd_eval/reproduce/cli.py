@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -75,7 +74,7 @@ def _selection(args: argparse.Namespace) -> Selection:
                      extra_model_args=args.extra_model_args.strip(","))
 
 
-def _finished(cells: list[Cell], opts: RunOptions) -> dict[str, Path]:
+def finished_cells(cells: list[Cell], opts: RunOptions) -> dict[str, Path]:
     """Finished cells' results; a finished run with other settings stops everything (never mixed in)."""
     done = {}
     for cell in cells:
@@ -105,6 +104,35 @@ def _run_cell(cell: Cell, opts: RunOptions) -> tuple[int, Path]:
     return proc.returncode, log
 
 
+def dry_run(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int:
+    """Print each cell's lm-eval command and whether it would run."""
+    for cell in cells:
+        state = "finished, skipped" if cell.folder in done else "to run"
+        print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
+    return EXIT_OK
+
+
+def run_cells(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int:
+    """Run the cells not in ``done`` (folder -> finished results), one lm-eval process each, in order;
+    the first failure stops with its log's tail. ``reproduce`` and ``sweep`` share it."""
+    for i, cell in enumerate(cells, 1):
+        head = f"[{i}/{len(cells)}] {cell.folder} ({cell.method.label})"
+        if cell.folder in done:
+            print(f"{head}: finished, skipped")
+            continue
+        t0 = time.perf_counter()
+        code, log = _run_cell(cell, opts)
+        results = finished_results(opts.output_path / cell.folder)
+        if code != 0 or results is None:
+            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-20:])
+            why = f"lm-eval exited {code}" if code else "no results_*.json with a complete l2pd_*.json sidecar"
+            print(f"{head}: FAILED ({why}); log {log}:\n{tail}", file=sys.stderr)
+            return EXIT_FAILED
+        done[cell.folder] = results
+        print(f"{head}: done in {time.perf_counter() - t0:.1f} s", flush=True)
+    return EXIT_OK
+
+
 def _report(paper_published: str | None, folders: list[Path]) -> int:
     """The reproduced table beside the published one (l2pd_eval.results via `l2pd-eval report`)."""
     from l2pd_eval.cli import main as cli_main
@@ -124,9 +152,8 @@ def reproduce_main(args: argparse.Namespace) -> int:
     try:
         paper = get_paper(args.paper)
         cells = plan(paper, _selection(args))
-        opts = RunOptions(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=args.limit,
-                          device=args.device, lm_eval_args=tuple(shlex.split(args.lm_eval_args)))
-        done = _finished(cells, opts)
+        opts = RunOptions.from_args(args)
+        done = finished_cells(cells, opts)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -134,25 +161,10 @@ def reproduce_main(args: argparse.Namespace) -> int:
     print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
           f"{opts.output_path}")
     if args.dry_run:
-        for cell in cells:
-            state = "finished, skipped" if cell.folder in done else "to run"
-            print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
-        return EXIT_OK
-    for i, cell in enumerate(cells, 1):
-        head = f"[{i}/{len(cells)}] {cell.folder} ({cell.method.label})"
-        if cell.folder in done:
-            print(f"{head}: finished, skipped")
-            continue
-        t0 = time.perf_counter()
-        code, log = _run_cell(cell, opts)
-        results = finished_results(opts.output_path / cell.folder)
-        if code != 0 or results is None:
-            tail = "".join(log.read_text(encoding="utf-8", errors="replace").splitlines(True)[-20:])
-            why = f"lm-eval exited {code}" if code else "no results_*.json with a complete l2pd_*.json sidecar"
-            print(f"{head}: FAILED ({why}); log {log}:\n{tail}", file=sys.stderr)
-            return EXIT_FAILED
-        done[cell.folder] = results
-        print(f"{head}: done in {time.perf_counter() - t0:.1f} s")
+        return dry_run(cells, opts, done)
+    code = run_cells(cells, opts, done)
+    if code != EXIT_OK:
+        return code
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
     return _report(None if args.model == TESTBED else paper.published, folders)

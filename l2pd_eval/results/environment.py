@@ -117,7 +117,8 @@ def differences(rows: Iterable[tuple[str, Mapping[str, str | None]]]) -> dict[st
     return {k: v for k, v in seen.items() if len(v) > 1}
 
 
-def _names(names: list[str], limit: int = 3) -> str:
+def names(names: list[str], limit: int = 3) -> str:
+    """``a, b, c and 2 more``."""
     shown = ", ".join(names[:limit])
     return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
@@ -126,6 +127,6 @@ def difference_lines(rows: Iterable[tuple[str, Mapping[str, str | None]]], what:
     """One line per differing key: which value which rows have (TPS of such rows do not compare)."""
     lines = []
     for key, values in differences(rows).items():
-        parts = "; ".join(f"{value!r} ({_names(names)})" for value, names in values.items())
+        parts = "; ".join(f"{value!r} ({names(rows)})" for value, rows in values.items())
         lines.append(f"environment differs between {what} in {LABELS[key]}: {parts}")
     return lines

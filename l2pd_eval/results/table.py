@@ -199,6 +199,7 @@ def _collect_cells(runs: list[Run], kinds: tuple[str, str], metric_overrides: di
     their own; where several runs agree in all of them, the best (finished, with accuracy and TPS, then the
     later one) is kept and one note names it and the others."""
     groups: dict[tuple[Method, Column], list[tuple[ReportCell, float]]] = {}
+    limited: dict[float, list[str]] = {}
     for run in runs:
         method = run.method
         results = run.task_results(metric_overrides)
@@ -206,7 +207,7 @@ def _collect_cells(runs: list[Run], kinds: tuple[str, str], metric_overrides: di
         if not results:
             empty.append((method, run.name))
         if run.limit is not None:
-            notes.append(f"{run.name}: run with --limit {run.limit:g} (a subset of each task: see n)")
+            limited.setdefault(run.limit, []).append(run.name)
         for result in results:
             cell = _report_cell(run, method, result, kinds, notes)
             groups.setdefault((method, cell.column), []).append((cell, run.started_at))
@@ -222,6 +223,10 @@ def _collect_cells(runs: list[Run], kinds: tuple[str, str], metric_overrides: di
                              f"settings; kept {keep.run} (finished, scored and timed first, then the latest); "
                              f"not shown: {others}")
             cells[(keep.method, column)] = keep
+    for limit, names in limited.items():
+        which = "every run" if len(names) == len(runs) else f"{len(names)} run(s): {environment.names(names)}"
+        notes.append(f"lm-eval --limit {limit:g} was used by {which}: each task is a subset, n counts only the "
+                     "documents scored")
     return cells
 
 
