@@ -19,7 +19,7 @@ from l2pd_eval.results.sidecar import TPS_KINDS
 EXIT_OK, EXIT_REGRESSION, EXIT_USAGE = 0, 1, 2
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", metavar="RUN",
                         help="lm-eval output folder (searched recursively), results_*.json, or l2pd_*.json sidecar")
     parser.add_argument("--tps", choices=TPS_KINDS, default="paper",
@@ -81,7 +81,7 @@ def aup_params(args: argparse.Namespace) -> AUPParams:
         raise ValueError(f"--aup-alpha / --aup-y-min-offset: {err}") from None
 
 
-def _build(args: argparse.Namespace):
+def build_from_args(args: argparse.Namespace):
     from l2pd_eval.results.runs import discover
     from l2pd_eval.results.table import build_report
 
@@ -102,7 +102,7 @@ def _error(message: str) -> int:
 
 
 def report_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    common_arguments(parser)
     parser.add_argument("--format", choices=render.FORMATS, default=None,
                         help="output format (default: from --output's suffix .md/.csv/.tex, else console)")
     parser.add_argument("-o", "--output", default=None, metavar="FILE", help="write the table here instead of stdout")
@@ -133,7 +133,7 @@ def report_main(args: argparse.Namespace) -> int:
 
         args.width = shutil.get_terminal_size().columns
     try:
-        runs, report = _build(args)
+        runs, report = build_from_args(args)
         published = None
         if args.published:
             from l2pd_eval.results.published import load_tables
@@ -193,7 +193,7 @@ def report_main(args: argparse.Namespace) -> int:
 
 
 def compare_arguments(parser: argparse.ArgumentParser) -> None:
-    _common(parser)
+    common_arguments(parser)
     parser.add_argument("--baseline", required=True, metavar="FILE.json",
                         help="baseline written by `l2pd-eval report RUN --save-baseline FILE`")
     parser.add_argument("--acc-tol", type=float, default=1.0, metavar="PP",
@@ -220,7 +220,7 @@ def compare_main(args: argparse.Namespace) -> int:
         baseline = load_baseline(args.baseline)
         args.tps = args.tps or baseline.get("tps_kind") or "mean"
         args.tpf = args.tpf or baseline.get("tpf_kind") or "answer"
-        _, report = _build(args)
+        _, report = build_from_args(args)
         checks = compare(baseline, report, acc_tol=args.acc_tol, tps_tol=args.tps_tol, check_tps=not args.ignore_tps,
                          tpf_tol=args.tpf_tol)
     except ValueError as exc:

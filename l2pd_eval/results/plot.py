@@ -182,3 +182,26 @@ def plot_curves(report: Report, out: str | os.PathLike, x: str = "tpf", publishe
         ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
     note = f"AUP: d3LLM's definition, {report.aup_params.describe()}. " + _footnote(report)
     return _save(fig, plt, out, note.strip())
+
+
+def plot_published(table, curves: list, out: str | os.PathLike) -> Path:
+    """A published table's (TPF, accuracy) curves, one panel per task of the source, AUP in the legend
+    (against the source's own reference accuracy, d3LLM's main.py)."""
+    plt = _pyplot()
+    groups = list(dict.fromkeys(c.group for c in curves))
+    fig, axes = _layout(plt, len(groups), height=4.8)
+    for ax, group in zip(axes, groups, strict=True):
+        mine = [c for c in curves if c.group == group]
+        for i, c in enumerate(mine):
+            label = f"{c.label} (AUP {c.aup:.1f})" if c.aup is not None else f"{c.label} (AUP n/a: {c.error})"
+            ax.plot(*zip(*c.points, strict=True), marker=MARKERS[i % len(MARKERS)], linestyle="-" if len(c.points) > 1
+                    else "none", color=plt.cm.tab10(i % 10), label=label)
+        first = mine[0]
+        ax.set_title(f"{group}: {first.task} {first.gen_length}, {first.num_fewshot}-shot (y_max {first.y_max:.2f})")
+        ax.set_xlabel("TPF (the source's count)")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=6.5, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2, frameon=False)
+    note = (f"{table.name}: {table.title} (arXiv {table.arxiv}); TPF 1.0 points are entered by the source's "
+            "convention. AUP: d3LLM's definition, alpha=3, y_min_offset=5.")
+    return _save(fig, plt, out, note)
