@@ -1,8 +1,9 @@
 """``l2pd-eval demo``: the whole harness, offline, on the embedded testbed dLLM (CPU, minutes).
 
 For each method it runs lm-eval itself (``simple_evaluate`` with ``model="learn2pd"`` on the ``l2pd_demo``
-task, results saved by lm-eval's own tracker, timing sidecars written by our hook), then prints the paper's
-table (TPS / speedup / accuracy per method) and draws the speed-accuracy plot with ``l2pd-eval report``.
+task, results saved by lm-eval's own tracker, timing sidecars written by our hook), then prints the report
+(accuracy with its interval, TPS, speedup, TPF, NFE, AUP per method), draws the speed-accuracy plot with
+``l2pd-eval report`` and writes the leaderboard page (``site/index.html``) beside its table.
 """
 
 from __future__ import annotations
@@ -50,6 +51,7 @@ def demo_main(args: argparse.Namespace) -> int:
 
     from l2pd_eval.cli import main as cli_main
     from l2pd_eval.harness._hook import install
+    from l2pd_eval.results.columns import choose_metric
     from l2pd_eval.testbed import checkpoint_path, filter_path
 
     install(force=True)
@@ -76,10 +78,13 @@ def demo_main(args: argparse.Namespace) -> int:
                                   batch_size=args.batch_size, task_manager=tasks, evaluation_tracker=tracker,
                                   device=args.device)
         tracker.save_results_aggregated(results=results, samples=None)
-        acc = results["results"]["l2pd_demo"].get("exact_match,strict-match")
-        console.print(f"  {label:<22} accuracy {100 * acc:5.1f}%   ({time.perf_counter() - t0:5.1f} s)")
+        entry = results["results"]["l2pd_demo"]
+        metric = choose_metric("l2pd_demo", entry)  # the report's metric, so the two never disagree
+        console.print(f"  {label:<22} accuracy {100 * entry[metric]:5.1f}% ({metric})   "
+                      f"({time.perf_counter() - t0:5.1f} s)")
     console.print()
     code = cli_main(["report", str(out), "--plot", str(out / "tradeoff.png")])
     cli_main(["report", str(out), "--output", str(out / "table.md")])
-    console.print(f"\nresults, sidecars, table.md and tradeoff.png are in {out}/")
+    cli_main(["leaderboard", str(out), "-o", str(out / "site"), "--title", "l2pd-eval demo (testbed, CPU)"])
+    console.print(f"\nresults, sidecars, table.md, tradeoff.png and the page site/index.html are in {out}/")
     return code
