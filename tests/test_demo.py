@@ -32,6 +32,9 @@ def test_demo_runs_lm_eval_and_writes_table_and_plot(tmp_path):
     shown = sorted(re.search(r"accuracy\s+([\d.]+)%", line)[1] for line in lines)
     assert shown == sorted(f"{float(a):.1f}" for a in re.findall(r"\| l2pd_demo \| 96 \| [^|]+ \| 3 \| \**([\d.]+)", table))
     assert "exact_match,flexible-extract" in table and "TPF" in table and "NFE" in table
+    bad = subprocess.run([sys.executable, "-m", "l2pd_eval.cli", "demo", "--methods", "fastest"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "valid choices" in bad.stdout
     # the leaderboard page beside the table, rendered in headless Chromium
     site = run / "site"
     data = json.loads((site / "data.json").read_text())
@@ -48,6 +51,3 @@ def test_demo_runs_lm_eval_and_writes_table_and_plot(tmp_path):
         assert loaded and all(loaded)
     finally:
         driver.quit()
-    bad = subprocess.run([sys.executable, "-m", "l2pd_eval.cli", "demo", "--methods", "fastest"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
-    assert bad.returncode == 2 and "valid choices" in bad.stdout
