@@ -143,3 +143,24 @@ def test_plots_label_points_give_n_and_the_tps_kind(swept, tmp_path, capsys):
     assert "[d3llm_llada]" not in svg  # d3LLM's gsm8k curves are 5-shot; these runs are 2-shot
     assert main(["report", str(swept), "--curves", str(tmp_path / "c.png"), "--format", "csv"]) == 0
     assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize("name,pairs,spot", [
+    ("d3llm_llada", 50, {("d3LLM-LLaDA", "gsm8k_cot_zeroshot", 0): [(1.0, 74.02), (9.11, 73.09)],
+                         ("Fast-dLLM-LLaDA", "minerva_math", 4): [(1.0, 32.1), (1.97, 30.82)],
+                         ("LLaDA", "gsm8k", 5): [(1.0, 78.58)]}),
+    ("d3llm_dream", 60, {("EAGLE-3", "humaneval_instruct", 0): [(1.0, 67.58), (5.98, 67.58)],
+                         ("Fast-dLLM-Dream", "minerva_math", 0): [(1.0, 39.53), (1.78, 38.3)],
+                         ("d3LLM-Dream", "mbpp_instruct", 4): [(1.0, 58.8), (2.96, 55.6)]}),
+])
+def test_d3llm_pairs_are_stored_with_their_source(name, pairs, spot):
+    pub = load_published(name)
+    assert len(pub.entries) == pairs and pub.arxiv == "2601.07568"
+    assert all(e.source in pub.sources and "e5bfcac" in pub.sources[e.source] for e in pub.entries)
+    assert all(e.gen_length == 256 and e.tps is None for e in pub.entries)
+    for (label, task, shots), points in spot.items():
+        hits = sorted((e.tpf, e.accuracy) for e in pub.entries
+                      if (e.label, e.task, e.num_fewshot) == (label, task, shots))
+        assert hits == points
+    conventional = [e for e in pub.entries if e.tpf_by_convention]
+    assert conventional and all(e.tpf == 1.0 for e in conventional)
