@@ -34,7 +34,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
     from l2pd_eval.leaderboard.data import build_page, plot_files
     from l2pd_eval.leaderboard.page import check_target, write_site
     from l2pd_eval.results.baseline import compare, environment_warnings, load_baseline
-    from l2pd_eval.results.cli import build_from_args
+    from l2pd_eval.results.cli import build_from_args, check_tolerances
     from l2pd_eval.results.published import load_tables
 
     out = Path(args.output)
@@ -45,6 +45,7 @@ def leaderboard_main(args: argparse.Namespace) -> int:
         runs, report = build_from_args(args)
         checks, summary, warnings = None, "", []
         if args.baseline:
+            check_tolerances(args)
             baseline = load_baseline(args.baseline)
             if baseline.get("tps_kind") and baseline["tps_kind"] != report.tps_kind:
                 args.tps = baseline["tps_kind"]  # the baseline's TPS kind, as compare does

@@ -210,13 +210,19 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.set_defaults(tps=None, tpf=None)  # default: the TPS and TPF kinds the baseline was stored with
 
 
+def check_tolerances(args: argparse.Namespace) -> None:
+    """--acc-tol / --tps-tol / --tpf-tol: finite and >= 0 (``nan`` would pass any drop)."""
+    for name in ("acc_tol", "tps_tol", "tpf_tol"):
+        value = getattr(args, name)
+        if not math.isfinite(value) or value < 0:
+            raise ValueError(f"--{name.replace('_', '-')} {value}: must be a finite number >= 0")
+
+
 def compare_main(args: argparse.Namespace) -> int:
     from l2pd_eval.results.baseline import compare, environment_warnings, load_baseline, render_checks
 
     try:
-        for name in ("acc_tol", "tps_tol", "tpf_tol"):
-            if not math.isfinite(getattr(args, name)):
-                raise ValueError(f"--{name.replace('_', '-')} {getattr(args, name)}: must be a finite number >= 0")
+        check_tolerances(args)
         baseline = load_baseline(args.baseline)
         args.tps = args.tps or baseline.get("tps_kind") or "mean"
         args.tpf = args.tpf or baseline.get("tpf_kind") or "answer"
