@@ -174,3 +174,17 @@ def test_a_sweeps_curve_shows_in_the_page(testbed_sweep, tmp_path, browser):
     img = browser.find_element("css selector", f'#plots img[src="assets/plots/{curves["file"]}"]')
     assert browser.execute_script("return arguments[0].complete && arguments[0].naturalWidth", img) > 100
     assert len(_visible(browser)) == len(data["rows"])
+
+
+def test_the_page_is_built_without_torch(tmp_path):
+    """Like the report, the page needs no torch: it is built from files."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom l2pd_eval.cli import main\n"
+            f"code = main(['leaderboard', {str(FIX / 'runs')!r}, '-o', {str(tmp_path / 's')!r}, '--published', 'learn2pd'])\n"
+            "print(code, 'torch' in sys.modules)\n")
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root,
+                         env={"PYTHONPATH": str(root), "PATH": "/usr/bin:/bin", "L2PD_EVAL_NO_HOOK": "1"})
+    assert out.stdout.split()[-2:] == ["0", "False"]
