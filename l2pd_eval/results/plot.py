@@ -51,13 +51,39 @@ def _n_text(cells: list[ReportCell]) -> str:
 def _footnote(report: Report) -> str:
     names = sorted({(dict(c.method.params).get("filter"), c.filter_name) for c in report.cells.values()
                     if c.filter_name and dict(c.method.params).get("filter")})
-    return "; ".join(f"learn2pd filter {path}: {name}" for path, name in names)
+    return "; ".join(f"learn2pd filter={path} is {name} (from its filter.json)" for path, name in names)
+
+
+#: Where a point's label may go (points of text from the point), tried in order until it overlaps nothing.
+LABEL_OFFSETS = ((6, 5), (6, -13), (-6, 5), (-6, -13), (6, 17), (6, -25), (-6, 17), (-6, -25), (6, 29), (6, -37))
+
+
+def _label_points(ax, points: list[tuple[float, float, str, str]]) -> None:
+    """Label each point (x, y, text, colour) where its text overlaps no earlier label nor the axes' edge;
+    the last offset tried is kept when none is free."""
+    fig = ax.figure
+    renderer = fig.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    placed = []
+    for x, y, text, color in sorted(points, key=lambda p: (p[0], -p[1])):
+        for dx, dy in LABEL_OFFSETS:
+            label = ax.annotate(text, (x, y), textcoords="offset points", xytext=(dx, dy), fontsize=7.5, color=color,
+                                ha="left" if dx > 0 else "right")
+            box = label.get_window_extent(renderer)
+            inside = frame.x0 <= box.x0 and box.x1 <= frame.x1 and frame.y0 <= box.y0 and box.y1 <= frame.y1
+            if inside and not any(box.overlaps(other) for other in placed):
+                break
+            if (dx, dy) != LABEL_OFFSETS[-1]:
+                label.remove()
+        placed.append(box)
 
 
 def _layout(plt, panels: int, height: float = 4.4):
+    """Up to three panels a row, each wider when there are fewer (a lone panel gets the whole width)."""
     cols = min(PANELS_PER_ROW, max(panels, 1))
     rows = math.ceil(panels / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(5.6 * cols, height * rows), squeeze=False)
+    width = {1: 9.0, 2: 6.8}.get(cols, 5.6)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
     flat = [ax for row in axes for ax in row]
     for ax in flat[panels:]:
         ax.set_visible(False)
@@ -102,8 +128,6 @@ def plot_tradeoff(report: Report, out: str | os.PathLike, x: str = "auto",
         points = [c for c in cells if c.column == column and value(c) is not None]
         for c in points:
             ax.scatter(value(c), 100 * c.accuracy, color=color[c.method], s=46, zorder=3)
-            ax.annotate(short_label(c.method, report), (value(c), 100 * c.accuracy), textcoords="offset points",
-                        xytext=(5, 4), fontsize=7.5, color=color[c.method])
         ax.set_title(f"{column_label(column)} ({_n_text(points)})")
         ax.set_xlabel(f"speedup vs {base} (from {TPS_AXIS[report.tps_kind]})" if x == "speedup"
                       else TPS_AXIS[report.tps_kind])
@@ -115,6 +139,9 @@ def plot_tradeoff(report: Report, out: str | os.PathLike, x: str = "auto",
             import matplotlib.ticker
 
             ax.xaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%gx"))
+        fig.tight_layout()  # the final axes box, so the labels are placed inside it
+        _label_points(ax, [(value(c), 100 * c.accuracy, short_label(c.method, report), color[c.method])
+                           for c in points])
     return _save(fig, plt, out, _footnote(report)), x
 
 

@@ -58,7 +58,7 @@ def demo_main(args: argparse.Namespace) -> int:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per method, also off a terminal
     ckpt, filt = checkpoint_path(), filter_path()  # filter: scripts/train_testbed_filter.sh, README beside it
     chosen = METHODS if not args.methods else [m for m in METHODS if m[0] in args.methods]
     unknown = set(args.methods or []) - {m for m, _ in METHODS}
