@@ -2,7 +2,8 @@
 
     python scripts/leaderboard_screenshots.py runs/demo/<time>/site docs/img
 
-writes leaderboard_desktop.png (1440 px wide) and leaderboard_narrow.png (390 px, a phone)."""
+writes leaderboard_desktop.png (1440 px wide: the table), leaderboard_plots.png (the same width, scrolled to
+the plots) and leaderboard_narrow.png (390 px, a phone)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from browser import executables, start  # noqa: E402
 
-SIZES = {"desktop": (1440, 1500), "narrow": (390, 1400)}
+#: name -> (width, height, element scrolled to the top or None)
+SHOTS = {"desktop": (1440, 1100, None), "plots": (1440, 1100, "plots"), "narrow": (390, 1300, None)}
 
 
 def main(site: str, out: str) -> int:
@@ -26,10 +28,12 @@ def main(site: str, out: str) -> int:
         print(f"error: {index}: no page there (write one with `l2pd-eval leaderboard RUNS -o {site}`)", file=sys.stderr)
         return 2
     Path(out).mkdir(parents=True, exist_ok=True)
-    for name, (width, height) in SIZES.items():
+    for name, (width, height, anchor) in SHOTS.items():
         driver = start(width, height)
         try:
             driver.get(index.resolve().as_uri())
+            if anchor:
+                driver.execute_script("document.getElementById(arguments[0]).scrollIntoView()", anchor)
             time.sleep(1.0)  # let the SVGs decode
             target = Path(out) / f"leaderboard_{name}.png"
             driver.save_screenshot(str(target))

@@ -153,6 +153,7 @@ def test_in_chromium_at_phone_width(site):
         width = driver.execute_script("return document.documentElement.scrollWidth")
         assert width <= 420  # the page fits; the wide table scrolls inside its own box
         assert driver.find_element("css selector", 'th[data-key="source"]').is_displayed() is False
+        assert driver.find_element("css selector", 'th[data-key="accuracy"]').is_displayed()
         widths = driver.execute_script("return Array.from(document.querySelectorAll('#plots img')).map(i => i.width)")
         assert widths and max(widths) <= 400
     finally:

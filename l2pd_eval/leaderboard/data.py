@@ -31,6 +31,7 @@ class Plot:
     title: str
     file: str  # relative to the page's assets/plots/
     alt: str
+    wide: bool = False  # a figure of several panels: the page's whole width
 
 
 @dataclass
@@ -182,5 +183,5 @@ def plot_files(report: Report, tables: list[Published], folder: Path) -> list[Pl
             file = f"published_{t.name}.svg"
             plot_published(t, curves, folder / file)
             plots.append(Plot(f"{t.name}: published accuracy vs TPF curves (AUP against the source's own y_max)",
-                              file, f"{t.name} published curves"))
+                              file, f"{t.name} published curves", wide=True))
     return plots
