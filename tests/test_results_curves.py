@@ -164,3 +164,16 @@ def test_d3llm_pairs_are_stored_with_their_source(name, pairs, spot):
         assert hits == points
     conventional = [e for e in pub.entries if e.tpf_by_convention]
     assert conventional and all(e.tpf == 1.0 for e in conventional)
+
+
+def test_points_of_two_models_are_two_curves(swept):
+    other = "other-org/LLaDA-8B-Base"
+    for side in swept.glob("l2pd_*.json"):
+        data = json.loads(side.read_text())
+        if data["manifest"]["policy_params"].get("threshold") == 0.5:
+            data["manifest"]["model"] = other
+            side.write_text(json.dumps(data))
+    report = build_report(discover([swept]))
+    curves = [c for c in report.curves if c.column == GSM and c.key.policy == "threshold"]
+    assert sorted(len(c.cells) for c in curves) == [1, 2]
+    assert {c.cells[0].model for c in curves if len(c.cells) == 1} == {other}

@@ -2,7 +2,8 @@
 with d3LLM's AUP (:func:`l2pd_eval.results.metrics.aup`).
 
 A curve is one method with its numeric parameters free (a ``threshold`` sweep, an ``accept_thres``
-sweep): same policy, KV cache, EoTP rule, non-numeric parameters (a filter) and variant, in one column.
+sweep): same policy, KV cache, EoTP rule, non-numeric parameters (a filter) and variant, in one column, of
+one model and prompt format (``table.SAME_SETUP``).
 Its points are the column's finished cells of that method with a TPF and an accuracy. The reference
 accuracy ``y_max`` of a column is the best accuracy of any row in it (d3LLM: the best of any method on
 that task), unless pinned. With the ``baseline`` anchor (d3LLM's convention, every curve of theirs starts
@@ -85,17 +86,20 @@ def column_y_max(report: Report, column: Column, pinned: dict[str, float]) -> tu
 
 def build_curves(report: Report, pinned: dict[str, float], notes: list[str]) -> None:
     """Fill ``report.curves``, ``report.y_max`` and each cell's ``aup``/``curve``."""
+    from l2pd_eval.results.table import SAME_SETUP
+
     params = report.aup_params
-    groups: dict[tuple[Column, Method], list[ReportCell]] = {}
+    groups: dict[tuple, list[ReportCell]] = {}
     for (method, column), cell in report.cells.items():
-        if _point(cell):
-            groups.setdefault((column, curve_key(method)), []).append(cell)
+        if _point(cell):  # one curve per method and setup: never the points of two models joined
+            setup = tuple(cell.settings.get(k) for k in SAME_SETUP)
+            groups.setdefault((column, curve_key(method), setup), []).append(cell)
     for column in report.columns:
         y = column_y_max(report, column, pinned)
         if y is not None:
             report.y_max[column] = y
-    for (column, key), cells in sorted(groups.items(), key=lambda kv: (report.columns.index(kv[0][0]),
-                                                                      kv[0][1].sort_key())):
+    for (column, key, _), cells in sorted(groups.items(), key=lambda kv: (report.columns.index(kv[0][0]),
+                                                                         kv[0][1].sort_key(), str(kv[0][2]))):
         cells.sort(key=lambda c: (c.tpf, c.method.sort_key()))
         swept = tuple(k for k, _ in cells[0].method.params
                       if _is_number(_) and len({dict(c.method.params).get(k) for c in cells}) > 1)
