@@ -21,7 +21,8 @@ def leaderboard_arguments(parser: argparse.ArgumentParser) -> None:
                         help="folder for index.html, data.json and assets/ (a page of ours there is replaced; "
                              "any other index.html is refused)")
     parser.add_argument("--published", action="append", default=[], metavar="NAME",
-                        help="published tables beside the runs (default: all; 'none' for none); repeatable")
+                        help="published tables beside the runs (default: all; auto: those of the runs' model "
+                             "families; 'none' for none); repeatable")
     parser.add_argument("--baseline", default=None, metavar="FILE.json",
                         help="a baseline from `l2pd-eval report RUN --save-baseline`: the regression view")
     parser.add_argument("--acc-tol", type=float, default=1.0, metavar="PP", help="regression view: accuracy tolerance")
@@ -35,14 +36,15 @@ def leaderboard_main(args: argparse.Namespace) -> int:
     from l2pd_eval.leaderboard.page import check_target, write_site
     from l2pd_eval.results.baseline import compare, environment_warnings, load_baseline
     from l2pd_eval.results.cli import build_from_args, check_tolerances
-    from l2pd_eval.results.published import load_tables
+    from l2pd_eval.results.published import cell_family, load_tables
 
     out = Path(args.output)
     try:
         check_target(out)
         names = args.published or ["all"]
-        tables = [] if names == ["none"] else load_tables(names)
         runs, report = build_from_args(args)
+        families = sorted({f for c in report.cells.values() if (f := cell_family(c)) is not None})
+        tables = [] if names == ["none"] else load_tables(names, families)
         checks, summary, warnings = None, "", []
         if args.baseline:
             check_tolerances(args)

@@ -125,7 +125,7 @@ def published_rows(report: Report, tables: list[Published]) -> list[dict[str, An
                 "kind": f"published: {t.name}", "model": e.model or t.model or "?",
                 "model_full": e.model or t.model or "?", "task": e.task,
                 "length": e.gen_length, "shots": e.num_fewshot,
-                "method": method + ("" if e.pair else " (not run here)"), "policy": e.method.get("policy"),
+                "method": method, "policy": e.method.get("policy"),
                 "accuracy": e.accuracy, "accuracy_text": "missing" if e.accuracy is None else f"{e.accuracy:.2f}",
                 "n": FULL_SPLIT.get(e.task), "tpf": e.tpf,
                 "tpf_note": "TPF 1.0 by the source's convention, not measured" if e.tpf_by_convention else None,

@@ -28,7 +28,7 @@ from l2pd_eval.reproduce.cells import (
     settings_mismatch,
     shell_line,
 )
-from l2pd_eval.reproduce.papers import PAPERS, get_paper
+from l2pd_eval.reproduce.papers import PAPERS, PAPERS_FAMILY, get_paper, model_family
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -39,7 +39,7 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_path", "--output-path", required=True, metavar="DIR",
                    help="one folder per cell, DIR/<task>/<method>/; cells already finished there are skipped")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="PRETRAINED",
-                   help=f"LLaDA checkpoint directory or hub id (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
+                   help=f"checkpoint directory or hub id of any family (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
                         f"testbed dLLM, its filter and its task {TESTBED_TASK} (CPU)")
     p.add_argument("--filter", default=None, metavar="PATH", help="Learn2PD filter (required by learn2pd's "
                    "Learn2PD columns unless --model testbed)")
@@ -134,7 +134,8 @@ def run_cells(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int
 
 
 def _report(paper_published: str | None, folders: list[Path]) -> int:
-    """The reproduced table beside the published one (l2pd_eval.results via `l2pd-eval report`)."""
+    """The reproduced table beside the published one of the model's family (l2pd_eval.results via
+    `l2pd-eval report`)."""
     from l2pd_eval.cli import main as cli_main
 
     argv = ["report", *map(str, folders)]
@@ -157,9 +158,13 @@ def reproduce_main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    family = PAPERS_FAMILY if args.model == TESTBED else model_family(args.model)
+    table = paper.table_for(family or PAPERS_FAMILY)
     on = f"the {TESTBED} ({TESTBED_TASK})" if args.model == TESTBED else args.model
-    print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
-          f"{opts.output_path}")
+    print(f"{paper.title}: conventions on {on} ({family or 'family unknown, taken as ' + PAPERS_FAMILY}); "
+          f"{len(cells)} cell(s), {len(done)} already finished in {opts.output_path}")
+    if table is None and args.model != TESTBED:
+        print(f"(the {paper.name} paper has no published table of the {family} family: reproduced cells only)")
     if args.dry_run:
         return dry_run(cells, opts, done)
     code = run_cells(cells, opts, done)
@@ -167,4 +172,4 @@ def reproduce_main(args: argparse.Namespace) -> int:
         return code
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
-    return _report(None if args.model == TESTBED else paper.published, folders)
+    return _report(None if args.model == TESTBED else table, folders)

@@ -115,8 +115,9 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
                              "--published, the published (TPF, accuracy) curves of the same task beside them")
     parser.add_argument("--curves-x", choices=("tpf", "tps"), default="tpf", help="x axis of --curves (default tpf)")
     parser.add_argument("--published", action="append", default=[], metavar="NAME",
-                        help="also show a published table side by side: learn2pd, fastdllm_llada, fastdllm_dream, "
-                             "all, or a JSON path; repeatable")
+                        help="also show a published table side by side: a shipped table's name (learn2pd, "
+                             "fastdllm_llada, ...), all, auto (the tables of the runs' model families, from the "
+                             "family facts), or a JSON path; repeatable")
     parser.add_argument("--save-baseline", default=None, metavar="FILE.json",
                         help="store this report's cells as a regression baseline for `l2pd-eval compare`")
 
@@ -136,9 +137,10 @@ def report_main(args: argparse.Namespace) -> int:
         runs, report = build_from_args(args)
         published = None
         if args.published:
-            from l2pd_eval.results.published import load_tables
+            from l2pd_eval.results.published import cell_family, load_tables
 
-            published = load_tables(args.published)
+            families = sorted({f for c in report.cells.values() if (f := cell_family(c)) is not None})
+            published = load_tables(args.published, families)
     except ValueError as exc:
         return _error(str(exc))
 

@@ -153,8 +153,8 @@ def beside(curve, column: Column, cells: list[ReportCell]) -> bool:
     count of the column's runs where they are recorded (a 0-shot paper curve is not beside 5-shot runs)."""
     from l2pd_eval.results.published import cell_family
 
-    if (curve.task, curve.gen_length) != column or not curve.points:
-        return False
+    if curve.task != column[0] or curve.gen_length not in (None, column[1]) or not curve.points:
+        return False  # a source that names no length (d3LLM's yaml) stands beside every length of the task
     families = {cell_family(c) for c in cells} - {None}
     shots = {c.n_shot for c in cells} - {None}
     family = curve.table.family
@@ -224,7 +224,8 @@ def plot_published(table, curves: list, out: str | os.PathLike) -> Path:
             ax.plot(*zip(*c.points, strict=True), marker=MARKERS[i % len(MARKERS)], linestyle="-" if len(c.points) > 1
                     else "none", color=plt.cm.tab10(i % 10), label=label)
         first = mine[0]
-        ax.set_title(f"{group}: {first.task} {first.gen_length}, {first.num_fewshot}-shot (y_max {first.y_max:.2f})")
+        length = "" if first.gen_length is None else f" {first.gen_length}"
+        ax.set_title(f"{group}: {first.task}{length}, {first.num_fewshot}-shot (y_max {first.y_max:.2f})")
         ax.set_xlabel("TPF (the source's count)")
         ax.set_ylabel("accuracy (%)")
         ax.grid(True, alpha=0.3)

@@ -62,6 +62,8 @@ class ReportCell:
     n_eval: int | None = None
     model: str | None = None
     family: str | None = None  # the run's model family, as its sidecar recorded it
+    checkpoint: str | None = None  # the released checkpoint the run's model is (family_facts), if recognised
+    steps: int | None = None  # the run's fixed step count; None: steps = gen_length
     n_shot: int | None = None
     limit: float | None = None  # lm-eval --limit of the run (None: every document)
     settings: dict[str, str] = field(default_factory=dict)  # runs.ANSWER_SETTINGS as recorded
@@ -149,7 +151,8 @@ def _report_cell(run: Run, method: Method, result: TaskResult, kinds: tuple[str,
         tokens_per_forward=t.tokens_per_forward_mean if t else None,
         tpf=tpfs.get(tpf_kind), tpf_by_kind=tpfs,
         n_timing=t.count if t else 0, n_eval=result.n_eval, model=run.model, family=run.family,
-        n_shot=result.n_shot, limit=run.limit, settings=dict(result.settings),
+        checkpoint=run.checkpoint, steps=run.steps, n_shot=result.n_shot, limit=run.limit,
+        settings=dict(result.settings),
         environment=environment.stamp(run.manifest) if run.sidecar is not None else {},
         empty_sidecar=str(run.sidecar.path) if run.sidecar is not None and not run.sidecar.samples else None,
         filter_name=_filter_name(run),
