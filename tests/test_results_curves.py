@@ -174,3 +174,15 @@ def test_points_of_two_models_are_two_curves(swept):
     curves = [c for c in report.curves if c.column == GSM and c.key.policy == "threshold"]
     assert sorted(len(c.cells) for c in curves) == [1, 2]
     assert {c.cells[0].model for c in curves if len(c.cells) == 1} == {other}
+
+
+def test_a_setting_one_run_did_not_record_does_not_split_a_curve(swept):
+    """lm-eval's python API (the demo) writes no chat_template; its run and the CLI's join one curve."""
+    for res in swept.glob("results_*.json"):
+        data = json.loads(res.read_text())
+        if data["config"]["model_args"].get("threshold") == 0.5:
+            data.pop("chat_template")
+            res.write_text(json.dumps(data))
+    report = build_report(discover([swept]))
+    (curve,) = [c for c in report.curves if c.column == GSM and c.key.policy == "threshold"]
+    assert len(curve.cells) == 3

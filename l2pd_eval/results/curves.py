@@ -91,9 +91,16 @@ def build_curves(report: Report, pinned: dict[str, float], notes: list[str]) -> 
     params = report.aup_params
     groups: dict[tuple, list[ReportCell]] = {}
     for (method, column), cell in report.cells.items():
-        if _point(cell):  # one curve per method and setup: never the points of two models joined
-            setup = tuple(cell.settings.get(k) for k in SAME_SETUP)
-            groups.setdefault((column, curve_key(method), setup), []).append(cell)
+        if not _point(cell):
+            continue
+        # one curve per method and setup (never the points of two models joined); a setting one run did
+        # not record (lm-eval's python API writes no chat_template) does not split a curve
+        setup = {k: cell.settings[k] for k in SAME_SETUP if k in cell.settings}
+        key = next((k for k in groups if k[:2] == (column, curve_key(method))
+                    and all(v == dict(k[2]).get(name, v) for name, v in setup.items())), None)
+        if key is None:
+            key = (column, curve_key(method), tuple(sorted(setup.items())))
+        groups.setdefault(key, []).append(cell)
     for column in report.columns:
         y = column_y_max(report, column, pinned)
         if y is not None:
