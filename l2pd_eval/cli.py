@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-filter": ("l2pd_eval.filters.cli", "Train a Learn2PD filter on recorded trajectories."),
     "demo": ("l2pd_eval.testbed.demo", "Offline demo: evaluate every policy on the embedded testbed dLLM."),
     "reproduce": ("l2pd_eval.reproduce.cli", "Rerun a paper's table (learn2pd, fastdllm) through lm-eval, resumably; report."),
+    "sweep": ("l2pd_eval.sweep.cli", "Run one method over a parameter grid through lm-eval, resumably; AUP curve."),
+    "leaderboard": ("l2pd_eval.leaderboard.cli", "Write a static leaderboard page (HTML + assets) from stored runs."),
 }
 
 

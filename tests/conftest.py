@@ -125,3 +125,30 @@ def read_only_dir(tmp_path):
         yield folder, seal
     finally:
         subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: a lingering handle never leaves it mounted
+
+
+@pytest.fixture(scope="session")
+def testbed_sweep(tmp_path_factory):
+    """A 3-point threshold sweep of the testbed (+ its baseline) through the stock lm-eval CLI, run once per
+    session (tests/test_sweep.py, tests/test_leaderboard.py): (folder, argv, what it printed)."""
+    import contextlib
+    import io
+
+    from l2pd_eval.cli import main
+
+    out = tmp_path_factory.mktemp("sweep")
+    argv = ["sweep", "--model", "testbed", "--policy", "threshold", "--grid", "threshold=0.99,0.999,0.9999",
+            "--output_path", str(out), "--batch_size", "2", "--limit", "2"]
+    buf = io.StringIO()
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the cells' lm-eval processes: one thread, as in-process tests
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(argv)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    assert code == 0, buf.getvalue()[-3000:]
+    return out, argv, buf.getvalue()

@@ -154,7 +154,7 @@ def test_other_shot_counts_are_not_paired_but_named(tmp_path):
     assert p.ours is None and p.unpaired == "2-shot run vs 5-shot paper"
     notes = comparison_notes(report, load_tables(["learn2pd"]))
     assert "Not paired: learn2pd Learn2PD + EoTP gsm8k 1024 (2-shot run vs 5-shot paper)" in notes
-    assert any(n.startswith("Absolute TPS were measured on different GPUs (ours: NVIDIA H100 80GB HBM3)") for n in notes)
+    assert any(n.startswith("Absolute TPS were measured on different hardware (ours: NVIDIA H100 80GB HBM3)") for n in notes)
 
 
 DPAD_SPOT_CHECKS = {  # (label, task, length): (speedup, accuracy, strict accuracy, latency), as printed

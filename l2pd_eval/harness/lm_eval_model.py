@@ -142,6 +142,7 @@ class Learn2PDLM(LM):
             batch_size=a.batch_size, batch_sizes=[], dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=a.compile, compile_autotune=a.compile_autotune,
+            attention=self.family.attention, split_keys=self.speed.split_keys,
         )
 
     @classmethod

@@ -27,7 +27,7 @@ import os
 import sqlite3
 from collections.abc import Iterable, Mapping
 from contextlib import closing
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,9 +156,7 @@ def restore(journal: TimingJournal, cached: list[tuple[str, str, int]], rank: in
         if entry.config != journal.config:
             raise ConfigError(f"--use_cache {str(journal.path).removesuffix(JOURNAL_SUFFIX)}: holds answers decoded "
                               f"with other model_args; lm-eval keys its cache by the request only, so {_PER_CONFIG}")
-        s = entry.sample
-        samples.append(SampleRecord(task=task, doc_id=doc_id, tokens=s.tokens, seconds=s.seconds, nfe=s.nfe,
-                                    gen_length=s.gen_length, eotp_saved=s.eotp_saved, paper_tokens=s.paper_tokens))
+        samples.append(replace(entry.sample, task=task, doc_id=doc_id))
         tasks[task] = tasks.get(task, 0) + 1
         seconds += entry.wall_seconds
     loop = LoopRecord(rank=rank, seconds=seconds, tasks=tasks, done=True) if samples else None

@@ -155,6 +155,15 @@ class RunOptions:
     device: str | None = None
     lm_eval_args: tuple[str, ...] = ()
 
+    @classmethod
+    def from_args(cls, args) -> RunOptions:
+        """From the options ``reproduce`` and ``sweep`` share (--output_path, --batch_size, --limit, ...)."""
+        extra, limit = split_limit(tuple(shlex.split(args.lm_eval_args)), args.limit)
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--lm_eval_args --limit {limit}: give a positive number of documents per task")
+        return cls(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=limit,
+                   device=args.device, lm_eval_args=extra)
+
 
 def command(cell: Cell, opts: RunOptions) -> list[str]:
     """The stock lm-eval CLI (``python -m lm_eval``; through our entry point when the .pth hook is off)."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shlex
 import subprocess
 import sys
 import time
@@ -30,7 +29,6 @@ from l2pd_eval.reproduce.cells import (
     set_aside,
     settings_mismatch,
     shell_line,
-    split_limit,
     write_cell_record,
 )
 from l2pd_eval.reproduce.papers import BLOCK_LENGTH, PAPERS, PAPERS_FAMILY, get_paper, model_family
@@ -122,6 +120,14 @@ def _run_cell(cell: Cell, opts: RunOptions) -> tuple[int, Path]:
                 if _RELAY.match(line):
                     print(f"    {line.rstrip()}", flush=True)
     return proc.returncode, log
+
+
+def dry_run(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int:
+    """Print each cell's lm-eval command and whether it would run."""
+    for cell in cells:
+        state = "finished, skipped" if cell.folder in done else "to run"
+        print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
+    return EXIT_OK
 
 
 class OutputLock:
@@ -221,11 +227,7 @@ def reproduce_main(args: argparse.Namespace) -> int:
                           "for whole tasks)")
     paper = get_paper(args.paper)
     cells = plan(paper, _selection(args))
-    extra, limit = split_limit(tuple(shlex.split(args.lm_eval_args)), args.limit)
-    if limit is not None and limit < 1:
-        raise ConfigError(f"--lm_eval_args --limit {limit}: give a positive number of documents per task")
-    opts = RunOptions(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=limit,
-                      device=args.device, lm_eval_args=extra)
+    opts = RunOptions.from_args(args)
     done = finished_cells(cells, opts)
     family = PAPERS_FAMILY if args.model == TESTBED else model_family(args.model)
     table = paper.table_for(family or PAPERS_FAMILY)
@@ -235,10 +237,7 @@ def reproduce_main(args: argparse.Namespace) -> int:
     if table is None and args.model != TESTBED:
         print(f"(the {paper.name} paper has no published table of the {family} family: reproduced cells only)")
     if args.dry_run:
-        for cell in cells:
-            state = "finished, skipped" if cell.folder in done else "to run"
-            print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
-        return EXIT_OK
+        return dry_run(cells, opts, done)
     if len(done) == len(cells):  # nothing to run: nothing written, no lock needed
         code = run_cells(cells, opts, done)
     else:

@@ -26,6 +26,9 @@ class Method:
     params: tuple[tuple[str, str], ...] = ()
     cache: str = "none"
     eotp: str = "false"  # an EOTP_RULES name
+    # Settings that change answers (runs.ANSWER_SETTINGS: model, sampling, prompt format, ...) in which
+    # this row's runs differ from other runs of the same method in a column; empty when none do.
+    variant: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule_name reads one)
@@ -40,22 +43,45 @@ class Method:
             text += f" + {self.cache} cache"
         if self.eotp != "false":
             text += EOTP_LABELS[self.eotp]
+        if self.variant:
+            text += " [" + ", ".join(f"{k}={v}" for k, v in self.variant) + "]"
         return text
+
+    @property
+    def base(self) -> Method:
+        """The method without its variant (what the paper and a baseline spec name)."""
+        return Method(self.policy, self.params, self.cache, self.eotp)
 
     def sort_key(self) -> tuple:
         order = {p: i for i, p in enumerate(POLICY_ORDER)}
         caches = {c: i for i, c in enumerate(CACHE_ORDER)}
         return (order.get(self.policy, len(order)), self.policy, EOTP_RULES.index(self.eotp),
-                caches.get(self.cache, len(caches)), self.cache, self.params)
+                caches.get(self.cache, len(caches)), self.cache, _numeric_order(self.params), self.variant)
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
+        out = {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
+        if self.variant:
+            out["variant"] = dict(self.variant)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], bool_true: str = "committed") -> Method:
         """A stored method (baseline files); a boolean ``eotp: true`` there predates the rule names."""
-        return method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"), data.get("eotp"),
-                                    bool_true=bool_true)
+        method = method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"),
+                                      data.get("eotp"), bool_true=bool_true)
+        variant = tuple(sorted((str(k), str(v)) for k, v in (data.get("variant") or {}).items()))
+        return Method(method.policy, method.params, method.cache, method.eotp, variant)
+
+
+def _numeric_order(params: tuple[tuple[str, str], ...]) -> tuple:
+    """Parameters in numeric order where they are numbers (a sweep's 0.5 < 0.55 < 0.9 < 0.95)."""
+    out = []
+    for key, value in params:
+        try:
+            out.append((key, 0, float(value), ""))
+        except ValueError:
+            out.append((key, 1, 0.0, value))
+    return tuple(out)
 
 
 # Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
@@ -175,7 +201,7 @@ def method_matches(method: Method, fields: dict[str, str]) -> bool:
         return False
     if method.eotp != eotp_rule_name(fields.get("eotp", "false")):
         return False
-    params = dict(method.params)
+    params = {**dict(method.variant), **dict(method.params)}
     for key, value in fields.items():
         if key in {"policy", "cache", "eotp"}:
             continue

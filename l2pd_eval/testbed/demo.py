@@ -1,8 +1,9 @@
 """``l2pd-eval demo``: the whole harness, offline, on the embedded testbed dLLM (CPU, minutes).
 
 For each method it runs lm-eval itself (``simple_evaluate`` with ``model="learn2pd"`` on the ``l2pd_demo``
-task, results saved by lm-eval's own tracker, timing sidecars written by our hook), then prints the paper's
-table (TPS / speedup / accuracy per method) and draws the speed-accuracy plot with ``l2pd-eval report``.
+task, results saved by lm-eval's own tracker, timing sidecars written by our hook), then prints the report
+(accuracy with its interval, TPS, speedup, TPF, NFE, AUP per method), draws the speed-accuracy plot with
+``l2pd-eval report`` and writes the leaderboard page (``site/index.html``) beside its table.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def demo_main(args: argparse.Namespace) -> int:
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    console = Console()
+    console = Console(soft_wrap=True)  # one line per method, also off a terminal
     ckpt, filt = checkpoint_path(), filter_path()  # filter: scripts/train_testbed_filter.sh, README beside it
     chosen = METHODS if not args.methods else [m for m in METHODS if m[0] in args.methods]
     unknown = set(args.methods or []) - {m for m, _ in METHODS}
@@ -86,7 +87,8 @@ def demo_main(args: argparse.Namespace) -> int:
     # TPS as the README's demo table and the committed baseline give it: the per-sample decode mean.
     code = cli_main(["report", str(out), "--tps", "mean", "--plot", str(out / "tradeoff.png")])
     cli_main(["report", str(out), "--tps", "mean", "--output", str(out / "table.md")])
-    console.print(f"\nresults, sidecars, table.md and tradeoff.png are in {out}/")
+    cli_main(["leaderboard", str(out), "-o", str(out / "site"), "--title", "l2pd-eval demo (testbed, CPU)"])
+    console.print(f"\nresults, sidecars, table.md, tradeoff.png and the page site/index.html are in {out}/")
     return code
 
 
