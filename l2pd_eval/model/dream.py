@@ -27,12 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.skinny import swiglu
 
 
 @dataclass
@@ -160,7 +160,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_width, cfg.d_model, bias=False)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return self.down_proj(swiglu(h, self.gate_proj, self.up_proj))
 
 
 class Layer(nn.Module):
@@ -247,4 +247,4 @@ class Dream(MaskPredictor):
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(x, head)
+        return self.project(x, head)

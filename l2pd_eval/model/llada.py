@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.skinny import swiglu
 
 
 @dataclass
@@ -173,7 +173,7 @@ class Block(nn.Module):
                                 split_keys)
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        return x + self.ff_out(swiglu(h, self.ff_proj, self.up_proj))
 
 
 class _Transformer(nn.Module):
@@ -228,4 +228,4 @@ class LLaDA(MaskPredictor):
         t = self.model.transformer
         x = t.ln_f(x)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
-        return F.linear(x, head)[..., : self.config.vocab_size]
+        return self.project(x, head)[..., : self.config.vocab_size]
