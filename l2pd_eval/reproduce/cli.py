@@ -29,6 +29,7 @@ from l2pd_eval.reproduce.cells import (
     settings_mismatch,
     shell_line,
 )
+from l2pd_eval.reproduce.estimate import StepCosts, batch_rows, estimate_cell, hours
 from l2pd_eval.reproduce.papers import PAPERS, get_paper
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
@@ -120,6 +121,42 @@ def _report(paper_published: str | None, folders: list[Path]) -> int:
     return cli_main(argv)
 
 
+def _cache_of(cell: Cell) -> str:
+    return next((p.split("=", 1)[1] for p in cell.model_args.split(",") if p.startswith("cache=")), "none")
+
+
+def _estimates(published: str, cells: list[Cell], opts: RunOptions) -> tuple[dict[str, float], float, float] | None:
+    """Estimated GPU seconds per cell at the run's batch size (compiled steps, CUDA graphs), and the whole
+    selection's at ``batch_size=auto`` and as the authors' scripts run it (batch 1, no compile, no graphs),
+    from the measured step costs (``reproduce/estimate.py``); None without a step-cost table."""
+    try:
+        ours, theirs = StepCosts.load(setting="compiled"), StepCosts.load(setting="eager")
+    except (OSError, KeyError, ValueError):
+        return None
+    rows = batch_rows(opts.batch_size)
+
+    def one(costs: StepCosts, cell: Cell, batch: int) -> float:
+        return estimate_cell(costs, cell.benchmark, cell.length, cell.method.key, _cache_of(cell), batch,
+                             opts.limit, published)
+
+    per_cell = {cell.folder: one(ours, cell, rows) for cell in cells}
+    return (per_cell, sum(one(ours, c, batch_rows("auto")) for c in cells),
+            sum(one(theirs, c, 1) for c in cells))
+
+
+def _print_totals(est: tuple[dict[str, float], float, float], opts: RunOptions, extra: str) -> None:
+    per_cell, auto, authors = est
+    total = sum(per_cell.values())
+    costs = StepCosts.load(setting="compiled")
+    print(f"\nEstimated GPU time of decoding (one {costs.gpu}, step costs {costs.source}; commit profiles and the "
+          f"method: l2pd_eval/reproduce/estimate.py): {hours(total)} at --batch_size {opts.batch_size}, "
+          f"{hours(auto)} at --batch_size auto ({batch_rows('auto')} rows); the authors' batch-1 scripts (no "
+          f"compile, no CUDA graphs) by the same estimate: {hours(authors)} ({authors / auto:.1f}x auto's). "
+          "Excludes start-up (model load, compile warm-up) and lm-eval's own work.")
+    if "compile=true" not in extra:
+        print("(the estimate assumes compile=true; add --extra_model_args compile=true for its step costs)")
+
+
 def reproduce_main(args: argparse.Namespace) -> int:
     try:
         paper = get_paper(args.paper)
@@ -134,9 +171,13 @@ def reproduce_main(args: argparse.Namespace) -> int:
     print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
           f"{opts.output_path}")
     if args.dry_run:
+        est = None if args.model == TESTBED else _estimates(paper.published, cells, opts)
         for cell in cells:
             state = "finished, skipped" if cell.folder in done else "to run"
-            print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
+            when = f"; ~{hours(est[0][cell.folder])} of GPU" if est else ""
+            print(f"\n# {cell.folder}  [{cell.method.label}; {state}{when}]\n{shell_line(cell, opts)}")
+        if est:
+            _print_totals(est, opts, args.extra_model_args)
         return EXIT_OK
     for i, cell in enumerate(cells, 1):
         head = f"[{i}/{len(cells)}] {cell.folder} ({cell.method.label})"

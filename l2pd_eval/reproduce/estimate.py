@@ -95,7 +95,9 @@ class StepCosts:
     dual: tuple[tuple[int, int, float], ...]                  # (batch, length, ms)
     prefix: tuple[tuple[int, float], ...]                     # (queries B*chunk, ms), sorted
     step_overhead_ms: float
+    graph_shape_ms: float  # a new CUDA-graph shape: its eager first step and its recording (caches.graphs)
     source: str
+    gpu: str = "GPU"
 
     @classmethod
     def load(cls, path: Path = STEP_COSTS, setting: str = "compiled") -> StepCosts:
@@ -103,7 +105,8 @@ class StepCosts:
         return cls(full=tuple(sorted((b * t, ms) for b, t, ms in data["full"])),
                    dual=tuple(sorted(tuple(r) for r in data["dual"])),
                    prefix=tuple(sorted((b * w, ms) for b, w, ms in data["prefix"])),
-                   step_overhead_ms=data["step_overhead_ms"], source=data["source"])
+                   step_overhead_ms=data["step_overhead_ms"], graph_shape_ms=data.get("graph_shape_ms", 0.0),
+                   source=data["source"], gpu=data.get("gpu", "GPU"))
 
     @staticmethod
     def _per_token(points: tuple[tuple[int, float], ...], n: float) -> float:
@@ -137,6 +140,8 @@ class StepCosts:
             (t0, y0), (t1, y1) = pts[j - 1], pts[j]
             return y0 + (y1 - y0) * (length - t0) / (t1 - t0)
 
+        if len(batches) == 1:
+            return at(batches[0])
         j = min(max(bisect.bisect_left(batches, batch), 1), len(batches) - 1)
         b0, b1 = batches[j - 1], batches[j]
         y0, y1 = at(b0), at(b1)
@@ -161,6 +166,8 @@ def cell_seconds(costs: StepCosts, profile: Profile, cache_name: str, prompt_len
             else:
                 chunk = length - (p + b * BLOCK)
                 total_ms += costs.full_ms(n, length) + (steps - 1) * costs.cached_ms(cache_name, n, length, chunk)
+                if steps > 2 and (cache_name == "prefix" or b == 0):  # a new shape: every block's chunk (prefix)
+                    total_ms += costs.graph_shape_ms
             total_ms += steps * costs.step_overhead_ms
     return total_ms / 1e3
 
