@@ -29,13 +29,14 @@ NEW_PADDED_WIDTH = PrefixCache.padded_width
 
 
 def speed(args, cache: str = "", graph_width_bucket: int = 0, gemm: str = "cublas") -> SpeedConfig:
-    """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on,
-    ``gemm="skinny"`` the skinny-GEMM kernel. Width buckets default to exact widths: the step tables time
-    each block's own chunk."""
+    """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on;
+    ``gemm`` names the kernel variant: ``cublas`` (today's path), ``skinny`` (the skinny-GEMM kernel),
+    ``attn`` (the Triton decode attention), ``skinny+attn`` (both). Width buckets default to exact widths:
+    the step tables time each block's own chunk."""
     return SpeedConfig(cuda_graph=cache.endswith("+graph"), compile=args.compile,
                        compile_autotune=args.compile_autotune, split_keys=not args.no_split_kv,
                        graph_row_buckets=not args.no_row_buckets, graph_width_bucket=graph_width_bucket,
-                       skinny_gemm=gemm == "skinny")
+                       skinny_gemm="skinny" in gemm.split("+"), triton_attention="attn" in gemm.split("+"))
 
 
 def strategy(args, cache: str, model, batch: int, total: int, gemm: str = "cublas"):
@@ -47,7 +48,8 @@ def strategy(args, cache: str, model, batch: int, total: int, gemm: str = "cubla
 
 
 def skinny_applies(model, cache: str, batch: int, prompt: int, gen: int) -> bool:
-    """Whether a batch-1 step's GEMMs take the skinny kernel at all (few enough rows: model.skinny)."""
+    """Whether a batch-1 step takes the Triton kernels at all (few enough rows: model.skinny, and the
+    decode attention's query limit, the same 128)."""
     bs = prompt + gen // 2
     rows = batch * cache_class(cache.split("+")[0]).step_queries((bs, bs + 32), prompt + gen, model.logit_shift)
     return batch == 1 and rows <= skinny.MAX_ROWS
@@ -204,7 +206,7 @@ def bench_steps(model, special, args, ceilings, out):
     for gen in args.gen_lengths:
         for batch, cache, gemm in [(b, c, g) for b in args.batches for c in args.caches for g in args.gemms]:
             total = args.prompt + gen
-            if gemm == "skinny" and not skinny_applies(model, cache, batch, args.prompt, gen):
+            if gemm != "cublas" and not skinny_applies(model, cache, batch, args.prompt, gen):
                 continue  # the same cuBLAS step again
             if DEVICE == "cuda":
                 torch.cuda.empty_cache()
@@ -269,15 +271,17 @@ def check_skinny(model, args, out) -> None:
     pos = torch.arange(total, device=DEVICE).expand(1, total)
     for cache in ("dual", "prefix"):
         res = []
-        for gemm in ("cublas", "skinny"):
+        for gemm in args.gemms:
             strat = strategy(args, cache, model, 1, total, gemm)
             strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=0))
             res.append(strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=1)).double())
-        rel = ((res[1] - res[0]).norm() / res[0].norm()).item()
-        same = (res[0].argmax(-1) == res[1].argmax(-1)).float().mean().item()
-        print(json.dumps(dict(skinny_check=True, cache=cache, rel_err=rel, same_argmax_share=same)), file=out,
-              flush=True)
-        print(f"skinny vs cuBLAS {cache} step logits: rel err {rel:.2e}, same argmax {100 * same:.0f}% of positions")
+        for gemm, r in zip(args.gemms[1:], res[1:], strict=True):
+            rel = ((r - res[0]).norm() / res[0].norm()).item()
+            same = (res[0].argmax(-1) == r.argmax(-1)).float().mean().item()
+            print(json.dumps(dict(skinny_check=True, cache=cache, variant=gemm, rel_err=rel, same_argmax_share=same)),
+                  file=out, flush=True)
+            print(f"{gemm} vs {args.gemms[0]} {cache} step logits: rel err {rel:.2e}, same argmax {100 * same:.0f}% "
+                  "of positions")
 
 
 class Staggered(Policy):
@@ -411,9 +415,11 @@ def _parser() -> argparse.ArgumentParser:
                     help="SpeedConfig.graph_width_bucket; several values: one batch-1 e2e cell each where it applies")
     ap.add_argument("--prefix-blocks", action="store_true",
                     help="also time each block's new-width cost for prefix+graph at batch 1 (gen --e2e-gen)")
-    ap.add_argument("--gemms", nargs="+", default=["cublas"], choices=["cublas", "skinny"],
-                    help="A/B: step cells with cuBLAS and/or the skinny-GEMM kernel (SpeedConfig.skinny_gemm)")
-    ap.add_argument("--e2e-gemms", nargs="+", default=["cublas"], choices=["cublas", "skinny"])
+    kernels = ["cublas", "skinny", "attn", "skinny+attn"]
+    ap.add_argument("--gemms", nargs="+", default=["cublas"], choices=kernels,
+                    help="A/B: step cells per kernel variant (the first is the reference): cublas (today), skinny "
+                         "(SpeedConfig.skinny_gemm), attn (SpeedConfig.triton_attention), skinny+attn")
+    ap.add_argument("--e2e-gemms", nargs="+", default=["cublas"], choices=kernels)
     ap.add_argument("--skinny-table", default=None, help="tiles from bench/tune_skinny.py --table (else skinny.TUNED)")
     ap.add_argument("--width-rules", nargs="+", default=["new"], choices=["new", "old"],
                     help="A/B of the width-bucket rule in e2e cells: new (after logit_shift) and/or old")
@@ -431,7 +437,8 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         if r.get("oom"):
             print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>12}  OOM")
             continue
-        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache'] + ('*' if r.get('gemm') == 'skinny' else ''):>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
+        mark = {"skinny": "*", "attn": "^", "skinny+attn": "*^"}.get(r.get("gemm"), "")
+        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache'] + mark:>12} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
               f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['refresh_ms']:8.1f} "
               f"{100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% {r['peak_gib']:7.1f}")
     for r in e2e:
@@ -441,8 +448,8 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
         if width_buckets_apply(r["cache"], r["batch"]):
             extra += f"  width bucket {r['graph_width_bucket']} ({r['width_rule']} rule)"
-        if r.get("gemm") == "skinny":
-            extra += "  skinny GEMMs"
+        if r.get("gemm", "cublas") != "cublas":
+            extra += f"  kernels {r['gemm']}"
         print(f"e2e cache={r['cache']:>12} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
               f"{' ragged' if r['ragged'] else ''}: "
               f"{r['seconds']:.2f}s  {r['gens_per_s']:.2f} gen/s{extra}")
@@ -472,12 +479,13 @@ def main() -> None:
             load_table(args.skinny_table)
         for gemm in args.gemms:
             check_graph(model, args, out, gemm)
-        if "skinny" in args.gemms and DEVICE == "cuda":
+        if len(args.gemms) > 1 and DEVICE == "cuda":
             check_skinny(model, args, out)
         steps = bench_steps(model, special, args, ceilings, out)
         timed = {(r['gen'], r['batch'], r['cache'], r['gemm']): r for r in steps if not r.get('oom')}
         e2e = bench_e2e(model, special, args, out, timed, ceilings)
         blocks = bench_prefix_blocks(model, args, out) if args.prefix_blocks else []
+    print("(* skinny-GEMM kernel, ^ Triton decode attention)")
     _print_summary(env, steps, e2e)
     for r in blocks:
         print(f"prefix+graph block {r['block']:>2} width {r['width']:>4}: eager {r['eager_ms']:6.2f} ms, record+replay "

@@ -192,20 +192,23 @@ def build_costs(args: argparse.Namespace) -> None:
     """``step_costs_h200.json`` from bench_step JSONL: the compiled steps (graphs) and the uncompiled batch-1
     ones (``eager``: the authors' scripts have neither compile nor graphs)."""
 
-    def read(path: Path, graphs: bool) -> dict:
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-        env = rows[0]
-        steps = [r for r in rows if "step_ms" in r and r.get("gemm", "cublas") == "cublas"]
-        full = [[r["batch"], env["prompt"] + r["gen"], r["refresh_ms"]] for r in steps]
+    def read(paths: list[Path], graphs: bool) -> dict:
+        steps, sources = [], []
+        for path in paths:
+            rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+            env = rows[0]
+            steps += [dict(r, prompt=env["prompt"]) for r in rows if "step_ms" in r and r.get("gemm", "cublas") == "cublas"]
+            sources.append(f"docs/bench/{path.name}")
+        full = [[r["batch"], r["prompt"] + r["gen"], r["refresh_ms"]] for r in steps]
         want = (lambda c: c.endswith("+graph")) if graphs else (lambda c: "+" not in c)
-        dual = [[r["batch"], env["prompt"] + r["gen"], r["step_ms"]] for r in steps
+        dual = [[r["batch"], r["prompt"] + r["gen"], r["step_ms"]] for r in steps
                 if r["cache"].split("+")[0] == "dual" and want(r["cache"])]
         prefix = [[r["batch"], r["gen"] // 2, r["step_ms"]] for r in steps
                   if r["cache"].split("+")[0] == "prefix" and want(r["cache"])]
         pol = [r["policy_pipelined_ms"] for r in steps if r["cache"] != "none"]
         return dict(full=full, dual=dual, prefix=prefix, step_overhead_ms=statistics.median(pol) if pol else 0.0,
                     graph_shape_ms=40.0 if graphs else 0.0, gpu=env["gpu"], torch=env["torch"],
-                    source=f"docs/bench/{path.name}")
+                    source=", ".join(sources))
 
     data = {"compiled": read(args.compiled, True), "eager": read(args.eager, False),
             "what": "ms per forward step on one GPU, random:llada-8b bf16, prompt 900, from bench/bench_step.py "
@@ -229,8 +232,8 @@ def main(argv: list[str] | None = None) -> None:
     r.add_argument("--jsonl", type=Path, default=Path("table_time.jsonl"))
     r.add_argument("--smoke", action="store_true", help="CPU, random:tiny, gen lengths / 8, 2 documents a cell")
     c = sub.add_parser("costs")
-    c.add_argument("--compiled", type=Path, required=True)
-    c.add_argument("--eager", type=Path, required=True)
+    c.add_argument("--compiled", type=Path, nargs="+", required=True)
+    c.add_argument("--eager", type=Path, nargs="+", required=True)
     c.add_argument("--out", type=Path, required=True)
     args = p.parse_args(argv)
     run(args) if args.cmd == "run" else build_costs(args)

@@ -164,7 +164,7 @@ def profile_steps(model, out, args) -> None:
         x = torch.randint(0, model.config.vocab_size, (batch, total), device="cuda")
         pos = torch.arange(total, device="cuda").expand(batch, total)
         fast = SpeedConfig(cuda_graph=cache.endswith("+graph"), graph_width_bucket=0,  # exact widths
-                           skinny_gemm=args.skinny)
+                           skinny_gemm=args.skinny, triton_attention=args.triton_attention)
         fast.prepare(model)
         strat = fast.strategy(cache.split("+")[0], model, batch, total)
 
@@ -194,6 +194,7 @@ def profile_steps(model, out, args) -> None:
         busy = sum(per_kind.values())
         top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
         emit(out, part="profile", cache=cache, batch=batch, gen=gen, refresh=args.refresh, skinny=args.skinny,
+             triton_attention=args.triton_attention,
              wall_us=wall * 1e6, kernel_us=busy, launches=sum(v[1] for v in per_kernel.values()),
              kinds=dict(per_kind), top=[(n[:90], round(v[0], 1), round(v[1], 1)) for n, v in top])
         print(f"\nprofile {cache}{' refresh' if args.refresh else ''}{' skinny' if args.skinny else ''} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
@@ -218,6 +219,7 @@ def main() -> None:
     ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "attn_choice", "predict", "profile"])
     ap.add_argument("--refresh", action="store_true", help="profile: each block's first step (a full forward)")
     ap.add_argument("--skinny", action="store_true", help="profile: the skinny-GEMM kernel (SpeedConfig.skinny_gemm)")
+    ap.add_argument("--triton-attention", action="store_true", help="profile: SpeedConfig.triton_attention")
     ap.add_argument("--skinny-table", default=None, help="tiles from bench/tune_skinny.py --table")
     ap.add_argument("--out", default="profile.jsonl")
     args = ap.parse_args()

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from l2pd_eval.caches import ForwardStrategy, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.model.decode_attention import use_triton_attention
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.skinny import use_skinny
 
@@ -29,6 +30,8 @@ class SpeedConfig:
     #                                padded to a multiple of this at batch 1, so a graph serves several; 0: exact
     skinny_gemm: bool = False  # GEMMs of few rows (batch-1 cached steps) and SwiGLU through the Triton kernel
     #                            of model.skinny (CUDA only; not bit-identical to cuBLAS, docs/benchmarks.md)
+    triton_attention: bool = False  # batch-1 cached attention through model.decode_attention's kernel (any
+    #                                 head grouping; process-wide while set; CUDA only)
 
     def __post_init__(self) -> None:
         if self.graph_width_bucket < 0:
@@ -43,6 +46,7 @@ class SpeedConfig:
         forward is not a decode (the adapter, for likelihood requests)."""
         if self.skinny_gemm or getattr(model, "skinny_head", False):  # on, or back off after a run with it
             use_skinny(model, self.skinny_gemm)
+        use_triton_attention(self.triton_attention)
         if self.compile and model not in _COMPILED:
             model.compile_blocks(autotune=self.compile_autotune)
             _COMPILED.add(model)
