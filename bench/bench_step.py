@@ -217,8 +217,10 @@ def bench_steps(model, special, args, ceilings, out):
             try:
                 strat = strategy(args, cache, model, batch, total, gemm)
                 refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
-                iso, piped = time_policy(get_policy(args.policy_for_overhead),
-                                         step_fn(strat, x, pos, (bs, bs + 32), total), speed(args).predictor())
+                iso = piped = float("nan")
+                if args.policy_batches is None or batch in args.policy_batches:
+                    iso, piped = time_policy(get_policy(args.policy_for_overhead),
+                                             step_fn(strat, x, pos, (bs, bs + 32), total), speed(args).predictor())
             except torch.OutOfMemoryError:
                 rows.append(dict(gen=gen, batch=batch, cache=cache, gemm=gemm, oom=True))
                 print(json.dumps(rows[-1]), file=out, flush=True)
@@ -407,6 +409,8 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--e2e-ragged", action="store_true",
                     help="e2e prompts of random lengths in [prompt/2, prompt]: padded batches, as lm-eval sends them")
     ap.add_argument("--policy-for-overhead", default="threshold")
+    ap.add_argument("--policy-batches", type=int, nargs="*", default=None,
+                    help="time the policy overhead at these batches only (none: no policy timing; default: all)")
     ap.add_argument("--out", default="bench.jsonl")
     ap.add_argument("--model", default="random:llada-8b")
     ap.add_argument("--device", default="cuda")

@@ -36,6 +36,7 @@ def shapes(preset: str) -> list[tuple[str, int, int, bool, bool, int]]:
     d, hq, hkv, ff = c.d_model, c.n_heads * c.head_dim, c.kv_heads * c.head_dim, c.mlp_width
     bias = fam.name == "dream"  # Qwen2's q/k/v biases
     out = []
+    out.append(("qkv", hq + 2 * hkv, d, False, bias, 32 + shift))  # grouped: one launch for q, k and v
     for rows in (32 + shift, 128 + shift):
         out += [("q", hq, d, False, bias, rows), ("o", d, hq, False, False, rows),
                 ("swiglu", ff, d, True, False, rows), ("down", d, ff, False, False, rows)]
@@ -51,12 +52,18 @@ def shapes(preset: str) -> list[tuple[str, int, int, bool, bool, int]]:
     return unique
 
 
-def variants(n: int, k: int) -> list[skinny.Tile]:
+def qkv_widths(preset: str) -> tuple[int, int, int]:
+    fam = family_of_preset(preset)
+    c = fam.config_class.from_dict(fam.presets[preset])
+    return c.n_heads * c.head_dim, c.kv_heads * c.head_dim, c.kv_heads * c.head_dim
+
+
+def variants(n: int, k: int, parts: tuple[int, ...] = ()) -> list[skinny.Tile]:
     out = []
     for bn, bk, warps, stages in CONFIGS:
         for s in SPLITS:
             t = skinny.Tile(bn, bk, s, warps, stages)
-            if t.fits(n, k) and 16 <= n // bn * s <= 4096:
+            if t.fits(n, k) and 16 <= n // bn * s <= 4096 and all(p % bn == 0 for p in parts):
                 out.append(t)
     return out
 
@@ -65,9 +72,15 @@ def _precompile(jobs: list[tuple]) -> int:
     """Compile kernels into Triton's on-disk cache (run in a worker process; the timing process then loads
     them instead of compiling one by one)."""
     done = 0
-    for m, n, k, swiglu, bias, t in jobs:
+    for m, n, k, swiglu, bias, t, parts in jobs:
         try:
             x = torch.empty(m, k, dtype=torch.bfloat16, device="cuda")
+            if parts:
+                ws = [torch.empty(p, k, dtype=torch.bfloat16, device="cuda") for p in parts]
+                bs = [torch.empty(p, dtype=torch.bfloat16, device="cuda") if bias else None for p in parts]
+                skinny.launch_grouped(x, ws, bs, skinny.Tile(*t))
+                done += 1
+                continue
             w = torch.empty(n, k, dtype=torch.bfloat16, device="cuda")
             skinny.launch(x, w, torch.empty(n, dtype=torch.bfloat16, device="cuda") if bias else None,
                           w if swiglu else None, skinny.Tile(*t))
@@ -111,6 +124,8 @@ def graph_time(fn, reps: int = 24) -> float:
 
 
 def tune_shape(out, preset: str, name: str, n: int, k: int, swiglu: bool, bias: bool, m: int, bw: float) -> dict:
+    if name == "qkv":
+        return tune_qkv(out, preset, k, bias, m, bw)
     copies = max(2, -(-(160 << 20) // (n * k * 2 * (2 if swiglu else 1))))
     gen = torch.Generator(device="cuda").manual_seed(n + k + m)
     ws = [torch.randn(n, k, generator=gen, device="cuda").mul_(k ** -0.5).bfloat16() for _ in range(copies)]
@@ -161,20 +176,68 @@ def tune_shape(out, preset: str, name: str, n: int, k: int, swiglu: bool, bias: 
     return summary
 
 
+def tune_qkv(out, preset: str, k: int, bias: bool, m: int, bw: float) -> dict:
+    """q, k and v in one grouped launch against three cuBLAS GEMMs."""
+    ns = qkv_widths(preset)
+    n = sum(ns)
+    copies = max(2, -(-(160 << 20) // (n * k * 2)))
+    gen = torch.Generator(device="cuda").manual_seed(n + k)
+    sets = [[torch.randn(w, k, generator=gen, device="cuda").mul_(k ** -0.5).bfloat16() for w in ns]
+            for _ in range(copies)]
+    bs = [torch.randn(w, generator=gen, device="cuda").bfloat16() for w in ns] if bias else [None] * 3
+    x = torch.randn(m, k, generator=gen, device="cuda").bfloat16()
+    refs = [x.double() @ w.double().T + (0 if b is None else b.double()) for w, b in zip(sets[0], bs, strict=True)]
+
+    def cublas(i):
+        return [F.linear(x, w, b) for w, b in zip(sets[i % copies], bs, strict=True)]
+
+    rows = [dict(impl="cublas", us=graph_time(cublas) * 1e6)]
+    for t in variants(n, k, ns):
+        def kern(i, t=t):
+            return skinny.launch_grouped(x, sets[i % copies], bs, t)
+        try:
+            ys = kern(0)
+            torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001
+            rows.append(dict(impl="triton", tile=t.__dict__, error=str(e)[:120]))
+            continue
+        err = max(((y.double() - r).norm() / r.norm()).item() for y, r in zip(ys, refs, strict=True))
+        same = all(torch.equal(a, b) for a, b in zip(kern(0), ys, strict=True))
+        rows.append(dict(impl="triton", tile=t.__dict__, us=graph_time(kern) * 1e6, rel_err=err, deterministic=same))
+    for r in rows:
+        r.update(part="skinny_tune", model=preset, name="qkv", m=m, n=n, k=k, swiglu=False, bias=bias)
+        if "us" in r:
+            r["bw_frac"] = n * k * 2 / (r["us"] / 1e6) / bw
+        print(json.dumps(r), file=out, flush=True)
+    ok = [r for r in rows if r["impl"] == "triton" and "us" in r and r["rel_err"] < 1e-2 and r["deterministic"]]
+    best = min(ok, key=lambda r: r["us"]) if ok else None
+    win = best is not None and best["us"] < rows[0]["us"]
+    summary = dict(part="skinny_choice", model=preset, name="qkv", m=m, n=n, k=k, swiglu=False,
+                   cublas_us=rows[0]["us"], best_us=best["us"] if best else None, tile=best["tile"] if win else None,
+                   key=[n, k, skinny.row_bucket(m), False], cublas_bw=rows[0]["bw_frac"],
+                   best_bw=best["bw_frac"] if best else None)
+    print(json.dumps(summary), file=out, flush=True)
+    print(f"{preset:>9}     qkv M={m:<4} N={n:<6} K={k:<6} cuBLAS x3 {rows[0]['us']:8.1f} us  best grouped "
+          + (f"{best['us']:8.1f} us ({100 * best['bw_frac']:3.0f}%) {best['tile']}" if best else "none"), flush=True)
+    return summary
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--models", nargs="+", default=["llada-8b", "dream-7b"])
     ap.add_argument("--out", default="tune.jsonl")
     ap.add_argument("--table", default="skinny_table.json")
     ap.add_argument("--workers", type=int, default=min(12, os.cpu_count() or 1))
+    ap.add_argument("--only", nargs="*", default=None, help="shape names (q, qkv, swiglu, down, head, ...)")
     args = ap.parse_args()
     from bench.bench_step import measure_ceilings
 
     with torch.inference_mode():
         bw = measure_ceilings()["bandwidth_Bps"]
-    todo = [(p, *s) for p in args.models for s in shapes(p)]
-    jobs = [(m, n, k, sw, bias, (t.bn, t.bk, t.splits, t.warps, t.stages))
-            for _, _, n, k, sw, bias, m in todo for t in variants(n, k)]
+    todo = [(p, *s) for p in args.models for s in shapes(p) if args.only is None or s[0] in args.only]
+    jobs = [(m, n, k, sw, bias, (t.bn, t.bk, t.splits, t.warps, t.stages), parts)
+            for p, name, n, k, sw, bias, m in todo
+            for parts in [qkv_widths(p) if name == "qkv" else ()] for t in variants(n, k, parts)]
     precompile(jobs, args.workers)
     table = {}
     with open(args.out, "w") as out, torch.inference_mode():

@@ -137,3 +137,37 @@ def test_graph_replay_of_the_kernel_equals_eager():
         assert torch.equal(out[0], eager[0]) and torch.equal(out[1], eager[1])
     ref = x.double() @ w.double().T
     assert _rel(eager[1], ref) < 1e-2
+
+
+@kernel
+@pytest.mark.parametrize("ns,tile,bias", [((128, 128, 128), Tile(64, 64, 1), False), ((256, 64, 64), Tile(64, 64, 2), True),
+                                          ((64, 128, 192), Tile(64, 128, 4), True)])
+def test_grouped_qkv_matches_three_products(ns, tile, bias):
+    gen = torch.Generator().manual_seed(sum(ns))
+    k = 512
+
+    def draw(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale).to(HALF).to(DEVICE)
+
+    x = draw(2, 16, k)
+    ws = [draw(n, k, scale=k ** -0.5) for n in ns]
+    bs = [draw(n) for n in ns] if bias else [None] * 3
+    outs = skinny.launch_grouped(x, ws, bs, tile)
+    tol = 2e-3 if HALF == torch.float16 else 1e-2
+    for y, w, b in zip(outs, ws, bs, strict=True):
+        ref = x.double() @ w.double().T + (0 if b is None else b.double())
+        assert y.shape == (2, 16, w.shape[0]) and _rel(y, ref) < tol
+    again = skinny.launch_grouped(x, ws, bs, tile)
+    assert all(torch.equal(a, b) for a, b in zip(outs, again, strict=True))
+    assert int(skinny._SCRATCH.counters[x.device].abs().sum()) == 0
+
+
+def test_qkv_off_the_kernel_is_three_linears():
+    gen = torch.Generator().manual_seed(0)
+    lin = [torch.nn.Linear(64, n, bias=True) for n in (64, 32, 32)]
+    h = torch.randn(3, 64, generator=gen)
+    for m in lin:
+        m.__class__ = skinny.SkinnyLinear
+        m.skinny = True
+    got = skinny.qkv(h, *lin)
+    assert all(torch.equal(g, F.linear(h, m.weight, m.bias)) for g, m in zip(got, lin, strict=True))

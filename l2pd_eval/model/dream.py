@@ -32,7 +32,7 @@ from torch import Tensor, nn
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
-from l2pd_eval.model.skinny import swiglu
+from l2pd_eval.model.skinny import qkv, swiglu
 
 
 @dataclass
@@ -143,9 +143,10 @@ class Attention(nn.Module):
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
                 split_keys: bool = True) -> Tensor:
         b, n, _ = h.shape
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)

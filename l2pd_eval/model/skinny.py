@@ -53,8 +53,23 @@ class Tile:
 
 
 #: (N, K, row bucket, swiglu) -> Tile, or None for cuBLAS. Measured on an H200 (bench/tune_skinny.py,
-#: docs/bench/); shapes not listed get ``default_tile``.
-TUNED: dict[tuple[int, int, int, bool], Tile | None] = {}
+#: docs/bench/bench_h200_2026-12-03_skinny_tune.jsonl: the fastest tile, kept where it beat cuBLAS); shapes
+#: not listed get ``default_tile``. A grouped q/k/v launch is looked up by its total N.
+TUNED: dict[tuple[int, int, int, bool], Tile | None] = {
+    # LLaDA-8B, batch-1 dual step (32 rows)
+    (4096, 4096, 32, False): Tile(64, 128, 1, 4, 6),     # 13.0 -> 12.0 us
+    (12288, 4096, 32, True): Tile(128, 128, 1, 4, 3),    # SwiGLU: 61.8 -> 50.3 us
+    (4096, 12288, 32, False): Tile(64, 128, 2, 4, 6),    # 30.2 -> 28.8 us
+    (126464, 4096, 32, False): Tile(64, 128, 1, 4, 3),   # head: 251.7 -> 242.0 us
+    # LLaDA-8B, the gen-256 prefix chunk (128 rows): cuBLAS is faster
+    (4096, 4096, 128, False): None, (12288, 4096, 128, True): None, (4096, 12288, 128, False): None,
+    # Dream-7B, batch-1 dual step (33 rows: bucket 64)
+    (3584, 3584, 64, False): Tile(64, 128, 2, 4, 6),     # 13.5 -> 12.2 us
+    (18944, 3584, 64, True): Tile(64, 128, 1, 4, 4),     # SwiGLU: 81.4 -> 76.5 us
+    (3584, 18944, 64, False): Tile(64, 128, 2, 4, 6),    # 40.2 -> 39.3 us
+    (512, 3584, 64, False): None,                        # k/v alone: cuBLAS 8.3 vs 9.3 us
+    (152064, 3584, 64, False): Tile(128, 128, 1, 8, 4),  # head: 267.9 -> 256.8 us
+}
 
 
 def row_bucket(m: int) -> int:
@@ -68,19 +83,31 @@ def _sm_count(device: torch.device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def default_tile(n: int, k: int, device: torch.device) -> Tile | None:
-    """A tile for a shape nobody measured: enough programs for two per multiprocessor, the fewest splits
-    (None: no tile divides the shape)."""
+SMEM_BYTES = 200 * 1024  # shared memory a tile may use (the H100/H200 allow 227 KB per block)
+
+
+def smem_bytes(tile: Tile, rows: int, swiglu: bool) -> int:
+    """Shared memory of ``tile``'s pipeline: ``stages`` copies of the weight tile(s) and the row tile."""
+    return tile.stages * ((2 if swiglu else 1) * tile.bn * tile.bk + row_bucket(rows) * tile.bk) * 2
+
+
+def default_tile(n: int, k: int, device: torch.device, rows: int = 32, swiglu: bool = False) -> Tile | None:
+    """A tile for a shape nobody measured: one weight tile of 64 rows (SwiGLU, grouped q/k/v: 128 rows for
+    wide N), 128 columns, three stages, the fewest splits that give two programs per multiprocessor; it
+    fits in shared memory (None: no tile divides the shape)."""
     bn = next((b for b in ((128, 64) if n >= 8192 else (64,)) + (32, 16) if n % b == 0), None)
     bk = next((b for b in (128, 64, 32, 16) if k % b == 0), None)
     if bn is None or bk is None:
         return None
-    best = Tile(bn=bn, bk=bk)
+    best = Tile(bn=bn, bk=bk, stages=3)
+    while smem_bytes(best, rows, swiglu) > SMEM_BYTES and best.stages > 2:
+        best = Tile(bn=bn, bk=bk, stages=best.stages - 1)
     for splits in (2, 4, 8):
-        if n // bn * best.splits >= 2 * _sm_count(device) or not Tile(bn=bn, bk=bk, splits=splits).fits(n, k):
+        nxt = Tile(bn=bn, bk=bk, splits=splits, stages=best.stages)
+        if n // bn * best.splits >= 2 * _sm_count(device) or not nxt.fits(n, k):
             break
-        best = Tile(bn=bn, bk=bk, splits=splits)
-    return best
+        best = nxt
+    return best if smem_bytes(best, rows, swiglu) <= SMEM_BYTES else None
 
 
 def choose_tile(m: int, n: int, k: int, swiglu: bool, device: torch.device) -> Tile | None:
@@ -88,23 +115,30 @@ def choose_tile(m: int, n: int, k: int, swiglu: bool, device: torch.device) -> T
     if m > MAX_ROWS:
         return None
     key = (n, k, row_bucket(m), swiglu)
-    tile = TUNED[key] if key in TUNED else default_tile(n, k, device)
-    return tile if tile is not None and tile.fits(n, k) else None
+    tile = TUNED[key] if key in TUNED else default_tile(n, k, device, m, swiglu)
+    if tile is None or not tile.fits(n, k) or smem_bytes(tile, m, swiglu) > SMEM_BYTES:
+        return None
+    return tile
 
 
 if triton is not None:
 
     @triton.jit
-    def skinny_gemm_kernel(x_ptr, w_ptr, u_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, k_split, splits,
+    def skinny_gemm_kernel(x_ptr, w_ptr, u_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, w3_ptr, b3_ptr, y3_ptr,
+                           ws_ptr, cnt_ptr, M, K, k_split, splits, t1, t2, n2, n3,
                            stride_xm, stride_wn, stride_ym, ws_half,
                            BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, SWIGLU: tl.constexpr,
-                           HAS_BIAS: tl.constexpr):
+                           HAS_BIAS: tl.constexpr, GROUPS: tl.constexpr):
         """Program (n, s): output rows ``[n*BN, (n+1)*BN)`` of ``w`` over reduction split ``s``.
-        Accumulates ``w_tile @ x_tile.T`` ([BN, BM], float32); see the module docstring for the splits."""
+        Accumulates ``w_tile @ x_tile.T`` ([BN, BM], float32); see the module docstring for the splits.
+        ``GROUPS == 3``: three weights of the same K in one launch (q, k and v), the first ``t1`` tiles
+        from ``w``, the next ``t2`` from ``w2``, the rest from ``w3``, each into its own output."""
         pid_n = tl.program_id(0)
         pid_s = tl.program_id(1)
         n_tiles = tl.num_programs(0)
-        rn = pid_n * BN + tl.arange(0, BN)
+        w_ptr, b_ptr, y_ptr, loc, stride_ym = _group(pid_n, w_ptr, b_ptr, y_ptr, w2_ptr, b2_ptr, y2_ptr, w3_ptr,
+                                                     b3_ptr, y3_ptr, t1, t2, stride_ym, n2, n3, GROUPS)
+        rn = loc * BN + tl.arange(0, BN)
         rm = tl.arange(0, BM)
         rk = tl.arange(0, BK)
         m_ok = rm[:, None] < M
@@ -142,6 +176,18 @@ if triton is not None:
                         acc_u += tl.load(part + ws_half, cache_modifier=".cg")
                 _epilogue(acc, acc_u, b_ptr, rn, y_ptrs, y_ok, SWIGLU, HAS_BIAS)
                 tl.atomic_xchg(cnt_ptr + pid_n, 0)  # ready for the next launch (and graph replay)
+
+    @triton.jit
+    def _group(pid, w, b, y, w2, b2, y2, w3, b3, y3, t1, t2, n1, n2, n3, GROUPS: tl.constexpr):
+        """(weight, bias, output, tile within that weight, output row stride) of global tile ``pid``."""
+        loc = pid
+        ny = n1
+        if GROUPS == 3:
+            if pid >= t1 + t2:
+                w, b, y, loc, ny = w3, b3, y3, pid - t1 - t2, n3
+            elif pid >= t1:
+                w, b, y, loc, ny = w2, b2, y2, pid - t1, n2
+        return w, b, y, loc, ny
 
     @triton.jit
     def _epilogue(acc, acc_u, b_ptr, rn, y_ptrs, y_ok, SWIGLU: tl.constexpr, HAS_BIAS: tl.constexpr):
@@ -186,22 +232,36 @@ def runs_kernel(x: Tensor) -> bool:
 
 def launch(x: Tensor, w: Tensor, bias: Tensor | None, up: Tensor | None, tile: Tile) -> Tensor:
     """Run the kernel with ``tile`` (no eligibility check: ``choose_tile`` made it or the caller did)."""
+    return _launch(x, [w], [bias], up, tile)[0]
+
+
+def launch_grouped(x: Tensor, weights: list[Tensor], biases: list[Tensor | None], tile: Tile) -> list[Tensor]:
+    """Three products of one input (q, k and v) in one launch; weights of the same K, biases all or none."""
+    return _launch(x, weights, biases, None, tile)
+
+
+def _launch(x: Tensor, ws: list[Tensor], bs: list[Tensor | None], up: Tensor | None, tile: Tile) -> list[Tensor]:
     x2 = x.reshape(-1, x.shape[-1])
     if x2.stride(-1) != 1:
         x2 = x2.contiguous()
     m, k = x2.shape
-    n = w.shape[0]
-    y = torch.empty(m, n, dtype=x.dtype, device=x.device)
-    tiles = n // tile.bn
-    bm = row_bucket(m)
-    half = tile.splits * n * bm if tile.splits > 1 else 0
-    ws, cnt = _SCRATCH.get(x.device, 2 * half if up is not None else half, tiles)
+    ns = [w.shape[0] for w in ws]
+    ys = [torch.empty(m, n, dtype=x.dtype, device=x.device) for n in ns]
+    counts = [n // tile.bn for n in ns]
+    tiles, bm = sum(counts), row_bucket(m)
+    half = tile.splits * tiles * tile.bn * bm if tile.splits > 1 else 0
+    scratch, cnt = _SCRATCH.get(x.device, 2 * half if up is not None else half, tiles)
+    pad = (ws + [ws[0]] * 2)[:3], (bs + [None] * 2)[:3], (ys + [ys[0]] * 2)[:3]
+    (w1, w2, w3), (b1, b2, b3), (y1, y2, y3) = pad
+    has_bias = b1 is not None
+    b1, b2, b3 = (b if b is not None else w1 for b in (b1, b2, b3))
     skinny_gemm_kernel[(tiles, tile.splits)](
-        x2, w, up if up is not None else w, bias if bias is not None else w, y, ws, cnt, m, n, k,
-        k // tile.splits, tile.splits, x2.stride(0), w.stride(0), y.stride(0), half,
-        BM=bm, BN=tile.bn, BK=tile.bk, SWIGLU=up is not None, HAS_BIAS=bias is not None,
+        x2, w1, up if up is not None else w1, b1, y1, w2, b2, y2, w3, b3, y3, scratch, cnt, m, k,
+        k // tile.splits, tile.splits, counts[0], counts[1] if len(counts) > 1 else 0, ns[1] if len(ns) > 1 else 0,
+        ns[2] if len(ns) > 2 else 0, x2.stride(0), w1.stride(0), y1.stride(0), half,
+        BM=bm, BN=tile.bn, BK=tile.bk, SWIGLU=up is not None, HAS_BIAS=has_bias, GROUPS=len(ws),
         num_warps=tile.warps, num_stages=tile.stages)
-    return y.view(*x.shape[:-1], n)
+    return [y.view(*x.shape[:-1], n) for y, n in zip(ys, ns, strict=True)]
 
 
 def _kernel_tile(x: Tensor, w: Tensor, up: Tensor | None) -> Tile | None:
@@ -237,6 +297,34 @@ def skinny_swiglu(x: Tensor, gate: Tensor, up: Tensor) -> Tensor:
 @skinny_swiglu.register_fake
 def _(x: Tensor, gate: Tensor, up: Tensor) -> Tensor:
     return x.new_empty(*x.shape[:-1], gate.shape[0])
+
+
+@torch.library.custom_op("l2pd::skinny_qkv", mutates_args=())
+def skinny_qkv(x: Tensor, wq: Tensor, wk: Tensor, wv: Tensor, bq: Tensor | None = None, bk: Tensor | None = None,
+               bv: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``F.linear`` of ``x`` with three weights (q, k, v projections) in one kernel launch."""
+    ws, bs = [wq, wk, wv], [bq, bk, bv]
+    n = sum(w.shape[0] for w in ws)
+    tile = None
+    if (all(w.shape[1] == x.shape[-1] and w.dtype == x.dtype and w.is_contiguous() for w in ws)
+            and (all(b is None for b in bs) or all(b is not None for b in bs))):
+        tile = choose_tile(x.numel() // x.shape[-1], n, x.shape[-1], False, x.device) if runs_kernel(x) else None
+    if tile is None or any(w.shape[0] % tile.bn for w in ws):
+        return F.linear(x, wq, bq), F.linear(x, wk, bk), F.linear(x, wv, bv)
+    q, k, v = launch_grouped(x, ws, bs, tile)
+    return q, k, v
+
+
+@skinny_qkv.register_fake
+def _(x, wq, wk, wv, bq=None, bk=None, bv=None):
+    return tuple(x.new_empty(*x.shape[:-1], w.shape[0]) for w in (wq, wk, wv))
+
+
+def qkv(h: Tensor, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
+    """The families' q/k/v projections of ``h``; one kernel launch for the three when they are skinny."""
+    if all(getattr(m, "skinny", False) for m in (q, k, v)):
+        return skinny_qkv(h, q.weight, k.weight, v.weight, q.bias, k.bias, v.bias)
+    return q(h), k(h), v(h)
 
 
 class SkinnyLinear(nn.Linear):

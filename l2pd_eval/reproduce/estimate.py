@@ -27,6 +27,7 @@ from __future__ import annotations
 import bisect
 import json
 import math
+import statistics
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -102,9 +103,16 @@ class StepCosts:
     @classmethod
     def load(cls, path: Path = STEP_COSTS, setting: str = "compiled") -> StepCosts:
         data = json.loads(path.read_text())[setting]
-        return cls(full=tuple(sorted((b * t, ms) for b, t, ms in data["full"])),
-                   dual=tuple(sorted(tuple(r) for r in data["dual"])),
-                   prefix=tuple(sorted((b * w, ms) for b, w, ms in data["prefix"])),
+
+        def median(points: list[tuple]) -> tuple:  # one value per key: the median of repeated measurements
+            groups: dict[tuple, list[float]] = {}
+            for *key, ms in points:
+                groups.setdefault(tuple(key), []).append(ms)
+            return tuple(sorted((*k, statistics.median(v)) for k, v in groups.items()))
+
+        return cls(full=median([(b * t, ms) for b, t, ms in data["full"]]),
+                   dual=median([tuple(r) for r in data["dual"]]),
+                   prefix=median([(b * w, ms) for b, w, ms in data["prefix"]]),
                    step_overhead_ms=data["step_overhead_ms"], graph_shape_ms=data.get("graph_shape_ms", 0.0),
                    source=data["source"], gpu=data.get("gpu", "GPU"))
 
