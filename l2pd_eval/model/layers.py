@@ -158,9 +158,10 @@ class MaskPredictor(nn.Module):
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""
         if self.skinny_head:
-            from l2pd_eval.model.skinny import skinny_linear
+            from l2pd_eval.model.skinny import few_rows, skinny_linear
 
-            return skinny_linear(x, weight)
+            if few_rows(x):
+                return skinny_linear(x, weight)
         return F.linear(x, weight)
 
     def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> MaskPredictor:

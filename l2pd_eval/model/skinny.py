@@ -33,7 +33,8 @@ try:  # GPU builds of torch bring Triton; the CPU build does not
 except ImportError:  # pragma: no cover - depends on the install
     triton = None
 
-MAX_ROWS = 128  # more rows than this: cuBLAS (the GEMM is no longer weight streaming)
+MAX_ROWS = 64  # more rows than this: the model's own path (cuBLAS, inductor's fusions). Measured: at 128 rows
+#               (LLaDA's gen-256 prefix chunk) cuBLAS beat every tile (docs/benchmarks.md)
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
@@ -322,7 +323,7 @@ def _(x, wq, wk, wv, bq=None, bk=None, bv=None):
 
 def qkv(h: Tensor, q: nn.Linear, k: nn.Linear, v: nn.Linear) -> tuple[Tensor, Tensor, Tensor]:
     """The families' q/k/v projections of ``h``; one kernel launch for the three when they are skinny."""
-    if all(getattr(m, "skinny", False) for m in (q, k, v)):
+    if all(getattr(m, "skinny", False) for m in (q, k, v)) and few_rows(h):
         return skinny_qkv(h, q.weight, k.weight, v.weight, q.bias, k.bias, v.bias)
     return q(h), k(h), v(h)
 
@@ -334,14 +335,21 @@ class SkinnyLinear(nn.Linear):
     skinny: bool = False
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.skinny:
+        if self.skinny and few_rows(x):
             return skinny_linear(x, self.weight, self.bias)
         return F.linear(x, self.weight, self.bias)
 
 
+def few_rows(x: Tensor) -> bool:
+    """At most ``MAX_ROWS`` rows: decided while ``torch.compile`` traces (a guard on the row count), so
+    wider chunks keep the model's own path, inductor's fusions included."""
+    return x.numel() // x.shape[-1] <= MAX_ROWS
+
+
 def swiglu(h: Tensor, gate: nn.Linear, up: nn.Linear) -> Tensor:
     """The families' MLP input: ``silu(gate(h)) * up(h)``; one fused kernel when both are skinny."""
-    if getattr(gate, "skinny", False) and getattr(up, "skinny", False) and gate.bias is None and up.bias is None:
+    if (getattr(gate, "skinny", False) and getattr(up, "skinny", False) and gate.bias is None and up.bias is None
+            and few_rows(h)):
         return skinny_swiglu(h, gate.weight, up.weight)
     return F.silu(gate(h)) * up(h)
 
