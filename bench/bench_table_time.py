@@ -126,7 +126,13 @@ def run_cell(cell: Cell, workdir: Path, tokenizer: Path, lengths: list[int], pre
     sys.argv = ["lm_eval", "--model", "learn2pd", "--model_args", args, "--tasks", TASK, "--include_path",
                 str(tasks), "--output_path", str(run_dir / "out"), "--batch_size", "auto", "--limit", str(cell.limit)]
     t0 = time.perf_counter()
-    lm_eval_main.cli_evaluate()
+    error = None
+    try:
+        lm_eval_main.cli_evaluate()
+    except Exception as exc:  # noqa: BLE001 - e.g. lm-eval's table printer after decoding: keep the timings
+        error = f"{type(exc).__name__}: {exc}"[:300]
+        if not sidecar.is_file():
+            raise
     window = time.perf_counter() - t0
     side = json.loads(sidecar.read_text())
     samples = side["samples"]
@@ -135,7 +141,7 @@ def run_cell(cell: Cell, workdir: Path, tokenizer: Path, lengths: list[int], pre
     record = dict(bench="table_time", key=cell.key, gen=cell.gen, cache=cell.cache, limit=cell.limit,
                   batch_sizes=rows, samples=len(samples), decode_s=decode, window_s=window, warmup_s=warm,
                   nfe_mean=statistics.mean(r["nfe"] for r in samples), nfe_profile=cell.profile().nfe,
-                  model_args=args)
+                  model_args=args, error=error)
     if costs is not None:
         est = cell_seconds(costs, cell.profile(), cell.cache, lengths[:cell.limit], rows[0] if rows else 1)
         record.update(estimate_s=est, estimate_over_measured=est / decode)

@@ -54,7 +54,7 @@ class Tile:
 
 
 #: (N, K, row bucket, swiglu) -> Tile, or None for cuBLAS. Measured on an H200 (bench/tune_skinny.py,
-#: docs/bench/bench_h200_2026-12-03_skinny_tune.jsonl: the fastest tile, kept where it beat cuBLAS); shapes
+#: docs/bench/bench_h200_2026-12-03_i28a_tune.jsonl: the fastest tile, kept where it beat cuBLAS); shapes
 #: not listed get ``default_tile``. A grouped q/k/v launch is looked up by its total N.
 TUNED: dict[tuple[int, int, int, bool], Tile | None] = {
     # LLaDA-8B, batch-1 dual step (32 rows)
@@ -70,6 +70,9 @@ TUNED: dict[tuple[int, int, int, bool], Tile | None] = {
     (3584, 18944, 64, False): Tile(64, 128, 2, 4, 6),    # 40.2 -> 39.3 us
     (512, 3584, 64, False): None,                        # k/v alone: cuBLAS 8.3 vs 9.3 us
     (152064, 3584, 64, False): Tile(128, 128, 1, 8, 4),  # head: 267.9 -> 256.8 us
+    # grouped q/k/v (one launch; docs/bench/bench_h200_2026-12-03_i28b_tune_qkv.jsonl)
+    (12288, 4096, 32, False): Tile(64, 128, 1, 4, 4),    # LLaDA: 3 x cuBLAS 39.2 -> 27.0 us
+    (4608, 3584, 64, False): Tile(64, 128, 1, 4, 6),     # Dream: 3 x cuBLAS 29.0 -> 14.3 us
 }
 
 

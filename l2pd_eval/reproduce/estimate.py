@@ -139,6 +139,8 @@ class StepCosts:
     def dual_ms(self, batch: int, length: int) -> float:
         """Linear in length between the measured lengths, linear in batch between (and past) measured batches."""
         batches = sorted({b for b, _, _ in self.dual})
+        if not batches:
+            return 0.0
 
         def at(b: int) -> float:
             pts = sorted((t, ms) for bb, t, ms in self.dual if bb == b)
