@@ -79,7 +79,8 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["fastdllm_dream", "fastdllm_llada", "learn2pd"]
+    assert available() == ["d3llm_dream", "d3llm_llada", "dparallel_dream", "dparallel_llada", "fastdllm_dream",
+                           "fastdllm_llada", "learn2pd"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -89,7 +90,8 @@ def test_published_file_by_path_and_errors(tmp_path):
          "accuracy": None, "source": "x"}]}))
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
-    with pytest.raises(ValueError, match="valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
+    with pytest.raises(ValueError, match="valid choices: d3llm_dream, d3llm_llada, dparallel_dream, dparallel_llada, "
+                                         "fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
         load_published("fast_dllm")
     trunc = tmp_path / "trunc.json"
     trunc.write_text(path.read_text()[:40])

@@ -78,7 +78,8 @@ class Learn2PDLM(LM):
     """``--model learn2pd``: generation through the block-diffusion engine, likelihood by Monte Carlo.
 
     Public attributes: ``args`` (the parsed model_args), ``model``, ``tokenizer``, ``special`` (mask, end
-    and BOS ids), ``family`` (its entry in the family table), ``policy``, ``prompts`` (request text <->
+    and BOS ids), ``family`` (its entry in the family table), ``checkpoint`` (the released checkpoint it was
+    recognised as, ``family_facts.Checkpoint``, or None), ``policy``, ``prompts`` (request text <->
     ids), ``config`` (the decode settings at the run's default length), ``recorder`` (sidecar & co.).
     """
 
@@ -97,12 +98,13 @@ class Learn2PDLM(LM):
         self.policy = policy_class(args.policy)(**policy_params).bind(
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
-                                seed=args.seed)
+                                seed=args.seed, adapter=args.adapter)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
+        self.checkpoint = getattr(self.model, "checkpoint", None)  # a known release (family_facts), or None
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
-                                          args.end_ids())
+                                          args.end_ids(), checkpoint=self.checkpoint)
         self.family = family_of(self.model.config)
         self.prompts = PromptCodec.for_run(self.tokenizer, self.family, self.special, args.chat, args.add_bos_token,
                                            (args.pretrained, args.tokenizer))
@@ -115,6 +117,7 @@ class Learn2PDLM(LM):
         a = self.args
         return build_manifest(
             model=a.pretrained, family=self.family.name, add_bos_token=bool(self.prompts.bos),
+            checkpoint=self.checkpoint.hub_id if self.checkpoint else None, adapter=a.adapter,
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,

@@ -41,6 +41,7 @@ class ModelArgs:
     pretrained: str
     tokenizer: str | None = None
     revision: str | None = None
+    adapter: str | None = None        # a LoRA adapter (folder or hub id) merged into pretrained= (needs peft)
     policy: str = "low_confidence"
     cache: str = "none"
     eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end

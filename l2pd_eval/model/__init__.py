@@ -1,4 +1,4 @@
-"""Model families (LLaDA, Dream), the interface the engine decodes through, loading and tokenizers."""
+"""Model families (LLaDA, Dream, LLaDA-MoE), the interface the engine decodes through, loading and tokenizers."""
 
 from l2pd_eval.model.interface import DiffusionLM, ModelConfig
 from l2pd_eval.model.layers import KVCache

@@ -43,5 +43,5 @@ class FileConfig:
     def check_choices(checks: dict[str, tuple[Any, set[Any]]]) -> None:
         """``{name: (value, allowed)}``: one error naming the first unsupported setting and the valid ones."""
         for name, (value, allowed) in checks.items():
-            if value not in allowed:
+            if not any(value == a for a in allowed):  # by equality: a value may be a dict (rope_scaling)
                 raise ValueError(f"config.json: {name}={value!r} is not supported; valid choices: {sorted(map(str, allowed))}")

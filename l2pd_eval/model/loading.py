@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from l2pd_eval.family_facts import Checkpoint, find_checkpoint
 from l2pd_eval.model.family import (
     FAMILIES,
     Family,
@@ -44,6 +45,9 @@ def resolve_checkpoint(pretrained: str, revision: str | None = None) -> Path:
     path = Path(pretrained).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
+            if (path / "adapter_config.json").is_file():
+                raise FileNotFoundError(f"pretrained={pretrained!r} is a LoRA adapter, not a model: pass "
+                                        f"pretrained=<its base model>,adapter={pretrained}")
             raise FileNotFoundError(f"pretrained={pretrained!r}: directory has no config.json")
         return path
     if path.exists() or pretrained.startswith((".", "/", "~")) or pretrained.count("/") != 1:
@@ -135,10 +139,16 @@ def check_vocab(tokenizer: Any, config: ModelConfig, tokenizer_name: str, model_
 
 
 def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str | torch.device = "cpu",
-               revision: str | None = None, seed: int = 0) -> DiffusionLM:
+               revision: str | None = None, seed: int = 0, adapter: str | None = None) -> DiffusionLM:
     """Build a network of the checkpoint's family from a checkpoint directory, a hub id, or
-    ``random:<preset>`` (random weights, e.g. the 8B shape)."""
+    ``random:<preset>`` (random weights, e.g. the 8B shape); ``adapter``: a LoRA adapter (folder or hub id)
+    merged into it (``model/adapter.py``)."""
     torch_dtype = resolve_dtype(dtype, device)
+    if adapter is not None:
+        from l2pd_eval.model.adapter import merge_adapter
+
+        model = load_model(pretrained, torch_dtype, device, revision, seed)
+        return merge_adapter(model, adapter, family_of(model.config).name, revision)
     if pretrained.startswith("random:"):
         return random_model(_family_config(pretrained, None)[0], torch_dtype, device, seed)
     directory = resolve_checkpoint(pretrained, revision)
@@ -153,6 +163,8 @@ def load_model(pretrained: str, dtype: str | torch.dtype = "auto", device: str |
     model.load_state_dict(state, assign=True)
     model.init_buffers(device)
     model.name_or_path = str(pretrained)
+    # A released checkpoint whose facts differ from its family's (iLLaDA's mask id): family_facts.CHECKPOINTS.
+    model.checkpoint = find_checkpoint(pretrained, str(directory), family=family.name)
     return model.eval().requires_grad_(False)  # an inference harness: no autograd graph, ever
 
 
@@ -167,6 +179,7 @@ def random_model(cfg: ModelConfig, dtype: torch.dtype, device: str | torch.devic
     model.init_buffers(device)
     model.init_weights(seed)
     model.name_or_path = "random"
+    model.checkpoint = None
     return model.eval().requires_grad_(False)
 
 
@@ -227,10 +240,14 @@ class SpecialIds:
 
     @classmethod
     def resolve(cls, tokenizer=None, config: ModelConfig | None = None, mask_id: int | None = None,
-                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None) -> SpecialIds:
-        """Overrides first, then the tokenizer's special tokens (spelt as the model family spells them), then
+                eos_id: int | None = None, eot_ids: tuple[int, ...] | list[int] | None = None,
+                checkpoint: Checkpoint | None = None) -> SpecialIds:
+        """Overrides first, then a known ``checkpoint``'s own ids (``load_model`` sets ``model.checkpoint``;
+        iLLaDA's mask id 5), then the tokenizer's special tokens (spelt as the model family spells them), then
         config.json, then the family's defaults."""
         family = FAMILIES["llada"] if config is None else family_of(config)
+        if mask_id is None and checkpoint is not None:
+            mask_id = checkpoint.mask_id
 
         def from_tok(token: str) -> int | None:
             if tokenizer is None:
@@ -241,6 +258,8 @@ class SpecialIds:
         mask = mask_id if mask_id is not None else from_tok(family.mask_token)
         if mask is None and config is not None:
             mask = config.mask_token_id
+        if mask is None and family.mask_id is not None and (config is None or family.mask_id < config.vocab_size):
+            mask = family.mask_id
         eos = eos_id if eos_id is not None else from_tok(family.eos_token)
         if eos is None and tokenizer is not None and tokenizer.eos_token_id is not None:
             eos = int(tokenizer.eos_token_id)

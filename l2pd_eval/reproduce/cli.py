@@ -30,7 +30,7 @@ from l2pd_eval.reproduce.cells import (
     shell_line,
 )
 from l2pd_eval.reproduce.estimate import StepCosts, batch_rows, estimate_cell, hours
-from l2pd_eval.reproduce.papers import PAPERS, get_paper
+from l2pd_eval.reproduce.papers import PAPERS, PAPERS_FAMILY, get_paper, model_family
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -41,7 +41,7 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output_path", "--output-path", required=True, metavar="DIR",
                    help="one folder per cell, DIR/<task>/<method>/; cells already finished there are skipped")
     p.add_argument("--model", default=DEFAULT_MODEL, metavar="PRETRAINED",
-                   help=f"LLaDA checkpoint directory or hub id (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
+                   help=f"checkpoint directory or hub id of any family (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
                         f"testbed dLLM, its filter and its task {TESTBED_TASK} (CPU)")
     p.add_argument("--filter", default=None, metavar="PATH", help="Learn2PD filter (required by learn2pd's "
                    "Learn2PD columns unless --model testbed)")
@@ -107,7 +107,8 @@ def _run_cell(cell: Cell, opts: RunOptions) -> tuple[int, Path]:
 
 
 def _report(paper_published: str | None, folders: list[Path]) -> int:
-    """The reproduced table beside the published one (l2pd_eval.results via `l2pd-eval report`)."""
+    """The reproduced table beside the published one of the model's family (l2pd_eval.results via
+    `l2pd-eval report`)."""
     from l2pd_eval.cli import main as cli_main
 
     argv = ["report", *map(str, folders)]
@@ -125,7 +126,7 @@ def _cache_of(cell: Cell) -> str:
     return next((p.split("=", 1)[1] for p in cell.model_args.split(",") if p.startswith("cache=")), "none")
 
 
-def _estimates(published: str, cells: list[Cell], opts: RunOptions) -> tuple[dict[str, float], float, float] | None:
+def _estimates(published: str | None, cells: list[Cell], opts: RunOptions) -> tuple[dict[str, float], float, float] | None:
     """Estimated GPU seconds per cell at the run's batch size (compiled steps, CUDA graphs), and the whole
     selection's at ``batch_size=auto`` and as the authors' scripts run it (batch 1, no compile, no graphs),
     from the measured step costs (``reproduce/estimate.py``); None without a step-cost table."""
@@ -167,11 +168,16 @@ def reproduce_main(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    family = PAPERS_FAMILY if args.model == TESTBED else model_family(args.model)
+    table = paper.table_for(family or PAPERS_FAMILY)
     on = f"the {TESTBED} ({TESTBED_TASK})" if args.model == TESTBED else args.model
-    print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
-          f"{opts.output_path}")
+    print(f"{paper.title}: conventions on {on} ({family or 'family unknown, taken as ' + PAPERS_FAMILY}); "
+          f"{len(cells)} cell(s), {len(done)} already finished in {opts.output_path}")
+    if table is None and args.model != TESTBED:
+        print(f"(the {paper.name} paper has no published table of the {family} family: reproduced cells only)")
     if args.dry_run:
-        est = None if args.model == TESTBED else _estimates(paper.published, cells, opts)
+        # the measured step costs are LLaDA-8B's: no estimate for the testbed or another family's shapes
+        est = None if args.model == TESTBED or (family or PAPERS_FAMILY) != "llada" else _estimates(table, cells, opts)
         for cell in cells:
             state = "finished, skipped" if cell.folder in done else "to run"
             when = f"; ~{hours(est[0][cell.folder])} of GPU" if est else ""
@@ -196,4 +202,4 @@ def reproduce_main(args: argparse.Namespace) -> int:
         print(f"{head}: done in {time.perf_counter() - t0:.1f} s")
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
-    return _report(None if args.model == TESTBED else paper.published, folders)
+    return _report(None if args.model == TESTBED else table, folders)

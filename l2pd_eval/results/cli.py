@@ -72,8 +72,9 @@ def report_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot-x", choices=("auto", "speedup", "tps"), default="auto",
                         help="x axis of --plot (auto: speedup if a baseline run exists, else TPS)")
     parser.add_argument("--published", action="append", default=[], metavar="NAME",
-                        help="also show a published table side by side: learn2pd, fastdllm_llada, fastdllm_dream, "
-                             "all, or a JSON path; repeatable")
+                        help="also show a published table side by side: a shipped table's name (learn2pd, "
+                             "fastdllm_llada, ...), all, auto (the tables of the runs' model families, from the "
+                             "family facts), or a JSON path; repeatable")
     parser.add_argument("--save-baseline", default=None, metavar="FILE.json",
                         help="store this report's cells as a regression baseline for `l2pd-eval compare`")
 
@@ -93,9 +94,10 @@ def report_main(args: argparse.Namespace) -> int:
         runs, report = _build(args)
         published = None
         if args.published:
-            from l2pd_eval.results.published import load_tables
+            from l2pd_eval.results.published import cell_family, load_tables
 
-            published = load_tables(args.published)
+            families = sorted({f for c in report.cells.values() if (f := cell_family(c)) is not None})
+            published = load_tables(args.published, families)
     except ValueError as exc:
         return _error(str(exc))
 

@@ -8,8 +8,12 @@ Matching rule (docs/results.md): a published cell pairs with the report cell of 
 generation length whose method has the same policy, cache and EoTP rule with no contradicting parameter
 (a published EoTP cell is the authors' rule, ``eotp=true``: a run of the committed rule is listed as not
 paired),
-whose model is of the table's family (the family the run's sidecar records; for older sidecars
-``llada``/``dream`` in the model's name; a run with neither is accepted and noted), and whose few-shot count equals the cell's when both are known.
+whose model is of the table's family (the family the run's sidecar records; for older sidecars the
+family its model name gives by the torch-free family facts, ``l2pd_eval/family_facts.py``; a run with
+neither is accepted and noted), whose model is the entry's checkpoint where the entry names one (``model``:
+a table of several checkpoints of one family), whose step count is the entry's where it fixes one
+(``method.steps``), and whose few-shot count equals the cell's when both are known. ``--published auto``:
+the tables the family facts list for the runs' families.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2pd_eval.family_facts import FACTS, family_name_of_model, find_checkpoint
 from l2pd_eval.results import render
 from l2pd_eval.results.methods import Method
 from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tps
@@ -49,6 +54,8 @@ class PublishedEntry:
     accuracy: float | None  # percent, as printed in the paper
     source: str
     num_fewshot: int | None = None
+    model: str | None = None  # the checkpoint's hub id where the table holds several of its family
+    steps: int | None = None  # a row that fixes the step count (method.steps)
 
 
 @dataclass
@@ -83,11 +90,13 @@ def _find(name_or_path: str) -> Path:
 def _entry(path: Path, i: int, e: Any) -> PublishedEntry:
     if not isinstance(e, dict) or not isinstance(e.get("method"), dict) or "task" not in e:
         raise ValueError(f"{path}: entries[{i}] needs \"task\" and a \"method\" object")
-    shots = e.get("num_fewshot")
+    shots, steps = e.get("num_fewshot"), e["method"].get("steps")
     return PublishedEntry(
         task=e["task"], gen_length=e.get("gen_length"), label=e.get("label", ""), method=e["method"],
         tps=_num(e.get("tps")), speedup=_num(e.get("speedup")), accuracy=_num(e.get("accuracy")),
         source=e.get("source", ""), num_fewshot=shots if isinstance(shots, int) else None,
+        model=e.get("model") if isinstance(e.get("model"), str) else None,
+        steps=steps if isinstance(steps, int) else None,
     )
 
 
@@ -107,23 +116,45 @@ def load_published(name_or_path: str) -> Published:
                      gpu=setup.get("gpu"), arxiv=paper.get("arxiv"))
 
 
-def load_tables(names: list[str]) -> list[Published]:
-    """``--published`` values (repeatable); ``all`` = every shipped table."""
-    wanted = [n for name in names for n in (available() if name == "all" else [name])]
-    return [load_published(n) for n in dict.fromkeys(wanted)]
+def family_tables(families: list[str]) -> list[str]:
+    """The shipped tables the family facts list for ``families`` (``--published auto``)."""
+    return [t for f in families if f in FACTS for t in FACTS[f].published if t in available()]
+
+
+def load_tables(names: list[str], families: list[str] | None = None) -> list[Published]:
+    """``--published`` values (repeatable); ``all`` = every shipped table; ``auto`` = those of ``families``
+    (the report's runs' model families)."""
+    def expand(name: str) -> list[str]:
+        if name == "all":
+            return available()
+        if name == "auto":
+            return family_tables(families or [])
+        return [name]
+
+    return [load_published(n) for n in dict.fromkeys(n for name in names for n in expand(name))]
 
 
 def model_family(name: str | None) -> str | None:
-    low = (name or "").lower()
-    for family in ("dream", "llada"):
-        if family in low:
-            return family
-    return None
+    """The family a model name gives: a known checkpoint's, else a family's name marker (family facts)."""
+    return family_name_of_model(name)
 
 
 def cell_family(cell: ReportCell) -> str | None:
     """The recorded family of the cell's run, else the one its model name gives."""
     return cell.family or model_family(cell.model)
+
+
+def cell_checkpoint(cell: ReportCell) -> str | None:
+    """The released checkpoint the cell's run is: recorded, else recognised from its model name."""
+    if cell.checkpoint:
+        return cell.checkpoint
+    known = find_checkpoint(cell.model)
+    return known.hub_id if known is not None else None
+
+
+def _checkpoint_fits(cell: ReportCell, entry: PublishedEntry) -> bool:
+    ours = cell_checkpoint(cell)
+    return entry.model is None or (ours is not None and ours.lower() == entry.model.lower())
 
 
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
@@ -144,6 +175,8 @@ def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | Non
         return False
     theirs = cell_family(cell)
     if family is not None and theirs is not None and theirs != family:
+        return False
+    if not _checkpoint_fits(cell, entry) or (entry.steps is not None and cell.steps != entry.steps):
         return False
     return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
 
@@ -224,10 +257,14 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
                 out.append(refused)
             elif cell is None or _cell_fits(cell, e, table.family):
                 out.append(Pairing(table, e, cell))
-            elif cell.n_shot != e.num_fewshot and cell_family(cell) in (None, table.family):
-                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
-            else:
+            elif cell_family(cell) not in (None, table.family):
                 out.append(Pairing(table, e, None, f"model {cell.model} is not of the {table.family} family"))
+            elif not _checkpoint_fits(cell, e):
+                out.append(Pairing(table, e, None, f"model {cell.model} is not {e.model}, the cell's checkpoint"))
+            elif e.steps is not None and cell.steps != e.steps:
+                out.append(Pairing(table, e, None, f"{cell.steps or 'gen_length'} steps vs the paper's {e.steps}"))
+            else:
+                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
     return out
 
 

@@ -210,6 +210,19 @@ class Run:
         return str(family) if family is not None else None
 
     @property
+    def checkpoint(self) -> str | None:
+        """The released checkpoint the adapter recognised the model as (``family_facts.CHECKPOINTS``' hub id);
+        None when it recognised none or the sidecar is older than that."""
+        known = self.manifest.get("checkpoint")
+        return str(known) if known is not None else None
+
+    @property
+    def steps(self) -> int | None:
+        """The run's fixed step count (``steps=``), None when it followed gen_length (or was not recorded)."""
+        steps = self.manifest.get("steps")
+        return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+    @property
     def partial(self) -> str | None:
         """``"partial: 37/200"`` when the run's sidecar was written mid-run (interrupted or still going)."""
         return self.sidecar.progress_label() if self.sidecar is not None else None

@@ -52,6 +52,8 @@ class ReportCell:
     n_eval: int | None = None
     model: str | None = None
     family: str | None = None  # the run's model family, as its sidecar recorded it
+    checkpoint: str | None = None  # the released checkpoint the run's model is (family_facts), if recognised
+    steps: int | None = None  # the run's fixed step count; None: steps = gen_length
     n_shot: int | None = None
     best_tps: bool = False
     best_acc: bool = False
@@ -114,7 +116,7 @@ def _report_cell(run: Run, method: Method, result: TaskResult, tps_kind: str, no
         nfe_mean=t.nfe_mean if t else None,
         tokens_per_forward=t.tokens_per_forward_mean if t else None,
         n_timing=t.count if t else 0, n_eval=result.n_eval, model=run.model, family=run.family,
-        n_shot=result.n_shot,
+        checkpoint=run.checkpoint, steps=run.steps, n_shot=result.n_shot,
     )
 
 
