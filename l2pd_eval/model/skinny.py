@@ -1,5 +1,6 @@
 """Skinny GEMMs: ``y = x @ w.T`` for few rows (a batch-1 cached step: 32 or 33 rows) as a Triton kernel that
-streams the weight at close to the memory bandwidth, optionally with SwiGLU fused into its epilogue.
+streams the weight at close to the memory bandwidth, optionally with SwiGLU fused into its epilogue or three
+weights of one input (q, k, v) in one launch.
 
 At batch 1 a cached step reads every weight once for a 32-token block: the GEMMs are weight streaming, and
 cuBLAS reaches ~80% of the copy bandwidth there (docs/benchmarks.md). The kernel here tiles the weight's
@@ -16,7 +17,8 @@ a timed choice at run time: a timed choice could differ between processes and so
 
 Off CUDA, without Triton, for more than ``MAX_ROWS`` rows or any shape the kernel does not tile, the ops
 compute exactly what the model computed before (``F.linear``, ``silu(gate) * up``). ``TRITON_INTERPRET=1``
-runs the kernel on CPU tensors (tests). Chosen by ``SpeedConfig.gemm`` (``use_skinny``)."""
+runs the kernel on CPU tensors (tests). Chosen by ``SpeedConfig.skinny_gemm`` (``use_skinny``); the families
+call ``qkv``, ``swiglu`` and ``MaskPredictor.project``, which are today's ops while it is off."""
 
 from __future__ import annotations
 
