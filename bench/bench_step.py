@@ -21,13 +21,14 @@ import time
 
 import torch
 
-from l2pd_eval.caches import StepInput, available, cache_class
+from l2pd_eval.caches import PrefixCache, StepInput, available, cache_class
 from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
-from l2pd_eval.model import SpecialIds, load_model
+from l2pd_eval.model import SpecialIds, load_model, skinny
 from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
 from l2pd_eval.policies.scores import step_statistics
 
 DEVICE = "cuda"
+NEW_PADDED_WIDTH = PrefixCache.padded_width
 
 
 def cache_params(args, cache: str) -> dict[str, str]:
@@ -36,17 +37,36 @@ def cache_params(args, cache: str) -> dict[str, str]:
     return {k: v for k, v in args.cache_params.items() if k in taken}
 
 
-def speed(args, cache: str = "", graph_width_bucket: int = 0) -> SpeedConfig:
-    """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on.
-    Width buckets default to exact widths: the step tables time each block's own chunk."""
+def speed(args, cache: str = "", graph_width_bucket: int = 0, gemm: str = "cublas") -> SpeedConfig:
+    """The run's speed switches from the A/B flags; ``cache`` ending in ``+graph`` turns CUDA graphs on;
+    ``gemm`` names the kernel variant: ``cublas`` (today's path), ``skinny`` (the skinny-GEMM kernel),
+    ``attn`` (the Triton decode attention), ``skinny+attn`` (both). Width buckets default to exact widths:
+    the step tables time each block's own chunk."""
     return SpeedConfig(cuda_graph=cache.endswith("+graph"), compile=args.compile,
                        compile_autotune=args.compile_autotune, split_keys=not args.no_split_kv,
-                       graph_row_buckets=not args.no_row_buckets, graph_width_bucket=graph_width_bucket)
+                       graph_row_buckets=not args.no_row_buckets, graph_width_bucket=graph_width_bucket,
+                       skinny_gemm="skinny" in gemm.split("+"), triton_attention="attn" in gemm.split("+"))
 
 
-def strategy(args, cache: str, model, batch: int, total: int):
-    """``cache`` (a registered name, ``+graph`` for graph replay) as the engine builds it."""
-    return speed(args, cache).strategy(cache.split("+")[0], model, batch, total, cache_params(args, cache))
+def strategy(args, cache: str, model, batch: int, total: int, gemm: str = "cublas"):
+    """``cache`` (a registered name, ``+graph`` for graph replay) as the engine builds it (``gemm`` applied
+    to the model first, as ``generate`` does)."""
+    fast = speed(args, cache, gemm=gemm)
+    fast.prepare(model)
+    return fast.strategy(cache.split("+")[0], model, batch, total, cache_params(args, cache))
+
+
+def skinny_applies(model, cache: str, batch: int, prompt: int, gen: int) -> bool:
+    """Whether a batch-1 step takes the Triton kernels at all (few enough rows: model.skinny, and the
+    decode attention's query limit, the same 128)."""
+    bs = prompt + gen // 2
+    rows = batch * cache_class(cache.split("+")[0]).step_queries((bs, bs + 32), prompt + gen, model.logit_shift)
+    return batch == 1 and rows <= skinny.MAX_ROWS
+
+
+def old_padded_width(self, width: int) -> int:
+    """The width-bucket rule before issue 28 (bench A/B only): the shifted chunk rounded as it is."""
+    return -(-width // self.width_bucket) * self.width_bucket if self.width_bucket else width
 
 
 def width_buckets_apply(cache: str, batch: int) -> bool:
@@ -218,50 +238,55 @@ def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tupl
 def bench_steps(model, special, args, ceilings, out):
     rows = []
     for gen in args.gen_lengths:
-        for batch in args.batches:
-            for cache in args.caches:
-                total = args.prompt + gen
-                if DEVICE == "cuda":
-                    torch.cuda.empty_cache()
-                    torch.cuda.reset_peak_memory_stats()
-                x = torch.randint(0, model.config.vocab_size, (batch, total), device=DEVICE)
-                pos = torch.arange(total, device=DEVICE).expand(batch, total)
-                bs = args.prompt + gen // 2
-                try:
-                    strat = strategy(args, cache, model, batch, total)
-                    refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
-                    forward = step_fn(strat, x, pos, (bs, bs + 32), total)
-                    iso, piped = (0.0, 0.0) if args.no_policy_overhead else time_policy(
-                        get_policy(args.policy_for_overhead), forward, speed(args).predictor(), mask_id=special.mask)
-                    beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(), mask_id=special.mask)
-                              for name in args.policy_overhead}
-                except torch.OutOfMemoryError:
-                    rows.append(dict(gen=gen, batch=batch, cache=cache, oom=True))
-                    print(json.dumps(rows[-1]), file=out, flush=True)
-                    continue
-                step_fn(strat, x, pos, (bs, bs + 32), total)()  # its work, as the strategy reports it
-                queries, keys = measured_work(strat, batch)
-                cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen, work=(queries, keys))
-                floor, per_op, bound = floors(cost, ceilings)
-                row = dict(gen=gen, batch=batch, cache=cache, params=cache_params(args, cache), queries=queries,
-                           keys=keys, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
-                           floor_ms=floor * 1e3, ratio=step / floor, per_op_floor_ms=per_op * 1e3,
-                           per_op_ratio=step / per_op, bound=bound,
-                           policy_ms=iso * 1e3, policy_share=iso / (step + iso),
-                           policy_pipelined_ms=piped * 1e3, policy_pipelined_share=piped / (step + piped),
-                           peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0)
-                if beside:  # each policy's step (forward + its statistics and selection) against the reference's
-                    row["policy_overhead"] = {
-                        name: dict(policy_ms=p_iso * 1e3, policy_pipelined_ms=p_piped * 1e3,
-                                   vs_reference=(step + p_piped) / (step + piped) - 1)
-                        for name, (p_iso, p_piped) in beside.items()}
-                rows.append(row)
-                print(json.dumps(row), file=out, flush=True)
-                strat = x = None  # free the cache before the next configuration
+        for batch, cache, gemm in [(b, c, g) for b in args.batches for c in args.caches for g in args.gemms]:
+            total = args.prompt + gen
+            if gemm != "cublas" and not skinny_applies(model, cache, batch, args.prompt, gen):
+                continue  # the same cuBLAS step again
+            if DEVICE == "cuda":
+                torch.cuda.empty_cache()
+                torch.cuda.reset_peak_memory_stats()
+            x = torch.randint(0, model.config.vocab_size, (batch, total), device=DEVICE)
+            pos = torch.arange(total, device=DEVICE).expand(batch, total)
+            bs = args.prompt + gen // 2
+            try:
+                strat = strategy(args, cache, model, batch, total, gemm)
+                refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
+                forward = step_fn(strat, x, pos, (bs, bs + 32), total)
+                iso = piped = float("nan")
+                beside = {}
+                timed = not args.no_policy_overhead and (args.policy_batches is None or batch in args.policy_batches)
+                if timed:
+                    iso, piped = time_policy(get_policy(args.policy_for_overhead), forward, speed(args).predictor(),
+                                             mask_id=special.mask)
+                    beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(),
+                                                mask_id=special.mask) for name in args.policy_overhead}
+            except torch.OutOfMemoryError:
+                rows.append(dict(gen=gen, batch=batch, cache=cache, gemm=gemm, oom=True))
+                print(json.dumps(rows[-1]), file=out, flush=True)
+                continue
+            step_fn(strat, x, pos, (bs, bs + 32), total)()  # its work, as the strategy reports it
+            queries, keys = measured_work(strat, batch)
+            cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen, work=(queries, keys))
+            floor, per_op, bound = floors(cost, ceilings)
+            row = dict(gen=gen, batch=batch, cache=cache, gemm=gemm, params=cache_params(args, cache),
+                       queries=queries, keys=keys, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
+                       floor_ms=floor * 1e3, ratio=step / floor, per_op_floor_ms=per_op * 1e3,
+                       per_op_ratio=step / per_op, bound=bound,
+                       policy_ms=iso * 1e3, policy_share=iso / (step + iso),
+                       policy_pipelined_ms=piped * 1e3, policy_pipelined_share=piped / (step + piped),
+                       peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0)
+            if beside:  # each policy's step (forward + its statistics and selection) against the reference's
+                row["policy_overhead"] = {
+                    name: dict(policy_ms=p_iso * 1e3, policy_pipelined_ms=p_piped * 1e3,
+                               vs_reference=(step + p_piped) / (step + piped) - 1)
+                    for name, (p_iso, p_piped) in beside.items()}
+            rows.append(row)
+            print(json.dumps(row), file=out, flush=True)
+            strat = x = None  # free the cache before the next configuration
     return rows
 
 
-def check_graph(model, args, out) -> float:
+def check_graph(model, args, out, gemm: str = "cublas") -> float:
     """Max |graph - eager| of every graphed cache's cached-step logits (also with a padding mask), and equal
     greedy tokens, before trusting graph timings. tests/test_cuda_graphs.py checks whole decodes."""
     x = torch.randint(0, model.config.vocab_size, (2, 320), device=DEVICE)
@@ -273,17 +298,39 @@ def check_graph(model, args, out) -> float:
         for key_mask in (None, mask):
             res = []
             for graph in ("", "+graph"):
-                strat = strategy(args, cache + graph, model, 2, 320)
+                strat = strategy(args, cache + graph, model, 2, 320, gemm)
                 for block in ((64, 96), (96, 128)):  # second block: graphs captured, now replayed
                     strat.logits(step_input(x, pos, block, 320, 0, key_mask))
                     strat.logits(step_input(x, pos, block, 320, 1, key_mask))
                 res.append(strat.logits(step_input(x, pos, (96, 128), 320, 1, key_mask)).float())
             worst = max(worst, (res[0] - res[1]).abs().max().item())
             same &= bool(torch.equal(res[0].argmax(-1), res[1].argmax(-1)))
-    print(json.dumps(dict(graph_check=True, max_abs_diff=worst, same_argmax=same)), file=out, flush=True)
-    print(f"graph vs eager cached-step logits (with and without padding mask): max |diff| {worst:.3g}, "
+    print(json.dumps(dict(graph_check=True, gemm=gemm, max_abs_diff=worst, same_argmax=same)), file=out, flush=True)
+    print(f"graph vs eager cached-step logits (with and without padding mask), gemm={gemm}: max |diff| {worst:.3g}, "
           f"same argmax {same}")
     return worst
+
+
+def check_skinny(model, args, out) -> None:
+    """The skinny-GEMM step against the cuBLAS step (batch 1, the dual and prefix caches, gen 256's middle
+    block): relative error of the logits and the share of positions with the same argmax (random weights
+    give near-tied logits, so some argmax flips are expected from rounding alone)."""
+    total, bs = args.prompt + 256, args.prompt + 128
+    x = torch.randint(0, model.config.vocab_size, (1, total), device=DEVICE)
+    pos = torch.arange(total, device=DEVICE).expand(1, total)
+    for cache in ("dual", "prefix"):
+        res = []
+        for gemm in args.gemms:
+            strat = strategy(args, cache, model, 1, total, gemm)
+            strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=0))
+            res.append(strat.logits(StepInput(x, pos, None, (bs, bs + 32), total, step=1)).double())
+        for gemm, r in zip(args.gemms[1:], res[1:], strict=True):
+            rel = ((r - res[0]).norm() / res[0].norm()).item()
+            same = (res[0].argmax(-1) == r.argmax(-1)).float().mean().item()
+            print(json.dumps(dict(skinny_check=True, cache=cache, variant=gemm, rel_err=rel, same_argmax_share=same)),
+                  file=out, flush=True)
+            print(f"{gemm} vs {args.gemms[0]} {cache} step logits: rel err {rel:.2e}, same argmax {100 * same:.0f}% "
+                  "of positions")
 
 
 class Staggered(Policy):
@@ -336,14 +383,16 @@ def bench_e2e(model, special, args, out, steps: dict, ceilings: dict[str, float]
         for cache in args.e2e_caches:
             for batch in args.e2e_batches:
                 buckets = args.graph_width_bucket if width_buckets_apply(cache, batch) else args.graph_width_bucket[:1]
-                for wb in buckets:
-                    rows.append(e2e_cell(model, special, args, cache, batch, spb, steps, ceilings, wb))
+                for wb, rule, gemm in [(w, r, g) for w in buckets for r in args.width_rules for g in args.e2e_gemms]:
+                    if rule == "old" and not (wb and width_buckets_apply(cache, batch)):
+                        continue  # the rules differ only where a chunk is padded
+                    rows.append(e2e_cell(model, special, args, cache, batch, spb, steps, ceilings, wb, rule, gemm))
                     print(json.dumps(rows[-1]), file=out, flush=True)
     return rows
 
 
 def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict, ceilings: dict[str, float],
-             width_bucket: int) -> dict:
+             width_bucket: int, width_rule: str = "new", gemm: str = "cublas") -> dict:
     """Median wall of whole generate() calls for one (cache, batch, steps per block), with the schedule's floor
     and, where the step table has the cell, the forwards it predicts (the rest is engine + policy)."""
     def e2e_policy():
@@ -352,7 +401,9 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     mode = cache.split("+")[0]
     cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode,
                            cache_params=cache_params(args, cache), eotp=args.e2e_eotp)
-    fast = speed(args, cache, width_bucket)
+    fast = speed(args, cache, width_bucket, gemm)
+    if width_rule == "old":  # bench-only A/B of the width rule (issue 28, item 2)
+        PrefixCache.padded_width = old_padded_width
     lengths = torch.randint(args.prompt // 2, args.prompt + 1, (batch,)) if args.e2e_ragged else [args.prompt] * batch
     prompts = [torch.randint(0, model.config.vocab_size - 8, (int(n),)).tolist() for n in lengths]
     # warm-up on the same shapes: compilation is a once-per-process cost; graph captures are not (each
@@ -365,12 +416,13 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
         t0 = time.perf_counter()
         res = generate(model, prompts, cfg, e2e_policy(), special, speed=fast)
         walls.append(time.perf_counter() - t0)
+    PrefixCache.padded_width = NEW_PADDED_WIDTH
     wall = statistics.median(walls)
     row = dict(e2e=True, cache=cache, batch=batch, gen=args.e2e_gen, steps=cfg.total_steps, seconds=wall,
                gens_per_s=batch / wall, reps=args.e2e_reps, steps_per_block=spb,
                nfe=max(s.nfe for s in res.stats), ragged=args.e2e_ragged, policy=args.e2e_policy,
-               row_buckets=not args.no_row_buckets, graph_width_bucket=width_bucket, eotp=cfg.eotp,
-               params=cfg.cache_params, mean_nfe=sum(s.nfe for s in res.stats) / batch,
+               row_buckets=not args.no_row_buckets, graph_width_bucket=width_bucket, width_rule=width_rule, gemm=gemm,
+               eotp=cfg.eotp, params=cfg.cache_params, mean_nfe=sum(s.nfe for s in res.stats) / batch,
                positions_per_answer=sum(s.positions for s in res.stats) / batch)
     # the schedule's floor needs a class cost model that is the step's work: not for a drawn one (DPad)
     plain = (not args.e2e_ragged and args.e2e_policy == "low_confidence" and cfg.eotp == "false"
@@ -378,7 +430,7 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     if plain:  # fixed schedule, equal prompts: the whole decode's floor (refresh + cached steps)
         floor = schedule_floor(model, mode, batch, args.prompt, args.e2e_gen, spb, ceilings)
         row.update(floor, floor_ratio=wall / floor["floor_s"], per_op_floor_ratio=wall / floor["per_op_floor_s"])
-    timed = steps.get((args.e2e_gen, batch, cache)) if plain else None
+    timed = steps.get((args.e2e_gen, batch, cache, gemm)) if plain else None
     if timed is not None:  # forward time the step benchmark predicts (its mid-block step for every block)
         refresh_s = cfg.num_blocks * timed["refresh_ms"] / 1e3
         cached_s = (row["nfe"] - cfg.num_blocks) * timed["step_ms"] / 1e3
@@ -421,6 +473,8 @@ def _parser() -> argparse.ArgumentParser:
                     help="also time these policies' per-step statistics + selection in every step cell, and their "
                          "step time against --policy-for-overhead's (e.g. dinfer_threshold dinfer_hierarchy dinfer_credit)")
     ap.add_argument("--no-policy-overhead", action="store_true", help="skip (c), the policy-overhead timing")
+    ap.add_argument("--policy-batches", type=int, nargs="*", default=None,
+                    help="time the policy overhead at these batches only (none: no policy timing; default: all)")
     ap.add_argument("--cache-params", type=_pairs, default={},
                     help="k=v,... cache parameters, each given to the caches that take it (e.g. dpad_window=128)")
     ap.add_argument("--e2e-params", type=_pairs, default={},
@@ -434,6 +488,14 @@ def _parser() -> argparse.ArgumentParser:
                     help="SpeedConfig.graph_width_bucket; several values: one batch-1 e2e cell each where it applies")
     ap.add_argument("--prefix-blocks", action="store_true",
                     help="also time each block's new-width cost for prefix+graph at batch 1 (gen --e2e-gen)")
+    kernels = ["cublas", "skinny", "attn", "skinny+attn"]
+    ap.add_argument("--gemms", nargs="+", default=["cublas"], choices=kernels,
+                    help="A/B: step cells per kernel variant (the first is the reference): cublas (today), skinny "
+                         "(SpeedConfig.skinny_gemm), attn (SpeedConfig.triton_attention), skinny+attn")
+    ap.add_argument("--e2e-gemms", nargs="+", default=["cublas"], choices=kernels)
+    ap.add_argument("--skinny-table", default=None, help="tiles from bench/tune_skinny.py --table (else skinny.TUNED)")
+    ap.add_argument("--width-rules", nargs="+", default=["new"], choices=["new", "old"],
+                    help="A/B of the width-bucket rule in e2e cells: new (after logit_shift) and/or old")
     ap.add_argument("--compile-autotune", action="store_true",
                     help="with --compile: inductor times reduction configs (compile_autotune=true)")
     return ap
@@ -448,7 +510,8 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
         if r.get("oom"):
             print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>18}  OOM")
             continue
-        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache']:>18} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
+        mark = {"skinny": "*", "attn": "^", "skinny+attn": "*^"}.get(r.get("gemm"), "")
+        print(f"{r['gen']:>5} {r['batch']:>3} {r['cache'] + mark:>18} {r['step_ms']:8.2f} {r['floor_ms']:7.2f} {r['ratio']:6.2f} "
               f"{r['per_op_floor_ms']:7.2f} {r['per_op_ratio']:6.2f} {r['bound']:>7} {r['queries']:7.1f} {r['keys']:5d} "
               f"{r['refresh_ms']:8.1f} {100 * r['policy_share']:6.2f}% {100 * r['policy_pipelined_share']:7.2f}% "
               f"{r['peak_gib']:7.1f}")
@@ -462,7 +525,9 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
             extra += f"  {r['floor_ratio']:.2f}x its floor ({r['per_op_floor_ratio']:.2f}x per-op)"
         extra += f"  policy={r['policy']}" + ("" if r["row_buckets"] else " (graph per row count)")
         if width_buckets_apply(r["cache"], r["batch"]):
-            extra += f"  width bucket {r['graph_width_bucket']}"
+            extra += f"  width bucket {r['graph_width_bucket']} ({r['width_rule']} rule)"
+        if r.get("gemm", "cublas") != "cublas":
+            extra += f"  kernels {r['gemm']}"
         extra += "" if r["eotp"] == "false" else f"  eotp={r['eotp']}"
         print(f"e2e cache={r['cache']:>18} B={r['batch']:>2} gen={r['gen']} steps={r['steps']:>3}"
               f"{' ragged' if r['ragged'] else ''}: "
@@ -488,11 +553,19 @@ def main() -> None:
         c = model.config  # the family's ids; tiny presets carry none: the last ids of their vocabulary
         special = SpecialIds.resolve(None, c, mask_id=None if c.mask_token_id is not None else c.vocab_size - 1,
                                      eos_id=None if c.eos_token_id is not None else c.vocab_size - 2)
-        check_graph(model, args, out)
+        if args.skinny_table:
+            from bench.tune_skinny import load_table
+
+            load_table(args.skinny_table)
+        for gemm in args.gemms:
+            check_graph(model, args, out, gemm)
+        if len(args.gemms) > 1 and DEVICE == "cuda":
+            check_skinny(model, args, out)
         steps = bench_steps(model, special, args, ceilings, out)
-        timed = {(r['gen'], r['batch'], r['cache']): r for r in steps if not r.get('oom')}
+        timed = {(r['gen'], r['batch'], r['cache'], r['gemm']): r for r in steps if not r.get('oom')}
         e2e = bench_e2e(model, special, args, out, timed, ceilings)
         blocks = bench_prefix_blocks(model, args, out) if args.prefix_blocks else []
+    print("(* skinny-GEMM kernel, ^ Triton decode attention)")
     _print_summary(env, steps, e2e)
     for r in blocks:
         print(f"prefix+graph block {r['block']:>2} width {r['width']:>4}: eager {r['eager_ms']:6.2f} ms, record+replay "

@@ -144,6 +144,26 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
 
 
+def test_width_buckets_count_from_the_block_so_shifted_chunks_keep_one_width(family):
+    """The bucket rounds the chunk's width after the ``logit_shift`` positions before the block: Dream's
+    chunks (block + suffix + 1) get 2 x 16 + 1 = 33 for widths 25..33, not 48 (which pads 15 positions onto
+    a 33-wide chunk); LLaDA's are unchanged. The logits are the exact-width ones."""
+    model, shift = family.model, family.model.logit_shift
+    total = 64
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randint(0, model.config.vocab_size - 8, (1, total), generator=gen)
+    pos = torch.arange(total).expand(1, total)
+    exact, padded = PrefixCache(model, 1, total), PrefixCache(model, 1, total, width_bucket=16)
+    widths = []
+    for bs in (32, 40, 48):
+        block = (bs, bs + 8)
+        outs = [[strat.logits(StepInput(x, pos, None, block, total, step=step)) for step in range(2)][1]
+                for strat in (exact, padded)]
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+        widths.append(padded._chunk_inputs(StepInput(x, pos, None, block, total, step=1))[0].shape[1])
+    assert widths == [32 + shift, 32 + shift, 16 + shift]  # exact: 32 + shift, 24 + shift, 16 + shift
+
+
 def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(tiny):
     model, _, _ = tiny
     assert cache_class("prefix").width_buckets and not cache_class("dual").width_buckets

@@ -73,11 +73,21 @@ class PrefixCache(ForwardStrategy):
         return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
                           logits_slice=slice(bs, be), split_keys=self.split_keys)
 
+    def padded_width(self, width: int) -> int:
+        """The chunk width a cached step runs at: ``width`` rounded up to the bucket *after* the
+        ``logit_shift`` positions before the block, so Dream's chunks (block + suffix + 1: 257, 225, ...)
+        keep a bucket's width plus one (257, 257, 257, 257, 129, ...) instead of padding 127 positions
+        onto every 129-, 193- or 257-wide chunk."""
+        if not self.width_bucket:
+            return width
+        shift = self.model.logit_shift
+        return -(-(width - shift) // self.width_bucket) * self.width_bucket + shift
+
     def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
-        """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""
+        """Tokens and positions of the cached step's chunk (padded to ``padded_width``) and its start."""
         start, end = self.chunk(s.block, s.length, self.model.logit_shift, self.params)
         x, pos = s.x[:, start:end], s.pos[:, start:end]
-        pad = -(end - start) % self.width_bucket if self.width_bucket else 0
+        pad = self.padded_width(end - start) - (end - start)
         if pad:
             x = torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1)
             pos = torch.cat([pos, pos[:, -1:].expand(-1, pad)], dim=1)

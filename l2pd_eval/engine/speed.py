@@ -13,7 +13,9 @@ from typing import Any
 from l2pd_eval.caches import ForwardStrategy, exact_rows, make_strategy, row_bucket
 from l2pd_eval.engine.predict import Predictor
 from l2pd_eval.errors import ConfigError
+from l2pd_eval.model.decode_attention import use_triton_attention
 from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.model.skinny import use_skinny
 
 _COMPILED: weakref.WeakSet = weakref.WeakSet()  # models whose blocks ``SpeedConfig.prepare`` compiled
 
@@ -29,6 +31,10 @@ class SpeedConfig:
     graph_row_buckets: bool = True  # CUDA graphs for row buckets (caches.row_bucket), not per row count
     graph_width_bucket: int = 128  # graphed chunks whose width changes between blocks (the prefix cache) are
     #                                padded to a multiple of this at batch 1, so a graph serves several; 0: exact
+    skinny_gemm: bool = False  # GEMMs of few rows (batch-1 cached steps) and SwiGLU through the Triton kernel
+    #                            of model.skinny (CUDA only; not bit-identical to cuBLAS, docs/benchmarks.md)
+    triton_attention: bool = False  # batch-1 cached attention through model.decode_attention's kernel (any
+    #                                 head grouping; process-wide while set; CUDA only)
 
     def __post_init__(self) -> None:
         if self.graph_width_bucket < 0:
@@ -38,8 +44,12 @@ class SpeedConfig:
 
     def prepare(self, model: DiffusionLM) -> None:
         """``compile``'s part on the model: its blocks compiled, once per model (the first setting that meets
-        a model decides its ``compile_autotune``). ``generate`` calls it; so does a caller whose first
+        a model decides its ``compile_autotune``); ``skinny_gemm`` routes its linears (every call: a later
+        setting without it turns them back). ``generate`` calls it; so does a caller whose first
         forward is not a decode (the adapter, for likelihood requests)."""
+        if self.skinny_gemm or getattr(model, "skinny_head", False):  # on, or back off after a run with it
+            use_skinny(model, self.skinny_gemm)
+        use_triton_attention(self.triton_attention)
         if self.compile and model not in _COMPILED:
             model.compile_blocks(autotune=self.compile_autotune)
             _COMPILED.add(model)

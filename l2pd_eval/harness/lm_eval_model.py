@@ -92,7 +92,7 @@ class Learn2PDLM(LM):
         self._device, self._rank, self._world_size = choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
         self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
-                                 compile_autotune=args.compile_autotune)
+                                 compile_autotune=args.compile_autotune, skinny_gemm=args.skinny_gemm)
         self._configs: dict[Key, GenerationConfig] = {}
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
@@ -143,6 +143,7 @@ class Learn2PDLM(LM):
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=a.compile, compile_autotune=a.compile_autotune,
             attention=self.family.attention, split_keys=self.speed.split_keys,
+            skinny_gemm=a.skinny_gemm,
         )
 
     @classmethod

@@ -74,6 +74,7 @@ class ModelArgs:
     cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
     compile_autotune: bool = False    # compile: time reduction kernels' configs (l2pd_eval/model/compiling.py)
+    skinny_gemm: bool = False         # few-row GEMMs through the Triton kernel (l2pd_eval/model/skinny.py; CUDA)
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass

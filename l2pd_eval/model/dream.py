@@ -27,13 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.skinny import qkv, swiglu
 
 
 @dataclass
@@ -147,9 +147,10 @@ class Attention(nn.Module):
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
                 split_keys: bool = True) -> Tensor:
         b, n, _ = h.shape
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
@@ -164,7 +165,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_width, cfg.d_model, bias=False)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return self.down_proj(swiglu(h, self.gate_proj, self.up_proj))
 
 
 class Layer(nn.Module):
@@ -253,4 +254,4 @@ class Dream(MaskPredictor):
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(x, head)
+        return self.project(x, head)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.compiling import compile_layers
@@ -114,6 +115,7 @@ class MaskPredictor(nn.Module):
     config: Any
     rotary: Rotary
     logit_shift: ClassVar[int] = 0
+    skinny_head: bool = False  # the output head through the skinny-GEMM op (``model.skinny.use_skinny``)
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -154,6 +156,15 @@ class MaskPredictor(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         return x
+
+    def project(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""
+        if self.skinny_head:
+            from l2pd_eval.model.skinny import few_rows, skinny_linear
+
+            if few_rows(x):
+                return skinny_linear(x, weight)
+        return F.linear(x, weight)
 
     def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> MaskPredictor:
         """``torch.compile`` every layer (dynamic shapes: one graph for all chunk lengths), fusing the

@@ -31,6 +31,7 @@ from l2pd_eval.reproduce.cells import (
     shell_line,
     write_cell_record,
 )
+from l2pd_eval.reproduce.estimate import StepCosts, batch_rows, estimate_cell, hours
 from l2pd_eval.reproduce.papers import BLOCK_LENGTH, PAPERS, PAPERS_FAMILY, get_paper, model_family
 
 DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
@@ -122,11 +123,14 @@ def _run_cell(cell: Cell, opts: RunOptions) -> tuple[int, Path]:
     return proc.returncode, log
 
 
-def dry_run(cells: list[Cell], opts: RunOptions, done: dict[str, Path]) -> int:
-    """Print each cell's lm-eval command and whether it would run."""
+def dry_run(cells: list[Cell], opts: RunOptions, done: dict[str, Path],
+            seconds: dict[str, float] | None = None) -> int:
+    """Print each cell's lm-eval command, whether it would run and (``seconds``: folder -> estimate) its
+    estimated GPU time."""
     for cell in cells:
         state = "finished, skipped" if cell.folder in done else "to run"
-        print(f"\n# {cell.folder}  [{cell.method.label}; {state}]\n{shell_line(cell, opts)}")
+        when = f"; ~{hours(seconds[cell.folder])} of GPU" if seconds else ""
+        print(f"\n# {cell.folder}  [{cell.method.label}; {state}{when}]\n{shell_line(cell, opts)}")
     return EXIT_OK
 
 
@@ -221,6 +225,42 @@ def _report(paper_published: str | None, folders: list[Path]) -> int:
     return cli_main(argv)
 
 
+def _cache_of(cell: Cell) -> str:
+    return next((p.split("=", 1)[1] for p in cell.model_args.split(",") if p.startswith("cache=")), "none")
+
+
+def _estimates(published: str | None, cells: list[Cell], opts: RunOptions) -> tuple[dict[str, float], float, float] | None:
+    """Estimated GPU seconds per cell at the run's batch size (compiled steps, CUDA graphs), and the whole
+    selection's at ``batch_size=auto`` and as the authors' scripts run it (batch 1, no compile, no graphs),
+    from the measured step costs (``reproduce/estimate.py``); None without a step-cost table."""
+    try:
+        ours, theirs = StepCosts.load(setting="compiled"), StepCosts.load(setting="eager")
+    except (OSError, KeyError, ValueError):
+        return None
+    rows = batch_rows(opts.batch_size)
+
+    def one(costs: StepCosts, cell: Cell, batch: int) -> float:
+        return estimate_cell(costs, cell.benchmark, cell.length, cell.method.key, _cache_of(cell), batch,
+                             opts.limit, published)
+
+    per_cell = {cell.folder: one(ours, cell, rows) for cell in cells}
+    return (per_cell, sum(one(ours, c, batch_rows("auto")) for c in cells),
+            sum(one(theirs, c, 1) for c in cells))
+
+
+def _print_totals(est: tuple[dict[str, float], float, float], opts: RunOptions, extra: str) -> None:
+    per_cell, auto, authors = est
+    total = sum(per_cell.values())
+    costs = StepCosts.load(setting="compiled")
+    print(f"\nEstimated GPU time of decoding (one {costs.gpu}, step costs {costs.source}; commit profiles and the "
+          f"method: l2pd_eval/reproduce/estimate.py): {hours(total)} at --batch_size {opts.batch_size}, "
+          f"{hours(auto)} at --batch_size auto ({batch_rows('auto')} rows); the authors' batch-1 scripts (no "
+          f"compile, no CUDA graphs) by the same estimate: {hours(authors)} ({authors / auto:.1f}x auto's). "
+          "Excludes start-up (model load, compile warm-up) and lm-eval's own work.")
+    if "compile=true" not in extra:
+        print("(the estimate assumes compile=true; add --extra_model_args compile=true for its step costs)")
+
+
 def reproduce_main(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ConfigError(f"--limit {args.limit}: give a positive number of documents per task (or leave it out "
@@ -237,7 +277,12 @@ def reproduce_main(args: argparse.Namespace) -> int:
     if table is None and args.model != TESTBED:
         print(f"(the {paper.name} paper has no published table of the {family} family: reproduced cells only)")
     if args.dry_run:
-        return dry_run(cells, opts, done)
+        # the measured step costs are LLaDA-8B's: no estimate for the testbed or another family's shapes
+        est = None if args.model == TESTBED or (family or PAPERS_FAMILY) != "llada" else _estimates(table, cells, opts)
+        code = dry_run(cells, opts, done, est[0] if est else None)
+        if est:
+            _print_totals(est, opts, args.extra_model_args)
+        return code
     if len(done) == len(cells):  # nothing to run: nothing written, no lock needed
         code = run_cells(cells, opts, done)
     else:
