@@ -87,12 +87,27 @@ class ToyLayer(nn.Module):
 
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None, cache: tuple[Tensor, Tensor] | None,
                 start: int, kv_len: int, write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
-        b, n, _ = x.shape
-        q, k, v = self.qkv(self.attn_norm(x)).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        q, k, v = self.project(self.attn_input(x), cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, False, split_keys)
-        x = x + self.out(att.transpose(1, 2).reshape(b, n, -1))
-        return x + self.down(F.gelu(self.up(self.mlp_norm(x))))
+        x = x + self.attn_output(att)
+        return x + self.mlp_delta(x)
+
+    # its parts (model.layers.LayerParts), for the strategies that run their own layer loop (dllm_cache)
+    def attn_input(self, x: Tensor) -> Tensor:
+        return self.attn_norm(x)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor, parts: str = "qkv") -> tuple:
+        b, n, _ = h.shape
+        q, k, v = self.qkv(h).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        return tuple(t if p in parts else None for p, t in zip("qkv", (q, k, v), strict=True))
+
+    def attn_output(self, att: Tensor) -> Tensor:
+        b, _, n, _ = att.shape
+        return self.out(att.transpose(1, 2).reshape(b, n, -1))
+
+    def mlp_delta(self, x: Tensor) -> Tensor:
+        return self.down(F.gelu(self.up(self.mlp_norm(x))))
 
 
 class Toy(MaskPredictor):
@@ -118,7 +133,10 @@ class Toy(MaskPredictor):
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
         if logits_slice is not None:
             x = x[:, logits_slice]
-        return F.linear(self.norm(x), self.embed.weight)
+        return self.head(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        return F.linear(self.norm(h), self.embed.weight)
 
 
 # --- the family entry -------------------------------------------------------------------------------------

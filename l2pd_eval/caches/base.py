@@ -35,6 +35,8 @@ class StepInput:
     seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a
     #                              strategy makes on the host (DPad's kept positions)
     limits: tuple[int, ...] = ()  # host: the n rows' live ends (EoTP cuts; the step's sync has them)
+    prompt: int = 0  # the prompt width P: the answer's first column in every row (left padding); 0: not
+    #                  given (dLLM-Cache splits its features there)
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,8 @@ class ForwardStrategy:
     cuda_graphs: ClassVar[bool] = False   # its cached steps can replay as CUDA graphs (caches.graphs)
     width_buckets: ClassVar[bool] = False  # its cached chunk changes width between blocks: padding it to a
     #                                        bucket lets one CUDA graph serve several blocks
+    layer_parts: ClassVar[bool] = False  # runs its own layer loop over the network's parts
+    #                                      (``model.layers.LayerParts``: the families' networks, not a test double)
     inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
 

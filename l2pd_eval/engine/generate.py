@@ -154,7 +154,7 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
         length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
-        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
+        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits), prompt=state.prompt_width))
     cost = run.strategy.positions
     if isinstance(cost, int):  # the same count for every row
         state.positions[rows.host] += cost // len(rows.host)

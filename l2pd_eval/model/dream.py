@@ -32,8 +32,8 @@ from torch import Tensor, nn
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
-from l2pd_eval.model.skinny import qkv, swiglu
+from l2pd_eval.model.layers import KVCache, MaskPredictor, PreNormLayer, RMSNorm, Rotary, project_heads
+from l2pd_eval.model.skinny import swiglu
 
 
 @dataclass
@@ -146,14 +146,17 @@ class Attention(nn.Module):
     def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
                 split_keys: bool = True) -> Tensor:
-        b, n, _ = h.shape
-        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
-        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        q, k, v = self.project(h, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
+        return self.output(att)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor,
+                parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return project_heads(h, (self.q_proj, self.k_proj, self.v_proj), self.head_dim, cos, sin, parts)
+
+    def output(self, att: Tensor) -> Tensor:
+        b, _, n, _ = att.shape
         return self.o_proj(att.transpose(1, 2).reshape(b, n, -1))
 
 
@@ -168,7 +171,7 @@ class MLP(nn.Module):
         return self.down_proj(swiglu(h, self.gate_proj, self.up_proj))
 
 
-class Layer(nn.Module):
+class Layer(PreNormLayer):
     def __init__(self, cfg: DreamConfig):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
@@ -176,12 +179,6 @@ class Layer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
-                write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start, kv_len, write_index,
-                               split_keys)
-        return x + self.mlp(self.post_attention_layernorm(x))
 
 
 class _Backbone(nn.Module):
@@ -252,6 +249,8 @@ class Dream(MaskPredictor):
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta)
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
-        x = self.model.norm(x)
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return self.project(x, head)
+        return self.head(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return self.project(self.model.norm(h), weight)

@@ -11,13 +11,14 @@ biases and head layout, the output head, and ``logit_shift``. The math here is L
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.compiling import compile_layers
+from l2pd_eval.model.skinny import qkv
 
 
 class RMSNorm(nn.Module):
@@ -71,6 +72,73 @@ class Rotary(nn.Module):
     def apply(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         xf = x.to(cos.dtype)
         return (xf * cos + _rotate_half(xf) * sin).to(x.dtype)
+
+
+def project_heads(h: Tensor, projections: tuple[nn.Module, nn.Module, nn.Module], head_dim: int, cos: Tensor,
+                  sin: Tensor, parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+    """q, k (rope applied) and v of the normed layer input ``h`` [b, n, d], by head ([b, H, n, D]), through
+    the layer's (q, k, v) projections; ``parts`` names the ones to compute: "qkv" (one kernel when they are
+    skinny), "qk" or "v" (dLLM-Cache projects some positions' values only); the others are None."""
+    b, n, _ = h.shape
+    if parts == "qkv":
+        out = qkv(h, *projections)
+    else:
+        out = tuple(m(h) if p in parts else None for p, m in zip("qkv", projections, strict=True))
+    q, k, v = (None if t is None else t.view(b, n, -1, head_dim).transpose(1, 2) for t in out)
+    if q is not None:
+        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+    return q, k, v
+
+
+@runtime_checkable
+class LayerParts(Protocol):
+    """What a family's layer exposes besides ``forward`` so a strategy can run its own layer loop over
+    chosen positions (``caches/dllm_cache.py``), with the same math as ``forward`` (which is built from
+    them): ``attn_input(x)`` the pre-attention norm; ``project(h, cos, sin, parts)`` q/k/v by head
+    (:func:`project_heads`); ``attn_output(att)`` [b, H, n, D] -> the attention's residual delta [b, n, d];
+    ``mlp_delta(x)`` the MLP's residual delta (its norm included). A layer attends with
+    :func:`~l2pd_eval.model.attention.cache_attention`; the network's ``head(h)`` turns hidden rows into
+    logits (final norm and output head)."""
+
+    def attn_input(self, x: Tensor) -> Tensor: ...
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor,
+                parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]: ...
+
+    def attn_output(self, att: Tensor) -> Tensor: ...
+
+    def mlp_delta(self, x: Tensor) -> Tensor: ...
+
+
+class PreNormLayer(nn.Module):
+    """A layer laid out as Qwen2's, under its checkpoint names (``input_layernorm``, ``self_attn`` with
+    ``project`` and ``output``, ``post_attention_layernorm``, ``mlp``): Dream's and LLaDA-MoE's ``forward``
+    and :class:`LayerParts`. A subclass builds the modules."""
+
+    input_layernorm: nn.Module
+    self_attn: nn.Module
+    post_attention_layernorm: nn.Module
+    mlp: nn.Module
+
+    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
+                cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
+                write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start, kv_len, write_index,
+                               split_keys)
+        return x + self.mlp_delta(x)
+
+    def attn_input(self, x: Tensor) -> Tensor:
+        return self.input_layernorm(x)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor,
+                parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return self.self_attn.project(h, cos, sin, parts)
+
+    def attn_output(self, att: Tensor) -> Tensor:
+        return self.self_attn.output(att)
+
+    def mlp_delta(self, x: Tensor) -> Tensor:
+        return self.mlp(self.post_attention_layernorm(x))
 
 
 @dataclass
@@ -156,6 +224,10 @@ class MaskPredictor(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         return x
+
+    def head(self, h: Tensor) -> Tensor:
+        """Logits of hidden rows ``h`` [b, n, d] (the last layer's output): final norm and output head."""
+        raise NotImplementedError
 
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""

@@ -17,8 +17,8 @@ from torch import Tensor, nn
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
-from l2pd_eval.model.skinny import qkv, swiglu
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, project_heads
+from l2pd_eval.model.skinny import swiglu
 
 
 @dataclass
@@ -167,18 +167,26 @@ class Block(nn.Module):
     def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
                 write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
-        b, n, _ = x.shape
-        h = self.attn_norm(x)
-        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
-        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        q, k, v = self.project(self.attn_input(x), cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
-        x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
-        h = self.ff_norm(x)
-        return x + self.ff_out(swiglu(h, self.ff_proj, self.up_proj))
+        x = x + self.attn_output(att)
+        return x + self.mlp_delta(x)
+
+    # the layer's parts (model.layers.LayerParts), which forward is built from
+    def attn_input(self, x: Tensor) -> Tensor:
+        return self.attn_norm(x)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor,
+                parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        return project_heads(h, (self.q_proj, self.k_proj, self.v_proj), self.head_dim, cos, sin, parts)
+
+    def attn_output(self, att: Tensor) -> Tensor:
+        b, _, n, _ = att.shape
+        return self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
+
+    def mlp_delta(self, x: Tensor) -> Tensor:
+        return self.ff_out(swiglu(self.ff_norm(x), self.ff_proj, self.up_proj))
 
 
 class _Transformer(nn.Module):
@@ -232,7 +240,9 @@ class LLaDA(MaskPredictor):
                                embed_delta)
         if logits_slice is not None:
             x = x[:, logits_slice]
+        return self.head(x)
+
+    def head(self, h: Tensor) -> Tensor:
         t = self.model.transformer
-        x = t.ln_f(x)
-        head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
-        return self.project(x, head)[..., : self.config.vocab_size]
+        weight = t.wte.weight if self.config.weight_tying else t.ff_out.weight
+        return self.project(t.ln_f(h), weight)[..., : self.config.vocab_size]

@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.layers import KVCache, MaskPredictor, PreNormLayer, RMSNorm, Rotary
 from l2pd_eval.model.moe import Experts
 
 
@@ -235,22 +235,32 @@ class Attention(nn.Module):
     def forward(self, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
                 split_keys: bool = True) -> Tensor:
-        b, n, _ = h.shape
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim)
-        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim)
-        if hasattr(self, "q_norm"):  # per head, over the head dim
-            q, k = self.q_norm(q), self.k_norm(k)
-        if self.clip is not None:
-            q, k, v = (t.clamp(-self.clip, self.clip) for t in (q, k, v))
-        q, k, v = (t.transpose(1, 2) for t in (q, k, v))
-        q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        q, k, v = self.project(h, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
+        return self.output(att)
+
+    def project(self, h: Tensor, cos: Tensor, sin: Tensor,
+                parts: str = "qkv") -> tuple[Tensor | None, Tensor | None, Tensor | None]:
+        """q, k (normed, rope applied) and v by head; ``parts`` as in ``model.layers.project_heads``."""
+        b, n, _ = h.shape
+        heads = {"q": self.n_heads, "k": self.kv_heads, "v": self.kv_heads}
+        q, k, v = (getattr(self, f"{p}_proj")(h).view(b, n, heads[p], self.head_dim) if p in parts else None
+                   for p in "qkv")
+        if q is not None and hasattr(self, "q_norm"):  # per head, over the head dim
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = (None if t is None else (t if self.clip is None else t.clamp(-self.clip, self.clip)).transpose(1, 2)
+                   for t in (q, k, v))
+        if q is not None:
+            q, k = self._rotate(q, cos, sin), self._rotate(k, cos, sin)
+        return q, k, v
+
+    def output(self, att: Tensor) -> Tensor:
+        b, _, n, _ = att.shape
         return self.o_proj(att.transpose(1, 2).reshape(b, n, -1))
 
 
-class Layer(nn.Module):
+class Layer(PreNormLayer):
     def __init__(self, cfg: LLaDAMoEConfig, moe: bool):
         super().__init__()
         self.input_layernorm = RMSNorm(cfg.d_model, cfg.rms_norm_eps)
@@ -260,16 +270,12 @@ class Layer(nn.Module):
         if moe and cfg.shared_expert_intermediate_size is not None:
             self.shared_expert = SwiGLU(cfg.d_model, cfg.shared_expert_intermediate_size)
 
-    def forward(self, x: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None,
-                cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int,
-                write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache, start, kv_len, write_index,
-                               split_keys)
+    def mlp_delta(self, x: Tensor) -> Tensor:  # with the shared expert
         h = self.post_attention_layernorm(x)
         y = self.mlp(h)
         if hasattr(self, "shared_expert"):
             y = y + self.shared_expert(h)
-        return x + y
+        return y
 
 
 class _Backbone(nn.Module):
@@ -321,8 +327,11 @@ class LLaDAMoE(MaskPredictor):
                                embed_delta)
         if logits_slice is not None:
             x = x[:, logits_slice]
-        head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(self.model.norm(x), head)
+        return self.head(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
+        return F.linear(self.model.norm(h), weight)
 
     def init_weights(self, seed: int | None = None) -> None:
         """Random weights (``MaskPredictor.init_weights``); expert biases, buffers, start at zero."""
