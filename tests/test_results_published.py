@@ -80,7 +80,8 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["d3llm_dream", "d3llm_llada", "dpad_dream", "dpad_llada15", "dpad_llada_instruct",
+    assert available() == ["d3llm_dream", "d3llm_llada", "dllm_cache_dream", "dllm_cache_llada_instruct", "dpad_dream",
+                           "dpad_llada15", "dpad_llada_instruct",
                            "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
                            "llada_eval_1p5", "llada_eval_instruct"]
 
@@ -189,3 +190,32 @@ def test_dpad_cells_are_stored_with_their_settings_and_sources(name, count, fami
     for (label, task, length), (speedup, acc, strict, latency) in DPAD_SPOT_CHECKS[name].items():
         e = raw[(label, task, length)]
         assert (e["speedup"], e["accuracy"], e.get("strict_accuracy"), e["latency_s"]) == (speedup, acc, strict, latency)
+
+
+DLLM_CACHE_SPOT_CHECKS = {  # (model, task) -> (speedup, Kp, Kr), as printed / as the task's script sets them
+    "dllm_cache_llada_instruct": {("GSAI-ML/LLaDA-8B-Instruct", "gsm8k"): (5.8, 50, 7),
+                                  ("GSAI-ML/LLaDA-8B-Instruct", "mmlu_pro"): (3.2, 51, 3)},
+    "dllm_cache_dream": {("Dream-org/Dream-v0-Base-7B", "minerva_math"): (5.1, 100, 4),
+                         ("Dream-org/Dream-v0-Instruct-7B", "mmlu_generative"): (6.1, 100, 8)},
+}
+
+
+@pytest.mark.parametrize("name,count,family", [("dllm_cache_llada_instruct", 6, "llada"), ("dllm_cache_dream", 12, "dream")])
+def test_dllm_cache_cells_are_speedups_with_their_script_settings(name, count, family):
+    """dLLM-Cache's figure prints speedups only: no TPS, no score; every cell is cache=dllm_cache with valid
+    parameters (the script's Kp/Kr, ratio 0.25) except where the script runs two settings (HumanEval)."""
+    from l2pd_eval.caches import parse_cache_params
+
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2506.06295"
+    assert len({(e.model, e.task) for e in pub.entries}) == count
+    raw = {(e["model"], e["task"]): e for e in json.loads(pub.path.read_text())["entries"]}
+    for e in pub.entries:
+        assert e.tps is None and e.accuracy is None and e.speedup > 1 and e.source in pub.sources
+        params = raw[(e.model, e.task)]["method"].get("params")
+        assert published_method(e).cache == "dllm_cache" and (params is None) == (e.task == "humaneval")
+        if params is not None:
+            assert parse_cache_params("dllm_cache", params)["dllm_cache_transfer_ratio"] == 0.25
+    for key, (speedup, kp, kr) in DLLM_CACHE_SPOT_CHECKS[name].items():
+        p = raw[key]["method"]["params"]
+        assert (raw[key]["speedup"], p["dllm_cache_prompt_interval"], p["dllm_cache_gen_interval"]) == (speedup, kp, kr)
