@@ -115,12 +115,15 @@ def measure_ceilings() -> dict[str, float]:
 
 
 def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int = 32,
-              block_start: int | None = None, work: tuple[float, int] | None = None) -> dict[str, float]:
+              block_start: int | None = None, work: tuple[float, int] | None = None,
+              extra: tuple[float, float] = (0.0, 0.0)) -> dict[str, float]:
     """What a step must move/do at least, for the block at ``block_start`` (default: the mid block of the
     answer): totals (bytes, flops) and the GEMM / attention parts, so a per-op floor can be formed (the parts
     run one after the other). ``cache="none"`` is a full forward, as every block's refresh is. ``work``:
     (query positions per row, keys per query) the step actually computed (``measured_work``); default the
-    strategy's class cost model (``step_queries`` over the whole live length)."""
+    strategy's class cost model (``step_queries`` over the whole live length). ``extra``: (value-only positions
+    per row, bytes per row moved through kept state besides the KV cache), as ``measured_extra`` reads them
+    (dLLM-Cache's V-verify probe and its attention/MLP deltas)."""
     c = model.config
     elt = 2
     total = prompt + gen
@@ -133,7 +136,10 @@ def step_cost(model, cache: str, batch: int, prompt: int, gen: int, block: int =
     weights = (layer_params + head) * elt  # embedding rows gathered are negligible
     read = keys if strat.kv_positions(total) else 0  # a cache's keys/values are read; none computes its own
     kv_read = 2 * c.n_layers * c.kv_heads * c.head_dim * read * elt * batch
-    gemm_flops = 2 * layer_params * queries * batch + 2 * head * block * batch
+    probes, state = extra  # value-only projections (d x d_kv per layer) and kept-state traffic
+    kv_read += state * batch
+    gemm_flops = (2 * layer_params * queries * batch + 2 * head * block * batch
+                  + 2 * c.n_layers * c.d_model * c.kv_heads * c.head_dim * probes * batch)
     attn_flops = 4 * c.n_layers * c.d_model * queries * keys * batch
     return dict(bytes=weights + kv_read, flops=gemm_flops + attn_flops, gemm_bytes=weights, gemm_flops=gemm_flops,
                 attn_bytes=kv_read, attn_flops=attn_flops)
@@ -169,16 +175,42 @@ def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_p
     return out
 
 
-def step_input(x, pos, block, total, step: int = 1, key_mask=None) -> StepInput:
-    """The engine's input for rows 0..n-1 of a batch, none of them cut (rows and seeds as ``generate``'s)."""
+def step_input(x, pos, block, total, step: int = 1, key_mask=None, prompt: int = 0) -> StepInput:
+    """The engine's input for rows 0..n-1 of a batch, none of them cut (rows and seeds as ``generate``'s);
+    ``prompt``: the prompt width (0: not given; dllm_cache needs it)."""
     n = x.shape[0]
     return StepInput(x, pos, key_mask, block, total, step=step, rows=tuple(range(n)), seeds=tuple(range(n)),
-                     limits=(total,) * n)
+                     limits=(total,) * n, prompt=prompt)
 
 
-def step_fn(strat, x, pos, block, total, step: int = 1):
-    """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step)."""
-    return lambda: strat.logits(step_input(x, pos, block, total, step))
+def step_fn(strat, x, pos, block, total, step: int = 1, prompt: int = 0, forward: int | None = None):
+    """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step). ``forward``: for a
+    strategy whose rows follow a forward-count schedule (``schedule_cases``), pin every row's count there
+    first, so each call is that case."""
+    def run():
+        if forward is not None:
+            strat.forwards[:] = [forward] * len(strat.forwards)
+        return strat.logits(step_input(x, pos, block, total, step, prompt=prompt))
+    return run
+
+
+def schedule_cases(strat) -> dict[str, int]:
+    """Case -> a forward count that gives it, for a strategy whose rows follow a schedule by forward count
+    (dllm_cache: full, gen, prompt, neither); empty for the others."""
+    rule = getattr(strat.params, "case", None)
+    if rule is None or not hasattr(strat, "forwards"):
+        return {}
+    cases: dict[str, int] = {}
+    for f in range(10_000):
+        cases.setdefault(rule(f), f)
+    return cases
+
+
+def measured_extra(strat) -> tuple[float, float]:
+    """(value-only positions per row, bytes per row moved through kept state besides the KV cache) of the
+    strategy's last step, as it reported them (dllm_cache's ``probes`` and ``state_bytes``; else zeros)."""
+    probes, state = getattr(strat, "probes", None) or [0], getattr(strat, "state_bytes", None) or [0]
+    return sum(probes) / len(probes), sum(state) / len(state)
 
 
 def measured_work(strat, batch: int) -> tuple[float, int]:
@@ -188,13 +220,32 @@ def measured_work(strat, batch: int) -> tuple[float, int]:
     return per_row, strat.keys
 
 
-def time_strategy(strat, x, pos, block, total):
-    """(refresh seconds, block-step seconds) for one strategy on a filled cache."""
-    step_fn(strat, x, pos, block, total, step=0)()
-    refresh = cuda_time(step_fn(strat, x, pos, block, total, step=0), iters=3)
-    step_fn(strat, x, pos, block, total, step=0)()
-    step = cuda_time(step_fn(strat, x, pos, block, total))
+def time_strategy(strat, x, pos, block, total, prompt: int = 0):
+    """(refresh seconds, block-step seconds) for one strategy on a filled cache; for a forward-count schedule
+    (``schedule_cases``) the ``full`` and the ``neither`` case."""
+    cases = schedule_cases(strat)
+    full, cached = (cases["full"], cases["neither"]) if cases else (None, None)
+    step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full)()
+    refresh = cuda_time(step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full), iters=3)
+    step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full)()
+    step = cuda_time(step_fn(strat, x, pos, block, total, prompt=prompt, forward=cached))
     return refresh, step
+
+
+def time_cases(strat, x, pos, block, total, prompt: int, model, cache: str, batch: int, gen: int,
+               ceilings: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each case of a forward-count schedule timed on its own (after a full step filled the state), with the
+    floor of the work it reported: case -> step_ms, queries, probes, floor_ms, ratio."""
+    out = {}
+    for case, f in schedule_cases(strat).items():
+        step_fn(strat, x, pos, block, total, prompt=prompt, forward=0)()
+        ms = cuda_time(step_fn(strat, x, pos, block, total, prompt=prompt, forward=f))
+        step_fn(strat, x, pos, block, total, prompt=prompt, forward=f)()
+        queries, keys = measured_work(strat, batch)
+        extra = measured_extra(strat)
+        floor, _, _ = floors(step_cost(model, cache, batch, prompt, gen, work=(queries, keys), extra=extra), ceilings)
+        out[case] = dict(step_ms=ms * 1e3, queries=queries, probes=extra[0], floor_ms=floor * 1e3, ratio=ms / floor)
+    return out
 
 
 def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tuple[float, float]:
@@ -250,8 +301,10 @@ def bench_steps(model, special, args, ceilings, out):
             bs = args.prompt + gen // 2
             try:
                 strat = strategy(args, cache, model, batch, total, gemm)
-                refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total)
-                forward = step_fn(strat, x, pos, (bs, bs + 32), total)
+                refresh, step = time_strategy(strat, x, pos, (bs, bs + 32), total, args.prompt)
+                cases = schedule_cases(strat)
+                forward = step_fn(strat, x, pos, (bs, bs + 32), total, prompt=args.prompt,
+                                  forward=cases.get("neither"))
                 iso = piped = float("nan")
                 beside = {}
                 timed = not args.no_policy_overhead and (args.policy_batches is None or batch in args.policy_batches)
@@ -264,9 +317,10 @@ def bench_steps(model, special, args, ceilings, out):
                 rows.append(dict(gen=gen, batch=batch, cache=cache, gemm=gemm, oom=True))
                 print(json.dumps(rows[-1]), file=out, flush=True)
                 continue
-            step_fn(strat, x, pos, (bs, bs + 32), total)()  # its work, as the strategy reports it
+            forward()  # its work, as the strategy reports it
             queries, keys = measured_work(strat, batch)
-            cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen, work=(queries, keys))
+            extra = measured_extra(strat)
+            cost = step_cost(model, cache.split("+")[0], batch, args.prompt, gen, work=(queries, keys), extra=extra)
             floor, per_op, bound = floors(cost, ceilings)
             row = dict(gen=gen, batch=batch, cache=cache, gemm=gemm, params=cache_params(args, cache),
                        queries=queries, keys=keys, step_ms=step * 1e3, refresh_ms=refresh * 1e3,
@@ -275,6 +329,10 @@ def bench_steps(model, special, args, ceilings, out):
                        policy_ms=iso * 1e3, policy_share=iso / (step + iso),
                        policy_pipelined_ms=piped * 1e3, policy_pipelined_share=piped / (step + piped),
                        peak_gib=torch.cuda.max_memory_allocated() / 2**30 if DEVICE == "cuda" else 0.0)
+            if cases:  # a forward-count schedule: step_ms is its "neither" case, refresh_ms its "full" one
+                row["probes"] = extra[0]
+                row["cases"] = time_cases(strat, x, pos, (bs, bs + 32), total, args.prompt, model,
+                                          cache.split("+")[0], batch, gen, ceilings)
             if beside:  # each policy's step (forward + its statistics and selection) against the reference's
                 row["policy_overhead"] = {
                     name: dict(policy_ms=p_iso * 1e3, policy_pipelined_ms=p_piped * 1e3,

@@ -66,10 +66,46 @@ def test_floors_count_the_work_the_step_did(bench):
             assert queries == want + (sum(kept) / batch if cache != "dpad_dual" else 0)
 
 
+def test_dllm_cache_floor_counts_each_case_s_layer_positions_probe_and_kept_deltas(bench):
+    """dllm_cache's step floor: the layer-positions it reported (over the layers), its V-verify value-only
+    projections and the bytes of every layer's kept attention and MLP deltas it reads or writes; each case of
+    its schedule timed with the rows' forward counts pinned."""
+    model = load_model("random:tiny", dtype="float32", device="cpu")
+    args = bench._parser().parse_args(["--device", "cpu"])
+    prompt, gen, batch = 32, 128, 2
+    total, bs = prompt + gen, prompt + gen // 2
+    c, N = model.config, model.config.n_layers
+    x = torch.randint(0, c.vocab_size, (batch, total))
+    pos = torch.arange(total).expand(batch, total)
+    strat = bench.strategy(args, "dllm_cache", model, batch, total)
+    cases = bench.schedule_cases(strat)
+    assert cases == {"full": 0, "neither": 1, "gen": 7, "prompt": 50}  # Kp 50, Kr 7
+    k = int(gen * 0.25)
+    for case, queries in (("full", total), ("gen", gen), ("prompt", prompt + k), ("neither", k)):
+        bench.step_fn(strat, x, pos, (bs, bs + 32), total, prompt=prompt, forward=0)()
+        strat.layer_positions[:] = [0] * batch  # the running sums, from here
+        bench.step_fn(strat, x, pos, (bs, bs + 32), total, prompt=prompt, forward=cases[case])()
+        assert strat.cases == [case, case]
+        assert bench.measured_work(strat, batch) == ((total + (N - 1) * queries) // N, total)
+        probes, state = bench.measured_extra(strat)
+        probed = case in ("prompt", "neither")
+        assert probes == (N - 1) * gen // N * probed
+        assert state == 2 * N * total * c.d_model * 4 + 2 * (N - 1) * gen * c.kv_heads * c.head_dim * 4 * probed
+        base = bench.step_cost(model, "dllm_cache", batch, prompt, gen, work=bench.measured_work(strat, batch))
+        cost = bench.step_cost(model, "dllm_cache", batch, prompt, gen, work=bench.measured_work(strat, batch),
+                               extra=(probes, state))
+        assert cost["bytes"] - base["bytes"] == state * batch
+        assert cost["flops"] - base["flops"] == 2 * N * c.d_model * c.kv_heads * c.head_dim * probes * batch
+    timed = bench.time_cases(strat, x, pos, (bs, bs + 32), total, prompt, model, "dllm_cache", batch, gen,
+                             bench.measure_ceilings())
+    assert set(timed) == set(cases) and timed["neither"]["queries"] < timed["full"]["queries"]
+
+
 def test_the_field_caches_command_runs_on_cpu(bench, tmp_path, monkeypatch):
     out = tmp_path / "b.jsonl"
     argv = ["--model", "random:tiny", "--device", "cpu", "--prompt", "16", "--gen-lengths", "64", "--batches", "1",
-            "--caches", "dpad_dual", "vicinity", "--e2e-caches", "dpad", "vicinity", "--e2e-batches", "2",
+            "--caches", "dpad_dual", "vicinity", "dllm_cache", "--e2e-caches", "dpad", "vicinity", "dllm_cache",
+            "--e2e-batches", "2",
             "--e2e-gen", "64", "--e2e-reps", "1", "--e2e-policy", "learn2pd",
             "--e2e-params", "filter=l2pd_eval/testbed/filter", "--e2e-eotp", "true", "--no-policy-overhead",
             "--cache-params", "dpad_window=16,vicinity_warmup=1", "--out", str(out)]
@@ -77,9 +113,11 @@ def test_the_field_caches_command_runs_on_cpu(bench, tmp_path, monkeypatch):
     bench.main()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     steps = {r["cache"]: r for r in rows if "step_ms" in r}
-    assert set(steps) == {"dpad_dual", "vicinity"} and all(r["floor_ms"] > 0 for r in steps.values())
+    assert set(steps) == {"dpad_dual", "vicinity", "dllm_cache"} and all(r["floor_ms"] > 0 for r in steps.values())
+    assert set(steps["dllm_cache"]["cases"]) == {"full", "gen", "prompt", "neither"}
     assert steps["dpad_dual"]["params"]["dpad_window"] == "16" and steps["vicinity"]["queries"] == 16 + 32
     e2e = [r for r in rows if r.get("e2e")]
     assert [(r["cache"], r["eotp"], r["policy"]) for r in e2e] == [("dpad", "true", "learn2pd"),
-                                                                     ("vicinity", "true", "learn2pd")]
+                                                                     ("vicinity", "true", "learn2pd"),
+                                                                     ("dllm_cache", "true", "learn2pd")]
     assert all(r["positions_per_answer"] > 0 and r["mean_nfe"] > 0 for r in e2e)

@@ -127,6 +127,8 @@ class DLLMCache(ForwardStrategy):
         self.forwards = [0] * batch      # forwards each batch row took part in (the schedule's counter)
         self.layer_positions = [0] * batch  # layer-positions computed per batch row, so far
         self.probes: list[int] = []  # the last step's value-only positions per row (layer-positions / layers)
+        self.state_bytes: list[int] = []  # the last step's bytes per row through the kept deltas (every layer
+        #                                   and position: read or written) and V-verify's kept values
         self.cases: list[str] = []   # the last step's case per row
 
     @classmethod
@@ -193,12 +195,16 @@ class DLLMCache(ForwardStrategy):
         L, N = s.length, self.layers
         queries = {"full": L, "gen": L - P, "prompt": P + k * transfer, "neither": k * transfer}
         probe = (N - 1) * (L - P) if transfer else 0
-        self.positions, self.probes, self.keys = [], [], L
+        c, elt = self.model.config, self.model.dtype.itemsize
+        deltas, values = 2 * N * L * c.d_model * elt, 2 * probe * c.kv_heads * c.head_dim * elt
+        self.positions, self.probes, self.state_bytes, self.keys = [], [], [], L
         for r, case in zip(s.rows, self.cases, strict=True):
             before = self.layer_positions[r]
             self.layer_positions[r] += L + (N - 1) * queries[case]
             self.positions.append(self.layer_positions[r] // N - before // N)
-            self.probes.append(probe // N if case in ("prompt", "neither") else 0)
+            probed = case in ("prompt", "neither")
+            self.probes.append(probe // N if probed else 0)
+            self.state_bytes.append(deltas + values * probed)
             self.forwards[r] += 1
 
     def _layers(self, x: Tensor, pos: Tensor, key_mask: Tensor | None, st: _State, case: str, P: int, k: int,
