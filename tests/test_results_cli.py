@@ -82,7 +82,8 @@ def test_report_published_csv_goes_to_a_second_file(tmp_path):
     (["report", "runs", "--metric", "gsm8k=bogus"], "valid choices: exact_match,flexible-extract"),
     (["compare", "--baseline", "nope.json", "runs"], "--baseline nope.json: no such file"),
     (["compare", "--baseline", "golden/report.csv", "runs"], "not valid JSON"),
-    (["compare", "--baseline", "baselines/runs_mean.json", "runs", "--acc-tol", "nan"], "--acc-tol nan: must be a finite"),
+    (["compare", "--baseline", "baselines/runs_mean.json", "runs", "--acc-tol", "nan"],
+     "argument --acc-tol: 'nan' is not a finite number"),  # compare's argparse type (typed_args.finite_float)
     (["compare", "--baseline", "baselines/runs_mean.json", "runs", "--tpf-tol", "inf"], "--tpf-tol inf: must be a finite"),
     (["report", "runs", "--aup-alpha", "nan"], "--aup-alpha / --aup-y-min-offset: AUP alpha=nan must be a finite"),
     (["report", "runs", "--aup-y-max", "gsm8k=-3"], "a number > 0"),
