@@ -143,11 +143,9 @@ class DLLMCache(ForwardStrategy):
     @classmethod
     def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int,
                      params: CacheParams | None = None) -> int:
-        """Query positions of layers >= 1 in a ``neither`` step (their most common one): V-verify's pick
-        (layer 0 computes the whole ``length`` besides). The prompt width is not known here: the
-        answer is taken to start at the block."""
-        p = cls.Params() if params is None else params
-        return int((length - block[0]) * p.dllm_cache_transfer_ratio)
+        """The most any layer computes: layer 0 takes the whole live length at every step (the layers after
+        it fewer; ``positions`` reports each step's average over the layers)."""
+        return length
 
     def refreshes(self, s: StepInput) -> bool:
         """Decided per row in ``logits`` (forward counts); this is the last step's verdict: all rows full."""
