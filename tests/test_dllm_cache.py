@@ -232,3 +232,15 @@ def test_a_network_without_layer_parts_is_refused_in_one_line():
     with pytest.raises(ConfigError, match="cache='dllm_cache' runs its own layer loop: it needs a network whose "
                                           "layers expose their parts"):
         make_strategy("dllm_cache", ScriptedModel(4, [(3, 0.5)] * 8), 1, 12)
+
+
+@pytest.mark.parametrize("policy, eotp", [("threshold", "true"), ("learn2pd", "committed"), ("low_confidence", "block_end")])
+def test_a_float32_batch_decodes_as_each_prompt_alone(family, filter_path, policy, eotp):
+    """The engine's batch invariance in float32 too (the other tests run float64): padded, ragged rows whose
+    forward counts drift apart (Kp 3, Kr 2) decode the same tokens batched and alone."""
+    from l2pd_eval.model import load_model
+
+    model = load_model(str(family.directory), dtype="float32")
+    cfg = GenerationConfig(gen_length=24, block_length=8, cache="dllm_cache", eotp=eotp,
+                           cache_params=dict(dllm_cache_prompt_interval=3, dllm_cache_gen_interval=2))
+    assert_batched_equals_alone(model, family.prompts, cfg, policy, family.special, filter_path)
