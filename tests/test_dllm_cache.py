@@ -244,3 +244,27 @@ def test_a_float32_batch_decodes_as_each_prompt_alone(family, filter_path, polic
     cfg = GenerationConfig(gen_length=24, block_length=8, cache="dllm_cache", eotp=eotp,
                            cache_params=dict(dllm_cache_prompt_interval=3, dllm_cache_gen_interval=2))
     assert_batched_equals_alone(model, family.prompts, cfg, policy, family.special, filter_path)
+
+
+def test_without_v_verify_a_step_between_refreshes_moves_only_through_layer_0(tiny):
+    """Ratio 0, a ``neither`` step: layer 0 is computed afresh over the new tokens, layer 1 adds the deltas
+    the full step kept, and nothing else is computed (positions: layer 0's alone)."""
+    model = tiny[0]
+    T, P, block = 24, 8, (8, 16)
+    x = torch.randint(0, model.config.vocab_size - 8, (1, T), generator=torch.Generator().manual_seed(6))
+    pos = torch.arange(T).unsqueeze(0)
+    strat = make_strategy("dllm_cache", model, 1, T, params=dict(dllm_cache_transfer_ratio=0))
+    step = {"rows": (0,), "seeds": (0,), "limits": (T,), "prompt": P}
+    strat.logits(StepInput(x, pos, None, block, T, step=0, **step))
+    x2 = x.clone()
+    x2[0, P + 4] = (x[0, P + 4] + 1) % (model.config.vocab_size - 8)
+    out = strat.logits(StepInput(x2, pos, None, block, T, step=1, **step))
+    first, second = model.blocks
+    cos, sin = model.rotary.tables(pos, model.dtype)
+    h1_old = first(model.token_embedding(x), cos, sin, None, None, 0, T)
+    q, k, v = second.project(second.attn_input(h1_old), cos, sin)
+    a_old = second.attn_output(F.scaled_dot_product_attention(q, k, v))
+    m_old = second.mlp_delta(h1_old + a_old)
+    h1 = first(model.token_embedding(x2), cos, sin, None, None, 0, T)
+    torch.testing.assert_close(out, model.head((h1 + a_old + m_old)[:, 8:16]), rtol=1e-10, atol=1e-10)
+    assert strat.cases == ["neither"] and strat.positions == [(2 * T + T) // 2 - T] and strat.probes == [0]
