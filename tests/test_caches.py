@@ -8,8 +8,7 @@ import itertools
 
 import pytest
 import torch
-from policy_cases import POLICIES, assert_batched_equals_alone, make
-from test_dream_engine import dream  # noqa: F401 (a fixture)
+from policy_cases import POLICIES, assert_batched_equals_alone, decode, make
 
 from l2pd_eval.caches import (
     GraphReplay,
@@ -46,11 +45,9 @@ def _strategy_logits(model, name, x, block):
     return first, later, computed[0], computed[1]
 
 
-@pytest.mark.parametrize("family", ["tiny", "dream"])
-def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(request, family):
-    """Dream's cached chunk starts one position before the block (shifted logits): one query more per row."""
-    model = request.getfixturevalue(family)
-    model = model[0] if isinstance(model, tuple) else model
+def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(family):
+    """A shifted family's (Dream's) cached chunk starts one position before the block: one query more per row."""
+    model = family.model
     shift = model.logit_shift
     x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
     block = (16, 24)
@@ -84,10 +81,10 @@ def test_the_torch_free_results_list_names_the_same_caches():
     assert list(CACHE_ORDER) == available()
 
 
-def test_declared_capabilities_are_what_the_strategies_do(tiny):
+def test_declared_capabilities_are_what_the_strategies_do(family):
     """``logits_after``: logits after the block on request, or a clear error; ``kv_positions``: the KV buffer
     allocated, and what batch sizing counts; ``cuda_graphs``: a graph-replaying class exists."""
-    model = tiny[0]
+    model = family.model
     x = torch.randint(0, model.config.vocab_size - 8, (1, 40), generator=torch.Generator().manual_seed(2))
     pos = torch.arange(40).expand_as(x)
     per_position = 2 * model.config.n_layers * model.config.kv_heads * model.config.head_dim * 8  # float64
@@ -108,8 +105,8 @@ def test_declared_capabilities_are_what_the_strategies_do(tiny):
 
 
 @pytest.mark.parametrize("length", [64, 52])  # the whole sequence, and an EoTP cut 12 positions short
-def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
-    model, _, _ = tiny
+def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(family, length):
+    model, shift = family.model, family.model.logit_shift
     total = 64
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(0, model.config.vocab_size - 8, (2, total), generator=gen)
@@ -129,18 +126,18 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
         (e_steps, e_pos), (p_steps, p_pos) = outs
         for e, p in zip(e_steps, p_steps, strict=True):
             torch.testing.assert_close(p, e, rtol=1e-12, atol=1e-12)
-        assert p_pos == e_pos == 2 * (length - bs)  # the padding queries are not counted as work
+        assert p_pos == e_pos == 2 * (length - bs + shift)  # the padding queries are not counted as work
         # the real slots of the cache hold the same keys/values; the padding wrote only past the live length
         for t_e, t_p in zip(exact._buffer.k + exact._buffer.v, padded._buffer.k + padded._buffer.v, strict=True):
             torch.testing.assert_close(t_p[:, :, :length], t_e[:, :, :length], rtol=1e-12, atol=1e-12)
         widths.append(padded._chunk_inputs(StepInput(x[:, :length], pos[:, :length], None, block, length,
                                                      step=1))[0].shape[1])
-    assert all(w % 24 == 0 and w - 24 < length - bs for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
+    assert all(w % 24 == 0 and w - 24 < length - bs + shift for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
 
 
-def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(tiny):
-    model, _, _ = tiny
+def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(family):
+    model = family.model
     assert cache_class("prefix").width_buckets and not cache_class("dual").width_buckets
     dual = cache_class("dual")(model, 1, 32, width_bucket=16)
     assert dual.width_bucket == 0 and dual._buffer.k[0].shape[2] == 32  # its chunk is always one block
@@ -151,10 +148,10 @@ def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_the
         SpeedConfig(graph_width_bucket=-1)
 
 
-def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(tiny, prompts):
+def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(family):
     """cuda_graph=True on a CPU model decodes exactly as without it (graphs exist only on CUDA;
     tests/test_cuda_graphs.py checks the replay itself on a GPU)."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     for cache in [c for c in available() if cache_class(c).cuda_graphs]:
         cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache, eotp=True)
         plain = generate(model, prompts, cfg, make("threshold", threshold=0.3), special)
@@ -200,8 +197,8 @@ def added_caches(monkeypatch):
     return [EveryStep.name, EveryOtherStep.name]
 
 
-def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, tiny):
-    model = tiny[0]
+def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, family):
+    model = family.model
     assert available() == ["none", "prefix", "dual", *added_caches]
     cfg = GenerationConfig(gen_length=16, block_length=8, cache="_prefix_every_2")
     assert bytes_per_row(model, cfg, 24) == bytes_per_row(model, GenerationConfig(gen_length=16, block_length=8,
@@ -211,38 +208,39 @@ def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, tiny):
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "committed"])))
-def test_refreshing_every_step_decodes_exactly_as_no_cache(added_caches, tiny, prompts, filter_path, policy, eotp):
-    """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost."""
-    model, _, special = tiny
+def test_refreshing_every_step_decodes_exactly_as_no_cache(added_caches, family, filter_path, policy, eotp):
+    """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost (row by
+    row in a padded batch; ``none`` decodes a batch as each prompt alone: tests/test_policies.py)."""
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = {c: GenerationConfig(gen_length=16, block_length=8, cache=c, eotp=eotp) for c in ("none", added_caches[0])}
-    plain, every = (assert_batched_equals_alone(model, prompts, cfg[c], policy, special, filter_path) for c in cfg)
+    plain, every = (decode(model, prompts, cfg[c], policy, special, filter_path) for c in cfg)
     assert torch.equal(plain.sequences, every.sequences)
     assert [s.positions for s in plain.stats] == [s.positions for s in every.stats]
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "true", "committed"])))
-def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_caches, tiny, prompts, filter_path, policy,
-                                                                   eotp):
-    model, _, special = tiny
+def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_caches, family, filter_path, policy, eotp):
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1], eotp=eotp)
     assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
 
 
-def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, tiny, prompts):
-    """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks."""
-    model, _, special = tiny
+def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, family):
+    """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks
+    (a shifted family's chunk starts one position earlier)."""
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1])
     for prompt in prompts:
         total = len(prompt) + 16
         out = generate(model, [prompt], cfg, make("low_confidence"), special)
-        chunks = [total - (len(prompt) + 8 * b) for b in range(2)]
+        chunks = [total - (len(prompt) + 8 * b) + model.logit_shift for b in range(2)]
         assert out.stats[0].positions == sum(4 * total + 4 * chunk for chunk in chunks)
 
 
-def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, tiny, prompts):
+def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, family):
     """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs, without
     an engine change: the step within the block, and which block positions are still masked."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     seen = []
 
     class Watching(NoCache):
