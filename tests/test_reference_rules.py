@@ -1,8 +1,10 @@
 """The reference codes' decoding rules, on hand-built step sequences: EoTP as in the Learn2PD code
-(``eotp=true``) beside the committed-token cut (``eotp=committed``), and Fast-dLLM's factor rule as in its
-code (``factor_rule=code``) beside the paper's formula."""
+(``eotp=true``) beside the committed-token cut (``eotp=committed``), Fast-dLLM's factor rule as in its
+code (``factor_rule=code``) beside the paper's formula, and its threshold comparison."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -176,3 +178,19 @@ def test_batch_sizing_counts_the_tail_logits_of_eotp_true_without_a_cache(tiny):
             for e in ("true", "committed") for c in ("none", "dual")}
     assert size["true", "none"] > size["committed", "none"]
     assert size["true", "dual"] == size["committed", "dual"]
+
+
+def test_threshold_keeps_a_confidence_exactly_at_the_threshold():
+    """Fast-dLLM's get_transfer_index drops a ranked token only when ``confidence < threshold`` (float64 there):
+    a confidence of exactly 0.9 is committed, the next float64 below it is not (the top-1 always is)."""
+    below = math.nextafter(0.9, 0.0)
+    conf = torch.tensor([[0.2, 0.9, below, 0.95, 0.9]], dtype=torch.float64)
+    masked = torch.tensor([[True, True, True, True, False]])  # the last one is committed already
+    state = StepState(conf=conf, x0=torch.zeros(1, 5, dtype=torch.long), masked=masked,
+                      k=torch.ones(1, dtype=torch.long), step=0, block=0, block_start=0,
+                      rows=torch.zeros(1, dtype=torch.long))
+    assert get_policy("threshold", threshold=0.9).select(state).tolist() == [[False, True, False, True, False]]
+    assert get_policy("threshold", threshold=below).select(state).tolist() == [[False, True, True, True, False]]
+    nothing = StepState(conf=conf.clamp(max=0.5), x0=state.x0, masked=masked, k=state.k, step=0, block=0,
+                        block_start=0, rows=state.rows)
+    assert get_policy("threshold", threshold=0.9).select(nothing).tolist() == [[False, True, False, False, False]]

@@ -1,4 +1,10 @@
-"""Fast-dLLM's confidence-aware parallel rule: commit every masked token above a threshold (at least one)."""
+"""Fast-dLLM's confidence-aware parallel rule: commit every masked token whose confidence reaches a threshold
+(at least one).
+
+Source: NVlabs/Fast-dLLM ``llada/generate.py``, ``get_transfer_index``: a ranked token is dropped only when
+``confidence < threshold``, so one exactly at the threshold is committed (``>=``), compared in the
+confidence's own dtype (float64 there, docs/conventions.md).
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,6 @@ class Threshold(Policy):
 
     def select(self, state: StepState) -> Tensor:
         conf = state.masked_conf
-        above = conf > self.threshold
+        above = conf >= self.threshold
         # Progress guarantee: the most confident masked token is always committed.
         return above | top1_mask(conf)
