@@ -111,13 +111,13 @@ def test_too_long_prompt_is_rejected(family):
 
 
 def test_compiled_greedy_statistics_match_eager():
-    """The fused (torch.compile) confidence path used with compile=true picks the same tokens."""
+    """The fused (torch.compile) confidence path compile=true uses for the float32 rule picks the same tokens."""
     torch.manual_seed(0)
     logits = (torch.randn(3, 8, 1000) * 4).bfloat16()
     logits[1, 2, 7] = logits[1, 2, 9] = logits[1, 2].max() + 1  # a tie: the first maximum wins in both
     seeds = torch.zeros(3, dtype=torch.long)
-    x_e, c_e = Predictor()(logits, 0.0, seeds, (0, 0, 0))
-    x_f, c_f = Predictor(fused=True)(logits, 0.0, seeds, (0, 0, 0))
+    x_e, c_e = Predictor("float32")(logits, 0.0, seeds, (0, 0, 0))
+    x_f, c_f = Predictor("float32", fused=True)(logits, 0.0, seeds, (0, 0, 0))
     assert torch.equal(x_e, x_f) and x_f[1, 2] == 7
     torch.testing.assert_close(c_f, c_e, rtol=1e-5, atol=0)
 

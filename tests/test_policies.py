@@ -101,13 +101,14 @@ def test_learn2pd_rejects_a_filter_of_another_block_length(filter_path):
 
 def test_learn2pd_parameters_are_only_the_user_settable_ones(filter_path):
     """The loaded network is internal state: not listed, not accepted, not recorded."""
-    assert policy_params("learn2pd") == ["filter", "accept_thres"]
-    with pytest.raises(ValueError, match="does not take _net; valid parameters: filter, accept_thres$"):
+    assert policy_params("learn2pd") == ["filter", "accept_thres", "confidence"]
+    valid = "valid parameters: filter, accept_thres, confidence$"
+    with pytest.raises(ValueError, match=f"does not take _net; {valid}"):
         get_policy("learn2pd", filter=str(filter_path), _net=None)
-    with pytest.raises(ValueError, match="does not take block_length; valid parameters: filter, accept_thres$"):
+    with pytest.raises(ValueError, match=f"does not take block_length; {valid}"):
         get_policy("learn2pd", filter=str(filter_path), block_length=8)  # the run's setting comes through bind()
     assert get_policy("learn2pd", filter=str(filter_path)).params() == {"filter": str(filter_path),
-                                                                        "accept_thres": 0.6}
+                                                                        "accept_thres": 0.6, "confidence": "float64"}
 
 
 def test_eotp_cuts_after_end_of_text_and_skips_the_rest(family):

@@ -165,7 +165,7 @@ def test_factor_rule_is_a_policy_parameter():
                       rows=torch.zeros(1, dtype=torch.long))
     assert get_policy("factor", factor=3.0).select(state).sum() == 5
     assert get_policy("factor", factor=3.0, factor_rule="formula").select(state).sum() == 4
-    assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code"}
+    assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code", "confidence": "float64"}
     with pytest.raises(ValueError, match="factor_rule='paper'; valid choices: code, formula"):
         get_policy("factor", factor_rule="paper")
 

@@ -70,7 +70,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
                                      device=model.device))
     strategy = speed.strategy(config.cache, model, batch, total)
     rule = eotp_rule(config)
-    return _Run(config, policy, special, strategy, speed.predictor(), rule,
+    return _Run(config, policy, special, strategy, speed.predictor(policy.confidence), rule,
                 rule is cut_at_predicted_end and strategy.logits_after, on_step)
 
 
@@ -188,7 +188,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=step_statistics(logits, needs, temperature, x0) if needs else {},
+        stats=step_statistics(logits, needs, temperature, x0, run.policy.confidence) if needs else {},
     )
 
 

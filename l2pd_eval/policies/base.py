@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -25,7 +25,8 @@ class StepState:
     """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
     than x0 says so in its ``Selection``)."""
 
-    conf: Tensor      # [B, L] float32: probability of x0 at every block position (committed ones too)
+    conf: Tensor      # [B, L]: probability of x0 at every block position (committed ones too), in the
+    #                   dtype of the policy's confidence rule (float64, the model's, or float32)
     x0: Tensor        # [B, L] long: the model's predicted token
     masked: Tensor    # [B, L] bool: still masked before this step
     k: Tensor         # [B] long: tokens the linear schedule asks for at this step (>= 1 while masked)
@@ -76,9 +77,21 @@ class RunSettings:
     device: torch.device = torch.device("cpu")
 
 
+ConfidenceRule = Literal["float64", "float32", "model"]
+
+
+@dataclass
 class Policy:
     """Base class. Subclasses are dataclasses of their parameters, registered by ``name``; they implement
-    ``select`` under the contract written there (and only there)."""
+    ``select`` under the contract written there (and only there).
+
+    ``confidence`` is every policy's parameter: how the engine computes the probability of each prediction
+    that the policy ranks by, EoTP cuts by and a filter reads (``engine.predict``): ``float64`` (the default:
+    Fast-dLLM's and Learn2PD's cached code), ``model`` (softmax in the logits' dtype: Learn2PD's no-cache
+    code, Dream's; the default of Dream's rules) or ``float32`` (this project's earlier rule). A subclass
+    whose reference computes it otherwise redeclares the field with its own default."""
+
+    confidence: ConfidenceRule = dataclasses.field(default="float64", kw_only=True)
 
     name: ClassVar[str] = ""
     # Capabilities (what the engine asks of a policy):

@@ -18,6 +18,7 @@ has none).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import ClassVar
@@ -25,7 +26,7 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from l2pd_eval.policies.base import Policy, StepState, topk_mask
+from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState, topk_mask
 
 STATISTICS = ("neg_entropy", "margin", "chosen_prob")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
@@ -33,11 +34,14 @@ _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling o
 
 
 def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0.0,
-                    x0: Tensor | None = None) -> dict[str, Tensor]:
+                    x0: Tensor | None = None, confidence: str = "model") -> dict[str, Tensor]:
     """``{name: [B, L]}`` for each requested statistic of the block's logits [B, L, V].
 
-    One softmax over the block only (never the prompt or suffix), in float32 (float64 for float64 logits),
-    at ``temperature`` as Dream scores. ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
+    One softmax over the block only (never the prompt or suffix), at ``temperature`` as Dream scores, by the
+    policy's confidence rule: ``model`` / ``float64`` as Dream's ``sample_tokens`` computes them
+    (``softmax(logits / temperature)`` in the logits' dtype / in float64, then the scores from those
+    probabilities), ``float32`` from a float32 ``log_softmax`` (float64 for float64 logits; this project's
+    earlier statistics). ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
     """
     needs = tuple(dict.fromkeys(needs))
     unknown = [n for n in needs if n not in STATISTICS]
@@ -45,6 +49,28 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
         raise ValueError(f"unknown step statistics {unknown}; valid choices: {', '.join(STATISTICS)}")
     if not needs:
         return {}
+    if "chosen_prob" in needs and x0 is None:
+        raise ValueError("step_statistics: 'chosen_prob' needs x0, the step's predicted tokens")
+    if confidence == "float32":
+        return _from_log_softmax(logits, needs, temperature, x0)
+    work = logits.to(torch.float64 if confidence == "float64" else logits.dtype)
+    if temperature > 0:
+        work = work / temperature
+    probs = torch.softmax(work, dim=-1)
+    out: dict[str, Tensor] = {}
+    if "neg_entropy" in needs:
+        out["neg_entropy"] = (probs * torch.log(probs + _ENTROPY_EPS)).sum(-1)
+    if "margin" in needs:
+        top = probs.topk(2, dim=-1).values
+        out["margin"] = top[..., 0] - top[..., 1]
+    if "chosen_prob" in needs:
+        out["chosen_prob"] = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def _from_log_softmax(logits: Tensor, needs: tuple[str, ...], temperature: float,
+                      x0: Tensor | None) -> dict[str, Tensor]:
+    """The ``float32`` rule's statistics."""
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if temperature > 0:
         work = work / temperature
@@ -57,8 +83,6 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
         top = logp.topk(2, dim=-1).values.exp()
         out["margin"] = top[..., 0] - top[..., 1]
     if "chosen_prob" in needs:
-        if x0 is None:
-            raise ValueError("step_statistics: 'chosen_prob' needs x0, the step's predicted tokens")
         out["chosen_prob"] = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
     return out
 
@@ -66,9 +90,11 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
 @dataclass
 class ScoredPolicy(Policy):
     """Commit the scheduled number of masked positions with the highest ``statistic`` (or, with
-    ``alg_temp`` > 0, a draw without replacement weighted by ``softmax(statistic / alg_temp)``)."""
+    ``alg_temp`` > 0, a draw without replacement weighted by ``softmax(statistic / alg_temp)``). Scores and
+    confidence are computed in the model's dtype by default, as Dream's code does."""
 
     alg_temp: float = 0.0
+    confidence: ConfidenceRule = dataclasses.field(default="model", kw_only=True)
 
     statistic: ClassVar[str] = ""
 

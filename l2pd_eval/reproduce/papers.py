@@ -85,6 +85,10 @@ class Paper:
 
 _L2P = f"policy=learn2pd,accept_thres={ACCEPT_THRES}"
 _PAR = f"policy=threshold,threshold={THRESHOLD}"
+# The confidence arithmetic each function of the authors' code uses (docs/conventions.md): Learn2PD's no-cache
+# functions take the softmax in the model's dtype, its cached ones (from Fast-dLLM) and all of Fast-dLLM's
+# LLaDA code in float64.
+_MODEL_DTYPE, _FLOAT64 = "confidence=model", "confidence=float64"
 
 LEARN2PD = Paper(
     name="learn2pd",
@@ -92,14 +96,15 @@ LEARN2PD = Paper(
     published="learn2pd",
     blocks=(
         Block(BENCHMARKS, (256, 1024), (
-            PaperMethod("baseline", "LLaDA baseline", "policy=low_confidence,cache=none"),
-            PaperMethod("learn2pd", "Learn2PD", f"{_L2P},cache=none"),
-            PaperMethod("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true"),
+            PaperMethod("baseline", "LLaDA baseline", f"policy=low_confidence,cache=none,{_MODEL_DTYPE}"),
+            PaperMethod("learn2pd", "Learn2PD", f"{_L2P},cache=none,{_MODEL_DTYPE}"),
+            PaperMethod("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true,{_MODEL_DTYPE}"),
         )),
         # The KV-cache table: gsm8k at 1024 only.
         Block(("gsm8k",), (1024,), (
-            PaperMethod("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache", f"{_L2P},cache=prefix,eotp=true"),
-            PaperMethod("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true"),
+            PaperMethod("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache",
+                        f"{_L2P},cache=prefix,eotp=true,{_FLOAT64}"),
+            PaperMethod("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true,{_FLOAT64}"),
         )),
     ),
     # eval_llada.py generate_until: raw prompt when not is_instruct or the doc's task_id starts with "humaneval".
@@ -107,9 +112,9 @@ LEARN2PD = Paper(
     seed=1234,
 )
 
-_LLADA = PaperMethod("llada", "LLaDA", "policy=low_confidence,cache=none")
-_PARALLEL = PaperMethod("parallel", "+Parallel", f"{_PAR},cache=none")
-_FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix")
+_LLADA = PaperMethod("llada", "LLaDA", f"policy=low_confidence,cache=none,{_FLOAT64}")
+_PARALLEL = PaperMethod("parallel", "+Parallel", f"{_PAR},cache=none,{_FLOAT64}")
+_FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix,{_FLOAT64}")
 
 FASTDLLM = Paper(
     name="fastdllm",
@@ -118,7 +123,7 @@ FASTDLLM = Paper(
     blocks=(
         Block(BENCHMARKS, (256, 512), (
             _LLADA,
-            PaperMethod("cache", "+Cache", "policy=low_confidence,cache=prefix"),
+            PaperMethod("cache", "+Cache", f"policy=low_confidence,cache=prefix,{_FLOAT64}"),
             _PARALLEL,
             _FAST,
         )),
@@ -127,7 +132,7 @@ FASTDLLM = Paper(
             _LLADA,
             _PARALLEL,
             _FAST,
-            PaperMethod("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual"),
+            PaperMethod("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual,{_FLOAT64}"),
         )),
     ),
     # eval_llada.py generate_until: the chat template whenever is_instruct, HumanEval included.
