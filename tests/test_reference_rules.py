@@ -194,3 +194,46 @@ def test_threshold_keeps_a_confidence_exactly_at_the_threshold():
     nothing = StepState(conf=conf.clamp(max=0.5), x0=state.x0, masked=masked, k=state.k, step=0, block=0,
                         block_start=0, rows=state.rows)
     assert get_policy("threshold", threshold=0.9).select(nothing).tolist() == [[False, True, False, False, False]]
+
+
+def _reads_position_6_as_zero(path) -> str:
+    """A raw single-layer filter for block 8 that accepts position 1 exactly when its input at position 6 is
+    about zero (logit 5 - 10 * x_6) and nothing else: it tells whether the filter saw past an EoTP cut."""
+    from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+
+    filt = L2PFilter(FilterConfig(block_length=8, hidden_sizes=(), accept_threshold=0.5, committed_conf="raw"))
+    with torch.no_grad():
+        filt.linears[0].weight.zero_()
+        filt.linears[0].bias.fill_(-10.0)
+        filt.linears[0].weight[1, 6] = -10.0
+        filt.linears[0].bias[1] = 5.0
+    return str(save_filter(path, filt))
+
+
+@pytest.mark.parametrize("cache", cache_names())
+def test_a_raw_filter_reads_zeros_past_a_cut_inside_the_block(tmp_path, cache):
+    """Learn2PD's code cuts the sequence after an accepted or predicted end, so in the next steps its filter
+    gets the block's confidences only up to the cut, zero-padded. Block 0 predicts an end at 3 (p .99), words
+    elsewhere (p .9 at 4-7): the first step commits 3 and cuts after it; the next one the filter sees 0 at
+    position 6 (past the cut), where the model still reports .9, and accepts position 1 beside the schedule's
+    top-1 (position 0): 3 forwards, not the 4 of a filter reading the raw .9 there."""
+    table = [(WORD, 0.6), (WORD, 0.3), (WORD, 0.5), (EOT, 0.99)] + [(WORD, 0.9)] * 4 + [(WORD, 0.5)] * 8
+    policy = get_policy("learn2pd", filter=_reads_position_6_as_zero(tmp_path / "f"))
+    out, _ = decode(table, policy, cache=cache, eotp="true", steps=G)
+    assert out.stats[0].committed_per_step == [1, 2, 1] and cut_after(out) == 3
+    assert out.tokens[0, :4].tolist() == [WORD, WORD, WORD, EOT]
+
+
+def test_the_filter_input_past_the_cut_is_zero_and_before_it_raw(tmp_path):
+    """The rule on a hand-built step: ``live`` False past a cut zeroes the input there (the reference's shorter,
+    zero-padded vector); without it the filter reads the raw confidence, as before issue 22."""
+    from l2pd_eval.filters import load_filter
+
+    filt = load_filter(_reads_position_6_as_zero(tmp_path / "f"))
+    conf = torch.tensor([[0.6, 0.3, 0.5, 0.99, 0.9, 0.9, 0.9, 0.9]])
+    masked = torch.tensor([[True, True, True, False, False, False, False, False]])
+    live = torch.tensor([[True] * 4 + [False] * 4])
+    assert torch.equal(filt.prepare_input(conf, masked, live), torch.tensor([[0.6, 0.3, 0.5, 0.99, 0, 0, 0, 0]]))
+    assert torch.equal(filt.prepare_input(conf, masked), conf)  # raw: committed positions and all
+    assert filt.accept(conf, masked, live).tolist() == [[False, True] + [False] * 6]
+    assert not filt.accept(conf, masked).any()

@@ -189,6 +189,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
         stats=step_statistics(logits, needs, temperature, x0, run.policy.confidence) if needs else {},
+        live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
     )
 
 
@@ -217,7 +218,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     logits = _forward(state, rows, run, step, masked)
     BL = run.config.block_length
     st = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
-    c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
+    c = resolve(run.policy, st, lambda: st.live)
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
         eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)

@@ -37,6 +37,8 @@ class StepState:
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
+    live: Tensor | None = None  # [B, L] bool: block positions before the row's live end (False past an EoTP
+    #                             cut: filled with end-of-text, no longer decoded); None: every position
 
     @property
     def masked_conf(self) -> Tensor:
