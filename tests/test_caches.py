@@ -61,6 +61,30 @@ def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(family):
         torch.testing.assert_close(later, ref, rtol=0, atol=1e-10)  # nothing changed: cache is exact too
 
 
+def test_a_chunk_from_the_block_keeps_the_refreshs_predecessor(family):
+    """``first_committed`` (the cached steps of a ``refresh_commit`` policy): a shifted family's chunk starts at
+    the block itself, as Fast-dLLM's Dream block sampler's does, so the position before the block keeps the
+    refresh's keys and values: one query fewer per row; with nothing changed since the refresh the block's
+    later positions get the full forward's predictions; the first row, committed and never read, repeats the
+    second. A family without a shift computes exactly what it did."""
+    model, shift = family.model, family.model.logit_shift
+    x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(40).expand_as(x)
+    block = (16, 24)
+    ref = make_strategy("none", model, 2, 40).logits(StepInput(x, pos, None, block, 40, step=0))
+    for name in ("prefix", "dual"):
+        strat = make_strategy(name, model, 2, 40)
+        strat.logits(StepInput(x, pos, None, block, 40, step=0))
+        later = strat.logits(StepInput(x, pos, None, block, 40, step=1, first_committed=True))
+        start, end = cache_class(name).chunk(block, 40, shift, first_committed=True)
+        assert start == 16 and strat.positions == 2 * (end - start)
+        torch.testing.assert_close(later[:, 1:], ref[:, 1:], rtol=0, atol=1e-10)
+        if shift:
+            assert torch.equal(later[:, 0], later[:, 1])
+        else:
+            torch.testing.assert_close(later[:, 0], ref[:, 0], rtol=0, atol=1e-10)
+
+
 def test_registry_lists_the_strategies_once_in_order_and_rejects_unknown_names():
     assert available() == ["none", "prefix", "dual"]
     with pytest.raises(ValueError, match="cache='paged' is unknown; valid choices: none, prefix, dual"):

@@ -68,7 +68,7 @@ class GraphReplay:
         super().__init__(model, batch, total_length, split_keys, padded)
         self._batch = batch
         self._rows = rows
-        self._graphs: OrderedDict[tuple[int, int, int, bool], _Graph] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, int, int, bool, bool], _Graph] = OrderedDict()
         self._pool = None  # memory pool shared by all graphs, from the first capture on
         self._stream = None  # side stream that captures run on
 
@@ -77,7 +77,7 @@ class GraphReplay:
             return super()._cached_step(s)
         x, pos, start = self._chunk_inputs(s)
         n, width = x.shape
-        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None)
+        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None, s.first_committed)
         g = self._graphs.get(key)
         if g is None:  # first step of this shape: eager, on the buffers a later recording will use
             g = self._graphs[key] = self._static(key, s, x, pos, start)
@@ -95,10 +95,11 @@ class GraphReplay:
         g.graph.replay()
         return g.out[:n].clone()
 
-    def _static(self, key: tuple[int, int, int, bool], s: StepInput, x: Tensor, pos: Tensor, start: int) -> _Graph:
-        rows, length, width, masked = key
+    def _static(self, key: tuple[int, int, int, bool, bool], s: StepInput, x: Tensor, pos: Tensor,
+                start: int) -> _Graph:
+        rows, length, width, masked, _ = key
         n = s.x.shape[0]
-        bs, be = s.block
+        predicted, fill_first = self._predicted(s.block, start)
 
         def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
             return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
@@ -112,8 +113,9 @@ class GraphReplay:
         # garbage collector happens to run
 
         def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
-            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(bs - start, be - start),
-                         write_index=idx, split_keys=split_keys)
+            out = model(x, pos, mask, cache=kv, kv_len=length, logits_slice=predicted, write_index=idx,
+                        split_keys=split_keys)
+            return torch.cat([out[:, :1], out], dim=1) if fill_first else out  # as PrefixCache._cached_step
 
         return _Graph(x, pos, idx, mask, run)
 

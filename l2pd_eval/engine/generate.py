@@ -24,6 +24,7 @@ from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import left_pad
 from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
 from l2pd_eval.model.interface import DiffusionLM
@@ -33,13 +34,6 @@ from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
 _GUMBEL_AFTER = 3  # Gumbel draws for the positions after the block (EoTP ``true`` with ``logits_after``)
-
-
-def linear_schedule(num_masked: Tensor, steps: int) -> Tensor:
-    """LLaDA's schedule: spread each row's masked count evenly over ``steps``, remainder first. [B, steps]"""
-    base = (num_masked // steps).unsqueeze(-1)
-    rem = (num_masked % steps).unsqueeze(-1)
-    return base + (torch.arange(steps, device=num_masked.device) < rem).long()
 
 
 def _sync(device: torch.device) -> None:
@@ -59,6 +53,7 @@ class _Run:
     eotp: EotpRule | None
     after: bool  # the EoTP rule searches after the block and the strategy can predict there
     on_step: Callable[[StepEvent], None] | None
+    times: Tensor | None = None  # Dream's time grid for a policy on ``schedule = "dream"``
 
 
 def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfig, policy: Policy, special: SpecialIds,
@@ -70,8 +65,10 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
                                      device=model.device))
     strategy = speed.strategy(config.cache, model, batch, total)
     rule = eotp_rule(config)
+    dream = policy.scheduled and policy.schedule == "dream"
+    times = dream_times(config.steps_per_block, model.device) if dream else None
     return _Run(config, policy, special, strategy, speed.predictor(policy.confidence), rule,
-                rule is cut_at_predicted_end and strategy.logits_after, on_step)
+                rule is cut_at_predicted_end and strategy.logits_after, on_step, times)
 
 
 def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
@@ -112,7 +109,8 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
         return None
     cur = torch.tensor(cur_host, device=state.x.device)
     max_limit = max(state_host[bsz + i] for i in cur_host)
-    schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
+    linear = policy.scheduled and policy.schedule == "linear"
+    schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if linear else None
     return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
 
 
@@ -143,7 +141,7 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after))
+        length, step=step, masked=masked, after=run.after, first_committed=step > 0 and run.policy.refresh_commit))
     state.positions[rows.host] += run.strategy.positions // len(rows.host)
     return logits
 
@@ -182,6 +180,8 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
     needs = run.policy.needs
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
+    elif run.times is not None:
+        k = dream_count(masked.sum(-1), run.times, step)
     else:
         k = torch.ones(len(rows.host), dtype=torch.long, device=state.x.device)
     return StepState(
@@ -190,6 +190,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
         stats=step_statistics(logits, needs, temperature, x0, run.policy.confidence) if needs else {},
         live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
+        steps=run.config.steps_per_block,
     )
 
 

@@ -39,6 +39,7 @@ class StepState:
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
     live: Tensor | None = None  # [B, L] bool: block positions before the row's live end (False past an EoTP
     #                             cut: filled with end-of-text, no longer decoded); None: every position
+    steps: int = 0    # the run's steps per block (the schedule's length; non-scheduled policies may read it)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -63,6 +64,14 @@ def topk_mask(scores: Tensor, k: Tensor) -> Tensor:
     ranks = torch.empty_like(order)
     ranks.scatter_(-1, order, torch.arange(scores.shape[-1], device=scores.device).expand_as(order))
     return ranks < k.unsqueeze(-1)
+
+
+def block_start_mask(state: StepState) -> Tensor:
+    """The block's first position where it is still masked: Fast-dLLM's Dream sampler commits it, and only it,
+    at each block's refresh (``refresh_commit``)."""
+    first = torch.zeros_like(state.masked)
+    first[:, 0] = True
+    return first & state.masked
 
 
 def top1_mask(scores: Tensor) -> Tensor:
@@ -97,8 +106,17 @@ class Policy:
 
     name: ClassVar[str] = ""
     # Capabilities (what the engine asks of a policy):
-    # Scheduled policies follow the linear steps schedule; the others run until the block is filled.
+    # Scheduled policies follow a steps schedule (``state.k``); the others run until the block is filled.
     scheduled: ClassVar[bool] = True
+    # Which one (engine/schedule.py): "linear" (LLaDA's) or "dream" (Dream's; counts of 0 are steps that
+    # commit nothing, the last step takes every remaining position). A policy may make it a parameter (a
+    # field named ``schedule``), so it is a plain attribute here, not a ClassVar that would fix the field's
+    # position among the subclass's parameters.
+    schedule = "linear"
+    # Commits the block's first position, and only it, at each block's first step (Fast-dLLM's Dream block
+    # sampler; a parameter of threshold and Dream's rules): a cached step then needs no prediction there,
+    # so a shifted family's chunk starts at the block (``StepInput.first_committed``). Plain, as ``schedule``.
+    refresh_commit = False
     # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
     # engine computes them once per step for the block and hands them over in ``StepState.stats``.
     needs: ClassVar[tuple[str, ...]] = ()
@@ -120,7 +138,7 @@ class Policy:
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
             (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
-            position. Re-masks apply only to the block's positions committed before this step (never the
+            position, unless its schedule asked for none at this step (``state.k`` 0: Dream's schedule). Re-masks apply only to the block's positions committed before this step (never the
             prompt, another block or an EoTP-cut tail) and never undo more of a row's new commits than
             leaves ``max(state.k, 1)`` of them, so every step makes net progress and every block finishes.
         """

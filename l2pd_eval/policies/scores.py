@@ -9,11 +9,17 @@ Source: Dream's ``generation_utils.py`` (HKUNLP/Dream; the same ``sample_tokens`
 ``softmax(score / alg_temp)`` without replacement instead of taking the top ones; a Gumbel-top-k over
 ``score / alg_temp`` is that same distribution, drawn here from the engine's batch-invariant streams.
 
-Deliberate differences: the per-step count is the engine's linear schedule per row (Dream uses
-``floor(mean masked count over the batch * (1 - s/t))`` on ``linspace(1, 1e-3, steps + 1)``, a batch-level
-count; both spread the block evenly over the steps); ties go to the earlier position (stable sort; Dream's
-``torch.topk`` leaves the order of ties unspecified); top_p/top_k truncation is not applied (the engine
-has none).
+The per-step count is Dream's schedule (``schedule="dream"``, engine/schedule.py: ``int(n * (1 - s/t))`` on
+``linspace(1, 1e-3, steps + 1)``, per row where Dream takes the batch's mean); ``schedule="linear"`` is this
+project's earlier count (LLaDA's). ``refresh_commit=true`` is Fast-dLLM's block sampler
+(``dream/model/generation_utils_block.py`` L451-456): at each block's first step it commits the block's
+first position whatever its score, and nothing else; the schedule then runs from the second step.
+
+Deliberate differences: ties go to the earlier position (stable sort; Dream's ``torch.topk`` leaves the
+order of ties unspecified); top_p/top_k truncation is not applied (the engine has none). Fast-dLLM's block
+sampler scores every non-threshold ``alg`` by the negative entropy (``sample_tokens(..., neg_entropy=True)``
+hard-coded at L532), so there ``maskgit_plus`` and ``topk_margin`` decode exactly as ``entropy``; a
+reference bug, not followed: each rule here keeps its own score (the published cells used ``entropy``).
 """
 
 from __future__ import annotations
@@ -21,14 +27,15 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor
 
-from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState, topk_mask
+from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState, block_start_mask, topk_mask
 
 STATISTICS = ("neg_entropy", "margin", "chosen_prob")
+SCHEDULES = ("dream", "linear")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
 _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
 
@@ -94,6 +101,8 @@ class ScoredPolicy(Policy):
     confidence are computed in the model's dtype by default, as Dream's code does."""
 
     alg_temp: float = 0.0
+    schedule: Literal["dream", "linear"] = "dream"
+    refresh_commit: bool = False
     confidence: ConfidenceRule = dataclasses.field(default="model", kw_only=True)
 
     statistic: ClassVar[str] = ""
@@ -101,8 +110,12 @@ class ScoredPolicy(Policy):
     def __post_init__(self) -> None:
         if self.alg_temp < 0:
             raise ValueError(f"alg_temp={self.alg_temp} must be >= 0")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r} is unknown; valid choices: {', '.join(SCHEDULES)}")
 
     def select(self, state: StepState) -> Tensor:
+        if self.refresh_commit and state.step == 0:
+            return block_start_mask(state)
         if self.statistic not in state.stats:
             raise ValueError(f"policy={self.name!r} scores by {self.statistic!r}, which the engine did not "
                              f"compute: call step_statistics(logits, policy.needs, ...) into StepState.stats")

@@ -1,4 +1,5 @@
-"""``l2pd-eval reproduce {learn2pd,fastdllm}``: run a paper's table cell by cell, resumably, then report.
+"""``l2pd-eval reproduce {learn2pd,fastdllm,fastdllm_dream}``: run a paper's table cell by cell, resumably, then
+report.
 
     l2pd-eval reproduce learn2pd --filter FILTER --output_path runs/l2pd [--tasks gsm8k] [--lengths 256]
     l2pd-eval reproduce fastdllm --output_path runs/fast --dry-run
@@ -31,7 +32,6 @@ from l2pd_eval.reproduce.cells import (
 )
 from l2pd_eval.reproduce.papers import PAPERS, get_paper
 
-DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -39,15 +39,17 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paper", choices=sorted(PAPERS), help="whose table to rerun (docs/reproduce.md)")
     p.add_argument("--output_path", "--output-path", required=True, metavar="DIR",
                    help="one folder per cell, DIR/<task>/<method>/; cells already finished there are skipped")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="PRETRAINED",
-                   help=f"LLaDA checkpoint directory or hub id (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
-                        f"testbed dLLM, its filter and its task {TESTBED_TASK} (CPU)")
+    p.add_argument("--model", default=None, metavar="PRETRAINED",
+                   help=f"checkpoint directory or hub id (default: the paper's, GSAI-ML/LLaDA-8B-Instruct or "
+                        f"Dream-org/Dream-v0-Base-7B); '{TESTBED}': the embedded testbed dLLM, its filter and its "
+                        f"task {TESTBED_TASK} (CPU)")
     p.add_argument("--filter", default=None, metavar="PATH", help="Learn2PD filter (required by learn2pd's "
                    "Learn2PD columns unless --model testbed)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="BENCH",
                    help="subset of gsm8k minerva_math humaneval mbpp (default: the paper's four)")
     p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N",
-                   help="subset of the paper's generation lengths (learn2pd: 256 1024; fastdllm: 256 512 1024)")
+                   help="subset of the paper's generation lengths (learn2pd: 256 1024; fastdllm: 256 512 1024; "
+                        "fastdllm_dream: 256 512)")
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="subset of the paper's columns by folder name (--dry-run lists them)")
     p.add_argument("--limit", type=int, default=None, help="documents per task (lm-eval --limit)")
@@ -65,11 +67,11 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", "--dry_run", action="store_true", help="print the lm-eval commands and exit")
 
 
-def _selection(args: argparse.Namespace) -> Selection:
+def _selection(args: argparse.Namespace, model: str) -> Selection:
     def tup(v):
         return None if v is None else tuple(v)
 
-    return Selection(model=args.model, benchmarks=tup(args.tasks), lengths=tup(args.lengths),
+    return Selection(model=model, benchmarks=tup(args.tasks), lengths=tup(args.lengths),
                      methods=tup(args.methods), filter=args.filter,
                      instruct={"auto": None, "yes": True, "no": False}[args.instruct],
                      extra_model_args=args.extra_model_args.strip(","))
@@ -123,14 +125,15 @@ def _report(paper_published: str | None, folders: list[Path]) -> int:
 def reproduce_main(args: argparse.Namespace) -> int:
     try:
         paper = get_paper(args.paper)
-        cells = plan(paper, _selection(args))
+        model = args.model or paper.model
+        cells = plan(paper, _selection(args, model))
         opts = RunOptions(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=args.limit,
                           device=args.device, lm_eval_args=tuple(shlex.split(args.lm_eval_args)))
         done = _finished(cells, opts)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    on = f"the {TESTBED} ({TESTBED_TASK})" if args.model == TESTBED else args.model
+    on = f"the {TESTBED} ({TESTBED_TASK})" if model == TESTBED else model
     print(f"{paper.title}: conventions on {on}; {len(cells)} cell(s), {len(done)} already finished in "
           f"{opts.output_path}")
     if args.dry_run:
@@ -155,4 +158,4 @@ def reproduce_main(args: argparse.Namespace) -> int:
         print(f"{head}: done in {time.perf_counter() - t0:.1f} s")
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
-    return _report(None if args.model == TESTBED else paper.published, folders)
+    return _report(None if model == TESTBED else paper.published, folders)
