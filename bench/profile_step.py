@@ -163,7 +163,9 @@ def profile_steps(model, out, args) -> None:
         total, bs = args.prompt + gen, args.prompt + gen // 2
         x = torch.randint(0, model.config.vocab_size, (batch, total), device="cuda")
         pos = torch.arange(total, device="cuda").expand(batch, total)
-        fast = SpeedConfig(cuda_graph=cache.endswith("+graph"), graph_width_bucket=0)  # exact widths
+        fast = SpeedConfig(cuda_graph=cache.endswith("+graph"), graph_width_bucket=0,  # exact widths
+                           skinny_gemm=args.skinny, triton_attention=args.triton_attention)
+        fast.prepare(model)
         strat = fast.strategy(cache.split("+")[0], model, batch, total)
 
         def step(strat=strat, x=x, pos=pos, bs=bs, total=total):  # step 0 refreshes, step 1 is a cached step
@@ -191,9 +193,11 @@ def profile_steps(model, out, args) -> None:
             per_kernel[e["name"]][1] += 1 / reps
         busy = sum(per_kind.values())
         top = sorted(per_kernel.items(), key=lambda kv: -kv[1][0])[:12]
-        emit(out, part="profile", cache=cache, batch=batch, gen=gen, refresh=args.refresh, wall_us=wall * 1e6, kernel_us=busy,
+        emit(out, part="profile", cache=cache, batch=batch, gen=gen, refresh=args.refresh, skinny=args.skinny,
+             triton_attention=args.triton_attention,
+             wall_us=wall * 1e6, kernel_us=busy, launches=sum(v[1] for v in per_kernel.values()),
              kinds=dict(per_kind), top=[(n[:90], round(v[0], 1), round(v[1], 1)) for n, v in top])
-        print(f"\nprofile {cache}{' refresh' if args.refresh else ''} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
+        print(f"\nprofile {cache}{' refresh' if args.refresh else ''}{' skinny' if args.skinny else ''} B={batch} gen={gen}: step {wall * 1e6:.0f} us, kernels {busy:.0f} us "
               f"({sum(v[1] for v in per_kernel.values()):.0f} launches)")
         for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1]):
             print(f"  {k:<18} {v:9.1f} us  {100 * v / busy:5.1f}%")
@@ -214,8 +218,15 @@ def main() -> None:
     ap.add_argument("--autotune", action="store_true", help="also time max-autotune GEMMs (minutes of tuning)")
     ap.add_argument("--parts", nargs="+", default=["gemm", "attn", "attn_choice", "predict", "profile"])
     ap.add_argument("--refresh", action="store_true", help="profile: each block's first step (a full forward)")
+    ap.add_argument("--skinny", action="store_true", help="profile: the skinny-GEMM kernel (SpeedConfig.skinny_gemm)")
+    ap.add_argument("--triton-attention", action="store_true", help="profile: SpeedConfig.triton_attention")
+    ap.add_argument("--skinny-table", default=None, help="tiles from bench/tune_skinny.py --table")
     ap.add_argument("--out", default="profile.jsonl")
     args = ap.parse_args()
+    if args.skinny_table:
+        from bench.tune_skinny import load_table
+
+        load_table(args.skinny_table)
     torch._dynamo.config.cache_size_limit = 64  # one compiled GEMM per shape when autotuning
     with open(args.out, "w") as out, torch.inference_mode():
         ceil = measure_ceilings()

@@ -2,7 +2,9 @@
 
 A command is ``name -> (module, help)``; the module defines ``<name>_arguments(parser)`` and
 ``<name>_main(args) -> int`` (dashes in the name become underscores). Only the chosen module is
-imported, so ``l2pd-eval --help`` stays instant and never loads torch.
+imported, and no command module imports torch before its ``_main`` runs, so ``l2pd-eval --help`` and every
+``l2pd-eval COMMAND --help`` stay instant. A :class:`~l2pd_eval.errors.ConfigError` (a bad argument or
+file) is one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train-filter": ("l2pd_eval.filters.cli", "Train a Learn2PD filter on recorded trajectories."),
     "demo": ("l2pd_eval.testbed.demo", "Offline demo: evaluate every policy on the embedded testbed dLLM."),
     "reproduce": ("l2pd_eval.reproduce.cli", "Rerun a paper's table (learn2pd, fastdllm) through lm-eval, resumably; report."),
+    "sweep": ("l2pd_eval.sweep.cli", "Run one method over a parameter grid through lm-eval, resumably; AUP curve."),
+    "leaderboard": ("l2pd_eval.leaderboard.cli", "Write a static leaderboard page (HTML + assets) from stored runs."),
 }
 
 
@@ -29,10 +33,16 @@ def _func(module: str, name: str, suffix: str):
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:
+        from l2pd_eval import __version__
+
+        print(f"l2pd-eval {__version__}")
+        return 0
     if not argv or argv[0] in {"-h", "--help"} or argv[0] not in COMMANDS:
         width = max(map(len, COMMANDS))
         lines = [f"  {n:<{width}}  {h}" for n, (_, h) in sorted(COMMANDS.items())]
-        print("usage: l2pd-eval COMMAND [options]\n\ncommands:\n" + "\n".join(lines))
+        print("usage: l2pd-eval COMMAND [options]   (l2pd-eval --version; l2pd-eval COMMAND --help)\n\n"
+              "commands:\n" + "\n".join(lines))
         if argv and argv[0] not in {"-h", "--help"}:
             print(f"\nerror: unknown command {argv[0]!r}; valid choices: {', '.join(sorted(COMMANDS))}")
             return 2
@@ -42,7 +52,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"l2pd-eval {name}", description=help_text)
     _func(module, name, "arguments")(parser)
     args = parser.parse_args(argv[1:])
-    return int(_func(module, name, "main")(args) or 0)
+    from l2pd_eval.errors import ConfigError, report
+
+    try:
+        return int(_func(module, name, "main")(args) or 0)
+    except ConfigError as err:
+        return report(err, f"l2pd-eval {name}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Generic, TypeVar
+
+from l2pd_eval.errors import ConfigError
 
 C = TypeVar("C", bound=type)
 
@@ -29,5 +32,17 @@ class Registry(Generic[C]):
 
     def get(self, name: str) -> C:
         if name not in self.classes:
-            raise ValueError(f"{self.kind}={name!r} is unknown; valid choices: {', '.join(self.names())}")
+            raise ConfigError(f"{self.kind}={name!r} is unknown; valid choices: {', '.join(self.names())}")
         return self.classes[name]
+
+    def check_parameters(self, name: str, valid: Collection[str], given: Collection[str],
+                         also_valid: Collection[str] = ()) -> None:
+        """Refuse parameters ``<kind>=name`` does not take, in one line listing the valid ones (with
+        ``also_valid``, the caller's own model_args keys, as well: everything the user could have meant)."""
+        unknown = sorted(set(given) - set(valid))
+        if unknown and also_valid:
+            raise ConfigError(f"model_args: unknown argument(s) {', '.join(unknown)} for {self.kind}={name!r}; valid: "
+                              f"{', '.join(sorted({*also_valid, *valid}))}")
+        if unknown:
+            raise ConfigError(f"{self.kind}={name!r} does not take {', '.join(unknown)}; valid parameters: "
+                              f"{', '.join(valid) or '(none)'}")

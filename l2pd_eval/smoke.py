@@ -40,7 +40,7 @@ def smoke_main(args: argparse.Namespace) -> int:
 
             path = str(write_tiny_llada(tempfile.mkdtemp(prefix="l2pd-tiny-")))
     model, tok = load_model(path, device=args.device), load_tokenizer(path)
-    special = SpecialIds.resolve(tok, model.config)
+    special = SpecialIds.resolve(tok, model.config, checkpoint=getattr(model, "checkpoint", None))
     ids = [tok(p, add_special_tokens=False)["input_ids"] for p in args.prompts]
     table = Table(title=f"{path} · policy={args.policy}")
     for col in ("cache", "eotp", "NFE", "tokens", "seconds", "answer"):

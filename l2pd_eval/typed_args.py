@@ -12,11 +12,14 @@ Torch-free: the report (l2pd_eval/results) and the reproduction planner use it t
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Literal
+
+from l2pd_eval.errors import ConfigError
 
 #: The spellings a boolean accepts (any case); lm-eval may also hand over a real bool or the int 0/1.
 TRUE_WORDS, FALSE_WORDS = ("true", "1"), ("false", "0")
@@ -51,33 +54,42 @@ def parse_bool(name: str, value: Any) -> bool:
         text = value.strip().lower()
         if text in TRUE_WORDS or text in FALSE_WORDS:
             return text in TRUE_WORDS
-    raise ValueError(f"{name}={value!r} is not a boolean; valid values: {BOOL_SPELLINGS}")
+    raise ConfigError(f"{name}={value!r} is not a boolean; valid values: {BOOL_SPELLINGS}")
 
 
 def _parse_int(name: str, value: Any) -> int:
+    """A whole number; an integral float counts (the stock CLI reads ``block_length=-32`` as -32.0)."""
     if isinstance(value, int) and not isinstance(value, bool):
         return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
     if isinstance(value, str) and INTEGER.match(value.strip()):
         return int(value)
-    raise ValueError(f"{name}={value!r} is not an integer")
+    raise ConfigError(f"{name}={value!r} is not an integer")
 
 
 def _parse_float(name: str, value: Any) -> float:
+    """A finite number: ``nan``/``inf`` would decode garbage or pass every check."""
+    number = None
     if isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str):
+        number = float(value)
+    elif isinstance(value, str):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             pass
-    raise ValueError(f"{name}={value!r} is not a number")
+    if number is None:
+        raise ConfigError(f"{name}={value!r} is not a number")
+    if not math.isfinite(number):
+        raise ConfigError(f"{name}={value!r} is not a finite number; give a finite value")
+    return number
 
 
 def _parse_str(name: str, value: Any) -> str:
     # lm-eval reads `eot_ids=126081` or `revision=2` as numbers: their text is what was typed.
     if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         return str(value)
-    raise ValueError(f"{name}={value!r} is not text")
+    raise ConfigError(f"{name}={value!r} is not text")
 
 
 def _parse_literal(name: str, value: Any, choices: tuple[str, ...]) -> str:
@@ -89,7 +101,7 @@ def _parse_literal(name: str, value: Any, choices: tuple[str, ...]) -> str:
             return "true" if parse_bool(name, value) else "false"
         except ValueError:
             pass
-    raise ValueError(f"{name}={value!r}; valid choices: {', '.join(choices)}")
+    raise ConfigError(f"{name}={value!r}; valid choices: {', '.join(choices)}")
 
 
 _SCALARS = {bool: parse_bool, int: _parse_int, float: _parse_float, str: _parse_str}
@@ -127,3 +139,23 @@ def coerce_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     """Each of ``values`` (all of them parameters of ``cls``) coerced to its field's type."""
     kinds = parameters(cls)
     return {k: coerce(k, v, kinds[k]) for k, v in values.items()}
+
+
+def finite_float(minimum: float | None = None) -> Callable[[str], float]:
+    """An ``argparse`` ``type=`` for a finite number (at least ``minimum``): ``--acc-tol nan`` would pass every
+    comparison, so it is a usage error, as is any ``inf``."""
+    import argparse
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{text!r} is not a finite number; give a finite value")
+        if minimum is not None and value < minimum:
+            raise argparse.ArgumentTypeError(f"{text!r} must be >= {minimum:g}")
+        return value
+
+    parse.__name__ = "finite number"
+    return parse

@@ -95,3 +95,60 @@ def filter_path(tmp_path_factory):
         filt.linears[1].weight.copy_(torch.eye(8))
         filt.linears[1].bias.zero_()
     return save_filter(tmp_path_factory.mktemp("filter") / "f", filt, {"purpose": "test"})
+
+
+@pytest.fixture()
+def read_only_dir(tmp_path):
+    """(folder, seal): a folder to fill, then ``seal()`` makes it read-only for real. As a user: chmod. As root
+    (chmod does not stop root): a small tmpfs mounted there and remounted read-only; skipped where mounting
+    is not allowed."""
+    import subprocess
+
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if os.geteuid() != 0:
+        def seal() -> None:
+            for p in folder.iterdir():
+                p.chmod(0o444)
+            folder.chmod(0o555)
+
+        yield folder, seal
+        folder.chmod(0o755)
+        return
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(folder)], capture_output=True).returncode:
+        pytest.skip("running as root without permission to mount a tmpfs: no way to make a folder read-only")
+
+    def seal() -> None:
+        subprocess.run(["mount", "-o", "remount,ro", str(folder)], check=True, capture_output=True)
+
+    try:
+        yield folder, seal
+    finally:
+        subprocess.run(["umount", "-l", str(folder)], capture_output=True)  # lazy: a lingering handle never leaves it mounted
+
+
+@pytest.fixture(scope="session")
+def testbed_sweep(tmp_path_factory):
+    """A 3-point threshold sweep of the testbed (+ its baseline) through the stock lm-eval CLI, run once per
+    session (tests/test_sweep.py, tests/test_leaderboard.py): (folder, argv, what it printed)."""
+    import contextlib
+    import io
+
+    from l2pd_eval.cli import main
+
+    out = tmp_path_factory.mktemp("sweep")
+    argv = ["sweep", "--model", "testbed", "--policy", "threshold", "--grid", "threshold=0.99,0.999,0.9999",
+            "--output_path", str(out), "--batch_size", "2", "--limit", "2"]
+    buf = io.StringIO()
+    threads = os.environ.get("OMP_NUM_THREADS")
+    os.environ["OMP_NUM_THREADS"] = "1"  # the cells' lm-eval processes: one thread, as in-process tests
+    try:
+        with contextlib.redirect_stdout(buf):
+            code = main(argv)
+    finally:
+        if threads is None:
+            os.environ.pop("OMP_NUM_THREADS")
+        else:
+            os.environ["OMP_NUM_THREADS"] = threads
+    assert code == 0, buf.getvalue()[-3000:]
+    return out, argv, buf.getvalue()

@@ -39,7 +39,7 @@ def test_boolean_model_args_accept_only_true_false_1_0(tiny_dir, value):
     with pytest.raises(ValueError) as err:
         parse_model_args(dict(pretrained=str(tiny_dir), progress=value))
     assert str(err.value) == f"progress={value!r} is not a boolean; valid values: true, false, 1, 0 (any case)"
-    with pytest.raises(ValueError, match=r"^eotp='no'; valid choices: false, true, committed$"):
+    with pytest.raises(ValueError, match=r"^eotp='no'; valid choices: false, true, committed, block_end$"):
         parse_model_args(dict(pretrained=str(tiny_dir), eotp="no"))
     with pytest.raises(ValueError, match=r"^compile='no' is not a boolean; valid values: true, false, 1, 0"):
         Learn2PDLM(pretrained=str(tiny_dir), compile="no")
@@ -211,8 +211,9 @@ def test_filter_weights_that_do_not_match_their_settings_are_one_message(filter_
 def test_garbage_published_filter_names_the_file(tmp_path):
     path = tmp_path / "layer_2_flan.pth"
     path.write_bytes(b"\x80\x02garbage")
-    with pytest.raises(ValueError, match=rf"^filter={str(path)!r}: not a readable PyTorch state dict \(.*\); "
-                                         "download or copy the published filter again$"):
+    with pytest.raises(ValueError, match=rf"^filter={str(path)!r}: not a readable PyTorch state dict, refused "
+                                         r"without running any of its code \(.*\); download or copy the published "
+                                         "filter again from a trusted source$"):
         load_filter(path)
 
 

@@ -5,12 +5,14 @@ cache to the package takes: a class in caches/ and its tests)."""
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 
 import pytest
 import torch
-from policy_cases import POLICIES, assert_batched_equals_alone, decode, make
+from policy_cases import POLICIES, assert_batched_equals_alone, make
 
 from l2pd_eval.caches import (
+    CacheParams,
     GraphReplay,
     NoCache,
     PrefixCache,
@@ -23,7 +25,7 @@ from l2pd_eval.caches import (
     registry,
     row_bucket,
 )
-from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate
+from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
 from l2pd_eval.engine.memory import bytes_per_row
 
 
@@ -86,10 +88,11 @@ def test_a_chunk_from_the_block_keeps_the_refreshs_predecessor(family):
 
 
 def test_registry_lists_the_strategies_once_in_order_and_rejects_unknown_names():
-    assert available() == ["none", "prefix", "dual"]
-    with pytest.raises(ValueError, match="cache='paged' is unknown; valid choices: none, prefix, dual"):
+    assert available()[:3] == ["none", "prefix", "dual"] and len(set(available())) == len(available())
+    choices = ", ".join(available())
+    with pytest.raises(ValueError, match=f"cache='paged' is unknown; valid choices: {choices}$"):
         cache_class("paged")
-    with pytest.raises(ValueError, match="cache='paged' is unknown; valid choices: none, prefix, dual"):
+    with pytest.raises(ValueError, match=f"cache='paged' is unknown; valid choices: {choices}$"):
         GenerationConfig(cache="paged")
 
     class Other(PrefixCache):
@@ -121,11 +124,13 @@ def test_declared_capabilities_are_what_the_strategies_do(family):
         else:
             with pytest.raises(ValueError, match="predictions after the block exist only"):
                 strat.logits(after)
-        kept = strat._buffer.k[0].shape[2] if cls.kv_positions(40) else 0
-        assert kept == cls.kv_positions(40) == (0 if name == "none" else 40)
+        computing = strat.wrapped if cls.inner else strat  # a sequence transform's inner strategy keeps the cache
+        kept = computing._buffer.k[0].shape[2] if cls.kv_positions(40) else 0
+        assert kept == cls.kv_positions(40) == (0 if (cls.inner or name) == "none" else 40)
         size = bytes_per_row(model, cfg[name], 24) - bytes_per_row(model, cfg["none"], 24)
         assert size == cls.kv_positions(40) * per_position
-        assert cls.cuda_graphs == issubclass(type(make_strategy(name, model, 1, 40, cuda_graph=True)), GraphReplay)
+        graphed = make_strategy(name, model, 1, 40, cuda_graph=True)
+        assert cls.cuda_graphs == isinstance(graphed.wrapped if cls.inner else graphed, GraphReplay)
 
 
 @pytest.mark.parametrize("length", [64, 52])  # the whole sequence, and an EoTP cut 12 positions short
@@ -158,6 +163,26 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(family, length)
                                                      step=1))[0].shape[1])
     assert all(w % 24 == 0 and w - 24 < length - bs + shift for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
+
+
+def test_width_buckets_count_from_the_block_so_shifted_chunks_keep_one_width(family):
+    """The bucket rounds the chunk's width after the ``logit_shift`` positions before the block: Dream's
+    chunks (block + suffix + 1) get 2 x 16 + 1 = 33 for widths 25..33, not 48 (which pads 15 positions onto
+    a 33-wide chunk); LLaDA's are unchanged. The logits are the exact-width ones."""
+    model, shift = family.model, family.model.logit_shift
+    total = 64
+    gen = torch.Generator().manual_seed(6)
+    x = torch.randint(0, model.config.vocab_size - 8, (1, total), generator=gen)
+    pos = torch.arange(total).expand(1, total)
+    exact, padded = PrefixCache(model, 1, total), PrefixCache(model, 1, total, width_bucket=16)
+    widths = []
+    for bs in (32, 40, 48):
+        block = (bs, bs + 8)
+        outs = [[strat.logits(StepInput(x, pos, None, block, total, step=step)) for step in range(2)][1]
+                for strat in (exact, padded)]
+        torch.testing.assert_close(outs[1], outs[0], rtol=1e-12, atol=1e-12)
+        widths.append(padded._chunk_inputs(StepInput(x, pos, None, block, total, step=1))[0].shape[1])
+    assert widths == [32 + shift, 32 + shift, 16 + shift]  # exact: 32 + shift, 24 + shift, 16 + shift
 
 
 def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(family):
@@ -193,67 +218,134 @@ def test_graph_row_buckets():
 # -- a strategy added from a test ---------------------------------------------------------------------------
 
 
-class PrefixEvery(PrefixCache):
-    """Test-only: a prefix cache that refreshes every ``interval`` steps of a block (dLLM-Cache's rhythm),
-    not only at the first. Nothing else: the engine, the batch sizer and graph replay serve it unchanged."""
+@dataclass(frozen=True)
+class EveryParams(CacheParams):
+    every_interval: int = 2  # refresh every this many steps of a block
 
-    interval = 2
+    def __post_init__(self) -> None:
+        if self.every_interval < 1:
+            raise ValueError(f"every_interval={self.every_interval} must be >= 1")
+
+
+class PrefixEvery(PrefixCache):
+    """Test-only: a prefix cache that refreshes every ``every_interval`` steps of a block (dLLM-Cache's
+    rhythm), not only at the first. Nothing else: the engine, the batch sizer, graph replay and the model_args
+    parser serve it and its parameter unchanged."""
+
+    name = "_prefix_every"
+    Params = EveryParams
 
     def refreshes(self, s: StepInput) -> bool:
-        return s.step % self.interval == 0
-
-
-class EveryStep(PrefixEvery):
-    name = "_prefix_every_1"
-    interval = 1
-
-
-class EveryOtherStep(PrefixEvery):
-    name = "_prefix_every_2"
+        return s.step % self.params.every_interval == 0
 
 
 @pytest.fixture
-def added_caches(monkeypatch):
-    """The two test strategies registered through the public decorator, for this test only."""
+def added_cache(monkeypatch):
+    """The test strategy registered through the public decorator, for this test only."""
     monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
-    register(EveryStep)
-    register(EveryOtherStep)
-    return [EveryStep.name, EveryOtherStep.name]
+    register(PrefixEvery)
+    return PrefixEvery.name
 
 
-def test_an_added_strategy_is_a_valid_cache_everywhere(added_caches, family):
+def test_an_added_strategy_is_a_valid_cache_everywhere(added_cache, family):
     model = family.model
-    assert available() == ["none", "prefix", "dual", *added_caches]
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache="_prefix_every_2")
+    assert available()[-1] == added_cache and available().count(added_cache) == 1
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
+    assert cfg.cache_params == {"every_interval": 2}  # every parameter recorded, defaults filled in
     assert bytes_per_row(model, cfg, 24) == bytes_per_row(model, GenerationConfig(gen_length=16, block_length=8,
                                                                                   cache="prefix"), 24)
-    graphed = make_strategy("_prefix_every_2", model, 2, 40, cuda_graph=True)
-    assert isinstance(graphed, GraphReplay) and isinstance(graphed, EveryOtherStep)
+    graphed = make_strategy(added_cache, model, 2, 40, cuda_graph=True, params={"every_interval": 3})
+    assert isinstance(graphed, GraphReplay) and isinstance(graphed, PrefixEvery)
+    assert graphed.params == EveryParams(every_interval=3)
+
+
+def test_cache_parameters_are_coerced_checked_and_listed_like_a_policy_s(added_cache, tiny, tiny_dir):
+    from l2pd_eval.harness.model_args import parse_model_args
+
+    assert cache_class(added_cache).parameters() == {"every_interval": int}
+    assert GenerationConfig(cache=added_cache, cache_params={"every_interval": "3"}).cache_params == {
+        "every_interval": 3}  # text from --model_args, coerced by the field's type
+    with pytest.raises(ValueError, match="every_interval=0 must be >= 1"):
+        GenerationConfig(cache=added_cache, cache_params={"every_interval": 0})
+    with pytest.raises(ValueError, match="every_interval='often' is not an integer"):
+        make_strategy(added_cache, tiny[0], 1, 8, params={"every_interval": "often"})
+    with pytest.raises(ValueError, match="cache='_prefix_every' does not take interval; valid parameters: "
+                                         "every_interval"):
+        GenerationConfig(cache=added_cache, cache_params={"interval": 2})
+    with pytest.raises(ValueError, match="cache='prefix' does not take every_interval; valid parameters: [(]none[)]"):
+        GenerationConfig(cache="prefix", cache_params={"every_interval": 2})
+    args, policy = parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", threshold="0.5",
+                                         cache=added_cache, every_interval="4"))
+    assert (args.cache_params, policy) == ({"every_interval": 4}, {"threshold": 0.5})
+    assert args.generation_config(64, None).cache_params == {"every_interval": 4}
+    with pytest.raises(ValueError, match="unknown argument[(]s[)] every_interval for policy='threshold'; valid: "
+                                         ".*cache, ") as err:
+        parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", every_interval="4"))
+    assert "every_interval" not in str(err.value).split("valid: ")[1]  # cache=none takes none
+    with pytest.raises(ValueError, match="unknown argument[(]s[)] interval for policy='threshold'; valid: .*"
+                                         "every_interval.*threshold"):
+        parse_model_args(dict(pretrained=str(tiny_dir), policy="threshold", cache=added_cache, interval="4"))
+
+
+def test_the_registry_refuses_parameters_without_defaults(monkeypatch):
+    monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
+
+    @dataclass(frozen=True)
+    class Needs(CacheParams):
+        needs_value: int
+
+    class NoDefault(NoCache):
+        name = "_no_default"
+        Params = Needs
+
+    class NotParams(NoCache):
+        name = "_not_params"
+        Params = dict
+
+    with pytest.raises(ValueError, match="cache '_no_default': parameter[(]s[)] needs_value need a default"):
+        register(NoDefault)
+    with pytest.raises(ValueError, match="cache '_not_params': Params must be a dataclass subclassing"):
+        register(NotParams)
+
+
+def test_no_cache_parameter_clashes_with_a_policy_s_or_a_model_arg():
+    """One model_args namespace: a cache's parameters are named after it (the parser also refuses a clash)."""
+    from l2pd_eval.harness.model_args import ModelArgs
+    from l2pd_eval.policies import available as policy_names
+    from l2pd_eval.policies import policy_params
+    from l2pd_eval.results.methods import CACHE_PARAMS
+    from l2pd_eval.typed_args import parameters
+
+    taken = {*parameters(ModelArgs), *(p for name in policy_names() for p in policy_params(name))}
+    ours = [p for name in available() for p in cache_class(name).parameters()]
+    assert not taken & set(ours)
+    assert set(CACHE_PARAMS) == set(ours)  # the torch-free list results read model_args with
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "committed"])))
-def test_refreshing_every_step_decodes_exactly_as_no_cache(added_caches, family, filter_path, policy, eotp):
-    """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost (row by
-    row in a padded batch; ``none`` decodes a batch as each prompt alone: tests/test_policies.py)."""
+def test_refreshing_every_step_decodes_exactly_as_no_cache(added_cache, family, filter_path, policy, eotp):
+    """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost."""
     model, special, prompts = family.model, family.special, family.prompts
-    cfg = {c: GenerationConfig(gen_length=16, block_length=8, cache=c, eotp=eotp) for c in ("none", added_caches[0])}
-    plain, every = (decode(model, prompts, cfg[c], policy, special, filter_path) for c in cfg)
+    cfg = [GenerationConfig(gen_length=16, block_length=8, cache="none", eotp=eotp),
+           GenerationConfig(gen_length=16, block_length=8, cache=added_cache, cache_params={"every_interval": 1},
+                            eotp=eotp)]
+    plain, every = (assert_batched_equals_alone(model, prompts, c, policy, special, filter_path) for c in cfg)
     assert torch.equal(plain.sequences, every.sequences)
     assert [s.positions for s in plain.stats] == [s.positions for s in every.stats]
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "true", "committed"])))
-def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_caches, family, filter_path, policy, eotp):
+def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_cache, family, filter_path, policy,
+                                                                   eotp):
     model, special, prompts = family.model, family.special, family.prompts
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1], eotp=eotp)
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache, eotp=eotp)
     assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
 
 
-def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, family):
-    """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks
-    (a shifted family's chunk starts one position earlier)."""
+def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_cache, family):
+    """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks."""
     model, special, prompts = family.model, family.special, family.prompts
-    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_caches[1])
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
     for prompt in prompts:
         total = len(prompt) + 16
         out = generate(model, [prompt], cfg, make("low_confidence"), special)
@@ -262,8 +354,9 @@ def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_caches, f
 
 
 def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, family):
-    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs, without
-    an engine change: the step within the block, and which block positions are still masked."""
+    """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs: the step
+    within the block, which block positions are still masked, which batch rows are in the step (state kept
+    per row across blocks: vicinity's warmup, smoothing) and their seeds (DPad's per-prompt draws)."""
     model, special, prompts = family.model, family.special, family.prompts
     seen = []
 
@@ -272,12 +365,19 @@ def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, 
 
         def logits(self, s: StepInput) -> torch.Tensor:
             seen.append((s.step, s.masked, s.x[:, s.block[0]:s.block[1]] == special.mask))
+            rows.append((s.rows, s.seeds))
             return super().logits(s)
 
     monkeypatch.setattr(registry.CACHES, "classes", dict(registry.CACHES.classes))
     register(Watching)
-    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching"),
+    rows = []
+    out = generate(model, prompts, GenerationConfig(gen_length=16, block_length=8, cache="_watching", seed=3),
                    make("threshold", threshold=0.3), special)
+    seeds = [rng.row_seed(p, 3) for p in prompts]
+    assert rows[0] == ((0, 1, 2), tuple(seeds))  # host batch indices and per-prompt seeds, in row order
+    assert all(len(r) == len(sd) == n for (r, sd), (_, _, m) in zip(rows, seen, strict=True) for n in [m.shape[0]])
+    assert all(list(sd) == [seeds[i] for i in r] for r, sd in rows)
+    assert any(len(r) < 3 for r, _ in rows)  # rows leave a block early: the indices say which stayed
     steps = [step for step, _, _ in seen]
     assert steps[0] == 0 and steps.count(0) == 2  # two blocks, each from step 0
     assert all(b == a + 1 for a, b in zip(steps, steps[1:], strict=False) if b)  # counts up within a block

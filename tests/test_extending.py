@@ -23,7 +23,7 @@ from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.family import FAMILIES, Family, family_of, register_family
+from l2pd_eval.model.family import Family, family_of, register_family, unregister_family
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
 from l2pd_eval.model.tiny import write_tiny
 from l2pd_eval.model.tokenizer import LLADA_STYLE
@@ -123,9 +123,9 @@ class Toy(MaskPredictor):
 
 # --- the family entry -------------------------------------------------------------------------------------
 
-TOY = Family("toy", ToyConfig, Toy, presets={"toy-tiny": {}}, tiny_preset="toy-tiny", tokenizer_style=LLADA_STYLE,
-             mask_token="<|mdm_mask|>", eos_token="<|endoftext|>", eot_token="<|eot_id|>", eot_id=None,
-             add_bos=False, instruct_marker=None, paper_drop_ids=())
+TOY = Family(name="toy", config_class=ToyConfig, model_class=Toy, presets={"toy-tiny": {}}, tiny_preset="toy-tiny",
+             tokenizer_style=LLADA_STYLE, mask_token="<|mdm_mask|>", eos_token="<|endoftext|>",
+             eot_token="<|eot_id|>", eot_id=None, add_bos=False, instruct_marker=None, paper_drop_ids=())
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def toy(tmp_path_factory):
     try:
         yield write_tiny("toy", tmp_path_factory.mktemp("toy"), seed=0)
     finally:
-        FAMILIES.pop("toy")
+        unregister_family("toy")
 
 
 def test_the_checkpoint_is_the_familys_own_format(toy):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from l2pd_eval.family_facts import FACTS
 from l2pd_eval.model import KVCache, SpecialIds, load_model, save_model
 from l2pd_eval.model.family import FAMILIES, Family, family_of, register_family
 from l2pd_eval.model.layers import RMSNorm
@@ -151,10 +152,12 @@ def test_compile_blocks_touches_dynamos_limit_only_as_its_signature_says(family)
 @pytest.fixture
 def table():
     """The family table, restored after the test (which may register families)."""
-    saved = dict(FAMILIES)
+    saved, facts = dict(FAMILIES), dict(FACTS)
     yield FAMILIES
     FAMILIES.clear()
     FAMILIES.update(saved)
+    FACTS.clear()
+    FACTS.update(facts)
 
 
 @dataclasses.dataclass
@@ -162,6 +165,14 @@ class BlockCausalConfig(LLaDAConfig):
     """A test-only config class for a block-causal family (LLaDA's network stands in: it is never built)."""
 
     model_type = "test-block-causal"
+    architectures = ("TestBlockCausalLM",)
+
+
+@dataclasses.dataclass
+class NoArchitectureConfig(LLaDAConfig):
+    """LLaDA's model_type without an architecture to tell a file of it from LLaDA-8B's."""
+
+    architectures = ()
 
 
 def _entry(**changes) -> Family:
@@ -186,13 +197,15 @@ def test_a_family_entry_that_cannot_work_is_refused_when_written(changes, messag
 
 @pytest.mark.parametrize("changes, message", [
     ({"name": "llada"}, "name 'llada' is already the 'llada' family's"),
-    ({"config_class": LLaDAConfig}, "model_type 'llada' is already the 'llada' family's"),
+    ({"config_class": LLaDAConfig}, r"architectures \['LLaDAModelLM'\] are already the 'llada' family's"),
+    ({"config_class": NoArchitectureConfig},
+     "model_type 'llada' is already the 'llada' family's; two families may share one only when both name"),
     ({"presets": {"dream-tiny": {}}, "tiny_preset": "dream-tiny"}, r"presets \['dream-tiny'\] are already the 'dream'"),
 ])
 def test_register_family_refuses_a_name_model_type_or_preset_taken(table, changes, message):
     with pytest.raises(ValueError, match=f"register_family: {message}"):
         register_family(_entry(**changes))
-    assert set(table) == {"llada", "dream"}
+    assert set(table) == {"llada", "dream", "llada_moe"}
 
 
 def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
@@ -210,7 +223,7 @@ def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
 
 
 def test_write_tiny_names_a_family_or_key_it_does_not_know(tmp_path):
-    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada"):
+    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada, llada_moe"):
         write_tiny("llama", tmp_path)
     with pytest.raises(ValueError, match="write_tiny: llada's config.json has no key n_kv_head; valid: .*n_kv_heads"):
         write_tiny("llada", tmp_path, n_kv_head=2)

@@ -92,7 +92,7 @@ def test_oracle_rollout_commits_every_correct_position(tiny):
     assert int(rec.commit.sum()) == len(prompts) * GEN and len(rec.step) <= len(prompts) * GEN
 
 
-def test_cli_records_resumes_and_trains(tiny, jsonl, tmp_path):
+def test_cli_records_resumes_and_trains(tiny, jsonl, tmp_path, capsys):
     path = tiny[0]
     out = tmp_path / "traj"
     base = ["trajectories", "--jsonl", str(jsonl), "--id-field", "id", "--model", str(path), "--out", str(out),
@@ -107,13 +107,23 @@ def test_cli_records_resumes_and_trains(tiny, jsonl, tmp_path):
     assert m["model"] == str(path) and m["block_length"] == BLOCK and m["gen_length"] == GEN
     traj = load_trajectories(out)
     assert torch.equal(torch.bincount(traj.prompt), torch.full((5,), GEN))
-    with pytest.raises(ValueError, match="block_length"):
-        cli_main([*base[:-5], "--block-length", "4", "--no-progress"])
+    capsys.readouterr()
+    assert cli_main([*base[:-5], "--block-length", "4", "--no-progress"]) == 2  # a configuration error: one line
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"l2pd-eval trajectories: error: --out {out} already holds trajectories recorded with "
+                          "other settings (block_length: existing 8 vs now 4)") and "\n" not in err
 
     filt_dir = tmp_path / "filter"
-    assert cli_main(["train-filter", str(out), "--out", str(filt_dir), "--max-iters", "50", "--quiet"]) == 0
+    train = ["train-filter", str(out), "--out", str(filt_dir), "--max-iters", "50", "--quiet"]
+    assert cli_main(train) == 0
     filt = load_filter(filt_dir, expected_block_length=BLOCK)
     assert filt.config.metadata["model"] == str(path)
+    assert filt.config.metadata["trained_on"] == [m["model_identity"]]  # what the run-time check compares
+    before = (filt_dir / "filter.safetensors").read_bytes()
+    assert cli_main(train) == 2  # an existing filter is never overwritten without --force
+    assert f"--out {filt_dir}: {filt_dir / 'filter.safetensors'} exists" in capsys.readouterr().err
+    assert (filt_dir / "filter.safetensors").read_bytes() == before
+    assert cli_main([*train, "--force"]) == 0
     with pytest.raises(FilterBlockLengthError, match="block_length=8"):
         load_filter(filt_dir, expected_block_length=32)
 

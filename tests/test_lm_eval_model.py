@@ -63,14 +63,15 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(family, tmp_path
 
 
 @pytest.mark.parametrize("args, message", [
-    (dict(policy="fastest"), "policy='fastest' is unknown; valid choices: entropy, factor, learn2pd, low_confidence"),
+    (dict(policy="fastest"), "policy='fastest' is unknown; valid choices: dinfer_credit, dinfer_hierarchy, "
+                             "dinfer_threshold, entropy, factor, learn2pd, low_confidence"),
     (dict(threshhold=0.9, policy="threshold"), "unknown argument\\(s\\) threshhold for policy='threshold'; valid:"),
     (dict(gen_length=100), "gen_length=100 is not divisible by block_length=32"),
     (dict(cache="triple"), "cache='triple' is unknown; valid choices: none, prefix, dual"),
     (dict(policy="learn2pd"), "policy=learn2pd needs filter="),
     (dict(batch_size="many"), "batch_size='many'; valid choices: a positive integer or auto"),
     (dict(cuda_graph="always"), "cuda_graph='always'; valid choices: auto, true, false"),
-    (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed"),
+    (dict(eotp="maybe"), "eotp='maybe'; valid choices: false, true, committed, block_end"),
     (dict(block_length=0), "block_length=0 must be a positive integer"),
     (dict(compile_autotune=True), "compile_autotune=true only applies with compile=true"),
 ])

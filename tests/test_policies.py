@@ -28,7 +28,8 @@ class Recorder:
 
 def test_registry_lists_every_policy_and_rejects_unknown():
     assert set(available()) >= {"low_confidence", "random", "threshold", "factor", "learn2pd", "oracle"}
-    with pytest.raises(ValueError, match="policy='greedy' is unknown; valid choices: entropy, factor, learn2pd"):
+    with pytest.raises(ValueError, match="policy='greedy' is unknown; valid choices: dinfer_credit, "
+                                         "dinfer_hierarchy, dinfer_threshold, entropy, factor, learn2pd"):
         get_policy("greedy")
     with pytest.raises(ValueError, match="does not take thresh; valid parameters: threshold"):
         get_policy("threshold", thresh=0.5)

@@ -134,7 +134,7 @@ def test_rule_on_a_hand_built_step():
 def test_eotp_modes_and_bools():
     assert [eotp_mode(v) for v in (True, False, "TRUE", "committed", "false")] == [
         "true", "false", "true", "committed", "false"]
-    with pytest.raises(ValueError, match="eotp='cut' is unknown; valid choices: false, true, committed"):
+    with pytest.raises(ValueError, match="eotp='cut' is unknown; valid choices: false, true, committed, block_end"):
         GenerationConfig(eotp="cut")
     assert GenerationConfig(eotp=True).eotp == "true"
 
@@ -237,3 +237,43 @@ def test_the_filter_input_past_the_cut_is_zero_and_before_it_raw(tmp_path):
     assert torch.equal(filt.prepare_input(conf, masked), conf)  # raw: committed positions and all
     assert filt.accept(conf, masked, live).tolist() == [[False, True] + [False] * 6]
     assert not filt.accept(conf, masked).any()
+def test_block_end_rule_stops_after_the_finished_block_that_holds_an_end():
+    """DPad's ``-e`` and dInfer's ``early_stop``: block 0 predicts an end at 5, which low_confidence commits
+    first; the block is still decoded to its end (positions 6, 7 too), then everything after it is EOS and
+    block 1 never runs. The committed rule cuts right after 5 instead."""
+    out, lengths = decode(script(ENDS), get_policy("low_confidence"), eotp="block_end")
+    tokens = out.tokens[0].tolist()
+    assert tokens[5] == EOT and tokens[:BL].count(WORD) == BL - 1  # the block decoded in full
+    assert tokens[BL:] == [EOS] * (G - BL) and out.stats[0].eotp_saved == G - BL
+    assert out.stats[0].nfe == BL and set(lengths) == {P + G}  # the cut comes when the block ends
+    committed, _ = decode(script(ENDS), get_policy("low_confidence"), eotp="committed")
+    assert cut_after(committed) == 5 and committed.tokens[0, 6:].tolist() == [EOS] * 10
+    plain, _ = decode(script({12: 0.999}), get_policy("low_confidence"), eotp="block_end")
+    assert plain.stats[0].nfe == G and plain.stats[0].eotp_saved == 0  # the last block: nothing after it
+
+
+def test_block_end_rule_on_hand_built_steps():
+    """Only a block with no mask left after the step (re-masks count as masks) and an end id in it is cut,
+    at its end; the cut never moves a row's end later."""
+    from l2pd_eval.engine.eotp import cut_after_a_finished_block_with_an_end
+    from l2pd_eval.engine.layout import left_pad
+    from l2pd_eval.engine.state import BlockRows, DecodeState
+
+    layout = left_pad([PROMPT] * 4, EOS, torch.device("cpu"), tail=G, tail_id=MASK)
+    T = P + G
+    x = layout.ids.clone()
+    x[:, P:P + BL] = WORD
+    x[:3, P + 3] = EOT  # rows 0-2 hold an end in the block; row 3 none
+    state = DecodeState(x=x, layout=layout, seeds=torch.zeros(4, dtype=torch.long), reference=None,
+                        end_ids=torch.tensor([EOS, EOT]), limit=torch.tensor([T, T, P + 5, T]),
+                        positions=torch.zeros(4, dtype=torch.long), arange=torch.arange(T))
+    rows = BlockRows(P, P + BL, torch.arange(4), [0, 1, 2, 3], T, None)
+    masked = torch.zeros(4, BL, dtype=torch.bool)
+    masked[:, 6] = True
+    commit = masked.clone()
+    commit[1, 6] = False  # row 1 leaves position 6 masked: its block is not finished
+    remask = torch.zeros(4, BL, dtype=torch.bool)
+    step = EotpStep(commit, x[:, P:P + BL], torch.ones(4, BL), masked, None, remask=remask)
+    assert (cut_after_a_finished_block_with_an_end(state, rows, step) - P).tolist() == [BL, G, 5, G]
+    remask[0, 2] = True  # a re-masked position: row 0's block has a mask again
+    assert (cut_after_a_finished_block_with_an_end(state, rows, step) - P).tolist() == [G, G, 5, G]

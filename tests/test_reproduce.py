@@ -4,6 +4,7 @@ lm-eval commands, the errors, and one real cell on the testbed through the stock
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -192,6 +193,10 @@ def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     cell = tmp_path / "l2pd_demo" / "learn2pd_eotp_dual"
     results = finished_results(cell)
     assert results is not None and "done in" in out
+    # Said before the cell starts, with its log; the adapter's progress lines relayed while it runs.
+    assert (f"running cell 1/1: l2pd_demo/learn2pd_eotp_dual (Learn2PD + EoTP + dual cache) (log: "
+            f"{cell / 'lm_eval.log'})") in out
+    assert re.search(r"^    learn2pd learn2pd: 2/2 requests, TPS ", out, re.M), out
     config = json.loads(results.read_text())["config"]
     args = model_args_as_text(config["model_args"])
     assert (args["pretrained"], args["filter"]) == (str(checkpoint_path()), str(filter_path()))
@@ -220,3 +225,114 @@ def test_testbed_cell_runs_through_lm_eval_then_is_skipped(tmp_path, capsys):
     moved = set_aside(cell)
     assert moved is not None and not cell.exists() and finished_results(moved) is None
     assert " run --model learn2pd --model_args " in (moved / "lm_eval.log").read_text().splitlines()[0]
+
+
+# ------------------------------------------------------------------------------------------ hostile inputs
+
+
+def _finished_cell(root: Path, folder: str, model_args: str, limit) -> Path:
+    """A cell folder as a finished run leaves it: lm-eval's results and our complete sidecar, one stamp."""
+    out = root / folder / "model"
+    out.mkdir(parents=True)
+    results = out / "results_2026-01-01T00-00-00.json"
+    results.write_text(json.dumps({"config": {"model_args": model_args, "limit": limit}, "results": {}}))
+    (out / "l2pd_2026-01-01T00-00-00.json").write_text(json.dumps({"schema": "l2pd-eval/sidecar", "version": 2,
+                                                                   "complete": True, "samples": []}))
+    return results
+
+
+def _testbed_cells(**kw):
+    return plan(get_paper("fastdllm"), Selection(model="testbed", **kw))
+
+
+def test_limit_zero_is_an_error_before_anything_starts(tmp_path, capsys):
+    for argv in (["--limit", "0"], ["--limit", "-3"], ["--lm_eval_args", "--limit 0"]):
+        assert cli_main(["reproduce", "fastdllm", "--model", "testbed", "--output_path", str(tmp_path), *argv]) == 2
+        assert "give a positive number of documents per task" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
+def test_limit_inside_lm_eval_args_resumes_like_limit(tmp_path, capsys):
+    cell = _testbed_cells(methods=("llada",))[0]
+    _finished_cell(tmp_path, cell.folder, cell.model_args, 2)
+    base = ["reproduce", "fastdllm", "--model", "testbed", "--methods", "llada", "--output_path", str(tmp_path),
+            "--dry-run"]
+    for extra in (["--limit", "2"], ["--lm_eval_args", "--limit 2"], ["--lm_eval_args=--limit=2"]):
+        assert cli_main([*base, *extra]) == 0
+        out = capsys.readouterr().out
+        assert "1 already finished" in out and "[LLaDA; finished, skipped]" in out
+        assert out.count("--limit 2") == 1  # one --limit in the command, never two
+    assert cli_main([*base, "--lm_eval_args", "--limit 3"]) == 2
+    assert "a finished run with other settings (limit: 2 there, 3 now)" in capsys.readouterr().err
+    assert cli_main([*base, "--limit", "2", "--lm_eval_args", "--limit 3"]) == 2
+    assert "--limit 2 and --lm_eval_args --limit 3 disagree; give one" in capsys.readouterr().err
+
+
+def test_other_lm_eval_args_in_a_finished_cell_are_never_mixed_in(tmp_path, capsys):
+    from l2pd_eval.reproduce.cells import CELL_RECORD
+
+    cell = _testbed_cells(methods=("llada",))[0]
+    results = _finished_cell(tmp_path, cell.folder, cell.model_args, None)
+    (tmp_path / cell.folder / CELL_RECORD).write_text(json.dumps({"lm_eval_args": ["--num_fewshot", "3"]}))
+    argv = ["reproduce", "fastdllm", "--model", "testbed", "--methods", "llada", "--output_path", str(tmp_path),
+            "--dry-run"]
+    assert cli_main(argv) == 2
+    assert (f"{results.parent}: a finished run with other settings (--lm_eval_args: '--num_fewshot 3' there, '' now)"
+            in capsys.readouterr().err)
+    assert cli_main([*argv, "--lm_eval_args", "--num_fewshot 3"]) == 0
+
+
+def test_corrupt_results_of_a_finished_cell_are_named_with_the_fix(tmp_path, capsys):
+    cell = _testbed_cells(methods=("llada",))[0]
+    results = _finished_cell(tmp_path, cell.folder, cell.model_args, None)
+    results.write_text('{"config": {"model_args": "pretr')  # cut by a full disk or a kill
+    argv = ["reproduce", "fastdllm", "--model", "testbed", "--methods", "llada", "--output_path", str(tmp_path)]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"l2pd-eval reproduce: error: {results}: the lm-eval results of a finished cell are corrupt (")
+    assert err.endswith(f"move or delete the cell's folder {tmp_path / cell.folder} and rerun to decode that cell again")
+
+
+def test_the_filter_is_checked_before_any_cell_runs(tmp_path, filter_path, capsys):
+    argv = ["reproduce", "learn2pd", "--model", "testbed", "--output_path", str(tmp_path), "--limit", "1"]
+    assert cli_main([*argv, "--filter", str(tmp_path / "missing")]) == 2
+    assert f"filter={str(tmp_path / 'missing')!r} does not exist" in capsys.readouterr().err
+    assert cli_main([*argv, "--filter", str(filter_path)]) == 2  # a filter for block_length 8, the paper uses 32
+    assert "was trained for block_length=8, but this run uses block_length=32" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # not one cell (not even the baseline ones) started
+
+
+LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from l2pd_eval.reproduce.cli import OutputLock
+with OutputLock(Path(sys.argv[1])):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_one_reproduce_per_output_folder_and_a_killed_one_leaves_no_stale_lock(tmp_path, capsys):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    argv = ["reproduce", "fastdllm", "--model", "testbed", "--methods", "llada", "--output_path", str(tmp_path),
+            "--limit", "1"]
+    holder = subprocess.Popen([sys.executable, "-c", LOCK_HOLDER, str(tmp_path)], cwd=ROOT, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        assert cli_main(argv) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"l2pd-eval reproduce: error: --output_path {tmp_path}: another `l2pd-eval reproduce` (pid {holder.pid}) "
+            "is running into this folder; wait for it to finish, or choose another --output_path")
+        assert not (tmp_path / "l2pd_demo").exists()  # refused before any cell
+    finally:
+        os.kill(holder.pid, signal.SIGKILL)  # killed: no cleanup of its own ran
+        holder.wait()
+    from l2pd_eval.reproduce.cli import OutputLock
+
+    with OutputLock(tmp_path):  # the kernel dropped the dead process's lock
+        assert (tmp_path / OutputLock.NAME).read_text().strip() == str(os.getpid())

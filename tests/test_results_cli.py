@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from results_runs import copy_runs, set_shots
 
 from l2pd_eval.cli import main
+from l2pd_eval.results.published import available as published_tables
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "results"
 
@@ -30,7 +32,10 @@ def test_report_files_by_suffix_match_golden(tmp_path, capsys):
 def test_report_console_to_stdout(capsys):
     assert main(["report", "runs", "--width", "200", "--tps", "mean"]) == 0
     out = capsys.readouterr().out
-    assert "l2pd-eval report" in out and "low_confidence (baseline)" in out and "13.28 / 10.00x / 83.33*" in out
+    assert "l2pd-eval report" in out and "low_confidence (baseline)" in out
+    row = next(line for line in out.splitlines() if "learn2pd" in line and "EoTP" in line and "cache" not in line)
+    # n, accuracy with its Wilson interval, TPS, speedup, TPF, NFE, AUP of one cell (gsm8k 256)
+    assert re.search(r"gsm8k .* 256 .* 6 .* 83\.33\* .* \[43\.6, 97\.0\] .* 13\.28 .* 10\.00x .* 3\.99 .* 23\.2 .* 246\.1", row)
 
 
 def test_report_plot_writes_png(tmp_path, capsys):
@@ -53,10 +58,10 @@ def test_report_published_side_by_side(tmp_path, capsys):
     assert main(["report", str(folder), "--format", "markdown", "--published", "learn2pd", "--tps", "mean"]) == 0
     out = capsys.readouterr().out
     # Paper row next to ours (gsm8k 1024): ours 12.07 TPS (mean), 18.18x, 83.33 in the fixture.
-    assert ("| learn2pd | Learn2PD + EoTP | gsm8k | 1024 | 5 | 79.83 | 83.33 | +3.50 | 22.58x | 18.18x | 0.81 | "
-            "12.26 | 12.07 |") in out
-    assert ("| learn2pd | Learn2PD + EoTP + prefix cache | gsm8k | 1024 | 5 | 77.71 | n/a | n/a | 27.23x | n/a | n/a | "
-            "14.79 | n/a |") in out
+    assert ("| learn2pd | Learn2PD + EoTP | gsm8k | 1024 | 5 | 6 / 1319 | 79.83 | 83.33 | +3.50 | 22.58x | 18.18x | "
+            "0.81 | 12.26 | 12.07 |") in out
+    assert ("| learn2pd | Learn2PD + EoTP + prefix cache | gsm8k | 1024 | 5 | n/a / 1319 | 77.71 | n/a | n/a | 27.23x | "
+            "n/a | n/a | 14.79 | n/a |") in out
     assert "Not paired: learn2pd Learn2PD + EoTP minerva_math 256 (0-shot run vs 4-shot paper)" in out
     assert main(["report", str(folder), "--format", "csv", "--published", "all"]) == 0
     assert capsys.readouterr().out.count("\nfastdllm_dream,") == 32
@@ -67,16 +72,22 @@ def test_report_published_csv_goes_to_a_second_file(tmp_path):
     assert main(["report", "runs", "-o", str(out), "--published", "learn2pd"]) == 0
     side = tmp_path / "t.published.csv"
     assert out.read_text() == (FIX / "golden" / "report.csv").read_text()
-    assert side.read_text().splitlines()[0].startswith("Paper,Method (paper),Task,Len,Shots,Acc paper,Acc ours,d acc (pp)")
+    assert side.read_text().splitlines()[0].startswith("Paper,Method (paper),Task,Len,Shots,n ours / paper,Acc paper,Acc ours,d acc (pp)")
 
 
 @pytest.mark.parametrize("argv,message", [
     (["report", "nope"], "RUN nope: no such file or folder"),
-    (["report", "runs", "--published", "nope"], "valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all"),
+    (["report", "runs", "--published", "nope"], f"valid choices: {', '.join(published_tables())}, all"),
     (["report", "runs", "--metric", "gsm8k"], "--metric 'gsm8k': expected TASK=METRIC"),
     (["report", "runs", "--metric", "gsm8k=bogus"], "valid choices: exact_match,flexible-extract"),
     (["compare", "--baseline", "nope.json", "runs"], "--baseline nope.json: no such file"),
     (["compare", "--baseline", "golden/report.csv", "runs"], "not valid JSON"),
+    (["compare", "--baseline", "baselines/runs_mean.json", "runs", "--acc-tol", "nan"], "--acc-tol nan: must be a finite"),
+    (["compare", "--baseline", "baselines/runs_mean.json", "runs", "--tpf-tol", "inf"], "--tpf-tol inf: must be a finite"),
+    (["report", "runs", "--aup-alpha", "nan"], "--aup-alpha / --aup-y-min-offset: AUP alpha=nan must be a finite"),
+    (["report", "runs", "--aup-y-max", "gsm8k=-3"], "a number > 0"),
+    (["leaderboard", "runs", "-o", "/tmp/never", "--baseline", "baselines/runs_mean.json", "--acc-tol", "nan"],
+     "--acc-tol nan: must be a finite"),
 ])
 def test_bad_input_exits_2_with_one_clear_error(argv, message, capsys):
     assert main(argv) == 2
@@ -138,7 +149,7 @@ def test_compare_warns_on_other_gpu_and_kind_mismatch(tmp_path, capsys):
     other = tmp_path / "b.json"
     other.write_text(json.dumps(data))
     assert main(["compare", "--baseline", str(other), "runs"]) == 0
-    assert "warning: gpu differs" in capsys.readouterr().out
+    assert "warning: GPU differs: baseline 'NVIDIA A100-SXM4-80GB', run 'NVIDIA H100 80GB HBM3'" in capsys.readouterr().out
     assert main(["compare", "--baseline", str(other), "runs", "--tps", "total"]) == 2
     assert "pass --tps mean" in capsys.readouterr().err
 

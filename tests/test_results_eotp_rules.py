@@ -39,12 +39,14 @@ def test_labels_and_row_order_name_the_rule():
         "learn2pd(accept_thres=0.96, filter=llada_b32.pt) + EoTP (committed)",
     ]
     assert Method("vanilla", (), "dual", "committed").label == "vanilla + dual cache + EoTP (committed)"
+    assert Method("threshold", (), "dpad", "block_end").label == "threshold + dpad cache + early stop (block end)"
 
 
 def test_recorded_values_map_to_rules():
     assert [eotp_rule_name(v) for v in (True, False, None, "true", "1", "yes", "committed", "false", "no")] == [
         "committed", "false", "false", "true", "true", "true", "committed", "false", "false"]
     assert eotp_rule_name(True, bool_true="true") == "true"
+    assert eotp_rule_name("block_end") == "block_end" == Method.from_json({"policy": "x", "eotp": "block_end"}).eotp
     with pytest.raises(ValueError, match="eotp='sometimes' is not an EoTP rule"):
         eotp_rule_name("sometimes")
     # Stored methods (baseline files): an old boolean is the committed rule, rule names stay as they are.

@@ -18,6 +18,7 @@ from l2pd_eval.results.published import (
     match_method,
     pair_published,
     published_dirs,
+    published_method,
 )
 from l2pd_eval.results.runs import discover
 from l2pd_eval.results.table import Report, build_report
@@ -79,7 +80,9 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["fastdllm_dream", "fastdllm_llada", "learn2pd"]
+    assert available() == ["d3llm_dream", "d3llm_llada", "dpad_dream", "dpad_llada15", "dpad_llada_instruct",
+                           "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
+                           "llada_eval_1p5", "llada_eval_instruct"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -89,7 +92,7 @@ def test_published_file_by_path_and_errors(tmp_path):
          "accuracy": None, "source": "x"}]}))
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
-    with pytest.raises(ValueError, match="valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
+    with pytest.raises(ValueError, match=f"valid choices: {', '.join(available())}, all, or a path"):
         load_published("fast_dllm")
     trunc = tmp_path / "trunc.json"
     trunc.write_text(path.read_text()[:40])
@@ -151,4 +154,38 @@ def test_other_shot_counts_are_not_paired_but_named(tmp_path):
     assert p.ours is None and p.unpaired == "2-shot run vs 5-shot paper"
     notes = comparison_notes(report, load_tables(["learn2pd"]))
     assert "Not paired: learn2pd Learn2PD + EoTP gsm8k 1024 (2-shot run vs 5-shot paper)" in notes
-    assert any(n.startswith("Absolute TPS were measured on different GPUs (ours: NVIDIA H100 80GB HBM3)") for n in notes)
+    assert any(n.startswith("Absolute TPS were measured on different hardware (ours: NVIDIA H100 80GB HBM3)") for n in notes)
+
+
+DPAD_SPOT_CHECKS = {  # (label, task, length): (speedup, accuracy, strict accuracy, latency), as printed
+    "dpad_llada_instruct": {("+Parallel+DPad (Ours)", "gsm8k", 256): (4.14, 79.76, 64.97, 6.64),
+                            ("+DPad", "mbpp", 512): (3.91, 40.40, None, 15.89)},
+    "dpad_llada15": {("Vanilla", "humaneval", 512): (None, 40.85, None, 34.80),
+                     ("Parallel + PrefixCache + DPad", "gsm8k", 1024): (5.2, 77.10, 70.66, 2.07)},
+    "dpad_dream": {("+Parallel (Fast-dLLM)", "minerva_math", 256): (2.38, 35.12, 38.62, 8.82),
+                   ("Parallel-Only + DPad", "humaneval", 2048): (15.8, 52.44, None, 4.7)},
+}
+
+
+@pytest.mark.parametrize("name,count,family", [("dpad_llada_instruct", 16, "llada"), ("dpad_llada15", 23, "llada"),
+                                               ("dpad_dream", 28, "dream")])
+def test_dpad_cells_are_stored_with_their_settings_and_sources(name, count, family):
+    """DPad's tables and figures: every +DPad cell names its cache, the authors' early termination and the
+    script's sampler settings where the source says them; the latency-only tables store no TPS."""
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2508.14148"
+    keys = [(e.label, e.task, e.gen_length, e.num_fewshot) for e in pub.entries]
+    assert len(set(keys)) == len(keys)
+    raw = {(e["label"], e["task"], e["gen_length"]): e for e in json.loads(pub.path.read_text())["entries"]}
+    for e in pub.entries:
+        assert e.source in pub.sources and "2508.14148" in pub.sources[e.source] and e.accuracy is not None
+        method = published_method(e)
+        assert method.cache.startswith("dpad") == ("DPad" in e.label)
+        assert method.eotp == ("block_end" if "DPad" in e.label or "Termination" in e.label else "false")
+        if e.source == "tables":
+            assert e.tps is None and (e.speedup is None) == (e.label == "Vanilla")
+            if method.cache == "dpad":
+                assert {"dpad_sigma", "dpad_scale", "dpad_window"} <= set(e.method["params"])
+    for (label, task, length), (speedup, acc, strict, latency) in DPAD_SPOT_CHECKS[name].items():
+        e = raw[(label, task, length)]
+        assert (e["speedup"], e["accuracy"], e.get("strict_accuracy"), e["latency_s"]) == (speedup, acc, strict, latency)

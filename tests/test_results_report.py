@@ -12,12 +12,14 @@ import shutil
 from pathlib import Path
 
 import pytest
+from results_runs import run_files
 
 from l2pd_eval.results.columns import choose_metric, split_task
 from l2pd_eval.results.methods import Method
 from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import Sidecar
-from l2pd_eval.results.table import build_report, render_console, render_report
+from l2pd_eval.results.table import build_report
+from l2pd_eval.results.text import render_console, render_report
 
 FIX = Path(__file__).resolve().parent / "fixtures" / "results"
 RUNS = FIX / "runs" / "GSAI-ML__LLaDA-8B-Instruct"
@@ -32,16 +34,7 @@ PREFIX = Method("learn2pd", L2P_PARAMS, "prefix", "true")
 
 def files(policy: str, cache: str = "none") -> tuple[Path | None, Path]:
     """(results, sidecar) of the fixture run with this policy/cache, found through the sidecar manifests."""
-    for side in sorted(RUNS.glob("l2pd_*.json")):
-        m = json.loads(side.read_text())["manifest"]
-        if m["policy"] == policy and m["cache"] == cache:
-            start = m["started_at"]
-            for res in sorted(RUNS.glob("results_*.json")):
-                d = json.loads(res.read_text())
-                if d["date"] <= start <= d["date"] + float(d["total_evaluation_time_seconds"]):
-                    return res, side
-            return None, side
-    raise LookupError(policy)
+    return run_files(RUNS, policy, cache)
 
 
 @pytest.fixture
@@ -296,7 +289,9 @@ def test_duplicate_runs_keep_the_complete_latest(tmp_path):
         shutil.copytree(FIX / "runs", tmp_path / sub)
     report = build_report(discover([tmp_path]))
     assert len(report.methods) == 5
-    assert any("several runs, using" in n and str(tmp_path / "b") in n for n in report.notes)
+    shared = [n for n in report.notes if "2 runs with the same settings; kept" in n]
+    assert len(shared) == 11  # one note per cell, naming the run kept and the one left out
+    assert all(f"kept {tmp_path / 'b'}" in n and f"not shown: {tmp_path / 'a'}" in n for n in shared)
 
 
 def test_bad_run_arguments_are_named(tmp_path):
@@ -314,7 +309,8 @@ def test_console_rendering_marks_best_without_color(report_mean):
     report = report_mean
     text = render_console(report, width=200)
     assert "learn2pd(accept_thres=0.96, filter=llada_b32.pt) + dual cache + EoTP" in text
-    assert "30.17* / 45.45x* / 50.00" in text
+    row = next(line for line in text.splitlines() if "dual cache" in line)
+    assert "30.17*" in row and "45.45x*" in row and "50.00" in row and "[18.8, 81.2]" in row
     assert "marked with *" in text and "Notes:" in text
 
 

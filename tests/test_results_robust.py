@@ -13,7 +13,8 @@ from l2pd_eval.cli import main
 from l2pd_eval.results.methods import Method
 from l2pd_eval.results.runs import discover
 from l2pd_eval.results.sidecar import LoopRecord, SampleRecord, Sidecar, count_paper_tokens
-from l2pd_eval.results.table import build_report, render_report
+from l2pd_eval.results.table import build_report
+from l2pd_eval.results.text import render_report
 
 L2PD = Method("learn2pd", (("accept_thres", "0.96"), ("filter", "llada_b32.pt")), "none", "true")
 BASE = Method("low_confidence")
@@ -113,7 +114,7 @@ def test_checkpoint_writes_a_partial_state_atomically(tmp_path):
     side.add(rec(doc_id=1))
     assert side.checkpoint(path, min_interval_s=0.0)
     data = json.loads(path.read_text())
-    assert data["version"] == 2 and data["complete"] is False
+    assert data["version"] == 3 and data["complete"] is False
     assert data["requests_done"] == 2 and data["requests_total"] == 5
     assert data["loops"][0]["done"] is False and data["loops"][0]["seconds"] > 0
     assert sorted(p.name for p in path.parent.iterdir()) == ["l2pd_x.json"]  # no temp file left

@@ -13,6 +13,7 @@ import pytest
 from l2pd_eval.results.sidecar import (
     SampleRecord,
     Sidecar,
+    aggregate,
     build_manifest,
     lm_eval_model_name,
     new_run_id,
@@ -107,6 +108,30 @@ def test_record_from_engine_row_stats():
     assert (r.task, r.doc_id, r.tokens, r.seconds, r.nfe, r.gen_length, r.eotp_saved) == (
         "gsm8k_l2pd_256", 3, 40, 0.5, 8, 256, 200)
     assert r.tokens_per_forward == 5.0  # useful tokens only (the engine's own counts committed EoT too)
+    assert r.committed == 256 and r.committed / r.nfe == row.tokens_per_forward
+
+
+def test_committed_counts_subtract_re_masks_and_tpf_kinds_are_ratios_of_sums(tmp_path):
+    from l2pd_eval.engine import RowStats
+
+    row = RowStats(nfe=4, committed_per_step=[10, 8, 6, 4], seconds=0.5, latency=1.0, num_tokens=20, eotp_saved=0,
+                   positions=128, remasked_per_step=[0, 2, 1, 1])
+    a = SampleRecord.from_row_stats("t", 0, row, 32, paper_tokens=18)
+    assert a.committed == 28 - 4 == round(row.tokens_per_forward * row.nfe)
+    b = SampleRecord("t", 1, tokens=10, seconds=1.0, nfe=16, gen_length=32, paper_tokens=9, committed=32)
+    agg = aggregate("t", [a, b])
+    # d3LLM's TPF is sum(tokens) / sum(forwards), not the mean of per-sample ratios (5.0 and 0.625).
+    assert (agg.tpf("answer"), agg.tpf("until"), agg.tpf("committed")) == (30 / 20, 27 / 20, 56 / 20)
+    assert agg.tokens_per_forward_mean == (5.0 + 0.625) / 2 and agg.nfe_total == 20
+    old = SampleRecord("t", 2, tokens=10, seconds=1.0, nfe=5, gen_length=32)  # an older sidecar's row
+    assert aggregate("t", [a, old]).tpf("committed") is None and aggregate("t", [a, old]).tpf("answer") == 30 / 9
+    with pytest.raises(ValueError, match="valid choices: answer, until, committed"):
+        agg.tpf("mean")
+    side = Sidecar(manifest={"run_id": "x"}, samples=[a, b])
+    path = side.save(tmp_path / "l2pd_x.json")
+    rows = json.loads(path.read_text())["samples"]
+    assert [r["tpf"] for r in rows] == [5.0, 0.625] and rows[0]["committed"] == 24  # per-sample TPF, stored
+    assert Sidecar.load(path).samples == [a, b]
 
 
 def test_load_rejects_other_json(tmp_path):

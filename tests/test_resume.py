@@ -123,6 +123,110 @@ def test_journal_restores_only_cached_requests_and_rejects_other_model_args(tmp_
     assert loop is not None and loop.seconds == 1.5 and loop.tasks == {"t": 1} and loop.done
     assert journal.path.name == "c.db" + JOURNAL_SUFFIX
     other = TimingJournal(db, configuration_key({"pretrained": "m", "policy": "factor"}))
-    with pytest.raises(ValueError, match="c.db: holds answers decoded with other model_args .* use one --use_cache "
+    with pytest.raises(ValueError, match="c.db: holds answers decoded with other model_args; .* use one --use_cache "
                                          "path per configuration"):
         restore(other, [("h2", "t", 1)], rank=0)
+
+
+# -- the db is tied to its model_args by the db itself ------------------------------------------------
+
+def _caching_lm(lm, db):
+    """lm-eval's own CachingLM (the hook ties the db to the model's model_args before lm-eval opens it)."""
+    from lm_eval.api.model import CachingLM
+
+    assert getattr(CachingLM, "_l2pd_patched", False)  # the .pth hook patched lm-eval's class
+    return CachingLM(lm, str(db))
+
+
+def test_use_cache_db_is_refused_under_other_model_args_even_without_its_journal(tiny_dir, tmp_path):
+    from l2pd_eval.errors import ConfigError
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+
+    db = tmp_path / "cache_rank0.db"
+    first = Learn2PDLM(pretrained=str(tiny_dir), policy="threshold", gen_length=8, block_length=8, progress=False)
+    _caching_lm(first, db).dbdict.close()
+    same = Learn2PDLM(pretrained=str(tiny_dir), policy="threshold", gen_length=8, block_length=8, progress=False)
+    _caching_lm(same, db).dbdict.close()  # the same configuration resumes
+    Path(f"{db}{JOURNAL_SUFFIX}").unlink(missing_ok=True)  # no journal: the db alone must know
+    other = Learn2PDLM(pretrained=str(tiny_dir), policy="factor", gen_length=8, block_length=8, progress=False)
+    with pytest.raises(ConfigError) as err:
+        _caching_lm(other, db)
+    assert str(err.value) == (f"--use_cache {db}: holds answers decoded with other model_args (policy: 'threshold' "
+                              "there, 'factor' now); lm-eval keys its cache by the request only, so use one "
+                              "--use_cache path per configuration")
+
+
+def test_use_cache_db_with_answers_of_no_known_configuration_is_refused(tiny_dir, tmp_path):
+    from sqlitedict import SqliteDict
+
+    from l2pd_eval.errors import ConfigError
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+
+    db = tmp_path / "old_rank0.db"
+    with SqliteDict(str(db), autocommit=True) as d:  # a db as lm-eval writes it for any model, unbound
+        d["0123"] = "an answer"
+        d.commit(blocking=True)
+    lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, progress=False)
+    with pytest.raises(ConfigError, match=rf"^--use_cache {db}: holds 1 answers that no l2pd-eval run tied to its "
+                                          "model_args .* use one --use_cache path per configuration"):
+        _caching_lm(lm, db)
+
+
+def test_corrupt_use_cache_db_is_one_error(tiny_dir, tmp_path):
+    from l2pd_eval.errors import ConfigError
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+
+    db = tmp_path / "garbage_rank0.db"
+    db.write_bytes(b"this is not an sqlite database, just bytes" * 10)
+    lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, progress=False)
+    with pytest.raises(ConfigError) as err:
+        _caching_lm(lm, db)
+    assert str(err.value).startswith(f"--use_cache {db}: cannot use it as lm-eval's response cache (file is not a "
+                                     "database); if it is not an sqlite db or is corrupt, delete it")
+
+
+def test_read_only_use_cache_db_is_one_error(tiny_dir, read_only_dir):
+    from l2pd_eval.errors import ConfigError
+    from l2pd_eval.harness.lm_eval_model import Learn2PDLM
+    from l2pd_eval.harness.resume import bind_db
+
+    folder, seal = read_only_dir
+    db = folder / "ro_rank0.db"
+    bind_db(db, {"pretrained": "elsewhere"})  # a db of another configuration's run ...
+    import sqlite3
+    from contextlib import closing
+
+    with closing(sqlite3.connect(db)) as conn, conn:  # ... whose binding must be written again by this run
+        conn.execute("DELETE FROM l2pd_eval")
+    seal()
+    lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, progress=False)
+    with pytest.raises(ConfigError) as err:
+        _caching_lm(lm, db)
+    assert str(err.value).startswith(f"--use_cache {db}: cannot use it as lm-eval's response cache (attempt to "
+                                     "write a readonly database)")
+    assert "if it is read-only or its disk is full, make room or choose a writable path" in str(err.value)
+
+
+@pytest.mark.slow
+def test_sigterm_writes_the_partial_sidecar_as_ctrl_c_does(tmp_path):
+    out, cache = tmp_path / "out", tmp_path / "cache" / "db"
+    cmd = lm_eval_cmd(out, cache)
+    cmd[cmd.index("--model_args") + 1] = cmd[cmd.index("--model_args") + 1].replace("checkpoint_s=0", "checkpoint_s=600")
+    # checkpoint_s=600: no periodic checkpoint after the first batch, so only the SIGTERM handler can write more
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    journal, deadline = Path(f"{cache}_rank0.db{JOURNAL_SUFFIX}"), time.monotonic() + 300
+
+    def finished() -> int:  # requests decoded so far: one journal line each (written after every batch)
+        return len(journal.read_text().splitlines()) if journal.exists() else 0
+
+    while time.monotonic() < deadline and proc.poll() is None and finished() < 3:
+        time.sleep(0.02)
+    done = finished()
+    assert done >= 3 and proc.poll() is None
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    (partial,) = out.rglob("l2pd_partial_*.json")
+    side = Sidecar.load(partial)
+    assert not side.complete and side.requests_done >= max(done, 3)  # every finished request, not only the first
+    assert not list(out.rglob("*.tmp*"))

@@ -9,11 +9,12 @@ tests (``register`` it, and ``cache=<name>`` works everywhere).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor
 
 from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.typed_args import parameters as dataclass_parameters
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,20 @@ class StepInput:
     first_committed: bool = False  # the block's first position was committed at its first step and needs no
     #                                prediction (a policy's ``refresh_commit``): a shifted family's cached chunk
     #                                may then start at the block, as Fast-dLLM's Dream cache does (caches.prefix)
+    rows: tuple[int, ...] = ()   # host: the n rows' indices in the batch (per-row state that outlives a
+    #                              block is kept by them: rows leave a block early and rejoin at the next)
+    seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a
+    #                              strategy makes on the host (DPad's kept positions)
+    limits: tuple[int, ...] = ()  # host: the n rows' live ends (EoTP cuts; the step's sync has them)
+
+
+@dataclass(frozen=True)
+class CacheParams:
+    """A strategy's parameters: a frozen dataclass whose fields are ``--model_args`` keys, each with the
+    authors' default (so ``cache=<name>`` alone is their configuration). Subclass it per strategy, name its
+    fields after the method (``dpad_window``), so they never clash with a policy's, and reject bad values
+    in ``__post_init__`` with a message naming the field. Values arrive coerced by their annotations
+    (``caches.registry.parse_cache_params``). The base has no fields: the built-in Fast-dLLM caches take none."""
 
 
 class ForwardStrategy:
@@ -39,7 +54,9 @@ class ForwardStrategy:
 
     ``logits(s)`` returns [n, block, V] where ``[:, j]`` predicts the token at absolute position
     ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow), and sets ``positions`` to the
-    query positions that call computed for the n real rows (the cost statistic). ``keep(idx)`` drops the
+    query positions that call computed for the n real rows (the cost statistic): their total, or a list of
+    n per-row counts where rows compute different numbers (padding a strategy adds to share one shape
+    belongs to no row and is not counted). ``keep(idx)`` drops the
     state of rows that finished the block. A model family whose outputs are shifted (Dream: position i is
     predicted from hidden state i - 1) maps that inside its forward; a strategy that recomputes a chunk starts
     it ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a
@@ -47,16 +64,27 @@ class ForwardStrategy:
     """
 
     name: ClassVar[str] = ""
+    Params: ClassVar[type[CacheParams]] = CacheParams  # its parameters (``parameters()`` lists them)
     # Capabilities (what the engine and the batch sizer ask instead of the name):
     logits_after: ClassVar[bool] = False  # can return the logits after the block (EoTP "true" searches there)
     cuda_graphs: ClassVar[bool] = False   # its cached steps can replay as CUDA graphs (caches.graphs)
     width_buckets: ClassVar[bool] = False  # its cached chunk changes width between blocks: padding it to a
     #                                        bucket lets one CUDA graph serve several blocks
+    inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
+    #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
 
-    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True):
+    def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
+                 params: CacheParams | None = None):
         self.model = model
         self.split_keys = split_keys
-        self.positions = 0
+        self.params = self.Params() if params is None else params
+        self.positions: int | list[int] = 0
+        self.keys = 0  # keys each query of the last step attended to (the live length, or fewer)
+
+    @classmethod
+    def parameters(cls) -> dict[str, Any]:
+        """Parameter name -> declared type: the model_args keys ``cache=<name>`` accepts."""
+        return dataclass_parameters(cls.Params)
 
     @classmethod
     def kv_positions(cls, total_length: int) -> int:
@@ -64,8 +92,17 @@ class ForwardStrategy:
         return 0
 
     @classmethod
-    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int) -> int:
-        """Query positions per row of a step that does not refresh (a cost model for benchmarks too)."""
+    def extra_bytes_per_row(cls, config: Any, total_length: int, params: CacheParams, elt: int) -> int:
+        """Device bytes a row needs beyond its KV cache and one block's logits (batch sizing): state kept
+        per position, logits of more positions. ``config``: the model's (``ModelConfig``); ``elt``: bytes
+        per element of the model's dtype."""
+        return 0
+
+    @classmethod
+    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int,
+                     params: CacheParams | None = None) -> int:
+        """Query positions per row of a step that does not refresh (a cost model for benchmarks too), with
+        the strategy's ``params`` (None: its defaults)."""
         return length
 
     def refreshes(self, s: StepInput) -> bool:

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches.base import StepInput
+from l2pd_eval.caches.base import CacheParams, StepInput
 from l2pd_eval.caches.prefix import PrefixCache
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -46,7 +46,8 @@ class GraphReplay:
 
     A cached step of an 8B model is ~500 kernels; at batch 1 launching them costs more than streaming the
     weights. One graph per shape (row bucket, live length, chunk width, key mask or not), so padded
-    batches, EoTP cuts and rows leaving a block early replay too. The prefix cache's chunk is a block
+    batches, EoTP cuts and rows leaving a block early replay too; the block's offset in the chunk is part of
+    the shape (a window clipped at the sequence's start has another). The prefix cache's chunk is a block
     shorter in every block; with a ``width_bucket`` (strategies with ``width_buckets``, at batch 1 only,
     where recordings are the cost: docs/benchmarks.md) several blocks share a padded width, hence a graph,
     instead of each block paying an eager step and a recording. Rows are padded up to a bucket (``rows``,
@@ -63,12 +64,14 @@ class GraphReplay:
     max_graphs = MAX_GRAPHS
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
-                 rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0):
+                 rows: Callable[[int, int], int] = row_bucket, width_bucket: int = 0,
+                 params: CacheParams | None = None):
         padded = width_bucket if batch == 1 and model.device.type == "cuda" else 0
-        super().__init__(model, batch, total_length, split_keys, padded)
+        super().__init__(model, batch, total_length, split_keys, padded, params=params)
         self._batch = batch
         self._rows = rows
-        self._graphs: OrderedDict[tuple[int, int, int, bool, bool], _Graph] = OrderedDict()
+        self._graphs: OrderedDict[tuple[int, int, int, bool, bool, int], _Graph] = OrderedDict()  # rows, length,
+        #                 chunk width, masked, first position committed, the block's offset in the chunk (logits slice)
         self._pool = None  # memory pool shared by all graphs, from the first capture on
         self._stream = None  # side stream that captures run on
 
@@ -77,7 +80,8 @@ class GraphReplay:
             return super()._cached_step(s)
         x, pos, start = self._chunk_inputs(s)
         n, width = x.shape
-        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None, s.first_committed)
+        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None, s.first_committed,
+               s.block[0] - start)
         g = self._graphs.get(key)
         if g is None:  # first step of this shape: eager, on the buffers a later recording will use
             g = self._graphs[key] = self._static(key, s, x, pos, start)
@@ -95,9 +99,9 @@ class GraphReplay:
         g.graph.replay()
         return g.out[:n].clone()
 
-    def _static(self, key: tuple[int, int, int, bool, bool], s: StepInput, x: Tensor, pos: Tensor,
+    def _static(self, key: tuple[int, int, int, bool, bool, int], s: StepInput, x: Tensor, pos: Tensor,
                 start: int) -> _Graph:
-        rows, length, width, masked, _ = key
+        rows, length, width, masked, *_ = key
         n = s.x.shape[0]
         predicted, fill_first = self._predicted(s.block, start)
 

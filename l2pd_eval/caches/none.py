@@ -15,6 +15,6 @@ class NoCache(ForwardStrategy):
 
     def logits(self, s: StepInput) -> Tensor:
         bs, be = s.block
-        self.positions = s.x.numel()
+        self.positions, self.keys = s.x.numel(), s.length
         end = s.length if s.after else be
         return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(bs, end), split_keys=self.split_keys)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.base import CacheParams, ForwardStrategy, StepInput
 from l2pd_eval.caches.registry import register
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -28,8 +28,8 @@ class PrefixCache(ForwardStrategy):
     recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
-                 width_bucket: int = 0):
-        super().__init__(model, batch, total_length, split_keys)
+                 width_bucket: int = 0, params: CacheParams | None = None):
+        super().__init__(model, batch, total_length, split_keys, params)
         self.width_bucket = width_bucket if self.width_buckets else 0
         # allocated once, with the padding's scratch slots; blocks use its leading rows
         self._buffer = model.new_cache(batch, self.kv_positions(total_length) + max(self.width_bucket - 1, 0))
@@ -40,15 +40,17 @@ class PrefixCache(ForwardStrategy):
         return total_length
 
     @classmethod
-    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int, first_committed: bool = False) -> int:
-        start, end = cls.chunk(block, length, logit_shift, first_committed)
+    def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int,
+                     params: CacheParams | None = None, first_committed: bool = False) -> int:
+        start, end = cls.chunk(block, length, logit_shift, params, first_committed)
         return end - start
 
     @classmethod
     def chunk(cls, block: tuple[int, int], length: int, logit_shift: int,
-              first_committed: bool = False) -> tuple[int, int]:
+              params: CacheParams | None = None, first_committed: bool = False) -> tuple[int, int]:
         """Absolute [start, end) of the positions a cached step recomputes: from ``logit_shift`` positions
         before the block, since Dream predicts a position from the hidden state before it (model.dream).
+        ``params``: the strategy's (None: its defaults), for strategies whose chunk depends on them.
         ``first_committed`` (``StepInput``): from the block itself, as Fast-dLLM's Dream block sampler runs its
         cached steps (``dream/model/generation_utils_block.py`` L486-494): the position before the block keeps
         the keys and values of the refresh, and the block's first position, committed there, gets no
@@ -69,22 +71,37 @@ class PrefixCache(ForwardStrategy):
         if s.after:
             raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
                              f"after the block exist only with a cache that has logits_after")
+        self.keys = s.length
         if self.refreshes(s):
-            bs, be = s.block
-            n = s.x.shape[0]
-            self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
             self.positions = s.x.numel()
-            return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
-                              logits_slice=slice(bs, be), split_keys=self.split_keys)
-        self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift,
+            return self._full_step(s)
+        self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift, self.params,
                                                           s.first_committed)
         return self._cached_step(s)
 
+    def _full_step(self, s: StepInput) -> Tensor:
+        """A full forward over the live sequence that (re)fills every key and value of the step's rows."""
+        bs, be = s.block
+        n = s.x.shape[0]
+        self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
+        return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
+                          logits_slice=slice(bs, be), split_keys=self.split_keys)
+
+    def padded_width(self, width: int) -> int:
+        """The chunk width a cached step runs at: ``width`` rounded up to the bucket *after* the
+        ``logit_shift`` positions before the block, so Dream's chunks (block + suffix + 1: 257, 225, ...)
+        keep a bucket's width plus one (257, 257, 257, 257, 129, ...) instead of padding 127 positions
+        onto every 129-, 193- or 257-wide chunk."""
+        if not self.width_bucket:
+            return width
+        shift = self.model.logit_shift
+        return -(-(width - shift) // self.width_bucket) * self.width_bucket + shift
+
     def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
-        """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""
-        start, end = self.chunk(s.block, s.length, self.model.logit_shift, s.first_committed)
+        """Tokens and positions of the cached step's chunk (padded to ``padded_width``) and its start."""
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift, self.params, s.first_committed)
         x, pos = s.x[:, start:end], s.pos[:, start:end]
-        pad = -(end - start) % self.width_bucket if self.width_bucket else 0
+        pad = self.padded_width(end - start) - (end - start)
         if pad:
             x = torch.cat([x, x[:, -1:].expand(-1, pad)], dim=1)
             pos = torch.cat([pos, pos[:, -1:].expand(-1, pad)], dim=1)

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import parse_cache_params
+from l2pd_eval.engine.predict import EOS_CONF_RULES
+from l2pd_eval.errors import ConfigError
 
 # EoTP rules (docs/conventions.md): "true" = Learn2PD's reference code (cut after a *predicted* end),
-# "committed" = cut after a *committed* end token, "false" = none.
-EotpMode = Literal["false", "true", "committed"]
-EOTP_MODES: tuple[str, ...] = ("false", "true", "committed")
+# "committed" = cut after a *committed* end token, "block_end" = DPad's and dInfer's early termination
+# (cut at the end of a finished block that holds an end token), "false" = none.
+EotpMode = Literal["false", "true", "committed", "block_end"]
+EOTP_MODES: tuple[str, ...] = ("false", "true", "committed", "block_end")
+EosConfRule = Literal["code", "fixed", "zero"]
 
 
 def eotp_mode(value: str | bool) -> str:
@@ -19,7 +24,7 @@ def eotp_mode(value: str | bool) -> str:
         return "true" if value else "false"
     text = str(value).strip().lower()
     if text not in EOTP_MODES:
-        raise ValueError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
+        raise ConfigError(f"eotp={value!r} is unknown; valid choices: {', '.join(EOTP_MODES)} (or a bool)")
     return text
 
 
@@ -33,8 +38,14 @@ class GenerationConfig:
     steps: int | None = None
     temperature: float = 0.0
     cache: str = "none"  # a registered forward strategy (caches.available())
+    cache_params: dict[str, Any] = field(default_factory=dict)  # its parameters (``Params`` fields), normalised
+    #                                                             to all of them, defaults filled in
     eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
+    # LLaDA generate.py's end-token knobs, for every policy (engine.predict.EndTokenKnobs):
+    eos_conf_zero: bool = False  # confidence_eos_eot_inf: end-of-text/turn predictions get confidence 0
+    eos_conf_rule: EosConfRule = "code"  # code (LLaDA's, EoT only above temperature 0) / fixed / zero
+    logits_eos_inf: bool = False  # logits_eos_inf: end-of-text is never predicted
 
     def __post_init__(self) -> None:
         self.eotp = eotp_mode(self.eotp)
@@ -54,18 +65,21 @@ class GenerationConfig:
 
     def validate(self) -> None:
         if self.gen_length <= 0 or self.block_length <= 0:
-            raise ValueError(f"gen_length={self.gen_length} and block_length={self.block_length} must be > 0")
+            raise ConfigError(f"gen_length={self.gen_length} and block_length={self.block_length} must be > 0")
         if self.gen_length % self.block_length:
-            raise ValueError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}; "
-                             f"choose gen_length a multiple of {self.block_length}")
+            raise ConfigError(f"gen_length={self.gen_length} is not divisible by block_length={self.block_length}; "
+                              f"choose gen_length a multiple of {self.block_length}")
         if self.total_steps <= 0 or self.total_steps % self.num_blocks:
-            raise ValueError(f"steps={self.total_steps} must be a positive multiple of the number of blocks "
-                             f"({self.num_blocks} = gen_length / block_length)")
+            raise ConfigError(f"steps={self.total_steps} must be a positive multiple of the number of blocks "
+                              f"({self.num_blocks} = gen_length / block_length)")
         if self.steps_per_block > self.block_length:
-            raise ValueError(f"steps={self.total_steps} gives {self.steps_per_block} steps per block, more than "
-                             f"block_length={self.block_length}; use steps <= gen_length")
+            raise ConfigError(f"steps={self.total_steps} gives {self.steps_per_block} steps per block, more than "
+                              f"block_length={self.block_length}; use steps <= gen_length")
         if self.cache not in cache_names():
-            raise ValueError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+            raise ConfigError(f"cache={self.cache!r} is unknown; valid choices: {', '.join(cache_names())}")
+        self.cache_params = parse_cache_params(self.cache, self.cache_params)
         if self.temperature < 0:
-            raise ValueError(f"temperature={self.temperature} must be >= 0")
+            raise ConfigError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)
+        if self.eos_conf_rule not in EOS_CONF_RULES:
+            raise ConfigError(f"eos_conf_rule={self.eos_conf_rule!r}; valid choices: {', '.join(EOS_CONF_RULES)}")

@@ -24,6 +24,7 @@ class EotpStep:
     #                           fill (Learn2PD's filter); None for policies without such a notion
     after_x0: Tensor | None = None    # [n, S] predictions for positions [end, end + S) (``logits_after``)
     after_conf: Tensor | None = None  # [n, S] their probabilities
+    remask: Tensor | None = None      # committed positions masked again this step (re-masking policies)
 
 
 # An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``) and the step, the new
@@ -61,7 +62,21 @@ def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) ->
     return torch.minimum(state.limit[rows.idx], cut)
 
 
-EOTP_RULES: dict[str, EotpRule] = {"true": cut_at_predicted_end, "committed": cut_at_first_committed_end}
+def cut_after_a_finished_block_with_an_end(state: DecodeState, rows: BlockRows, step: EotpStep) -> Tensor:
+    """EoTP ``block_end``, DPad's and dInfer's early termination: once the current block has no mask left
+    and holds an end id anywhere, the answer ends at the block's end. The block itself is kept as decoded
+    (tokens after its end id included); everything after it is end-of-text, never decoded
+    (docs/conventions.md)."""
+    left = step.masked & ~step.commit
+    if step.remask is not None:
+        left = left | step.remask
+    ends = torch.isin(state.x[rows.idx, rows.start:rows.end], state.end_ids).any(-1)
+    cut = torch.where(ends & ~left.any(-1), rows.end, state.total)
+    return torch.minimum(state.limit[rows.idx], cut)
+
+
+EOTP_RULES: dict[str, EotpRule] = {"true": cut_at_predicted_end, "committed": cut_at_first_committed_end,
+                                   "block_end": cut_after_a_finished_block_with_an_end}
 
 
 def eotp_rule(config: GenerationConfig) -> EotpRule | None:

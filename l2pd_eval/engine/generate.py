@@ -23,10 +23,11 @@ from l2pd_eval.engine.commit import StepCommit, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import left_pad
-from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.engine.predict import EndTokenKnobs, Predictor
 from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, RunSettings, StepState
@@ -54,6 +55,7 @@ class _Run:
     after: bool  # the EoTP rule searches after the block and the strategy can predict there
     on_step: Callable[[StepEvent], None] | None
     times: Tensor | None = None  # Dream's time grid for a policy on ``schedule = "dream"``
+    ends: EndTokenKnobs | None = None  # logits_eos_inf / eos_conf_zero (None: both off)
 
 
 def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfig, policy: Policy, special: SpecialIds,
@@ -63,12 +65,18 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device))
-    strategy = speed.strategy(config.cache, model, batch, total)
+    strategy = speed.strategy(config.cache, model, batch, total, config.cache_params)
     rule = eotp_rule(config)
+    ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
+                            tuple(i for i in special.end_ids if i != special.eos))
+    if ends is not None and not ends.renormalise and {"margin", "neg_entropy"} & set(policy.needs):
+        raise ConfigError(f"eos_conf_rule=zero sets a probability to 0, but policy={policy.name!r} ranks by "
+                          f"{', '.join(sorted({'margin', 'neg_entropy'} & set(policy.needs)))}; use eos_conf_rule=code "
+                          f"or fixed (the distribution without the end tokens)")
     dream = policy.scheduled and policy.schedule == "dream"
     times = dream_times(config.steps_per_block, model.device) if dream else None
     return _Run(config, policy, special, strategy, speed.predictor(policy.confidence), rule,
-                rule is cut_at_predicted_end and strategy.logits_after, on_step, times)
+                rule is cut_at_predicted_end and strategy.logits_after, on_step, times=times, ends=ends)
 
 
 def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
@@ -82,7 +90,8 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
                          f"({model.config.max_sequence_length})")
     layout = left_pad(prompts, special.eos, device, tail=G, tail_id=special.mask)
-    seeds = torch.tensor([rng.row_seed(list(p), config.seed) for p in prompts], device=device)
+    seeds_host = [rng.row_seed(list(p), config.seed) for p in prompts]
+    seeds = torch.tensor(seeds_host, device=device)
     ref = None
     if reference is not None:
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
@@ -93,6 +102,7 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+        seeds_host=seeds_host, forwards=torch.zeros(bsz, dtype=torch.long, device=device),
     )
 
 
@@ -108,10 +118,10 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     if not cur_host:
         return None
     cur = torch.tensor(cur_host, device=state.x.device)
-    max_limit = max(state_host[bsz + i] for i in cur_host)
+    limits = [state_host[bsz + i] for i in cur_host]
     linear = policy.scheduled and policy.schedule == "linear"
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if linear else None
-    return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
+    return BlockRows(bs, be, cur, cur_host, max(limits), schedule, policy.begin_block(blk, cur), limits)
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
@@ -123,7 +133,8 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
         return None
-    rows.max_limit = max(synced[n + j] for j in keep_host)
+    rows.limits = [synced[n + j] for j in keep_host]
+    rows.max_limit = max(rows.limits)
     if len(keep_host) < n:
         idx = rows.keep(keep_host, state.x.device)
         block_x, masked = block_x[idx], masked[idx]
@@ -141,8 +152,13 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after, first_committed=step > 0 and run.policy.refresh_commit))
-    state.positions[rows.host] += run.strategy.positions // len(rows.host)
+        length, step=step, masked=masked, after=run.after, first_committed=step > 0 and run.policy.refresh_commit,
+        rows=tuple(rows.host), seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
+    cost = run.strategy.positions
+    if isinstance(cost, int):  # the same count for every row
+        state.positions[rows.host] += cost // len(rows.host)
+    else:
+        state.positions[rows.host] += torch.tensor(cost, dtype=torch.long)
     return logits
 
 
@@ -171,13 +187,31 @@ def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
     return stats
 
 
+def _predict(run: _Run, logits: Tensor, seeds: Tensor, blk: int, step: int) -> tuple[Tensor, Tensor, Tensor, dict]:
+    """x0, the confidence the policy sees, the model's own probability of x0 (EoTP's), and the statistics
+    the policy ``needs``, with the end-token knobs applied (``EndTokenKnobs``)."""
+    temperature, needs = run.config.temperature, run.policy.needs
+    if run.ends is not None:
+        logits = run.ends.logits(logits)
+    x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
+    seen, scored, zero = conf, logits, None
+    if run.ends is not None:
+        seen, scored, zero = run.ends.confidence(logits, x0, conf, temperature, run.policy.confidence)
+    stats = step_statistics(scored, needs, temperature, x0, run.policy.confidence) if needs else {}
+    for name in stats:
+        if name == "logits":
+            stats[name] = logits  # the policy's own rescoring starts from what x0 was chosen from
+        elif zero is not None and name.startswith("chosen_prob"):
+            stats[name] = stats[name].masked_fill(zero, 0.0)
+    return x0, seen, conf, stats
+
+
 def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int, masked: Tensor,
-                logits: Tensor) -> StepState:
-    """Predict (x0, its probability, the statistics the policy ``needs``) and what the policy sees."""
+                logits: Tensor) -> tuple[StepState, Tensor]:
+    """Predict and what the policy sees; also the model's probability of x0 (EoTP ranks by it)."""
     BL, P, temperature = run.config.block_length, state.prompt_width, run.config.temperature
     seeds = state.seeds[rows.idx]
-    x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
-    needs = run.policy.needs
+    x0, conf, model_conf, stats = _predict(run, logits, seeds, blk, step)
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
     elif run.times is not None:
@@ -187,11 +221,12 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
     return StepState(
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
-        uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=step_statistics(logits, needs, temperature, x0, run.policy.confidence) if needs else {},
+        uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
+        stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
+        forwards=state.forwards[rows.idx],
         live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
         steps=run.config.steps_per_block,
-    )
+    ), model_conf
 
 
 def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit) -> None:
@@ -218,13 +253,15 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         block_x, masked = narrowed
     logits = _forward(state, rows, run, step, masked)
     BL = run.config.block_length
-    st = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    st, model_conf = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    state.forwards[rows.idx] += 1
     c = resolve(run.policy, st, lambda: st.live)
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)
+        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask)
         if run.after and logits.shape[1] > BL:
-            eot.after_x0, eot.after_conf = run.predict.chunked(logits[:, BL:], run.config.temperature,
+            after = logits[:, BL:] if run.ends is None else run.ends.logits(logits[:, BL:])
+            eot.after_x0, eot.after_conf = run.predict.chunked(after, run.config.temperature,
                                                                state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:

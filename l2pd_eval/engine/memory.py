@@ -14,7 +14,8 @@ from l2pd_eval.model.interface import DiffusionLM
 def bytes_per_row(model: DiffusionLM, config: GenerationConfig, prompt_len: int, speed: SpeedConfig | None = None) -> int:
     """Peak bytes one row adds: the KV cache its strategy keeps + the widest activation of a full forward +
     block logits, with CUDA graphs the block logits each kept graph holds (bound: every graph at full
-    batch), and the logits after the block where EoTP "true" searches them."""
+    batch), the logits after the block where EoTP "true" searches them, and what the strategy keeps or
+    projects besides (``extra_bytes_per_row``: iteration smoothing's)."""
     c, t = model.config, prompt_len + config.gen_length
     strategy = cache_class(config.cache)
     graphed = (speed or SpeedConfig()).cuda_graph and strategy.cuda_graphs
@@ -26,7 +27,8 @@ def bytes_per_row(model: DiffusionLM, config: GenerationConfig, prompt_len: int,
     tail = 0  # EoTP "true" with logits_after also projects the answer after the block (statistics by chunk)
     if config.eotp == "true" and strategy.logits_after:
         tail = (config.gen_length - config.block_length) * c.vocab_size * elt + AFTER_CHUNK * c.vocab_size * 3 * 4
-    return kv + act + logits + graphs + tail
+    extra = strategy.extra_bytes_per_row(c, t, strategy.Params(**config.cache_params), elt)
+    return kv + act + logits + graphs + tail + extra
 
 
 def largest_batch(model: DiffusionLM, config: GenerationConfig, prompt_len: int, cap: int = 64,

@@ -118,3 +118,60 @@ class Predictor:
             x0s.append(x0)
             confs.append(conf)
         return torch.cat(x0s, -1), torch.cat(confs, -1)
+
+
+EOS_CONF_RULES = ("code", "fixed", "zero")
+
+
+@dataclass(frozen=True)
+class EndTokenKnobs:
+    """LLaDA ``generate.py``'s two end-token knobs, as processors of a step's block logits, so they act with
+    every policy (docs/conventions.md). ``suppress``: columns set to -inf before x0 is chosen (``logits_eos_inf``:
+    EOS is never predicted and the other probabilities renormalise). ``conf_ids`` / ``conf_ids_sampled``: the
+    columns ``eos_conf_zero`` (LLaDA's ``confidence_eos_eot_inf``) drops from the distribution the confidence
+    and the statistics are taken from, at temperature 0 / above 0, once x0 is chosen: a position predicting
+    one of them gets confidence 0, every other one its probability renormalised without them. ``renormalise``
+    False (rule ``zero``): the confidence of such positions is set to 0 and nothing else changes."""
+
+    suppress: tuple[int, ...] = ()
+    conf_ids: tuple[int, ...] = ()
+    conf_ids_sampled: tuple[int, ...] = ()
+    renormalise: bool = True
+
+    @classmethod
+    def of(cls, eos_conf_zero: bool, rule: str, logits_eos_inf: bool, eos: int,
+           eot: tuple[int, ...]) -> EndTokenKnobs | None:
+        """The knobs of a run (None when both are off). ``eot``: the end-of-turn ids besides ``eos``. Rule
+        ``code`` is LLaDA's code: above temperature 0 its write to the EOS column lands on the sampling copy, so
+        only end of turn leaves the confidence's distribution (ML-GSAI/LLaDA issue #137); ``fixed`` drops both
+        at every temperature (its PR #139); ``zero`` sets the confidence to 0 (LLaDA-1.5 issue #3's words)."""
+        if rule not in EOS_CONF_RULES:
+            raise ValueError(f"eos_conf_rule={rule!r}; valid choices: {', '.join(EOS_CONF_RULES)}")
+        if not eos_conf_zero and not logits_eos_inf:
+            return None
+        both = tuple(dict.fromkeys((eos, *eot))) if eos_conf_zero else ()
+        sampled = tuple(i for i in both if i != eos) if rule == "code" else both
+        return cls((eos,) if logits_eos_inf else (), both, sampled, rule != "zero")
+
+    def logits(self, logits: Tensor) -> Tensor:
+        """The block logits the step predicts from (a copy when something is suppressed)."""
+        return _drop(logits, self.suppress)
+
+    def confidence(self, logits: Tensor, x0: Tensor, conf: Tensor, temperature: float,
+                   rule: str = "float32") -> tuple[Tensor, Tensor, Tensor | None]:
+        """(confidence, logits for the statistics, positions to zero in the chosen-token statistics or None);
+        a renormalised confidence is computed by the policy's ``rule`` (``confidence``)."""
+        ids = self.conf_ids_sampled if temperature > 0 else self.conf_ids
+        if not ids:
+            return conf, logits, None
+        if not self.renormalise:
+            ends = torch.isin(x0, torch.tensor(ids, device=x0.device))
+            return conf.masked_fill(ends, 0.0), logits, ends
+        dropped = _drop(logits, ids)
+        return confidence(dropped, x0, rule), dropped, None
+
+
+def _drop(logits: Tensor, ids: tuple[int, ...]) -> Tensor:
+    if not ids:
+        return logits
+    return logits.index_fill(-1, torch.tensor(ids, device=logits.device), float("-inf"))

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.engine.layout import LeftPadded
+from l2pd_eval.policies.base import BlockMemory
 
 
 @dataclass
@@ -66,6 +67,8 @@ class DecodeState:
     counts: list[Tensor] = field(default_factory=list)  # per step: committed count per row, -1 sat out
     remasked: list[Tensor] = field(default_factory=list)  # per step: re-masked count per row (remasking
     #                                                        policies only)
+    seeds_host: list[int] = field(default_factory=list)  # ``seeds`` on the host (strategies' host draws)
+    forwards: Tensor | None = None  # [B] forwards each row took part in so far (``StepState.forwards``)
 
     @property
     def prompt_width(self) -> int:
@@ -86,10 +89,14 @@ class BlockRows:
     host: list[int]           # the same on the host
     max_limit: int            # largest live sequence end among them
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
+    memory: BlockMemory | None = None  # the policy's state for this block (``Policy.begin_block``)
+    limits: list[int] = field(default_factory=list)  # host: each row's live end, as of the step's sync
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)
         self.idx = self.idx[idx]
         self.schedule = None if self.schedule is None else self.schedule[idx]
+        if self.memory is not None:
+            self.memory.keep(idx)
         self.host = [self.host[j] for j in keep_host]
         return idx

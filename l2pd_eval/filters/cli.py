@@ -1,10 +1,14 @@
-"""``l2pd-eval trajectories`` and ``l2pd-eval train-filter``."""
+"""``l2pd-eval trajectories`` and ``l2pd-eval train-filter``.
+
+Torch-free at import and while building the parsers (the settings and choices live in :mod:`.config`), so
+``--help`` is instant; the ``*_main`` functions import the heavy modules."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+from pathlib import Path
 from typing import Any
 
 
@@ -46,9 +50,7 @@ def _fmt(v: Any) -> str:
 
 
 def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
-    from l2pd_eval.policies.filter_net import ACTIVATIONS, COMMITTED_CONF
-
-    from .train import SPLIT_BY, TrainConfig
+    from .config import ACTIVATION_NAMES, COMMITTED_CONF, SPLIT_BY, TrainConfig
 
     d = TrainConfig()
     parser.add_argument("data", nargs="*", help="trajectory directories written by `l2pd-eval trajectories`")
@@ -56,7 +58,7 @@ def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--hidden-sizes", type=_hidden_sizes, default=None, metavar="SIZES",
                         help="hidden widths, e.g. 32 or 64,64; 'auto' (default) = one layer of block_length "
                              "as in the paper; 'none' = a single linear layer")
-    parser.add_argument("--activation", choices=sorted(ACTIVATIONS), default=d.activation)
+    parser.add_argument("--activation", choices=ACTIVATION_NAMES, default=d.activation)
     parser.add_argument("--lr", type=float, default=d.lr)
     parser.add_argument("--weight-decay", type=float, default=d.weight_decay)
     parser.add_argument("--max-iters", type=int, default=d.max_iters, help="optimizer steps at most")
@@ -82,7 +84,22 @@ def train_filter_arguments(parser: argparse.ArgumentParser) -> None:
                         help="convert a published Learn2PD filter state dict to our format instead of training")
     parser.add_argument("--threads", type=int, default=None,
                         help="CPU threads for torch (a tiny MLP often trains faster on 1 than on a busy many)")
+    parser.add_argument("--force", action="store_true", help="replace a filter already at --out")
     parser.add_argument("--quiet", action="store_true")
+
+
+def _refuse_existing_filter(out: str, force: bool) -> None:
+    """``--out`` names a filter (or its settings / metrics) that exists: replaced only with ``--force``."""
+    from l2pd_eval.errors import ConfigError
+
+    target = Path(out)
+    weights = target if target.suffix == ".safetensors" else target / "filter.safetensors"
+    taken = [f for f in (weights, weights.with_suffix(".json"), weights.with_name("metrics.json")
+                         if weights.name == "filter.safetensors" else weights.with_suffix(".metrics.json"))
+             if f.exists()]
+    if taken and not force:
+        raise ConfigError(f"--out {out}: {taken[0]} exists (a filter of an earlier run); choose another --out, or "
+                          "pass --force to replace it")
 
 
 def train_filter_main(args: argparse.Namespace) -> int:
@@ -91,6 +108,7 @@ def train_filter_main(args: argparse.Namespace) -> int:
     from .data import load_trajectories
     from .train import TrainConfig, train_filter
 
+    _refuse_existing_filter(args.out, args.force)
     if args.threads is not None:
         import torch
 
@@ -121,8 +139,11 @@ def train_filter_main(args: argparse.Namespace) -> int:
 
     result = train_filter(traj, cfg, log=log)
     models = sorted({str(s.get("model")) for s in traj.sources if s.get("model")})
+    identities = list({i["fingerprint"]: i for s in traj.sources if isinstance(i := s.get("model_identity"), dict)
+                       and i.get("fingerprint")}.values())
     meta = {
         "model": models[0] if len(models) == 1 else models,
+        "trained_on": identities,  # checked at run time (policies/filter_net.py trained_elsewhere)
         "data": [{k: v for k, v in s.items() if v is not None} for s in traj.sources],
         "metrics": {k: result.metrics[k] for k in ("test", "val", "split_records", "best_iter", "iterations",
                                                       "pos_weight", "threshold_tuned_on_val", "device", "seconds")},
@@ -166,9 +187,36 @@ def _print_report(m: dict[str, Any]) -> None:
 
 
 def trajectories_arguments(parser: argparse.ArgumentParser) -> None:
-    from .trajectories import add_arguments
+    from .config import CONF_DTYPE_NAMES, ROLLOUTS, TrajectoryConfig
 
-    add_arguments(parser)
+    d = TrajectoryConfig()
+    src = parser.add_mutually_exclusive_group(required=True)
+    src.add_argument("--jsonl", help="prompts from a JSONL file (one object per line)")
+    src.add_argument("--task", help="prompts from an lm-eval generation task (contexts incl. few-shot)")
+    parser.add_argument("--model", required=True, help="checkpoint directory, hub id, or random:<preset>")
+    parser.add_argument("--tokenizer", default=None, help="tokenizer path/hub id (default: --model)")
+    parser.add_argument("--out", required=True, help="output directory (resumed if it already holds trajectories)")
+    parser.add_argument("--field", default="question", help="JSONL field holding the prompt text (default: question)")
+    parser.add_argument("--id-field", default=None, help="JSONL field with a unique id (default: line number)")
+    parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval task: few-shot examples (default: task's)")
+    parser.add_argument("--include-path", default=None, help="lm-eval task: extra task directory")
+    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts")
+    parser.add_argument("--gen-length", type=int, default=d.gen_length,
+                        help=f"answer length (default {d.gen_length}); prompt + answer must fit the model's context")
+    parser.add_argument("--block-length", type=int, default=d.block_length)
+    parser.add_argument("--batch-size", type=int, default=d.batch_size)
+    parser.add_argument("--rollout", choices=ROLLOUTS, default=d.rollout,
+                        help="states to record: the reference decoding itself (default), or an oracle pass that "
+                             "commits every position already equal to the reference (the official generator)")
+    parser.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
+                        help="wrap prompts in the tokenizer's chat template (default: when it has one)")
+    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
+    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32, float64")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
+    parser.add_argument("--conf-dtype", choices=CONF_DTYPE_NAMES, default=d.conf_dtype)
+    parser.add_argument("--shard-records", type=int, default=d.shard_records, help="records per shard file")
+    parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval task)")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def trajectories_main(args: argparse.Namespace) -> int:

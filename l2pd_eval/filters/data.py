@@ -32,6 +32,8 @@ from typing import Any
 
 import torch
 
+from l2pd_eval.errors import ConfigError
+
 FORMAT = "l2pd-trajectories"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -102,15 +104,19 @@ def read_manifest(directory: str | Path) -> dict[str, Any]:
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(json.dumps(obj, indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 class TrajectoryWriter:
     """Append records to a directory; resumable. ``info`` must match an existing manifest's settings."""
 
     #: manifest keys that must agree between a resumed run and the existing files
-    IDENTITY_KEYS = ("block_length", "gen_length", "steps", "model", "rollout")
+    IDENTITY_KEYS = ("block_length", "gen_length", "steps", "model", "model_identity", "rollout")
 
     def __init__(
         self,
@@ -137,10 +143,13 @@ class TrajectoryWriter:
             }
             if clash:
                 desc = "; ".join(f"{k}: existing {a!r} vs now {b!r}" for k, (a, b) in clash.items())
-                raise ValueError(
-                    f"{self.dir} already holds trajectories recorded with other settings ({desc}); "
+                raise ConfigError(
+                    f"--out {self.dir} already holds trajectories recorded with other settings ({desc}); "
                     "use a new --out directory or the same settings to resume"
                 )
+        elif any(self.dir.iterdir()):  # never write shards among someone else's files
+            raise ConfigError(f"--out {self.dir}: the folder is not empty and holds no trajectories (no {MANIFEST}); "
+                              "choose a new or empty folder (an existing trajectories folder is resumed)")
         else:
             self.manifest = empty_manifest(**info)
             _write_json_atomic(self.dir / MANIFEST, self.manifest)
@@ -257,7 +266,7 @@ def load_trajectories(directories: str | Path | Sequence[str | Path]) -> Traject
                 parts[k].append(t[k])
             parts["prompt"][-1] = parts["prompt"][-1].to(torch.int32) + prompt_offset
         prompt_offset += len(manifest["prompts"])
-        src = {k: manifest.get(k) for k in ("model", "rollout", "gen_length", "steps", "count")}
+        src = {k: manifest.get(k) for k in ("model", "model_identity", "rollout", "gen_length", "steps", "count")}
         src["data"] = manifest.get("data_sources") or manifest.get("data")
         sources.append(src | {"path": str(d)})
     if not parts["conf"]:

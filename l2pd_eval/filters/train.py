@@ -21,47 +21,13 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from l2pd_eval.filters.config import SPLIT_BY, TrainConfig  # noqa: F401  (re-exported)
 from l2pd_eval.policies.base import top1_mask
-from l2pd_eval.policies.filter_net import COMMITTED_CONF, FilterConfig, L2PFilter
+from l2pd_eval.policies.filter_net import FilterConfig, L2PFilter
 
 from .data import Trajectories
 
-SPLIT_BY = ("prompt", "record")
 SWEEP_THRESHOLDS = (0.5, 0.7, 0.8, 0.9, 0.95, 0.96, 0.98, 0.99)
-
-
-@dataclass
-class TrainConfig:
-    hidden_sizes: tuple[int, ...] | None = None  # None: (block_length,) as in the paper
-    activation: str = "relu"
-    lr: float = 3e-3
-    weight_decay: float = 0.01
-    max_iters: int = 20000
-    batch_size: int = 0  # 0: full batch (the official recipe); else minibatches of this many records
-    eval_every: int = 10
-    patience: int = 30  # evaluations without a validation-loss improvement before stopping
-    min_delta: float = 1e-5
-    seed: int = 0
-    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    split_by: str = "prompt"
-    class_balance: bool = True
-    accept_threshold: float = 0.96
-    target_precision: float | None = None  # if set, pick the lowest threshold reaching it on validation
-    committed_conf: str = "raw"  # the paper's recipe (policies.filter_net.FilterConfig); "zero" an option
-    device: str = "auto"
-
-    def __post_init__(self) -> None:
-        if self.split_by not in SPLIT_BY:
-            raise ValueError(f"split_by must be one of {', '.join(SPLIT_BY)}; got {self.split_by!r}")
-        if self.committed_conf not in COMMITTED_CONF:
-            raise ValueError(f"committed_conf must be one of {', '.join(COMMITTED_CONF)}; got {self.committed_conf!r}")
-        if len(self.split) != 3 or any(s <= 0 for s in self.split) or abs(sum(self.split) - 1) > 1e-6:
-            raise ValueError(f"split must be three positive fractions summing to 1, got {self.split!r}")
-        if self.target_precision is not None and not 0 < self.target_precision < 1:
-            raise ValueError(f"target_precision must lie strictly between 0 and 1, got {self.target_precision!r}")
-        for name in ("max_iters", "eval_every", "patience"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
 
 @dataclass

@@ -22,36 +22,17 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.tokenizer import chat_user_prompt
 
-from .data import CONF_DTYPES, TrajectoryWriter
-
-ROLLOUTS = ("low_confidence", "oracle")
+from .config import ROLLOUTS, TrajectoryConfig  # noqa: F401  (re-exported)
+from .data import TrajectoryWriter
 
 
 @dataclass
 class PromptItem:
     id: str
     text: str
-
-
-@dataclass
-class TrajectoryConfig:
-    gen_length: int = 256
-    block_length: int = 32
-    batch_size: int = 8
-    rollout: str = "low_confidence"
-    conf_dtype: str = "float32"
-    shard_records: int = 65536
-    chat_template: bool | None = None  # None: use the tokenizer's chat template when it has one
-
-    def __post_init__(self) -> None:
-        if self.rollout not in ROLLOUTS:
-            raise ValueError(f"rollout must be one of {', '.join(ROLLOUTS)}; got {self.rollout!r}")
-        if self.conf_dtype not in CONF_DTYPES:
-            raise ValueError(f"conf_dtype must be one of {', '.join(CONF_DTYPES)}; got {self.conf_dtype!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
 
 
 # ----------------------------------------------------------------------------------------------- prompts
@@ -182,6 +163,17 @@ def record_batch(model, prompts: list[list[int]], cfg: TrajectoryConfig, special
     return BatchRecords(reference=reference, **cat)
 
 
+def check_room(context: int, gen_length: int) -> int:
+    """The longest prompt that fits beside a ``gen_length`` answer; none fitting is an error naming
+    ``--gen-length`` (every prompt would be skipped and nothing recorded)."""
+    room = context - gen_length
+    if room < 1:
+        raise ConfigError(f"--gen-length {gen_length} leaves no room for a prompt in the model's {context}-token "
+                          f"context (config.json max_sequence_length), so nothing would be recorded; pass a "
+                          f"--gen-length below {context}, e.g. --gen-length {max(32, context // 2 // 32 * 32)}")
+    return room
+
+
 def record_trajectories(model, tokenizer, prompts: Sequence[PromptItem], out: str | Path, cfg: TrajectoryConfig,
                         special=None, info: dict[str, Any] | None = None, progress: bool = True) -> dict[str, Any]:
     """Record ``prompts`` into ``out`` (resumable: prompts already finished there are skipped)."""
@@ -198,7 +190,7 @@ def record_trajectories(model, tokenizer, prompts: Sequence[PromptItem], out: st
     todo = [p for p in prompts if p.id not in done]
     if len({p.id for p in prompts}) != len(prompts):
         raise ValueError("prompt ids must be unique (set --id-field to a unique field)")
-    max_len = model.config.max_sequence_length - cfg.gen_length
+    max_len = check_room(model.config.max_sequence_length, cfg.gen_length)
     skipped = writer.manifest.setdefault("skipped", [])
 
     from rich.progress import (
@@ -235,39 +227,9 @@ def record_trajectories(model, tokenizer, prompts: Sequence[PromptItem], out: st
 # ---------------------------------------------------------------------------------------------------- CLI
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    d = TrajectoryConfig()
-    src = parser.add_mutually_exclusive_group(required=True)
-    src.add_argument("--jsonl", help="prompts from a JSONL file (one object per line)")
-    src.add_argument("--task", help="prompts from an lm-eval generation task (contexts incl. few-shot)")
-    parser.add_argument("--model", required=True, help="checkpoint directory, hub id, or random:<preset>")
-    parser.add_argument("--tokenizer", default=None, help="tokenizer path/hub id (default: --model)")
-    parser.add_argument("--out", required=True, help="output directory (resumed if it already exists)")
-    parser.add_argument("--field", default="question", help="JSONL field holding the prompt text (default: question)")
-    parser.add_argument("--id-field", default=None, help="JSONL field with a unique id (default: line number)")
-    parser.add_argument("--num-fewshot", type=int, default=None, help="lm-eval task: few-shot examples (default: task's)")
-    parser.add_argument("--include-path", default=None, help="lm-eval task: extra task directory")
-    parser.add_argument("--limit", type=int, default=None, help="at most this many prompts")
-    parser.add_argument("--gen-length", type=int, default=d.gen_length)
-    parser.add_argument("--block-length", type=int, default=d.block_length)
-    parser.add_argument("--batch-size", type=int, default=d.batch_size)
-    parser.add_argument("--rollout", choices=ROLLOUTS, default=d.rollout,
-                        help="states to record: the reference decoding itself (default), or an oracle pass that "
-                             "commits every position already equal to the reference (the official generator)")
-    parser.add_argument("--chat-template", dest="chat_template", action="store_true", default=None,
-                        help="wrap prompts in the tokenizer's chat template (default: when it has one)")
-    parser.add_argument("--no-chat-template", dest="chat_template", action="store_false")
-    parser.add_argument("--dtype", default="auto", help="model dtype: auto, bfloat16, float32, float64")
-    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, ...")
-    parser.add_argument("--conf-dtype", choices=sorted(CONF_DTYPES), default=d.conf_dtype)
-    parser.add_argument("--shard-records", type=int, default=d.shard_records, help="records per shard file")
-    parser.add_argument("--seed", type=int, default=1234, help="few-shot sampling seed (lm-eval task)")
-    parser.add_argument("--no-progress", action="store_true")
-
-
 def main(args: argparse.Namespace) -> int:
     from l2pd_eval.model import load_model, load_tokenizer
-    from l2pd_eval.model.loading import check_vocab
+    from l2pd_eval.model.loading import check_vocab, checkpoint_identity, peek_config
 
     from .train import resolve_device
 
@@ -281,12 +243,15 @@ def main(args: argparse.Namespace) -> int:
         prompts = prompts_from_task(args.task, num_fewshot=args.num_fewshot, limit=args.limit, seed=args.seed,
                                     include_path=args.include_path)
         data = {"task": args.task, "num_fewshot": args.num_fewshot, "fewshot_seed": args.seed}
+    identity = checkpoint_identity(args.model)
+    check_room(peek_config(args.model).max_sequence_length, cfg.gen_length)  # before any weights load
     device = resolve_device(args.device)
     model = load_model(args.model, dtype=args.dtype, device=device)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model, argument="--tokenizer" if args.tokenizer else "--model")
     check_vocab(tokenizer, model.config, args.tokenizer or args.model, args.model)
     manifest = record_trajectories(model, tokenizer, prompts, args.out, cfg,
-                                   info={"model": args.model, "data": data, "dtype": str(model.dtype)},
+                                   info={"model": args.model, "model_identity": identity, "data": data,
+                                         "dtype": str(model.dtype)},
                                    progress=not args.no_progress)
     print(f"{args.out}: {manifest['count']} records from {len(manifest['finished'])} prompts "
           f"in {len(manifest['shards'])} shards (block_length={cfg.block_length})")

@@ -12,9 +12,15 @@ right after it ran (:data:`_AFTER`):
 * ``lm_eval.loggers.evaluation_tracker``: after ``EvaluationTracker.save_results_aggregated`` wrote
   ``results_<stamp>.json``, the pending sidecars of that model go beside it as ``l2pd_<stamp>.json``
   (:func:`l2pd_eval.harness.recorder.flush_sidecars`).
-* ``lm_eval.api.model``: ``CachingLM`` (``--use_cache``) shows every request of a ``generate_until``
-  call to the model's ``restore_cached`` before it answers the cached ones itself, and makes a
-  data-parallel rank whose requests were all cached join the call's collective.
+* ``lm_eval.api.model``: ``CachingLM`` (``--use_cache``) lets the model tie the db to its model_args
+  before opening it (``bind_cache_db``), shows every request of a ``generate_until`` call to the
+  model's ``restore_cached`` before it answers the cached ones itself, and makes a data-parallel rank
+  whose requests were all cached join the call's collective.
+* ``lm_eval.evaluator``: ``simple_evaluate`` with ``model="learn2pd"`` checks every task's generation
+  kwargs merged with ``--gen_kwargs`` before the model loads (:func:`l2pd_eval.harness.gen_kwargs.check_tasks`).
+* ``lm_eval._cli.harness``: ``HarnessCLI.execute`` prints our configuration errors
+  (:class:`l2pd_eval.errors.ConfigError`) as one line and exits with status 2; every other exception
+  keeps lm-eval's behaviour. A sidecar that could not be written makes it exit with status 1.
 
 Each patch is applied once (a ``_l2pd_patched`` flag on the class); :func:`install` called after lm-eval
 was imported (a notebook) patches the modules already loaded. Set ``L2PD_EVAL_NO_HOOK=1`` to switch
@@ -99,11 +105,18 @@ def _after_tracker(module) -> None:
 def _after_model(module) -> None:
     """``--use_cache``: lm-eval's CachingLM answers cached requests itself and hands the model only the
     rest, so the model never sees the cached ones. Show them to a model that wants them
-    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/harness/resume.py)."""
+    (``restore_cached``) first, so the learn2pd sidecar re-attaches their timing (l2pd_eval/harness/resume.py).
+    A model with ``bind_cache_db`` sees the db's path before lm-eval opens it (its answers' model_args)."""
     cls = module.CachingLM
     if getattr(cls, "_l2pd_patched", False):
         return
-    original = cls.__getattr__
+    original_init, original = cls.__init__, cls.__getattr__
+
+    def __init__(self, lm, cache_db, *args, **kwargs):
+        bind = getattr(lm, "bind_cache_db", None)
+        if bind is not None:
+            bind(cache_db)
+        original_init(self, lm, cache_db, *args, **kwargs)
 
     def __getattr__(self, attr):
         fn = original(self, attr)
@@ -123,12 +136,59 @@ def _after_model(module) -> None:
 
         return generate_until
 
-    cls.__getattr__ = __getattr__
+    cls.__init__, cls.__getattr__ = __init__, __getattr__
+    cls._l2pd_patched = True
+
+
+def _after_evaluator(module) -> None:
+    """``simple_evaluate(model="learn2pd", ...)``: the tasks' generation kwargs (with ``--gen_kwargs``) are
+    checked against what the decoder honours before the model is loaded, not after."""
+    original = module.simple_evaluate
+    if getattr(original, "_l2pd_patched", False):
+        return
+
+    def simple_evaluate(*args, **kwargs):
+        model = kwargs.get("model", args[0] if args else None)
+        if model == MODEL_NAME:
+            from l2pd_eval.harness.gen_kwargs import check_tasks
+
+            check_tasks(kwargs.get("tasks"), kwargs.get("gen_kwargs"), kwargs.get("task_manager"))
+        return original(*args, **kwargs)
+
+    simple_evaluate.__doc__, simple_evaluate.__wrapped__ = original.__doc__, original
+    simple_evaluate._l2pd_patched = True
+    module.simple_evaluate = simple_evaluate
+
+
+def _after_cli(module) -> None:
+    """The stock CLI: a :class:`~l2pd_eval.errors.ConfigError` is one line and exit status 2."""
+    cls = module.HarnessCLI
+    if getattr(cls, "_l2pd_patched", False):
+        return
+    original = cls.execute
+
+    def execute(self, args):
+        from l2pd_eval.errors import ConfigError, report
+
+        try:
+            out = original(self, args)
+        except ConfigError as err:
+            raise SystemExit(report(err, "lm_eval")) from None
+        recorder = sys.modules.get("l2pd_eval.harness.recorder")
+        failures = recorder.write_failures() if recorder is not None else []
+        for line in failures:
+            print(f"lm_eval: error: {line}", file=sys.stderr, flush=True)
+        if failures:
+            raise SystemExit(1)
+        return out
+
+    cls.execute = execute
     cls._l2pd_patched = True
 
 
 _AFTER = {"lm_eval.api.registry": _after_registry, "lm_eval.tasks.manager": _after_manager,
-          "lm_eval.loggers.evaluation_tracker": _after_tracker, "lm_eval.api.model": _after_model}
+          "lm_eval.loggers.evaluation_tracker": _after_tracker, "lm_eval.api.model": _after_model,
+          "lm_eval.evaluator": _after_evaluator, "lm_eval._cli.harness": _after_cli}
 
 
 class _Loader:

@@ -25,14 +25,16 @@ from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
 from l2pd_eval.harness.model_args import (
     AUTO_BATCH_CAP,
     AUTO_PROMPT_BUDGET,
+    likelihood_cannot_use,
     merge_lm_eval_settings,
     parse_model_args,
+    settings_that_cannot_act,
 )
 from l2pd_eval.harness.prompts import PromptCodec
-from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, task_name
+from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, probe_outputs, task_name
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
-from l2pd_eval.model.loading import check_vocab
+from l2pd_eval.model.loading import check_vocab, checkpoint_identity
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.results.sidecar import SampleRecord, build_manifest, count_paper_tokens
 
@@ -78,7 +80,8 @@ class Learn2PDLM(LM):
     """``--model learn2pd``: generation through the block-diffusion engine, likelihood by Monte Carlo.
 
     Public attributes: ``args`` (the parsed model_args), ``model``, ``tokenizer``, ``special`` (mask, end
-    and BOS ids), ``family`` (its entry in the family table), ``policy``, ``prompts`` (request text <->
+    and BOS ids), ``family`` (its entry in the family table), ``checkpoint`` (the released checkpoint it was
+    recognised as, ``family_facts.Checkpoint``, or None), ``policy``, ``prompts`` (request text <->
     ids), ``config`` (the decode settings at the run's default length), ``recorder`` (sidecar & co.).
     """
 
@@ -89,20 +92,32 @@ class Learn2PDLM(LM):
         self._device, self._rank, self._world_size = choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
         self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
-                                 compile_autotune=args.compile_autotune)
+                                 compile_autotune=args.compile_autotune, skinny_gemm=args.skinny_gemm)
         self._configs: dict[Key, GenerationConfig] = {}
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
         self.config = self.config_for(args.gen_length_for(None))  # validates block_length against the length
+        given = {k: v for k, v in kwargs.items() if v is not None}
+        probe_outputs(args.sidecar, given, self._rank)  # an unwritable output is found before decoding
+        self.identity = checkpoint_identity(args.pretrained, args.revision, args.seed, adapter=args.adapter)
         self.policy = policy_class(args.policy)(**policy_params).bind(
-            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
+            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device,
+                        model=self.identity))
+        if args.fixed_batch_size() is None and self._device.type != "cuda":
+            log.warning("batch_size=auto on %s decodes 1 row per batch (the batch sizer measures GPU memory); "
+                        "pass batch_size=N to batch on this device", self._device)
+        self._given = set(given)  # the model_args the user set
+        for line in settings_that_cannot_act(args, self.policy, self._given):
+            log.warning(line)
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
-                                seed=args.seed)
+                                seed=args.seed, adapter=args.adapter)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
-        self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision)
+        self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision,
+                                        argument="tokenizer" if args.tokenizer else "pretrained")
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
+        self.checkpoint = getattr(self.model, "checkpoint", None)  # a known release (family_facts), or None
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
-                                          args.end_ids())
+                                          args.end_ids(), checkpoint=self.checkpoint)
         self.family = family_of(self.model.config)
         self.prompts = PromptCodec.for_run(self.tokenizer, self.family, self.special, args.chat, args.add_bos_token,
                                            (args.pretrained, args.tokenizer))
@@ -114,15 +129,21 @@ class Learn2PDLM(LM):
         """The sidecar's run manifest: every setting that changes answers or speed (docs/results.md)."""
         a = self.args
         return build_manifest(
-            model=a.pretrained, family=self.family.name, add_bos_token=bool(self.prompts.bos),
+            model=a.pretrained, model_identity=self.identity, family=self.family.name,
+            add_bos_token=bool(self.prompts.bos),
+            checkpoint=self.checkpoint.hub_id if self.checkpoint else None, adapter=a.adapter,
             chat=self.prompts.chat, policy=a.policy, policy_params=self.policy.params(), cache=a.cache,
+            cache_params=a.cache_params,
             eotp=self.config.eotp, eot_ids=list(self.special.end_ids), paper_drop_ids=list(self.family.paper_drop_ids),
             gen_length=a.gen_length or "auto (task max_gen_toks)", block_length=self.config.block_length,
             steps=a.steps or "gen_length", model_args={k: v for k, v in model_args.items() if v is not None},
             temperature="task gen_kwargs" if a.temperature is None else a.temperature,
+            eos_conf_zero=a.eos_conf_zero, eos_conf_rule=a.eos_conf_rule, logits_eos_inf=a.logits_eos_inf,
             batch_size=a.batch_size, batch_sizes=[], dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=a.compile, compile_autotune=a.compile_autotune,
+            attention=self.family.attention, split_keys=self.speed.split_keys,
+            skinny_gemm=a.skinny_gemm,
         )
 
     @classmethod
@@ -299,6 +320,11 @@ class Learn2PDLM(LM):
                 paper_tokens=count_paper_tokens(self.prompts.token_ids, texts[-1], self.family.paper_drop_ids)))
         return texts, records
 
+    def bind_cache_db(self, path: str) -> None:
+        """``--use_cache``: called by the hook with the db's path before lm-eval opens it; ties the db to this
+        run's model_args, or refuses it (:func:`l2pd_eval.harness.resume.bind_db`)."""
+        self.recorder.bind_db(path)
+
     def restore_cached(self, requests, db) -> None:
         """``--use_cache``: called by the hook (:mod:`l2pd_eval.harness._hook`) with every request of
         lm-eval's ``generate_until`` call, before the cached ones are taken out; their timing records come
@@ -326,6 +352,11 @@ class Learn2PDLM(LM):
         """
         if not requests:
             return []
+        if "loglikelihood" not in self._warned:
+            self._warned.add("loglikelihood")
+            line = likelihood_cannot_use(self.policy, self._given)
+            if line:
+                log.warning(line)
         from tqdm import tqdm
 
         from l2pd_eval.harness.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood

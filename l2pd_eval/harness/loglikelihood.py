@@ -34,6 +34,7 @@ from torch import Tensor
 from l2pd_eval.engine import rng
 from l2pd_eval.engine.greedy import unmask_most_confident
 from l2pd_eval.engine.layout import LeftPadded, left_pad
+from l2pd_eval.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -55,9 +56,9 @@ class LoglikelihoodConfig:
         for name in ("mc_num", "mc_batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"{name}={value!r} must be a positive integer")
+                raise ConfigError(f"{name}={value!r} must be a positive integer")
         if self.max_length is not None and self.max_length <= 0:
-            raise ValueError(f"max_length={self.max_length!r} must be a positive integer")
+            raise ConfigError(f"max_length={self.max_length!r} must be a positive integer")
 
 
 def encode_pair(tokenizer, context: str, continuation: str, move_whitespace: bool = True) -> tuple[list[int], list[int]]:

@@ -1,21 +1,25 @@
 """``--model_args`` of ``--model learn2pd``: one typed parse, joined with the settings lm-eval passes itself.
 
-Every key is ours (:class:`ModelArgs`) or the chosen policy's; each value is coerced once by its field's
-type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
+Every key is ours (:class:`ModelArgs`), the chosen policy's or the chosen cache's; each value is coerced once
+by its field's type (:mod:`l2pd_eval.typed_args`), so a bad value is one error naming the key and its valid values
 (docs/errors.md), raised before the model is loaded.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
+from l2pd_eval.caches import cache_params, parse_cache_params
 from l2pd_eval.engine import EotpMode, GenerationConfig
-from l2pd_eval.policies.registry import parse_policy_params
+from l2pd_eval.engine.config import EosConfRule
+from l2pd_eval.errors import ConfigError
+from l2pd_eval.policies.base import Policy
+from l2pd_eval.policies.registry import parse_policy_params, policy_class, policy_params
 from l2pd_eval.typed_args import INTEGER, coerce_fields, parameters
 
 log = logging.getLogger(__name__)
@@ -33,23 +37,29 @@ AUTO_BATCH_CAP = 64
 
 @dataclass
 class ModelArgs:
-    """Everything ``--model_args`` accepts besides the chosen policy's own parameters.
+    """Everything ``--model_args`` accepts besides the chosen policy's and cache's own parameters.
 
-    Built only by :func:`parse_model_args`, so every field already has its declared type.
+    Built only by :func:`parse_model_args`, so every field already has its declared type (and
+    ``cache_params`` holds the cache's parameters, all of them, defaults filled in).
     """
 
     pretrained: str
     tokenizer: str | None = None
     revision: str | None = None
+    adapter: str | None = None        # a LoRA adapter (folder or hub id) merged into pretrained= (needs peft)
     policy: str = "low_confidence"
     cache: str = "none"
-    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end
+    eotp: EotpMode = "false"           # "true": the Learn2PD code's rule; "committed": after a committed end;
+    #                                    "block_end": at the end of a finished block holding an end (DPad, dInfer)
     eot_ids: str | None = None        # ';'-separated ids (commas separate model_args); default: eos + eot_id
     gen_length: int | None = None     # default: each request's max_gen_toks, rounded up to a block multiple
     block_length: int = 32
     steps: int | None = None
     temperature: float | None = None  # given: wins over the tasks' gen_kwargs (harness/gen_kwargs.py)
     seed: int = 0
+    eos_conf_zero: bool = False       # LLaDA's confidence_eos_eot_inf: end predictions get confidence 0
+    eos_conf_rule: EosConfRule = "code"  # code (LLaDA's generate.py) / fixed (its PR #139) / zero (no renormalising)
+    logits_eos_inf: bool = False      # LLaDA's logits_eos_inf: end-of-text is never predicted
     dtype: str = "auto"
     device: str | None = None
     batch_size: int | str = 1         # rows per batch, or auto: sized per (gen_length, temperature)
@@ -64,26 +74,28 @@ class ModelArgs:
     cuda_graph: Tristate = "auto"     # CUDA-graph replay of cached steps; auto: on for CUDA devices
     compile: bool = False             # torch.compile the transformer blocks (docs/benchmarks.md)
     compile_autotune: bool = False    # compile: time reduction kernels' configs (l2pd_eval/model/compiling.py)
+    skinny_gemm: bool = False         # few-row GEMMs through the Triton kernel (l2pd_eval/model/skinny.py; CUDA)
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
+    cache_params: dict[str, Any] = field(default_factory=dict, init=False)  # set by parse_model_args
 
     def __post_init__(self) -> None:
         for name in ("block_length", "gen_length", "steps", "max_batch_size", "mc_num", "mc_batch_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
-                raise ValueError(f"{name}={value} must be a positive integer")
+                raise ConfigError(f"{name}={value} must be a positive integer")
         for name in ("checkpoint_s", "progress_every_s", "temperature"):
             value = getattr(self, name)
             if value is not None and value < 0:
-                raise ValueError(f"{name}={value} must be >= 0")
+                raise ConfigError(f"{name}={value} must be >= 0")
         self.end_ids()
         self.fixed_batch_size()
         if self.compile_autotune and not self.compile:
-            raise ValueError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
+            raise ConfigError("compile_autotune=true only applies with compile=true; add compile=true or drop it")
         if self.gen_length is None and self.steps is not None:
-            raise ValueError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
-                             "max_gen_toks and steps = gen_length)")
+            raise ConfigError("steps= needs an explicit gen_length= (by default gen_length follows each task's "
+                              "max_gen_toks and steps = gen_length)")
 
     def end_ids(self) -> list[int] | None:
         """``eot_ids=`` as ids (None: the tokenizer's eos and the family's end of turn)."""
@@ -91,7 +103,7 @@ class ModelArgs:
             return None
         parts = [p.strip() for p in self.eot_ids.split(";") if p.strip()]
         if not parts or not all(INTEGER.match(p) for p in parts):
-            raise ValueError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
+            raise ConfigError(f"eot_ids={self.eot_ids!r}; valid: token ids separated by ';', e.g. eot_ids=126081;126348")
         return [int(p) for p in parts]
 
     def fixed_batch_size(self) -> int | None:
@@ -99,9 +111,9 @@ class ModelArgs:
         if isinstance(self.batch_size, str):
             if self.batch_size.startswith("auto"):
                 return None
-            raise ValueError(f"batch_size={self.batch_size!r}; valid choices: a positive integer or auto")
+            raise ConfigError(f"batch_size={self.batch_size!r}; valid choices: a positive integer or auto")
         if self.batch_size <= 0:
-            raise ValueError(f"batch_size={self.batch_size} must be positive")
+            raise ConfigError(f"batch_size={self.batch_size} must be positive")
         return self.batch_size
 
     def gen_length_for(self, max_gen_toks: int | None) -> int:
@@ -116,23 +128,61 @@ class ModelArgs:
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
-            cache=self.cache, eotp=self.eotp, seed=self.seed)
+            cache=self.cache, cache_params=self.cache_params, eotp=self.eotp, seed=self.seed,
+            eos_conf_zero=self.eos_conf_zero, eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf)
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:
-    """The one parse of ``--model_args``: (typed ModelArgs, typed parameters of the chosen policy).
+    """The one parse of ``--model_args``: (typed ModelArgs with the cache's parameters in ``cache_params``,
+    typed parameters of the chosen policy).
 
     ``None`` means "not given" (lm-eval reads ``key=none`` as None). Each value is coerced once by its
-    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours nor the policy's are an error
-    listing both.
+    field's type (:mod:`l2pd_eval.typed_args`); names that are neither ours, the policy's nor the cache's
+    are an error listing all three.
     """
     values = {k: v for k, v in raw.items() if v is not None}
     if "pretrained" not in values:
-        raise ValueError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
+        raise ConfigError("model_args: pretrained=<LLaDA directory, hub id or random:<preset>> is required")
     own = parameters(ModelArgs)
     args = ModelArgs(**coerce_fields(ModelArgs, {k: v for k, v in values.items() if k in own}))
     rest = {k: v for k, v in values.items() if k not in own}
-    return args, parse_policy_params(args.policy, rest, also_valid=own)
+    for_cache = set(cache_params(args.cache))
+    clash = sorted(for_cache & set(policy_params(args.policy)) & set(rest))
+    if clash:
+        raise ValueError(f"model_args: {', '.join(clash)} is a parameter of both policy={args.policy!r} and "
+                         f"cache={args.cache!r} (a cache's parameters are named after it so this cannot happen: report it)")
+    args.cache_params = parse_cache_params(args.cache, {k: v for k, v in rest.items() if k in for_cache})
+    return args, parse_policy_params(args.policy, {k: v for k, v in rest.items() if k not in for_cache},
+                                     also_valid={*own, *for_cache})
+
+
+#: model_args that only decoding reads: a loglikelihood request (MMLU-style choices) uses none of them.
+DECODING_ARGS = ("policy", "cache", "eotp", "gen_length", "block_length", "steps", "eos_conf_zero", "eos_conf_rule",
+                 "logits_eos_inf")
+
+
+def settings_that_cannot_act(args: ModelArgs, policy: Policy, given: Collection[str]) -> list[str]:
+    """One line per setting the user gave (``given``: the model_args keys) that the run cannot honour, for the
+    adapter to say once (Fast-dLLM issues #38 and #54: a threshold on MMLU, steps with a threshold rule)."""
+    lines = []
+    if "steps" in given and not policy.scheduled:
+        lines.append(f"steps={args.steps} cannot act: policy={policy.name!r} is not scheduled (it decodes each "
+                     f"block until it is filled, at most block_length={args.block_length} steps); drop steps=")
+    if args.eos_conf_zero and not policy.reads_conf:
+        lines.append(f"eos_conf_zero=true cannot act: policy={policy.name!r} does not rank by the model's "
+                     f"confidence of x0")
+    if "eos_conf_rule" in given and not args.eos_conf_zero:
+        lines.append(f"eos_conf_rule={args.eos_conf_rule} cannot act without eos_conf_zero=true")
+    return lines
+
+
+def likelihood_cannot_use(policy: Policy, given: Collection[str]) -> str | None:
+    """The line a run with decoding settings says once when lm-eval asks it for log-likelihoods."""
+    named = [k for k in given if k in DECODING_ARGS or k in policy.parameters()]
+    if not named:
+        return None
+    return (f"loglikelihood requests (multiple-choice tasks such as MMLU) are scored by the Monte-Carlo likelihood "
+            f"(mc_num=, mc_batch_size=), not decoded: {', '.join(sorted(named))} cannot act on them")
 
 
 def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, Any]) -> dict[str, Any]:
@@ -154,3 +204,23 @@ def merge_lm_eval_settings(model_args: Mapping[str, Any], lm_eval: Mapping[str, 
             continue
         merged[key] = value
     return merged
+
+
+def accepted_model_args() -> dict[str, str]:
+    """Every key ``--model_args`` accepts -> who takes it (``model_args``, ``policy <name>``, ``cache <name>``):
+    :class:`ModelArgs`' fields, each registered policy's parameters, and the parameters a registered cache
+    declares (a ``parameters()`` classmethod, as policies have). The README's table lists each one
+    (tests/test_readme.py)."""
+    from l2pd_eval.caches import available as caches
+    from l2pd_eval.caches import cache_class
+    from l2pd_eval.policies.registry import available as policies
+
+    out = dict.fromkeys(parameters(ModelArgs), "model_args")
+    for name in policies():
+        for key in policy_class(name).parameters():
+            out.setdefault(key, f"policy {name}")
+    for name in caches():
+        declared = getattr(cache_class(name), "parameters", None)
+        for key in (declared() if callable(declared) else {}):
+            out.setdefault(key, f"cache {name}")
+    return out

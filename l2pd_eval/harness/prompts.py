@@ -2,7 +2,7 @@
 
 One rule for generation and likelihood: a context gets the tokenizer's chat template when ``chat=true``,
 or with ``chat=auto`` by its family's rule (``Family.instruct_marker`` in the model's or tokenizer's name,
-and the tokenizer has a template); a context lm-eval already rendered (``--apply_chat_template``) is never
+or a known checkpoint's own rule, and the tokenizer has a template); a context lm-eval already rendered (``--apply_chat_template``) is never
 wrapped twice. Plain (not chat-rendered) prompts start with BOS where the family's rule says so
 (``Family.add_bos``) or ``add_bos_token=true`` asks for it.
 """
@@ -12,18 +12,20 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from l2pd_eval.errors import ConfigError
+from l2pd_eval.family_facts import instruct_by_name
 from l2pd_eval.model.family import Family
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.model.tokenizer import chat_opening, chat_user_prompt
 
 
 def wants_chat(chat: str, family: Family, names: tuple[str | None, ...], tokenizer: Any) -> bool:
-    """``chat=true|false`` as given; ``auto``: the family's rule on the model's and tokenizer's names."""
+    """``chat=true|false`` as given; ``auto``: a known checkpoint's own rule (``family_facts.CHECKPOINTS``:
+    d3LLM_LLaDA is an Instruct model its name does not say), else the family's rule on the model's and
+    tokenizer's names; either only where the tokenizer has a template."""
     if chat != "auto":
         return chat == "true"
-    marker = family.instruct_marker
-    text = " ".join(n for n in names if n).lower()
-    return marker is not None and marker.lower() in text and bool(getattr(tokenizer, "chat_template", None))
+    return instruct_by_name(family, names) and bool(getattr(tokenizer, "chat_template", None))
 
 
 def bos_prefix(add_bos_token: str, family: Family, special: SpecialIds, source: str) -> list[int]:
@@ -34,8 +36,8 @@ def bos_prefix(add_bos_token: str, family: Family, special: SpecialIds, source: 
         return []
     if special.bos is None:
         rule = f"the {family.name} family's default" if add_bos_token == "auto" else "requested"
-        raise ValueError(f"add_bos_token ({rule}): the tokenizer of {source} has no BOS token and config.json no "
-                         "bos_token_id; pass add_bos_token=false")
+        raise ConfigError(f"add_bos_token ({rule}): the tokenizer of {source} has no BOS token and config.json no "
+                          "bos_token_id; pass add_bos_token=false")
     return [special.bos]
 
 

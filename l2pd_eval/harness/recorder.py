@@ -6,20 +6,31 @@
 It never calls the model: the one collective it needs (rank 0 gathering every rank's records) is handed
 in as ``gather``. After lm-eval saved ``results_<stamp>.json`` the import hook calls
 :func:`flush_sidecars`, which writes the complete sidecar ``l2pd_<stamp>.json`` beside it.
+
+Disk faults (docs/errors.md): :func:`probe_outputs` writes a probe file where the sidecar and lm-eval's
+results will go before the model loads; a checkpoint that cannot be written mid-run is a warning naming
+the path (decoding goes on, the previous partial sidecar stays); a final sidecar that cannot be written is
+an error naming the path (:func:`write_failures`, the hook's exit status 1), lm-eval's results and samples
+being saved all the same. SIGTERM during decoding checkpoints like Ctrl-C (:meth:`RunRecorder.timed_call`).
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from l2pd_eval.harness.resume import TimingJournal, configuration_key, restore
+from l2pd_eval.errors import ConfigError
+from l2pd_eval.harness.resume import TimingJournal, bind_db, configuration_key, restore
 from l2pd_eval.results.sidecar import (
     SIDECAR_PREFIX,
     SampleRecord,
@@ -35,6 +46,86 @@ _PENDING: list[Sidecar] = []
 #: ``gather(obj, dst)``: every rank's ``obj`` as a list on rank ``dst`` (None elsewhere); lm-eval's
 #: ``LM.gather_object`` contract.
 Gather = Callable[[Any, int], "list[Any] | None"]
+# path -> why the last write of a sidecar there failed (cleared when a later write there succeeds).
+_FAILED_WRITES: dict[Path, str] = {}
+_PROBE_BYTES = 1 << 16  # a probe of 64 KiB: a full disk refuses it, as it would the sidecar
+
+
+def write_failures() -> list[str]:
+    """Sidecars this process could not write, one message each (the hook turns them into exit status 1)."""
+    return list(_FAILED_WRITES.values())
+
+
+def _guarded(path: Path, what: str, write: Callable[[], Any]) -> bool:
+    """``write()`` of the sidecar at ``path``; a disk fault is remembered and logged naming ``path``, never
+    raised mid-run. Whether it wrote."""
+    try:
+        write()
+    except OSError as err:
+        why = (f"could not write the {what} {path} ({err.strerror or err}); lm-eval's results and the decoded "
+               "answers are kept (and a --use_cache db, which a rerun resumes from); free space or choose another "
+               "path, then rerun the same command")
+        if _FAILED_WRITES.get(path) != why:
+            log.warning(why)
+        _FAILED_WRITES[path] = why
+        return False
+    _FAILED_WRITES.pop(path, None)
+    return True
+
+
+def planned_outputs(sidecar_path: str | None, model_args: dict[str, Any]) -> list[tuple[str, Path]]:
+    """(the argument, the folder) of everything a run will write: ``sidecar=PATH``'s folder, and for a stock
+    ``lm_eval ... --output_path OUT`` run the folder lm-eval writes its results to."""
+    out: list[tuple[str, Path]] = []
+    if sidecar_path:
+        out.append((f"sidecar={sidecar_path}", Path(sidecar_path).parent))
+    argv_out = output_path_from_argv()
+    if argv_out is not None and "lm_eval" in Path(sys.argv[0]).as_posix():
+        out.append((f"--output_path {argv_out}", results_dir(argv_out, model_args) or Path(argv_out)))
+    return out
+
+
+def probe_outputs(sidecar_path: str | None, model_args: dict[str, Any], rank: int = 0) -> None:
+    """Before the model loads: each output folder exists (created) and takes a 64 KiB probe write, and an
+    existing ``sidecar=PATH`` is this configuration's own partial sidecar (never another run's file).
+    Raises :class:`~l2pd_eval.errors.ConfigError` naming the argument and the reason."""
+    if rank != 0:
+        return
+    for label, folder in planned_outputs(sidecar_path, model_args):
+        probe = folder / f".l2pd-probe-{os.getpid()}"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with probe.open("wb") as fh:
+                fh.write(b"\0" * _PROBE_BYTES)
+                fh.flush()
+                os.fsync(fh.fileno())
+        except OSError as err:
+            raise ConfigError(f"{label}: cannot write to {folder} ({err.strerror or err}); free space, fix its "
+                              "permissions or choose another path (checked before decoding)") from None
+        finally:
+            try:
+                probe.unlink(missing_ok=True)
+            except OSError:
+                pass
+    if sidecar_path and Path(sidecar_path).exists():
+        _check_existing_sidecar(Path(sidecar_path), model_args)
+
+
+def _check_existing_sidecar(path: Path, model_args: dict[str, Any]) -> None:
+    """``sidecar=PATH`` may only replace a partial sidecar of the same model_args (a rerun resuming)."""
+    fix = "choose another sidecar= path, or move that file away"
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise ConfigError(f"sidecar={path}: the file exists and is not an l2pd-eval sidecar; {fix}") from None
+    if not isinstance(data, dict) or data.get("schema") != "l2pd-eval/sidecar":
+        raise ConfigError(f"sidecar={path}: the file exists and is not an l2pd-eval sidecar; {fix}")
+    if data.get("complete", True) is not False:
+        raise ConfigError(f"sidecar={path}: holds the complete sidecar of an earlier run, which this run would "
+                          f"overwrite; {fix}")
+    had = (data.get("manifest") or {}).get("model_args") or {}
+    if configuration_key(had) != configuration_key(model_args):
+        raise ConfigError(f"sidecar={path}: holds the partial sidecar of a run with other model_args; {fix}")
 
 
 def padding_copies(requests: Sequence[Any]) -> list[bool]:
@@ -71,17 +162,26 @@ class RunRecorder:
 
     @contextmanager
     def timed_call(self, requests: Sequence[Any], padding: list[bool]) -> Iterator[None]:
-        """Time one ``generate_until`` call (enter before tokenising, leave after detokenising); a crash or
-        Ctrl-C inside checkpoints everything finished so far before it propagates."""
+        """Time one ``generate_until`` call (enter before tokenising, leave after detokenising); a crash,
+        Ctrl-C or SIGTERM inside checkpoints everything finished so far before it propagates."""
         loop = self.sidecar.begin_loop(self.rank, [task_name(r) for r, pad in zip(requests, padding, strict=True)
                                                    if not pad])
         self._mark = time.perf_counter()
+        previous = _catch_sigterm()
         try:
             yield
         except BaseException:
             self.checkpoint(force=True)
             raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
         self.sidecar.end_loop(loop)
+
+    def bind_db(self, db_path: str) -> None:
+        """``--use_cache``: tie lm-eval's db to this run's model_args before lm-eval opens it
+        (:func:`l2pd_eval.harness.resume.bind_db`)."""
+        bind_db(db_path, self.sidecar.manifest.get("model_args") or {})
 
     def record_batch(self, requests: Sequence[Any], texts: list[str], records: list[SampleRecord],
                      padding: list[bool], cache_hook: Any) -> None:
@@ -137,17 +237,20 @@ class RunRecorder:
         writes ``sidecar=PATH`` or the partial checkpoint."""
         self._gather(gather)
         if self.sidecar_path and self.rank == 0:
-            self.sidecar.save(self.sidecar_path)
+            path = Path(self.sidecar_path)
+            _guarded(path, "sidecar", lambda: self.sidecar.save(path))
         else:
             self.checkpoint(force=True)
 
     def checkpoint(self, force: bool = False) -> None:
-        """Rewrite the partial sidecar (rank 0), at most every ``checkpoint_s`` seconds unless ``force``."""
+        """Rewrite the partial sidecar (rank 0), at most every ``checkpoint_s`` seconds unless ``force``; a
+        write that fails is a warning naming the path (the previous partial sidecar stays)."""
         if self.rank != 0 or not self.sidecar.samples:
             return
         path = self._checkpoint_path()
         if path is not None:
-            self.sidecar.checkpoint(path, min_interval_s=0.0 if force else self.checkpoint_s)
+            interval = 0.0 if force else self.checkpoint_s
+            _guarded(path, "partial sidecar", lambda: self.sidecar.checkpoint(path, min_interval_s=interval))
 
     def _journal(self, db: Any) -> TimingJournal:
         return TimingJournal(db.filename, configuration_key(self.sidecar.manifest.get("model_args") or {}))
@@ -183,6 +286,20 @@ class RunRecorder:
             self.sidecar.samples, self.sidecar.loops = [], []
 
 
+def _terminate(signum: int, frame: Any) -> None:
+    raise SystemExit(128 + signum)  # unwinds like Ctrl-C: timed_call checkpoints, lm-eval stops
+
+
+def _catch_sigterm() -> Any:
+    """SIGTERM (a scheduler's stop, ``kill``) raises SystemExit(143) during decoding, so the partial sidecar
+    is written as on Ctrl-C; only where nobody else handles SIGTERM. The handler it replaced, or None."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        return None
+    return signal.signal(signal.SIGTERM, _terminate)
+
+
 def flush_sidecars(directory: Path, stamp: str, model_name: str | None = None) -> list[Path]:
     """Called by the hook right after lm-eval saved ``results_<stamp>.json`` into ``directory``.
 
@@ -197,7 +314,10 @@ def flush_sidecars(directory: Path, stamp: str, model_name: str | None = None) -
         if sidecar.samples:
             partial = sidecar.path  # the run's checkpoints, if any: the complete file replaces them
             suffix = f"_{len(written)}" if written else ""
-            written.append(sidecar.save(Path(directory) / f"{SIDECAR_PREFIX}{stamp}{suffix}.json"))
-            if partial is not None and partial.name.startswith(f"{SIDECAR_PREFIX}partial_") and partial != written[-1]:
+            target = Path(directory) / f"{SIDECAR_PREFIX}{stamp}{suffix}.json"
+            if not _guarded(target, "sidecar", lambda: sidecar.save(target)):  # noqa: B023 (called at once)
+                continue  # named in write_failures(); the partial sidecar stays
+            written.append(target)
+            if partial is not None and partial.name.startswith(f"{SIDECAR_PREFIX}partial_") and partial != target:
                 partial.unlink(missing_ok=True)
     return written

@@ -12,6 +12,11 @@ then the db commit, so a kill at any point leaves either both, or a journal line
 decoded again (the later line wins).
 
 Append-only JSON lines, torch-free; a line cut by a kill mid-write is skipped.
+
+lm-eval's db itself knows nothing of the model_args that produced its answers. :func:`bind_db` ties it to
+them before lm-eval opens it: a table ``l2pd_eval`` in the same sqlite file holds the configuration key
+(and the model_args, to name what differs); a db whose answers are tied to other model_args, or to none
+(a db of an older l2pd-eval or of another model), is refused, as is one that cannot be read or written.
 """
 
 from __future__ import annotations
@@ -19,21 +24,75 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sqlite3
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from contextlib import closing
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.results.sidecar import LoopRecord, SampleRecord
 
 JOURNAL_SUFFIX = ".l2pd-timing.jsonl"
 
 
+def _kept(model_args: Mapping[str, Any]) -> dict[str, str]:
+    return {k: str(v) for k, v in model_args.items() if v is not None and k not in ("sidecar", "progress")}
+
+
 def configuration_key(model_args: Mapping[str, Any]) -> str:
     """What must match for a cached response to be this run's answer: the model_args, except the ones
     that only say where files go or what is shown."""
-    kept = {k: str(v) for k, v in model_args.items() if v is not None and k not in ("sidecar", "progress")}
-    return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_kept(model_args), sort_keys=True).encode()).hexdigest()[:16]
+
+
+#: The table of our own in lm-eval's ``--use_cache`` sqlite file; lm-eval's answers are in ``ANSWERS_TABLE``.
+BINDING_TABLE, ANSWERS_TABLE = "l2pd_eval", "unnamed"
+_PER_CONFIG = "use one --use_cache path per configuration"
+
+
+def bind_db(db_path: str | os.PathLike, model_args: Mapping[str, Any]) -> None:
+    """Tie lm-eval's ``--use_cache`` db to ``model_args`` before lm-eval opens it (see the module docstring).
+
+    A new or empty db is bound to them; a bound one must carry the same configuration key. Raises a
+    :class:`~l2pd_eval.errors.ConfigError` naming the db for one bound to other model_args, for answers
+    bound to none, and for a file that is not a readable, writable sqlite db.
+    """
+    path = Path(db_path)
+    where = f"--use_cache {path}"
+    key, kept = configuration_key(model_args), _kept(model_args)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(sqlite3.connect(path, timeout=60)) as conn, conn:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            stored = None
+            if BINDING_TABLE in tables:
+                rows = dict(conn.execute(f"SELECT key, value FROM {BINDING_TABLE}").fetchall())
+                if rows.get("configuration"):
+                    stored = (rows["configuration"], json.loads(rows.get("model_args") or "{}"))
+            answers = conn.execute(f"SELECT COUNT(*) FROM {ANSWERS_TABLE}").fetchone()[0] \
+                if ANSWERS_TABLE in tables else 0
+            if stored is None and answers:
+                raise ConfigError(f"{where}: holds {answers} answers that no l2pd-eval run tied to its model_args "
+                                  "(a db of an older l2pd-eval, or of another model), so they cannot be trusted "
+                                  f"for this configuration; {_PER_CONFIG} (a new path, or delete this db)")
+            if stored is not None and stored[0] != key:
+                had = stored[1]
+                diff = "; ".join(f"{k}: {had.get(k)!r} there, {kept.get(k)!r} now"
+                                 for k in sorted(set(had) | set(kept)) if had.get(k) != kept.get(k))
+                raise ConfigError(f"{where}: holds answers decoded with other model_args ({diff or 'another key'}); "
+                                  f"lm-eval keys its cache by the request only, so {_PER_CONFIG}")
+            conn.execute(f"CREATE TABLE IF NOT EXISTS {BINDING_TABLE} (key TEXT PRIMARY KEY, value TEXT)")
+            conn.executemany(f"INSERT OR REPLACE INTO {BINDING_TABLE} VALUES (?, ?)",
+                             [("configuration", key), ("model_args", json.dumps(kept, sort_keys=True))])
+    except sqlite3.DatabaseError as err:  # not a database, read-only, disk full, locked, ...
+        raise ConfigError(f"{where}: cannot use it as lm-eval's response cache ({err}); if it is not an sqlite db "
+                          "or is corrupt, delete it or choose another --use_cache path; if it is read-only or "
+                          "its disk is full, make room or choose a writable path") from None
+    except OSError as err:
+        raise ConfigError(f"{where}: cannot create it ({err.strerror or err}); choose a writable --use_cache "
+                          "path") from None
 
 
 @dataclass
@@ -95,12 +154,9 @@ def restore(journal: TimingJournal, cached: list[tuple[str, str, int]], rank: in
             untimed += 1
             continue
         if entry.config != journal.config:
-            raise ValueError(f"--use_cache {str(journal.path).removesuffix(JOURNAL_SUFFIX)}: holds answers decoded "
-                             "with other model_args (lm-eval keys its cache by the request only); use one "
-                             "--use_cache path per configuration")
-        s = entry.sample
-        samples.append(SampleRecord(task=task, doc_id=doc_id, tokens=s.tokens, seconds=s.seconds, nfe=s.nfe,
-                                    gen_length=s.gen_length, eotp_saved=s.eotp_saved, paper_tokens=s.paper_tokens))
+            raise ConfigError(f"--use_cache {str(journal.path).removesuffix(JOURNAL_SUFFIX)}: holds answers decoded "
+                              f"with other model_args; lm-eval keys its cache by the request only, so {_PER_CONFIG}")
+        samples.append(replace(entry.sample, task=task, doc_id=doc_id))
         tasks[task] = tasks.get(task, 0) + 1
         seconds += entry.wall_seconds
     loop = LoopRecord(rank=rank, seconds=seconds, tasks=tasks, done=True) if samples else None

@@ -29,6 +29,8 @@ from typing import Any
 import yaml
 from lm_eval.api.task import ConfigurableTask
 
+from l2pd_eval.errors import ConfigError, ConfigFileNotFound
+
 # Re-exported for the task YAMLs' utils.py (tasks/l2pd_suite); the import also registers the filter.
 from l2pd_eval.harness.tasks_code import pass_at_1, pass_at_1_humaneval  # noqa: F401
 
@@ -163,7 +165,7 @@ def local_data_files(
             raise ValueError(f"{task}: local_data[{split!r}] = {pattern!r} uses unknown key {err}") from None
         path = root / rel
         if not path.is_file():
-            raise FileNotFoundError(
+            raise ConfigFileNotFound(
                 f"{task}: {DATA_DIR_ENV}={root} is set, but the {split!r} split file {path} does not "
                 f"exist (expected layout: {DATA_DIR_ENV}/{rel}, HF schema, one JSON object per line)"
             )
@@ -175,7 +177,7 @@ def apply_local_data(cfg: dict[str, Any], local_data: dict[str, str] | None, roo
     """Point a task config at local files: ``dataset_path: json`` + ``data_files``."""
     task = cfg.get("task", "?")
     if not local_data:
-        raise ValueError(f"{task}: {DATA_DIR_ENV} is set but this task declares no local_data mapping")
+        raise ConfigError(f"{task}: {DATA_DIR_ENV} is set but this task declares no local_data mapping")
     files = local_data_files(task, local_data, cfg, root)
     suffixes = {Path(p).suffix for p in files.values()}
     builders = {_DATA_BUILDERS.get(s) for s in suffixes}
@@ -226,4 +228,24 @@ class L2PDTask(ConfigurableTask):
     def __init__(self, data_dir=None, cache_dir=None, download_mode=None, config: dict | None = None) -> None:
         if config is None:
             raise ValueError("L2PDTask needs the task config (it is built from a YAML with class: L2PDTask)")
-        super().__init__(data_dir, cache_dir, download_mode, config=build_task_config(config))
+        cfg = build_task_config(config)
+        try:
+            super().__init__(data_dir, cache_dir, download_mode, config=cfg)
+        except (ConnectionError, FileNotFoundError) as err:
+            raise no_offline_data(cfg, config.get("local_data"), err) from None
+
+
+def no_offline_data(cfg: dict[str, Any], local_data: dict[str, str] | None, err: Exception,
+                    environ: dict[str, str] | None = None) -> Exception:
+    """The error for a dataset the Hub cannot give (offline, or not cached) while ``L2PD_DATA_DIR`` is unset
+    or empty: it names the variable and the files it should hold. Other failures are returned unchanged."""
+    environ = os.environ if environ is None else environ
+    value = environ.get(DATA_DIR_ENV)
+    if value or not local_data:
+        return err
+    fmt = {k: v for k, v in cfg.items() if isinstance(v, (str, int, float))}
+    files = ", ".join(f"{split}: {str(rel).format(**fmt)}" for split, rel in local_data.items())
+    state = "is empty" if value == "" else "is not set"
+    return ConfigError(f"{cfg.get('task', '?')}: {DATA_DIR_ENV} {state} and its dataset {cfg.get('dataset_path')!r} "
+                       f"could not be loaded from the Hugging Face hub or its cache ({err}); set {DATA_DIR_ENV} to "
+                       f"a folder holding {files} (docs/tasks.md), or allow downloads (unset HF_DATASETS_OFFLINE)")

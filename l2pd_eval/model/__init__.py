@@ -1,9 +1,22 @@
-"""Model families (LLaDA, Dream), the interface the engine decodes through, loading and tokenizers."""
+"""Model families (LLaDA, Dream, LLaDA-MoE), the interface the engine decodes through, loading and tokenizers.
 
-from l2pd_eval.model.interface import DiffusionLM, ModelConfig
-from l2pd_eval.model.layers import KVCache
-from l2pd_eval.model.llada import PRESETS, LLaDA, LLaDAConfig
-from l2pd_eval.model.loading import SpecialIds, load_model, load_tokenizer, resolve_dtype, save_model
+The names below load on first use (PEP 562), so a torch-free submodule (``l2pd_eval.model.tiny``'s command
+line, its ``--help``) does not pay for torch.
+"""
 
-__all__ = ["DiffusionLM", "LLaDA", "LLaDAConfig", "KVCache", "ModelConfig", "PRESETS", "SpecialIds", "load_model",
-           "load_tokenizer", "resolve_dtype", "save_model"]
+from importlib import import_module
+
+_LAZY = {
+    "DiffusionLM": "interface", "ModelConfig": "interface", "KVCache": "layers", "PRESETS": "llada",
+    "LLaDA": "llada", "LLaDAConfig": "llada", "SpecialIds": "loading", "load_model": "loading",
+    "load_tokenizer": "loading", "resolve_dtype": "loading", "save_model": "loading",
+}
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str):
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    globals()[name] = value
+    return value

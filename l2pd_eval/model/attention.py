@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from l2pd_eval.model import decode_attention
+
 
 @torch.compiler.assume_constant_result  # a device property: no guard and no graph break when compiled
 def _sm_count(index: int) -> int:
@@ -44,7 +46,10 @@ def cache_attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, enable
     ``enable_gqa`` comes from the config, not from ``k.shape``: under ``torch.compile(dynamic=True)`` the
     cache's head dim is symbolic, and a symbolic flag made inductor lower SDPA differently in the eager
     and the graph-captured step (their logits stopped being bit-identical)."""
-    if split_keys and flash_splits_keys(q, mask, enable_gqa):
+    flash = split_keys and flash_splits_keys(q, mask, enable_gqa)
+    if not flash and decode_attention.enabled() and decode_attention.eligible(q, k, mask):
+        return decode_attention.decode_attention_op(q, k, v)  # SpeedConfig.triton_attention: grouped heads
+    if flash:
         return torch.ops.aten._scaled_dot_product_flash_attention(q, k, v)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=enable_gqa)
 

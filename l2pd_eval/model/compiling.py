@@ -8,6 +8,8 @@ from typing import TypeVar
 import torch
 from torch import nn
 
+from l2pd_eval.errors import ConfigError
+
 F = TypeVar("F", bound=Callable)
 
 
@@ -22,9 +24,9 @@ def compile_dynamic(fn: F, autotune: bool = False) -> F:
     if autotune:
         return torch.compile(fn, dynamic=True)
     if not hasattr(torch._inductor.config, "deterministic"):
-        raise ValueError(f"compile=true: torch {torch.__version__} has no deterministic inductor mode, so compiled "
-                         "kernels could differ between processes; upgrade torch, or pass compile_autotune=true "
-                         "to accept timed kernel choices")
+        raise ConfigError(f"compile=true: torch {torch.__version__} has no deterministic inductor mode, so compiled "
+                          "kernels could differ between processes; upgrade torch, or pass compile_autotune=true "
+                          "to accept timed kernel choices")
     return torch.compile(fn, dynamic=True, options={"deterministic": True})
 
 

@@ -27,12 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.skinny import qkv, swiglu
 
 
 @dataclass
@@ -65,6 +66,9 @@ class DreamConfig(FileConfig):
 
     model_type: ClassVar[str] = "Dream"
     architectures: ClassVar[tuple[str, ...]] = ("DreamModel",)
+    sizes: ClassVar[tuple[str, ...]] = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                        "num_key_value_heads", "vocab_size", "max_position_embeddings")
+    context_key: ClassVar[str] = "max_position_embeddings"
 
     @property
     def d_model(self) -> int:
@@ -116,8 +120,8 @@ class DreamConfig(FileConfig):
             "rope_scaling": (self.rope_scaling, {None}),
         })
         if self.hidden_size % self.num_attention_heads or self.num_attention_heads % self.kv_heads:
-            raise ValueError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
-                             f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")
+            raise ConfigError(f"config.json: hidden_size={self.hidden_size}, num_attention_heads="
+                              f"{self.num_attention_heads}, num_key_value_heads={self.num_key_value_heads} are inconsistent")
 
 
 # Shapes for random-weight runs (``pretrained=random:<name>``); dream-7b from Dream-v0-*-7B's config.json.
@@ -143,9 +147,10 @@ class Attention(nn.Module):
                 cache: tuple[Tensor, Tensor] | None, start: int, kv_len: int, write_index: Tensor | None,
                 split_keys: bool = True) -> Tensor:
         b, n, _ = h.shape
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
@@ -160,7 +165,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(cfg.mlp_width, cfg.d_model, bias=False)
 
     def forward(self, h: Tensor) -> Tensor:
-        return self.down_proj(F.silu(self.gate_proj(h)) * self.up_proj(h))
+        return self.down_proj(swiglu(h, self.gate_proj, self.up_proj))
 
 
 class Layer(nn.Module):
@@ -235,6 +240,7 @@ class Dream(MaskPredictor):
         logits_slice: slice | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
+        embed_delta: Tensor | None = None,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
         positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
@@ -243,8 +249,9 @@ class Dream(MaskPredictor):
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
         lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
-        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
+                               embed_delta)
         x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
-        return F.linear(x, head)
+        return self.project(x, head)

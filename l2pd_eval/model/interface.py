@@ -79,7 +79,7 @@ class DiffusionLM(Protocol):
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, key_mask: Tensor | None = None,
                 *, cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
                 logits_slice: slice | None = None, write_index: Tensor | None = None,
-                split_keys: bool = True) -> Tensor:
+                split_keys: bool = True, embed_delta: Tensor | None = None) -> Tensor:
         """Logits [B, n', vocab_size] (the model's dtype) predicting the tokens at the ``logits_slice``
         positions of the chunk ``input_ids`` [B, n], which occupies absolute positions ``[start, start + n)``.
 
@@ -105,6 +105,8 @@ class DiffusionLM(Protocol):
                 Python int that depends on the block and can be captured once as a CUDA graph.
             split_keys: allow the key-splitting flash kernel at batch 1
                 (``model.attention.cache_attention``); a speed switch, same math.
+            embed_delta: [B, n, d] added to the chunk's token embeddings before the first layer (dInfer's
+                iteration smoothing feeds soft embeddings of still-masked positions); None: nothing added.
 
         Rows are independent: a row's logits do not depend on the other rows of the batch. Nothing but the
         cache is written."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.compiling import compile_layers
@@ -114,6 +115,7 @@ class MaskPredictor(nn.Module):
     config: Any
     rotary: Rotary
     logit_shift: ClassVar[int] = 0
+    skinny_head: bool = False  # the output head through the skinny-GEMM op (``model.skinny.use_skinny``)
 
     @property
     def token_embedding(self) -> nn.Embedding:
@@ -136,7 +138,7 @@ class MaskPredictor(nn.Module):
 
     def hidden_states(self, input_ids: Tensor, position_ids: Tensor | None, key_mask: Tensor | None,
                       cache: KVCache | None, start: int, kv_len: int | None, write_index: Tensor | None,
-                      split_keys: bool) -> Tensor:
+                      split_keys: bool, embed_delta: Tensor | None = None) -> Tensor:
         """The last layer's output [B, n, d] for the chunk (before the final norm); the arguments and
         their defaults as in :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         b, n = input_ids.shape
@@ -148,10 +150,21 @@ class MaskPredictor(nn.Module):
         mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
         cos, sin = self.rotary.tables(position_ids, self.dtype)
         x = self.token_embedding(input_ids)
+        if embed_delta is not None:
+            x = x + embed_delta.to(x.dtype)
         for i, block in enumerate(self.blocks):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         return x
+
+    def project(self, x: Tensor, weight: Tensor) -> Tensor:
+        """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""
+        if self.skinny_head:
+            from l2pd_eval.model.skinny import few_rows, skinny_linear
+
+            if few_rows(x):
+                return skinny_linear(x, weight)
+        return F.linear(x, weight)
 
     def compile_blocks(self, recompile_limit: int | None = 64, autotune: bool = False) -> MaskPredictor:
         """``torch.compile`` every layer (dynamic shapes: one graph for all chunk lengths), fusing the

@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.skinny import qkv, swiglu
 
 
 @dataclass
@@ -26,6 +27,9 @@ class LLaDAConfig(FileConfig):
 
     model_type: ClassVar[str] = "llada"
     architectures: ClassVar[tuple[str, ...]] = ("LLaDAModelLM",)
+    sizes: ClassVar[tuple[str, ...]] = ("d_model", "n_layers", "n_heads", "n_kv_heads", "mlp_hidden_size", "mlp_ratio",
+                                        "vocab_size", "embedding_size", "max_sequence_length")
+    context_key: ClassVar[str] = "max_sequence_length"
 
     d_model: int = 4096
     n_layers: int = 32
@@ -130,7 +134,7 @@ class LLaDAConfig(FileConfig):
             "block_group_size": (self.block_group_size, {1}),
         })
         if self.d_model % self.n_heads or self.n_heads % self.kv_heads:
-            raise ValueError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
+            raise ConfigError(f"config.json: d_model={self.d_model}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads} are inconsistent")
 
 
 # Shapes for random-weight benchmarking (``pretrained=random:<name>``); values from LLaDA-8B's config.json.
@@ -165,15 +169,16 @@ class Block(nn.Module):
                 write_index: Tensor | None = None, split_keys: bool = True) -> Tensor:
         b, n, _ = x.shape
         h = self.attn_norm(x)
-        q = self.q_proj(h).view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(h).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k, v = qkv(h, self.q_proj, self.k_proj, self.v_proj)
+        q = q.view(b, n, self.n_heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
         att = attend_over_cache(q, k, v, mask, cache, start, kv_len, write_index, self.kv_heads != self.n_heads,
                                 split_keys)
         x = x + self.attn_out(att.transpose(1, 2).reshape(b, n, -1))
         h = self.ff_norm(x)
-        return x + self.ff_out(F.silu(self.ff_proj(h)) * self.up_proj(h))
+        return x + self.ff_out(swiglu(h, self.ff_proj, self.up_proj))
 
 
 class _Transformer(nn.Module):
@@ -219,13 +224,15 @@ class LLaDA(MaskPredictor):
         logits_slice: slice | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
+        embed_delta: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
         ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
-        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
+                               embed_delta)
         if logits_slice is not None:
             x = x[:, logits_slice]
         t = self.model.transformer
         x = t.ln_f(x)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
-        return F.linear(x, head)[..., : self.config.vocab_size]
+        return self.project(x, head)[..., : self.config.vocab_size]

@@ -71,6 +71,16 @@ DREAM_STYLE = TokenizerStyle(
 )
 
 
+# LLaDA-MoE-Instruct's shape (dInfer's prompts): <role>HUMAN</role>...<|role_end|><role>ASSISTANT</role>.
+LLADA_MOE_STYLE = TokenizerStyle(
+    ("<|startoftext|>", "<|endoftext|>", "<|mask|>", "<|role_end|>", "<role>", "</role>"),
+    "<|startoftext|>", "<|endoftext|>", "<|mask|>", ("<|role_end|>", "<role>", "</role>"),
+    "{% for message in messages %}<role>{{ 'HUMAN' if message['role'] == 'user' else message['role'] | upper }}"
+    "</role>{{ message['content'] }}<|role_end|>{% endfor %}{% if add_generation_prompt %}<role>ASSISTANT</role>"
+    "{% endif %}",
+)
+
+
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 320,
                     style: TokenizerStyle = LLADA_STYLE):
     """Train a byte-level BPE on ``corpus`` (every byte stays encodable) and wrap it for transformers."""

@@ -10,7 +10,7 @@ another block) and guarantees progress; policies never sync with the host.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -35,8 +35,15 @@ class StepState:
     block_start: int  # offset of the block's first position from the start of the answer (0-based)
     rows: Tensor      # [B] long: original batch rows present in this step
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
-    uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
+    # (purpose, shape=(L,)) -> [B, *shape] U(0,1) float64, batch-invariant per row; purpose 0 with shape
+    # (L, V) is the very draw the engine's Gumbel-max sampling of x0 used at this step
+    uniform: Callable[..., Tensor] | None = None
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
+    #                                                                     ("logits": [B, L, V])
+    memory: BlockMemory | None = None  # what ``Policy.begin_block`` returned for this block, narrowed to ``rows``
+    mask_id: int | None = None  # the mask token's id (a policy that never commits a predicted mask reads it)
+    temperature: float = 0.0    # the run's sampling temperature (x0 is a Gumbel-max sample when > 0)
+    forwards: Tensor | None = None  # [B] long: forwards each row took part in before this one (whole answer)
     live: Tensor | None = None  # [B, L] bool: block positions before the row's live end (False past an EoTP
     #                             cut: filled with end-of-text, no longer decoded); None: every position
     steps: int = 0    # the run's steps per block (the schedule's length; non-scheduled policies may read it)
@@ -45,6 +52,21 @@ class StepState:
     def masked_conf(self) -> Tensor:
         """Confidence where a commit is allowed, -inf elsewhere (so top-k never picks committed slots)."""
         return self.conf.masked_fill(~self.masked, float("-inf"))
+
+
+class BlockMemory:
+    """What a stateful policy keeps about each row across the steps of one block (dInfer's credit matrix).
+
+    ``Policy.begin_block`` makes a fresh one at every block's start (nothing outlives a block or a
+    ``generate`` call, so nothing leaks from one request to the next), the engine hands it back in every
+    ``StepState.memory`` of that block, and calls ``keep(idx)`` when rows leave the step loop, exactly as it
+    narrows the rows' other state. Its first dimension is the block's rows, in ``StepState.rows`` order; the
+    policy updates it in place in ``select``, on the device.
+    """
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep rows ``idx`` (positions into the current rows, ascending) and drop the others."""
+        raise NotImplementedError
 
 
 @dataclass(frozen=True)
@@ -86,6 +108,7 @@ class RunSettings:
     block_length: int
     gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
     device: torch.device = torch.device("cpu")
+    model: Mapping[str, str] | None = None  # the decoded checkpoint's identity (model.loading.checkpoint_identity)
 
 
 ConfidenceRule = Literal["float64", "float32", "model"]
@@ -118,31 +141,51 @@ class Policy:
     # so a shifted family's chunk starts at the block (``StepInput.first_committed``). Plain, as ``schedule``.
     refresh_commit = False
     # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
-    # engine computes them once per step for the block and hands them over in ``StepState.stats``.
+    # engine computes them once per step for the block and hands them over in ``StepState.stats`` (read
+    # on the instance: a property where they depend on the parameters).
     needs: ClassVar[tuple[str, ...]] = ()
     # Needs the target answer (``generate(reference=...)``, ``StepState.reference``): the oracle.
     needs_reference: ClassVar[bool] = False
     # May return ``Selection.remask``: committed tokens of the current block go back to the mask (revocable
     # rules: WINO, ReMDM). The engine honours it only for policies that declare it.
     remasks: ClassVar[bool] = False
+    # The engine's stall guard: a row whose selection commits nothing commits its most confident masked
+    # position. False for rules that already commit at least one position whenever their own rule allows
+    # one and must commit nothing otherwise (dInfer never commits a predicted mask id): a row they cannot
+    # serve commits nothing at that step, and the block ends at the engine's step budget at worst.
+    stall_fallback: ClassVar[bool] = True
+    # Decisions read ``StepState.conf`` (or the chosen-token statistics), so the end-token confidence knob
+    # (``eos_conf_zero``) acts on them; False: it cannot act (random order, the oracle's match, a policy
+    # with its own confidence) and the adapter says so.
+    reads_conf: ClassVar[bool] = True
 
     def select(self, state: StepState) -> Tensor | Selection:
         """Choose this step's commits for the rows of ``state``.
 
         Args:
             state: the block's predictions for the rows still decoding it (``StepState``); read-only.
-                ``state.k`` is the schedule's count for scheduled policies (1 for the others).
+                ``state.k`` is the schedule's count for scheduled policies (1 for the others). A policy
+                that keeps state across the block's steps (``begin_block``) updates ``state.memory`` in
+                place; everything else in ``state`` is the engine's.
 
         Returns:
             A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
             (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
-            position, unless its schedule asked for none at this step (``state.k`` 0: Dream's schedule). Re-masks apply only to the block's positions committed before this step (never the
-            prompt, another block or an EoTP-cut tail) and never undo more of a row's new commits than
-            leaves ``max(state.k, 1)`` of them, so every step makes net progress and every block finishes.
+            position (unless ``stall_fallback = False``, or its schedule asked for none at this step:
+            ``state.k`` 0, Dream's schedule). Re-masks apply only to the block's positions
+            committed before this step (never the prompt, another block or an EoTP-cut tail) and never undo
+            more of a row's new commits than leaves ``max(state.k, 1)`` of them, so every step makes net
+            progress and every block finishes.
         """
         raise NotImplementedError
+
+    def begin_block(self, block: int, rows: Tensor) -> BlockMemory | None:
+        """A fresh ``BlockMemory`` for the rows ``rows`` (original batch rows, [n]) about to decode block
+        ``block``, or None (the default: a stateless policy). Called once per block and ``generate`` call,
+        before the block's first step; ``select`` then reads and updates it through ``state.memory``."""
+        return None
 
     @classmethod
     def parameters(cls) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, StepState, topk_mask
 from l2pd_eval.policies.registry import register
 
@@ -47,9 +48,9 @@ class Factor(Policy):
 
     def __post_init__(self) -> None:
         if self.factor <= 0:
-            raise ValueError(f"factor={self.factor} must be > 0")
+            raise ConfigError(f"factor={self.factor} must be > 0")
         if self.factor_rule not in FACTOR_RULES:
-            raise ValueError(f"factor_rule={self.factor_rule!r} is unknown; valid choices: {', '.join(FACTOR_RULES)}")
+            raise ConfigError(f"factor_rule={self.factor_rule!r} is unknown; valid choices: {', '.join(FACTOR_RULES)}")
 
     def select(self, state: StepState) -> Tensor:
         conf = state.masked_conf

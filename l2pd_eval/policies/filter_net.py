@@ -19,6 +19,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from l2pd_eval.errors import ConfigError, ConfigFileNotFound
+from l2pd_eval.filters.config import COMMITTED_CONF  # noqa: F401  (re-exported; torch-free for the CLI)
+
 FORMAT = "l2pd-filter"
 FORMAT_VERSION = 1
 WEIGHTS_NAME = "filter.safetensors"
@@ -31,11 +34,10 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
     "silu": nn.SiLU,
     "tanh": nn.Tanh,
 }
-COMMITTED_CONF = ("zero", "raw")
 PUBLISHED_SUFFIXES = (".pth", ".pt", ".bin")
 
 
-class FilterBlockLengthError(ValueError):
+class FilterBlockLengthError(ConfigError):
     """The filter's input width differs from the run's ``block_length``: its outputs would be meaningless."""
 
 
@@ -218,7 +220,7 @@ def load_filter(
     """
     p = Path(path)
     if not p.exists():
-        raise FileNotFoundError(
+        raise ConfigFileNotFound(
             f"filter={str(path)!r} does not exist; give a directory written by `l2pd-eval train-filter`, "
             f"a .safetensors file, or a published Learn2PD state dict (.pth)"
         )
@@ -237,7 +239,7 @@ def _load_ours(path: Path) -> L2PFilter:
 
     weights, cfg_path = _resolve_paths(path)
     if not weights.is_file():
-        raise FileNotFoundError(f"filter={str(path)!r}: no {weights.name} found at {weights}")
+        raise ConfigFileNotFound(f"filter={str(path)!r}: no {weights.name} found at {weights}")
     state, header = read_safetensors(weights, "train the filter again (`l2pd-eval train-filter`) or copy it again")
     cfg = _settings(weights, cfg_path, header.get(_HEADER_KEY))
     filt = L2PFilter(cfg)
@@ -254,8 +256,8 @@ def _settings(weights: Path, cfg_path: Path, header: str | None) -> FilterConfig
     """One source of truth: the settings embedded in the weights file, written with the weights. filter.json
     is a copy for people; an edited copy is refused, since it would otherwise be silently ignored."""
     if header is None and not cfg_path.is_file():
-        raise ValueError(f"filter={str(weights)!r}: {weights.name} has no embedded settings and there is no "
-                         f"{cfg_path.name} beside it")
+        raise ConfigError(f"filter={str(weights)!r}: {weights.name} has no embedded settings and there is no "
+                          f"{cfg_path.name} beside it")
     if header is None:
         return _read_settings(cfg_path.read_text(), cfg_path)
     cfg = _read_settings(header, weights)
@@ -265,7 +267,7 @@ def _settings(weights: Path, cfg_path: Path, header: str | None) -> FilterConfig
         differ = [k for k in _SETTINGS if copy[k] != ours[k]]
         if differ:
             detail = ", ".join(f"{k}: {copy[k]!r} in {cfg_path.name}, {ours[k]!r} in {weights.name}" for k in differ)
-            raise ValueError(
+            raise ConfigError(
                 f"filter: {cfg_path} disagrees with the settings stored in {weights} ({detail}). The weights file's "
                 f"settings are the ones the filter was trained with and are used; {cfg_path.name} is a copy for "
                 f"reading. To run with another threshold pass accept_thres=<value> in model_args; otherwise "
@@ -277,7 +279,7 @@ def _read_settings(text: str, source: Path) -> FilterConfig:
     try:
         return FilterConfig.from_json(json.loads(text))
     except (ValueError, TypeError) as err:  # bad JSON, or a value FilterConfig rejects
-        raise ValueError(f"filter: bad settings in {source}: {err}") from None
+        raise ConfigError(f"filter: bad settings in {source}: {err}") from None
 
 
 def _check_weights(filt: L2PFilter, state: Mapping[str, torch.Tensor], weights: Path, settings: Path) -> None:
@@ -285,7 +287,7 @@ def _check_weights(filt: L2PFilter, state: Mapping[str, torch.Tensor], weights: 
     found = {k: tuple(v.shape) for k, v in state.items()}
     if expected != found:
         c = filt.config
-        raise ValueError(
+        raise ConfigError(
             f"filter: the weights in {weights} do not match the settings in {settings} (block_length="
             f"{c.block_length}, hidden_sizes={list(c.hidden_sizes)}): the settings need tensors {expected}, the "
             f"file has {found}. Use the settings saved with these weights, or train the filter again")
@@ -300,6 +302,29 @@ def check_block_length(filt: L2PFilter, expected_block_length: int | None, sourc
         f"they must match: run with block_length={filt.block_length}, or train a filter on trajectories "
         f"recorded with --block-length {int(expected_block_length)}."
     )
+
+
+def trained_on(filt: L2PFilter) -> list[dict[str, str]]:
+    """The checkpoint identities (``model.loading.checkpoint_identity``) of the trajectories the filter was
+    trained on, from its metadata (``train-filter`` records them); empty when unknown (older or published)."""
+    found = filt.config.metadata.get("trained_on")
+    found = [found] if isinstance(found, dict) else found or []
+    return [dict(i) for i in found if isinstance(i, dict) and i.get("fingerprint")]
+
+
+def trained_elsewhere(filt: L2PFilter, model: Mapping[str, str], source: str = "filter") -> str | None:
+    """Why ``filt`` was not trained on ``model`` (a checkpoint identity), naming both; None when it was, or
+    when the filter does not know. The confidences of another model (or family) follow another distribution,
+    so such a run is allowed but its numbers are not the method's."""
+    known = trained_on(filt)
+    if not known or any(i["fingerprint"] == model.get("fingerprint") for i in known):
+        return None
+    had = ", ".join(f"{i.get('family', '?')} checkpoint {i.get('name', '?')} (fingerprint {i['fingerprint']})"
+                    for i in known)
+    return (f"filter {source!r} was trained on trajectories of {had}, but this run decodes the "
+            f"{model.get('family', '?')} checkpoint {model.get('name', '?')} (fingerprint "
+            f"{model.get('fingerprint', '?')}); its accept decisions may not transfer: train a filter on this "
+            "model's trajectories (`l2pd-eval trajectories` + `l2pd-eval train-filter`, docs/filters.md)")
 
 
 # ------------------------------------------------------------------------------ published checkpoints
@@ -374,12 +399,20 @@ def load_published_filter(path: str | Path) -> L2PFilter:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and EOF errors alike: the file is not a saved state dict
-        raise ValueError(f"filter={str(path)!r}: not a readable PyTorch state dict ({type(err).__name__}: "
-                         f"{str(err)[:200]}); download or copy the published filter again") from None
+        # The whole reason, on one line: for a pickle that would run code it names the blocked global.
+        reason = " ".join(str(err).split())
+        raise ConfigError(f"filter={str(path)!r}: not a readable PyTorch state dict, refused without running any of "
+                          f"its code ({type(err).__name__}: {reason}); download or copy the published filter "
+                          "again from a trusted source") from None
     if isinstance(state, nn.Module):  # pragma: no cover - weights_only forbids this; kept for clarity
         state = state.state_dict()
     if isinstance(state, Mapping) and "state_dict" in state and isinstance(state["state_dict"], Mapping):
         state = state["state_dict"]
     if not isinstance(state, Mapping):
-        raise ValueError(f"{path}: expected a state dict (mapping of tensors), got {type(state).__name__}")
-    return convert_published_state_dict(state, metadata={"converted_from": str(path)})
+        raise ConfigError(f"filter={str(path)!r}: expected a state dict (mapping of tensors), got "
+                          f"{type(state).__name__}; download or copy the published filter again")
+    try:
+        return convert_published_state_dict(state, metadata={"converted_from": str(path)})
+    except ValueError as err:  # keys or shapes of another network
+        raise ConfigError(f"filter={str(path)!r}: {err}; this is not a published Learn2PD filter (or it is damaged): "
+                          "download or copy it again") from None

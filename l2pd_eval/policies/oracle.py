@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, Selection, StepState, top1_mask
 from l2pd_eval.policies.registry import register
 
@@ -21,10 +22,11 @@ class Oracle(Policy):
     name = "oracle"
     scheduled = False
     needs_reference = True
+    reads_conf = False  # it commits matches of the reference; confidence only breaks a stall
 
     def __post_init__(self) -> None:
         if self.fallback not in ("reference", "prediction"):
-            raise ValueError(f"fallback={self.fallback!r}; valid choices: reference, prediction")
+            raise ConfigError(f"fallback={self.fallback!r}; valid choices: reference, prediction")
 
     def select(self, state: StepState) -> Selection:
         if state.reference is None:

@@ -16,6 +16,7 @@ _PURPOSE = 1  # stream id for this policy's draws (Gumbel sampling uses another)
 @dataclass
 class Random(Policy):
     name = "random"
+    reads_conf = False
 
     def select(self, state: StepState) -> Tensor:
         scores = state.uniform(_PURPOSE).masked_fill(~state.masked, float("-inf"))

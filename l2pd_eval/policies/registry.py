@@ -12,7 +12,8 @@ from l2pd_eval.typed_args import coerce_fields
 
 POLICIES: Registry[type[Policy]] = Registry("policy")
 _BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd",
-            "entropy", "topk_margin", "maskgit_plus", "origin")
+            "entropy", "topk_margin", "maskgit_plus", "origin", "dinfer_threshold", "dinfer_hierarchy",
+            "dinfer_credit")
 
 
 def register(cls: type[Policy]) -> type[Policy]:
@@ -46,14 +47,7 @@ def parse_policy_params(name: str, params: Mapping[str, Any], also_valid: Collec
     error so it shows everything the user could have meant.
     """
     cls = policy_class(name)
-    kinds = cls.parameters()
-    unknown = sorted(set(params) - set(kinds))
-    if unknown and also_valid:
-        raise ValueError(f"model_args: unknown argument(s) {', '.join(unknown)} for policy={name!r}; valid: "
-                         f"{', '.join(sorted({*also_valid, *kinds}))}")
-    if unknown:
-        raise ValueError(f"policy={name!r} does not take {', '.join(unknown)}; valid parameters: "
-                         f"{', '.join(kinds) or '(none)'}")
+    POLICIES.check_parameters(name, cls.parameters(), params, also_valid)
     return coerce_fields(cls, params)
 
 

@@ -32,9 +32,10 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState, block_start_mask, topk_mask
 
-STATISTICS = ("neg_entropy", "margin", "chosen_prob")
+STATISTICS = ("neg_entropy", "margin", "chosen_prob", "chosen_prob_model", "logits")
 SCHEDULES = ("dream", "linear")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
 _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
@@ -49,40 +50,49 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
     (``softmax(logits / temperature)`` in the logits' dtype / in float64, then the scores from those
     probabilities), ``float32`` from a float32 ``log_softmax`` (float64 for float64 logits; this project's
     earlier statistics). ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
+    Two are not Dream's: ``chosen_prob_model`` is the probability of ``x0`` under the plain logits (no
+    temperature), computed in the logits' own dtype as ``exp(log_softmax(logits))`` (dInfer's hierarchy
+    decoder: bf16 for a bf16 model, where nearby confidences tie), and ``logits`` is the block's logits
+    themselves, [B, L, V], not copied (rules that rescore the vocabulary: dInfer's credit).
     """
     needs = tuple(dict.fromkeys(needs))
     unknown = [n for n in needs if n not in STATISTICS]
     if unknown:
         raise ValueError(f"unknown step statistics {unknown}; valid choices: {', '.join(STATISTICS)}")
+    out: dict[str, Tensor] = {}
+    if "logits" in needs:
+        out["logits"] = logits
+    if "chosen_prob_model" in needs:
+        out["chosen_prob_model"] = _chosen(torch.log_softmax(logits, dim=-1), x0, "chosen_prob_model").exp()
+    needs = tuple(n for n in needs if n not in out)
     if not needs:
-        return {}
+        return out
     if "chosen_prob" in needs and x0 is None:
         raise ValueError("step_statistics: 'chosen_prob' needs x0, the step's predicted tokens")
     if confidence == "float32":
-        return _from_log_softmax(logits, needs, temperature, x0)
+        return {**out, **_from_log_softmax(logits, needs, temperature, x0)}
     work = logits.to(torch.float64 if confidence == "float64" else logits.dtype)
     if temperature > 0:
         work = work / temperature
     probs = torch.softmax(work, dim=-1)
-    out: dict[str, Tensor] = {}
     if "neg_entropy" in needs:
         out["neg_entropy"] = (probs * torch.log(probs + _ENTROPY_EPS)).sum(-1)
     if "margin" in needs:
         top = probs.topk(2, dim=-1).values
         out["margin"] = top[..., 0] - top[..., 1]
     if "chosen_prob" in needs:
-        out["chosen_prob"] = probs.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        out["chosen_prob"] = _chosen(probs, x0, "chosen_prob")
     return out
 
 
 def _from_log_softmax(logits: Tensor, needs: tuple[str, ...], temperature: float,
                       x0: Tensor | None) -> dict[str, Tensor]:
     """The ``float32`` rule's statistics."""
+    out: dict[str, Tensor] = {}
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if temperature > 0:
         work = work / temperature
     logp = torch.log_softmax(work, dim=-1)
-    out: dict[str, Tensor] = {}
     if "neg_entropy" in needs:
         p = logp.exp()
         out["neg_entropy"] = (p * torch.log(p + _ENTROPY_EPS)).sum(-1)
@@ -90,8 +100,15 @@ def _from_log_softmax(logits: Tensor, needs: tuple[str, ...], temperature: float
         top = logp.topk(2, dim=-1).values.exp()
         out["margin"] = top[..., 0] - top[..., 1]
     if "chosen_prob" in needs:
-        out["chosen_prob"] = logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1).exp()
+        out["chosen_prob"] = _chosen(logp, x0, "chosen_prob").exp()
     return out
+
+
+def _chosen(logp: Tensor, x0: Tensor | None, name: str) -> Tensor:
+    """``logp`` [B, L, V] at the step's tokens ``x0`` [B, L]."""
+    if x0 is None:
+        raise ValueError(f"step_statistics: {name!r} needs x0, the step's predicted tokens")
+    return logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)
 
 
 @dataclass
@@ -109,9 +126,9 @@ class ScoredPolicy(Policy):
 
     def __post_init__(self) -> None:
         if self.alg_temp < 0:
-            raise ValueError(f"alg_temp={self.alg_temp} must be >= 0")
+            raise ConfigError(f"alg_temp={self.alg_temp} must be >= 0")
         if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule={self.schedule!r} is unknown; valid choices: {', '.join(SCHEDULES)}")
+            raise ConfigError(f"schedule={self.schedule!r} is unknown; valid choices: {', '.join(SCHEDULES)}")
 
     def select(self, state: StepState) -> Tensor:
         if self.refresh_commit and state.step == 0:

@@ -5,6 +5,9 @@ Source: NVlabs/Fast-dLLM ``llada/generate.py``, ``get_transfer_index``: a ranked
 ``confidence < threshold``, so one exactly at the threshold is committed (``>=``), compared in the
 confidence's own dtype (float64 there, docs/conventions.md).
 
+``threshold_decay`` is dInfer's iteration-smoothing schedule (``IterationSmooth``: the decoder's threshold at
+a row's forward k is ``max(1 - decay * k, threshold)``); 0, the default, is Fast-dLLM's fixed threshold.
+
 Two options reproduce Fast-dLLM's Dream code (docs/dream.md):
 
 * ``refresh_commit=true``: its block sampler (``dream/model/generation_utils_block.py`` L451-456) commits
@@ -24,6 +27,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import Policy, StepState, block_start_mask, top1_mask, topk_mask
 from l2pd_eval.policies.registry import register
 
@@ -44,22 +48,30 @@ class Threshold(Policy):
     threshold: float = 0.9
     refresh_commit: bool = False
     cap: Literal["none", "schedule"] = "none"
+    threshold_decay: float = 0.0
 
     name = "threshold"
     scheduled = False
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.threshold <= 1.0:
-            raise ValueError(f"threshold={self.threshold} must lie in [0, 1]")
+            raise ConfigError(f"threshold={self.threshold} must lie in [0, 1]")
         if self.cap not in CAPS:
-            raise ValueError(f"cap={self.cap!r} is unknown; valid choices: {', '.join(CAPS)}")
+            raise ConfigError(f"cap={self.cap!r} is unknown; valid choices: {', '.join(CAPS)}")
+        if not self.threshold_decay >= 0.0:
+            raise ConfigError(f"threshold_decay={self.threshold_decay} must be >= 0")
 
     def select(self, state: StepState) -> Tensor:
         if self.refresh_commit and state.step == 0:
             return block_start_mask(state)
         conf = state.masked_conf
+        limit: float | Tensor = self.threshold
+        if self.threshold_decay:
+            if state.forwards is None:
+                raise ValueError("threshold_decay needs StepState.forwards (generate passes it)")
+            limit = (1 - self.threshold_decay * state.forwards.to(conf.dtype)).clamp(min=self.threshold).unsqueeze(-1)
         # Progress guarantee: the most confident masked token is always committed.
-        commit = (conf >= self.threshold) | top1_mask(conf)
+        commit = (conf >= limit) | top1_mask(conf)
         if self.cap == "schedule":
             if state.steps < 1:
                 raise ValueError("policy=threshold,cap=schedule needs the run's steps per block (StepState.steps)")

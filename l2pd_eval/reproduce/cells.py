@@ -15,6 +15,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from l2pd_eval.errors import ConfigError
 from l2pd_eval.reproduce.papers import CODE_BENCHMARKS, Paper, PaperMethod, is_instruct
 from l2pd_eval.typed_args import comparable
 
@@ -56,8 +57,8 @@ class Cell:
 def _check_choice(option: str, given: tuple, valid: tuple, paper: Paper) -> None:
     unknown = [v for v in given if v not in valid]
     if unknown:
-        raise ValueError(f"{option} {' '.join(map(str, unknown))}: not in {paper.name}'s table; valid choices: "
-                         f"{', '.join(map(str, valid))}")
+        raise ConfigError(f"{option} {' '.join(map(str, unknown))}: not in {paper.name}'s table; valid choices: "
+                          f"{', '.join(map(str, valid))}")
 
 
 def _grid(paper: Paper, sel: Selection) -> list[tuple[str, str, int, PaperMethod]]:
@@ -66,8 +67,8 @@ def _grid(paper: Paper, sel: Selection) -> list[tuple[str, str, int, PaperMethod
         from l2pd_eval.testbed import GEN_LENGTH
 
         if sel.benchmarks not in (None, (TESTBED_TASK,)) or sel.lengths not in (None, (GEN_LENGTH,)):
-            raise ValueError(f"--model {TESTBED} runs only --tasks {TESTBED_TASK} at --lengths {GEN_LENGTH} (the task "
-                             "it was trained for); leave --tasks/--lengths out or pass a LLaDA checkpoint")
+            raise ConfigError(f"--model {TESTBED} runs only --tasks {TESTBED_TASK} at --lengths {GEN_LENGTH} (the task "
+                              "it was trained for); leave --tasks/--lengths out or pass a LLaDA checkpoint")
         _check_choice("--methods", sel.methods or (), tuple(m.key for m in paper.methods), paper)
         return [(TESTBED_TASK, TESTBED_TASK, GEN_LENGTH, m) for m in paper.methods
                 if sel.methods is None or m.key in sel.methods]
@@ -83,7 +84,7 @@ def _grid(paper: Paper, sel: Selection) -> list[tuple[str, str, int, PaperMethod
     if not out:
         have = "; ".join(f"{b} at {'/'.join(str(n) for n in paper.lengths if paper.methods_at(b, n))}"
                          for b in paper.benchmarks)
-        raise ValueError(f"--tasks/--lengths/--methods select no cell of {paper.name}'s table (it has {have})")
+        raise ConfigError(f"--tasks/--lengths/--methods select no cell of {paper.name}'s table (it has {have})")
     return out
 
 
@@ -95,10 +96,10 @@ def _merge_extra(args: str, extra: str) -> str:
     for part in extra.split(","):
         key = part.split("=", 1)[0].strip()
         if "=" not in part or not key:
-            raise ValueError(f"--extra_model_args {extra!r}: expected KEY=VALUE[,KEY=VALUE...]")
+            raise ConfigError(f"--extra_model_args {extra!r}: expected KEY=VALUE[,KEY=VALUE...]")
         if key in fixed:
-            raise ValueError(f"--extra_model_args sets {key}=, which the paper's convention fixes for this cell "
-                             f"({args}); leave it out")
+            raise ConfigError(f"--extra_model_args sets {key}=, which the paper's convention fixes for this cell "
+                              f"({args}); leave it out")
     return f"{args},{extra}"
 
 
@@ -113,13 +114,13 @@ def plan(paper: Paper, sel: Selection) -> list[Cell]:
         model = str(checkpoint_path())
         filt = filt or (str(filter_path()) if needs_filter else None)
     if needs_filter and not filt:
-        raise ValueError(f"--filter PATH is required for {', '.join(needs_filter)}: a filter trained with "
-                         "`l2pd-eval train-filter` or the Learn2PD authors' .pth (docs/filters.md)")
+        raise ConfigError(f"--filter PATH is required for {', '.join(needs_filter)}: a filter trained with "
+                          "`l2pd-eval train-filter` or the Learn2PD authors' .pth (docs/filters.md)")
     if filt and not needs_filter:
-        raise ValueError(f"--filter is used only by Learn2PD methods; none of the selected {paper.name} cells has one")
+        raise ConfigError(f"--filter is used only by Learn2PD methods; none of the selected {paper.name} cells has one")
     for option, value in (("--model", model), ("--filter", filt)):
         if value and "," in value:
-            raise ValueError(f"{option} {value!r}: lm-eval's model_args cannot hold a comma; rename or link the path")
+            raise ConfigError(f"{option} {value!r}: lm-eval's model_args cannot hold a comma; rename or link the path")
     instruct = is_instruct(model) if sel.instruct is None else sel.instruct
     cells = []
     for task, bench, length, method in grid:
@@ -156,6 +157,15 @@ class RunOptions:
     limit: int | None = None
     device: str | None = None
     lm_eval_args: tuple[str, ...] = ()
+
+    @classmethod
+    def from_args(cls, args) -> RunOptions:
+        """From the options ``reproduce`` and ``sweep`` share (--output_path, --batch_size, --limit, ...)."""
+        extra, limit = split_limit(tuple(shlex.split(args.lm_eval_args)), args.limit)
+        if limit is not None and limit < 1:
+            raise ConfigError(f"--lm_eval_args --limit {limit}: give a positive number of documents per task")
+        return cls(output_path=Path(args.output_path), batch_size=str(args.batch_size), limit=limit,
+                   device=args.device, lm_eval_args=extra)
 
 
 def command(cell: Cell, opts: RunOptions) -> list[str]:
@@ -195,24 +205,87 @@ def finished_results(folder: Path) -> Path | None:
             continue
         try:
             complete = json.loads(sidecar.read_text(encoding="utf-8")).get("complete", True)
-        except (OSError, ValueError):
+        except (OSError, ValueError, AttributeError):
             continue  # a sidecar cut short by a crash: the cell is not finished
         if complete is True:
             return results
     return None
 
 
+def read_results(results: Path, folder: Path) -> dict:
+    """A finished cell's lm-eval results; a corrupt file is one error naming it and the fix."""
+    try:
+        data = json.loads(results.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ConfigError(f"{results}: the lm-eval results of a finished cell are corrupt ({err}); move or delete "
+                          f"the cell's folder {folder} and rerun to decode that cell again") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{results}: not lm-eval results (a JSON {type(data).__name__}); move or delete the "
+                          f"cell's folder {folder} and rerun to decode that cell again")
+    return data
+
+
 def settings_mismatch(results: Path, cell: Cell, opts: RunOptions) -> str | None:
-    """Why a finished cell's run is not this cell's run (other model_args or --limit), or None."""
+    """Why a finished cell's run is not this cell's run (other model_args, --limit or lm-eval options), or None."""
     from l2pd_eval.results.runs import model_args_as_text
 
-    config = json.loads(results.read_text(encoding="utf-8")).get("config") or {}
+    folder = opts.output_path / cell.folder
+    config = read_results(results, folder).get("config") or {}
     had, want = model_args_as_text(config.get("model_args")), model_args_as_text(cell.model_args)
     diff = [f"{k}: {had.get(k)!r} there, {want.get(k)!r} now" for k in sorted(set(had) | set(want))
             if comparable(had.get(k)) != comparable(want.get(k))]
     if comparable(config.get("limit")) != comparable(opts.limit):
         diff.append(f"limit: {config.get('limit')!r} there, {opts.limit!r} now")
+    recorded = read_cell_record(folder)
+    if recorded is not None and recorded.get("lm_eval_args") != list(opts.lm_eval_args):
+        diff.append(f"--lm_eval_args: {shlex.join(recorded.get('lm_eval_args') or [])!r} there, "
+                    f"{shlex.join(opts.lm_eval_args)!r} now")
     return "; ".join(diff) or None
+
+
+#: Written into a cell's folder before it runs: the options that are not in lm-eval's results file.
+CELL_RECORD = "reproduce_cell.json"
+
+
+def write_cell_record(folder: Path, opts: RunOptions) -> None:
+    (folder / CELL_RECORD).write_text(json.dumps({"lm_eval_args": list(opts.lm_eval_args)}) + "\n",
+                                      encoding="utf-8")
+
+
+def read_cell_record(folder: Path) -> dict | None:
+    try:
+        data = json.loads((folder / CELL_RECORD).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def split_limit(lm_eval_args: tuple[str, ...], limit: int | None) -> tuple[tuple[str, ...], int | None]:
+    """``--limit N`` given inside ``--lm_eval_args`` is the run's ``--limit``: taken out, so a finished cell
+    is recognised as such (lm-eval records the limit). Both, with different values, is an error."""
+    rest, found = [], None
+    args = list(lm_eval_args)
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--limit" and i + 1 < len(args):
+            found, i = args[i + 1], i + 2
+            continue
+        if arg.startswith("--limit="):
+            found, i = arg.split("=", 1)[1], i + 1
+            continue
+        rest.append(arg)
+        i += 1
+    if found is None:
+        return tuple(rest), limit
+    try:
+        value = int(found)
+    except ValueError:
+        raise ConfigError(f"--lm_eval_args --limit {found}: give a whole number of documents per task "
+                          "(a fraction of a task does not resume); or use --limit N") from None
+    if limit is not None and limit != value:
+        raise ConfigError(f"--limit {limit} and --lm_eval_args --limit {value} disagree; give one")
+    return tuple(rest), value
 
 
 def set_aside(folder: Path) -> Path | None:

@@ -18,7 +18,12 @@ published numbers, so it decides. Sources (read, not copied; docs/reproduce.md q
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+
+from l2pd_eval.errors import ConfigError
+from l2pd_eval.family_facts import FACTS, family_name_of_config_json, family_name_of_model, instruct_by_name
 
 #: Both papers decode LLaDA in blocks of 32 with steps = gen_length (one token per step for the baseline).
 BLOCK_LENGTH = 32
@@ -69,7 +74,7 @@ class Block:
 class Paper:
     name: str
     title: str
-    published: str                    # its table in results/published/
+    published: tuple[str, ...]        # its tables in results/published/, one per model family it has one for
     blocks: tuple[Block, ...]
     raw_prompt: frozenset[str]        # benchmarks that get the raw prompt even on an Instruct model
     seed: int | None                  # model seed= the authors' script sets; None: lm-eval's defaults only
@@ -93,6 +98,10 @@ class Paper:
         return tuple(dict.fromkeys(m for blk in self.blocks if benchmark in blk.benchmarks and length in blk.lengths
                                    for m in blk.methods))
 
+    def table_for(self, family: str) -> str | None:
+        """The paper's published table of ``family``'s runs: the one the family facts list too."""
+        return next((t for t in self.published if t in FACTS[family].published), None) if family in FACTS else None
+
     def chat(self, benchmark: str, instruct: bool) -> bool:
         """The paper's prompt rule: the tokenizer's chat template for an Instruct model, except where the
         authors' eval passes the raw prompt; a base model always gets the raw prompt."""
@@ -109,7 +118,7 @@ _MODEL_DTYPE, _FLOAT64 = "confidence=model", "confidence=float64"
 LEARN2PD = Paper(
     name="learn2pd",
     title="Learn2PD (arXiv 2509.25188), LLaDA-8B-Instruct",
-    published="learn2pd",
+    published=("learn2pd",),
     blocks=(
         Block(BENCHMARKS, (256, 1024), (
             PaperMethod("baseline", "LLaDA baseline", f"policy=low_confidence,cache=none,{_MODEL_DTYPE}"),
@@ -134,8 +143,9 @@ _FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=p
 
 FASTDLLM = Paper(
     name="fastdllm",
-    title="Fast-dLLM (arXiv 2505.22618) Table 1, LLaDA-8B-Instruct",
-    published="fastdllm_llada",
+    title="Fast-dLLM (arXiv 2505.22618) Table 1, LLaDA-8B-Instruct (Table 2 for Dream-v0-Base-7B)",
+    # Table 1 (LLaDA) only: its Dream table (Table 2) was decoded by Fast-dLLM's Dream rules, FASTDLLM_DREAM.
+    published=("fastdllm_llada",),
     blocks=(
         Block(BENCHMARKS, (256, 512), (
             _LLADA,
@@ -165,7 +175,7 @@ _DREAM_PAR = f"{_PAR},{_MODEL_DTYPE}"
 FASTDLLM_DREAM = Paper(
     name="fastdllm_dream",
     title="Fast-dLLM (arXiv 2505.22618) Table 2, Dream-v0-Base-7B",
-    published="fastdllm_dream",
+    published=("fastdllm_dream",),
     blocks=(
         Block(BENCHMARKS, (256, 512), (
             PaperMethod("dream", "Dream", f"{_DREAM},cache=none", whole_answer=True),
@@ -189,10 +199,28 @@ PAPERS: dict[str, Paper] = {p.name: p for p in (LEARN2PD, FASTDLLM, FASTDLLM_DRE
 
 def get_paper(name: str) -> Paper:
     if name not in PAPERS:
-        raise ValueError(f"paper {name!r} is unknown; valid choices: {', '.join(PAPERS)}")
+        raise ConfigError(f"paper {name!r} is unknown; valid choices: {', '.join(PAPERS)}")
     return PAPERS[name]
 
 
+#: Both papers' model family, for a model whose family neither its config.json nor its name gives.
+PAPERS_FAMILY = "llada"
+
+
+def model_family(model: str) -> str | None:
+    """The family of ``--model`` without loading it: a checkpoint folder's config.json, else the family
+    facts on its name (a known checkpoint, a family's marker); None when neither says."""
+    config = Path(model).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            return family_name_of_config_json(json.loads(config.read_text(encoding="utf-8")), str(config))
+        except ValueError:
+            return None
+    return family_name_of_model(model)
+
+
 def is_instruct(model: str) -> bool:
-    """The authors' test for an Instruct model (both eval_llada.py: ``'instruct' in model_path.lower()``)."""
-    return "instruct" in model.lower()
+    """Whether ``model`` is an Instruct model, by its family's rule in the family facts: a known checkpoint's
+    own (d3LLM_LLaDA's name does not say), else the family's marker in the name (LLaDA's: both papers'
+    eval_llada.py test ``'instruct' in model_path.lower()``)."""
+    return instruct_by_name(FACTS[model_family(model) or PAPERS_FAMILY], (model,))

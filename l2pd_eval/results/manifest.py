@@ -7,6 +7,7 @@ caller already imported torch.
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import re
@@ -135,6 +136,8 @@ def harness_git_commit(start: str | os.PathLike | None = None) -> str | None:
 
 
 def _gpu_facts() -> dict[str, Any]:
+    """GPU model and count, CUDA and driver versions, cuDNN, and the scaled-dot-product attention kernels
+    torch may pick (``sdpa_backends``), from the torch the caller already imported."""
     torch = sys.modules.get("torch")  # never import torch here: only report what the caller already uses
     if torch is None:
         return {"gpu": None}
@@ -144,9 +147,26 @@ def _gpu_facts() -> dict[str, Any]:
             idx = torch.cuda.current_device()
             facts["gpu"] = torch.cuda.get_device_name(idx)
             facts["gpu_count"] = torch.cuda.device_count()
+            facts["cudnn"] = torch.backends.cudnn.version()
+            facts["driver"] = _driver_version()
+            facts["sdpa_backends"] = [name for name, on in (
+                ("flash", torch.backends.cuda.flash_sdp_enabled()),
+                ("mem_efficient", torch.backends.cuda.mem_efficient_sdp_enabled()),
+                ("cudnn", getattr(torch.backends.cuda, "cudnn_sdp_enabled", lambda: False)()),
+                ("math", torch.backends.cuda.math_sdp_enabled())) if on]
     except Exception:  # a broken driver must not lose the run
         pass
     return facts
+
+
+def _driver_version() -> str | None:
+    """The NVIDIA driver's version (``nvidia-smi``; torch does not expose it), or None."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10, check=True).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out[0] if out else None
 
 
 def build_manifest(**run_settings: Any) -> dict[str, Any]:
@@ -172,4 +192,32 @@ def build_manifest(**run_settings: Any) -> dict[str, Any]:
     }
     env.update(_gpu_facts())
     manifest["environment"] = {**env, **manifest.get("environment", {})}
+    filt = (manifest.get("policy_params") or {}).get("filter")
+    if isinstance(filt, str) and "filter_name" not in manifest:
+        name = filter_name(filt)
+        if name is not None:
+            manifest["filter_name"] = name
     return manifest
+
+
+def filter_name(path: str | os.PathLike) -> str | None:
+    """What a Learn2PD filter is, from its own manifest (``filter.json`` beside the weights, written by
+    ``l2pd-eval train-filter``): its network, block length and the model it was trained for, e.g.
+    ``MLP[32], block 32, for testbed/checkpoint``; the authors' ``.pth`` by its file name. None when the
+    path holds neither (a plot then shows the path's last part, as row labels do)."""
+    p = Path(path)
+    if p.suffix in (".pth", ".pt") and p.is_file():
+        return f"authors' filter {p.name}"
+    config = p.with_suffix(".json") if p.suffix == ".safetensors" else p / "filter.json"
+    try:
+        data = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(data, dict) or data.get("format") != "l2pd-filter":
+        return None
+    hidden = data.get("hidden_sizes") or []
+    name = f"MLP[{'x'.join(map(str, hidden))}], block {data.get('block_length')}"
+    model = (data.get("metadata") or {}).get("model")
+    if isinstance(model, str) and model:
+        name += ", for " + "/".join(Path(model.rstrip("/")).parts[-2:])
+    return name

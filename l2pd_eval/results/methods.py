@@ -2,7 +2,8 @@
 
 A run's method comes from its sidecar manifest, or from lm-eval's ``model_args`` when it has none;
 ``--baseline-method`` and baseline files name methods by the same fields. The EoTP rule is one of
-``"false"``, ``"true"`` (the Learn2PD authors' rule) and ``"committed"`` (cut after a committed end id;
+``"false"``, ``"true"`` (the Learn2PD authors' rule), ``"committed"`` (cut after a committed end id) and
+``"block_end"`` (DPad's and dInfer's early termination at a finished block holding an end id;
 docs/conventions.md). A boolean ``true`` is read per source (:func:`eotp_rule_name`): sidecars and baselines
 written before the rules were told apart stored ``true`` for what is now ``"committed"``.
 """
@@ -18,12 +19,16 @@ from l2pd_eval.typed_args import FALSE_WORDS, TRUE_WORDS
 
 @dataclass(frozen=True, order=True)
 class Method:
-    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row."""
+    """A decoding method = policy (+ its parameters) + KV cache + EoTP; one table row. ``params`` holds the
+    policy's and the cache's parameters in one namespace (a cache's are named after it: ``dpad_window``)."""
 
     policy: str
     params: tuple[tuple[str, str], ...] = ()
     cache: str = "none"
     eotp: str = "false"  # an EOTP_RULES name
+    # Settings that change answers (runs.ANSWER_SETTINGS: model, sampling, prompt format, ...) in which
+    # this row's runs differ from other runs of the same method in a column; empty when none do.
+    variant: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule_name reads one)
@@ -38,31 +43,62 @@ class Method:
             text += f" + {self.cache} cache"
         if self.eotp != "false":
             text += EOTP_LABELS[self.eotp]
+        if self.variant:
+            text += " [" + ", ".join(f"{k}={v}" for k, v in self.variant) + "]"
         return text
+
+    @property
+    def base(self) -> Method:
+        """The method without its variant (what the paper and a baseline spec name)."""
+        return Method(self.policy, self.params, self.cache, self.eotp)
 
     def sort_key(self) -> tuple:
         order = {p: i for i, p in enumerate(POLICY_ORDER)}
         caches = {c: i for i, c in enumerate(CACHE_ORDER)}
         return (order.get(self.policy, len(order)), self.policy, EOTP_RULES.index(self.eotp),
-                caches.get(self.cache, len(caches)), self.cache, self.params)
+                caches.get(self.cache, len(caches)), self.cache, _numeric_order(self.params), self.variant)
 
     def to_json(self) -> dict[str, Any]:
-        return {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
+        out = {"policy": self.policy, "params": dict(self.params), "cache": self.cache, "eotp": self.eotp}
+        if self.variant:
+            out["variant"] = dict(self.variant)
+        return out
 
     @classmethod
     def from_json(cls, data: dict[str, Any], bool_true: str = "committed") -> Method:
         """A stored method (baseline files); a boolean ``eotp: true`` there predates the rule names."""
-        return method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"), data.get("eotp"),
-                                    bool_true=bool_true)
+        method = method_from_settings(data.get("policy"), data.get("params") or {}, data.get("cache"),
+                                      data.get("eotp"), bool_true=bool_true)
+        variant = tuple(sorted((str(k), str(v)) for k, v in (data.get("variant") or {}).items()))
+        return Method(method.policy, method.params, method.cache, method.eotp, variant)
+
+
+def _numeric_order(params: tuple[tuple[str, str], ...]) -> tuple:
+    """Parameters in numeric order where they are numbers (a sweep's 0.5 < 0.55 < 0.9 < 0.95)."""
+    out = []
+    for key, value in params:
+        try:
+            out.append((key, 0, float(value), ""))
+        except ValueError:
+            out.append((key, 1, 0.0, value))
+    return tuple(out)
 
 
 # Policy parameters read from lm-eval's model_args when a run has no sidecar (the policies' field names).
 MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
+# The end-token knobs (model_args of every policy, engine/predict.py) change answers, so a method carries the
+# ones that are on; absent means this value (published cells spell out their setting, LLaDA's EVAL.md).
+KNOB_DEFAULTS = {"eos_conf_zero": "false", "eos_conf_rule": "code", "logits_eos_inf": "false"}
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
-CACHE_ORDER = ("none", "prefix", "dual")
-EOTP_RULES = ("false", "true", "committed")  # also the rows' order
-EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)"}
+CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity")
+# Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
+CACHE_PARAMS: tuple[str, ...] = (
+    "dpad_dropout", "dpad_sigma", "dpad_scale", "dpad_window", "dpad_preserved",
+    "vicinity_prefix", "vicinity_after", "vicinity_warmup", "vicinity_double_refresh", "vicinity_smooth",
+    "vicinity_smooth_init", "vicinity_smooth_growth")
+EOTP_RULES = ("false", "true", "committed", "block_end")  # also the rows' order
+EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)", "block_end": " + early stop (block end)"}
 # The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
 # which older results files may hold.
 _TRUE_SPELLINGS = {*TRUE_WORDS, "yes", "on"}
@@ -82,6 +118,20 @@ def _fmt_param(value: Any) -> str | None:
     return None  # lists/dicts/None do not go into a row label
 
 
+def knob_params(settings: dict[str, Any]) -> dict[str, Any]:
+    """The end-token knobs that are on in a manifest or model_args (``eos_conf_rule`` only with
+    ``eos_conf_zero``, and only when not the default)."""
+    on: dict[str, Any] = {}
+    if str(settings.get("eos_conf_zero", "")).strip().lower() in _TRUE_SPELLINGS:
+        on["eos_conf_zero"] = True
+        rule = settings.get("eos_conf_rule")
+        if rule is not None and str(rule) != KNOB_DEFAULTS["eos_conf_rule"]:
+            on["eos_conf_rule"] = str(rule)
+    if str(settings.get("logits_eos_inf", "")).strip().lower() in _TRUE_SPELLINGS:
+        on["logits_eos_inf"] = True
+    return on
+
+
 def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
     """The EoTP rule's name (an :data:`EOTP_RULES` entry) a recorded ``eotp`` value stands for.
 
@@ -99,8 +149,8 @@ def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
         return "false"
     if text in _TRUE_SPELLINGS:
         return "true"
-    if text == "committed":
-        return "committed"
+    if text in ("committed", "block_end"):
+        return text
     raise ValueError(f"eotp={value!r} is not an EoTP rule; use one of {', '.join(EOTP_RULES)}")
 
 
@@ -151,7 +201,7 @@ def method_matches(method: Method, fields: dict[str, str]) -> bool:
         return False
     if method.eotp != eotp_rule_name(fields.get("eotp", "false")):
         return False
-    params = dict(method.params)
+    params = {**dict(method.variant), **dict(method.params)}
     for key, value in fields.items():
         if key in {"policy", "cache", "eotp"}:
             continue

@@ -8,19 +8,26 @@ Matching rule (docs/results.md): a published cell pairs with the report cell of 
 generation length whose method has the same policy, cache and EoTP rule with no contradicting parameter
 (a published EoTP cell is the authors' rule, ``eotp=true``: a run of the committed rule is listed as not
 paired),
-whose model is of the table's family (the family the run's sidecar records; for older sidecars
-``llada``/``dream`` in the model's name; a run with neither is accepted and noted), and whose few-shot count equals the cell's when both are known.
+whose model is of the table's family (the family the run's sidecar records; for older sidecars the
+family its model name gives by the torch-free family facts, ``l2pd_eval/family_facts.py``; a run with
+neither is accepted and noted), whose model is the entry's checkpoint where the entry names one (``model``:
+a table of several checkpoints of one family), whose step count is the entry's where it fixes one
+(``method.steps``), and whose few-shot count equals the cell's when both are known. ``--published auto``:
+the tables the family facts list for the runs' families.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from l2pd_eval.family_facts import FACTS, family_name_of_model, find_checkpoint
 from l2pd_eval.results import render
-from l2pd_eval.results.methods import Method
-from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tps
+from l2pd_eval.results.methods import KNOB_DEFAULTS, Method
+from l2pd_eval.results.metrics import AUPError, AUPParams, aup
+from l2pd_eval.results.table import Report, ReportCell, fmt_speedup, fmt_tpf, fmt_tps
 
 SCHEMA = "l2pd-eval/published"
 
@@ -49,6 +56,12 @@ class PublishedEntry:
     accuracy: float | None  # percent, as printed in the paper
     source: str
     num_fewshot: int | None = None
+    model: str | None = None  # the checkpoint's hub id where the table holds several of its family
+    steps: int | None = None  # a row that fixes the step count (method.steps)
+    tpf: float | None = None  # tokens per forward, where the source gives it (d3LLM's pairs)
+    curve: str | None = None  # the published method whose (TPF, accuracy) points form one curve
+    tpf_by_convention: bool = False  # a TPF of 1.0 entered by convention (vanilla decoding), not measured
+    group: str | None = None  # the source's own task name (d3LLM's yaml key): AUP's y_max is taken over it
 
 
 @dataclass
@@ -63,6 +76,51 @@ class Published:
     family: str | None = None  # "llada" / "dream": which runs may stand beside it
     gpu: str | None = None
     arxiv: str | None = None
+    model: str | None = None  # setup.model: the checkpoint the table's numbers are of
+
+    def curves(self, params: AUPParams | None = None) -> list[PublishedCurve]:
+        """The entries with a TPF as curves (one per method, task, length and shots), each with its AUP
+        against the source's own reference: the best accuracy of any entry of that task (d3LLM's main.py
+        takes it over every method of a task's block, autoregressive rows included)."""
+        params = params or AUPParams()
+        points: dict[tuple, list[PublishedEntry]] = {}
+        for e in self.entries:
+            if e.tpf is not None and e.accuracy is not None:
+                key = (e.group or e.task, e.task, e.gen_length, e.num_fewshot, e.curve or e.label)
+                points.setdefault(key, []).append(e)
+        best: dict[str, float] = {}
+        for (group, *_), entries in points.items():
+            best[group] = max([best.get(group, float("-inf"))] + [e.accuracy for e in entries])
+        out = []
+        for (group, task, length, shots, label), entries in points.items():
+            curve = PublishedCurve(self, label, task, length, shots, group, entries, best[group])
+            try:
+                curve.aup = aup([e.tpf for e in entries], [e.accuracy for e in entries], curve.y_max,
+                                alpha=params.alpha, y_min_offset=params.y_min_offset)
+            except AUPError as exc:
+                curve.error = str(exc).removeprefix("AUP: ")
+            out.append(curve)
+        return out
+
+
+@dataclass
+class PublishedCurve:
+    """One published method's (TPF, accuracy) points on one task, and the AUP computed from them."""
+
+    table: Published
+    label: str
+    task: str
+    gen_length: int | None
+    num_fewshot: int | None
+    group: str
+    entries: list[PublishedEntry]
+    y_max: float
+    aup: float | None = None
+    error: str | None = None
+
+    @property
+    def points(self) -> list[tuple[float, float]]:
+        return sorted((e.tpf, e.accuracy) for e in self.entries)
 
 
 def _num(value: Any) -> float | None:
@@ -80,14 +138,31 @@ def _find(name_or_path: str) -> Path:
                      f"{', '.join(available()) or '(none)'}, all, or a path to a JSON file")
 
 
+def _curve_name(label: str) -> str:
+    """d3LLM's cells are labelled ``Fast-dLLM-LLaDA (TPF 2.77)``: the method, whose points form a curve."""
+    return re.sub(r"\s*\(TPF [0-9.]+\)$", "", label)
+
+
+def _tpf_by_convention(e: dict[str, Any]) -> bool:
+    """A TPF of exactly 1.0 on a diffusion decoding is the source's convention for vanilla decoding (d3LLM
+    enters it, steps = gen_length), not a measurement; an autoregressive row's 1.0 is what it is."""
+    if isinstance(e.get("tpf_by_convention"), bool):
+        return e["tpf_by_convention"]
+    return _num(e.get("tpf")) == 1.0 and (e.get("method") or {}).get("policy") != "autoregressive"
+
+
 def _entry(path: Path, i: int, e: Any) -> PublishedEntry:
     if not isinstance(e, dict) or not isinstance(e.get("method"), dict) or "task" not in e:
         raise ValueError(f"{path}: entries[{i}] needs \"task\" and a \"method\" object")
-    shots = e.get("num_fewshot")
+    shots, steps = e.get("num_fewshot"), e["method"].get("steps")
     return PublishedEntry(
         task=e["task"], gen_length=e.get("gen_length"), label=e.get("label", ""), method=e["method"],
         tps=_num(e.get("tps")), speedup=_num(e.get("speedup")), accuracy=_num(e.get("accuracy")),
         source=e.get("source", ""), num_fewshot=shots if isinstance(shots, int) else None,
+        model=e.get("model") if isinstance(e.get("model"), str) else None,
+        steps=steps if isinstance(steps, int) else None,
+        tpf=_num(e.get("tpf")), curve=e.get("curve") or _curve_name(e.get("label", "")),
+        tpf_by_convention=_tpf_by_convention(e), group=e.get("source_task"),
     )
 
 
@@ -104,21 +179,30 @@ def load_published(name_or_path: str) -> Published:
     return Published(name=data.get("name", path.stem), title=paper.get("title", ""),
                      entries=entries, sources=data.get("sources", {}), units=data.get("units", {}),
                      missing=data.get("missing", []), path=path, family=data.get("family"),
-                     gpu=setup.get("gpu"), arxiv=paper.get("arxiv"))
+                     gpu=setup.get("gpu"), arxiv=paper.get("arxiv"), model=setup.get("model"))
 
 
-def load_tables(names: list[str]) -> list[Published]:
-    """``--published`` values (repeatable); ``all`` = every shipped table."""
-    wanted = [n for name in names for n in (available() if name == "all" else [name])]
-    return [load_published(n) for n in dict.fromkeys(wanted)]
+def family_tables(families: list[str]) -> list[str]:
+    """The shipped tables the family facts list for ``families`` (``--published auto``)."""
+    return [t for f in families if f in FACTS for t in FACTS[f].published if t in available()]
+
+
+def load_tables(names: list[str], families: list[str] | None = None) -> list[Published]:
+    """``--published`` values (repeatable); ``all`` = every shipped table; ``auto`` = those of ``families``
+    (the report's runs' model families)."""
+    def expand(name: str) -> list[str]:
+        if name == "all":
+            return available()
+        if name == "auto":
+            return family_tables(families or [])
+        return [name]
+
+    return [load_published(n) for n in dict.fromkeys(n for name in names for n in expand(name))]
 
 
 def model_family(name: str | None) -> str | None:
-    low = (name or "").lower()
-    for family in ("dream", "llada"):
-        if family in low:
-            return family
-    return None
+    """The family a model name gives: a known checkpoint's, else a family's name marker (family facts)."""
+    return family_name_of_model(name)
 
 
 def cell_family(cell: ReportCell) -> str | None:
@@ -126,16 +210,34 @@ def cell_family(cell: ReportCell) -> str | None:
     return cell.family or model_family(cell.model)
 
 
+def cell_checkpoint(cell: ReportCell) -> str | None:
+    """The released checkpoint the cell's run is: recorded, else recognised from its model name."""
+    if cell.checkpoint:
+        return cell.checkpoint
+    known = find_checkpoint(cell.model)
+    return known.hub_id if known is not None else None
+
+
+def _checkpoint_fits(cell: ReportCell, entry: PublishedEntry) -> bool:
+    ours = cell_checkpoint(cell)
+    return entry.model is None or (ours is not None and ours.lower() == entry.model.lower())
+
+
 def _params_agree(ours: Method, theirs: dict[str, Any]) -> bool:
+    """No parameter of ``theirs`` contradicts ours; an end-token knob we do not carry is off (its default)."""
     mine = dict(ours.params)
     for key, value in theirs.items():
-        if key in mine:
-            try:
-                if float(mine[key]) != float(value):
-                    return False
-            except (TypeError, ValueError):
-                if mine[key] != str(value):
-                    return False
+        have = mine.get(key, KNOB_DEFAULTS.get(key))
+        if have is None:
+            continue
+        if isinstance(value, bool):
+            value = str(value).lower()
+        try:
+            if float(have) != float(value):
+                return False
+        except (TypeError, ValueError):
+            if have != str(value):
+                return False
     return True
 
 
@@ -144,6 +246,8 @@ def _cell_fits(cell: ReportCell | None, entry: PublishedEntry, family: str | Non
         return False
     theirs = cell_family(cell)
     if family is not None and theirs is not None and theirs != family:
+        return False
+    if not _checkpoint_fits(cell, entry) or (entry.steps is not None and cell.steps != entry.steps):
         return False
     return entry.num_fewshot is None or cell.n_shot is None or cell.n_shot == entry.num_fewshot
 
@@ -224,10 +328,14 @@ def pair_published(report: Report, tables: list[Published]) -> list[Pairing]:
                 out.append(refused)
             elif cell is None or _cell_fits(cell, e, table.family):
                 out.append(Pairing(table, e, cell))
-            elif cell.n_shot != e.num_fewshot and cell_family(cell) in (None, table.family):
-                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
-            else:
+            elif cell_family(cell) not in (None, table.family):
                 out.append(Pairing(table, e, None, f"model {cell.model} is not of the {table.family} family"))
+            elif not _checkpoint_fits(cell, e):
+                out.append(Pairing(table, e, None, f"model {cell.model} is not {e.model}, the cell's checkpoint"))
+            elif e.steps is not None and cell.steps != e.steps:
+                out.append(Pairing(table, e, None, f"{cell.steps or 'gen_length'} steps vs the paper's {e.steps}"))
+            else:
+                out.append(Pairing(table, e, None, f"{cell.n_shot}-shot run vs {e.num_fewshot}-shot paper"))
     return out
 
 
@@ -235,19 +343,38 @@ def _shots(entry: PublishedEntry) -> str:
     return "" if entry.num_fewshot is None else str(entry.num_fewshot)
 
 
+#: Documents in each task's full test split (lm-eval's tasks): the papers score all of them, so this is the
+#: paper's n unless an entry says otherwise.
+FULL_SPLIT = {"gsm8k": 1319, "gsm8k_cot_zeroshot": 1319, "minerva_math": 5000, "humaneval": 164,
+              "humaneval_instruct": 164, "mbpp": 500, "mbpp_instruct": 500}
+
+
+def _our_hardware(report: Report) -> str:
+    return "CPU" if report.on_cpu else "our GPU"
+
+
+def _has_tpf(tables: list[Published]) -> bool:
+    return any(e.tpf is not None for t in tables for e in t.entries)
+
+
 def comparison_grid(report: Report, tables: Published | list[Published]) -> tuple[list[str], list[list[str]]]:
     tables = [tables] if isinstance(tables, Published) else tables
-    headers = ["Paper", "Method (paper)", "Task", "Len", "Shots", "Acc paper", "Acc ours", "d acc (pp)",
-               "Speedup paper", "Speedup ours", "Speedup ours/paper", "TPS paper (their GPU)", "TPS ours (our GPU)"]
+    tpf = _has_tpf(tables)
+    headers = ["Paper", "Method (paper)", "Task", "Len", "Shots", "n ours / paper", "Acc paper", "Acc ours",
+               "d acc (pp)", *(["TPF paper", "TPF ours"] if tpf else []), "Speedup paper", "Speedup ours",
+               "Speedup ours/paper", "TPS paper (their GPU)", f"TPS ours ({_our_hardware(report)})"]
     rows = []
     for p in pair_published(report, tables):
         e, c = p.entry, p.ours
+        n_ours = "n/a" if c is None or c.n_eval is None else str(c.n_eval)
         rows.append([
             p.table.name, e.label or published_method(e).label, e.task,
             "" if e.gen_length is None else str(e.gen_length), _shots(e),
+            f"{n_ours} / {FULL_SPLIT.get(e.task, '?')}",
             "missing" if e.accuracy is None else f"{e.accuracy:.2f}",
             "n/a" if p.acc_ours is None else f"{p.acc_ours:.2f}",
             "n/a" if p.acc_diff is None else f"{p.acc_diff:+.2f}",
+            *([fmt_tpf(e.tpf) + ("*" if e.tpf_by_convention else ""), fmt_tpf(c.tpf) if c else "n/a"] if tpf else []),
             fmt_speedup(e.speedup), fmt_speedup(c.speedup, c.speedup_fallback) if c else "n/a",
             "n/a" if p.speedup_ratio is None else f"{p.speedup_ratio:.2f}",
             fmt_tps(e.tps), fmt_tps(c.tps, c.tps_fallback) if c else "n/a",
@@ -255,10 +382,44 @@ def comparison_grid(report: Report, tables: Published | list[Published]) -> tupl
     return headers, rows
 
 
+def same_model(ours: str | None, theirs: str | None) -> bool:
+    """Is our run's model the table's checkpoint (its hub id, or a local copy in a folder of its name)?"""
+    if not ours or not theirs:
+        return False
+    a, b = ours.rstrip("/\\"), theirs.rstrip("/\\")
+    return a == b or a.endswith("/" + b) or a.rsplit("/", 1)[-1] == b.rsplit("/", 1)[-1]
+
+
+def caveat_notes(report: Report, pairings: list[Pairing]) -> list[str]:
+    """What a reviewer must know before reading the comparison: our sample sizes, other models."""
+    lines = []
+    paired = [p for p in pairings if p.ours is not None]
+    if report.cells and not paired:
+        lines.append("No reproduced cell matches any published cell (same task, length, method, model family and "
+                     "shots): nothing is paired; the reproduced cells are in the report above.")
+    limited = sorted({f"{p.entry.task} {p.entry.gen_length}: n={p.ours.n_eval}" for p in paired
+                      if p.ours.limit is not None and p.ours.n_eval is not None})
+    if limited:
+        lines.append("Our runs used --limit (a subset of each task; the papers score the full test split): "
+                     + "; ".join(limited) + ". Accuracies of small n differ from the paper's by chance (95% CI in "
+                     "the report).")
+    others = {}
+    for p in paired:
+        theirs = p.entry.model or p.table.model  # setup.model may be a description of several checkpoints
+        if p.ours.model and theirs and " " not in theirs and not same_model(p.ours.model, theirs):
+            others.setdefault((p.ours.model, theirs, p.table.family), None)
+    for ours, theirs, family in others:
+        lines.append(f"Model: ours {ours} is not the paper's {theirs}; paired on model family ({family or '?'}) "
+                     "only, so the numbers side by side are of different models.")
+    return lines
+
+
 def comparison_notes(report: Report, tables: Published | list[Published]) -> list[str]:
     tables = [tables] if isinstance(tables, Published) else tables
+    pairings = pair_published(report, tables)
     lines = [f"Not paired: {p.table.name} {p.entry.label} {p.entry.task} {p.entry.gen_length} ({p.unpaired})"
-             for p in pair_published(report, tables) if p.unpaired]
+             for p in pairings if p.unpaired]
+    lines += caveat_notes(report, pairings)
     for t in tables:
         where = f"arXiv {t.arxiv}, " if t.arxiv else ""
         lines.append(f"Published [{t.name}]: {t.title or t.name} ({where}{t.path.name if t.path else ''}; "
@@ -270,10 +431,14 @@ def comparison_notes(report: Report, tables: Published | list[Published]) -> lis
     unknown = sorted({c.model for c in report.cells.values() if c.model and cell_family(c) is None})
     if unknown:
         lines.append(f"Model family unknown for {', '.join(unknown)}: matched by method, task and length only.")
-    gpu = report.environment.get("gpu")
-    lines.append("Absolute TPS were measured on different GPUs (ours: " + (str(gpu) if gpu else "not recorded")
+    gpu = "CPU" if report.on_cpu else report.environment.get("gpu")
+    lines.append("Absolute TPS were measured on different hardware (ours: " + (str(gpu) if gpu else "not recorded")
                  + "): compare accuracy (d = ours - paper, points) and speedup (ours / paper).")
-    lines.append(f"Our TPS: {report.tps_kind} kind; n/a = not reproduced. Matching rule: docs/results.md.")
+    if _has_tpf(tables):
+        lines.append(f"TPF ours: {report.tpf_kind} kind (d3LLM counts as --tpf until); * = TPF 1.0 entered by the "
+                     "source's convention, not measured.")
+    lines.append(f"Our TPS: {report.tps_kind} kind; n/a = not reproduced; paper n = the task's full test split. "
+                 "Matching rule: docs/results.md.")
     return lines
 
 
@@ -281,7 +446,7 @@ def render_comparison(report: Report, tables: Published | list[Published], fmt: 
                       color: bool = False) -> str:
     headers, rows = comparison_grid(report, tables)
     notes = comparison_notes(report, tables)
-    align = "lllrrrrrrrrrr"
+    align = "lll" + "r" * (len(headers) - 3)
     if fmt == "markdown":
         return render.markdown_table(headers, rows, align=align) + "\n" + "".join(f"- {n}\n" for n in notes)
     if fmt == "csv":

@@ -87,7 +87,8 @@ def csv_table(headers: Sequence[str], rows: Sequence[Sequence[CellValue]]) -> st
 
 def console_table(headers: Sequence[str], rows: Sequence[Sequence[CellValue]], title: str | None = None,
                   width: int | None = None, color: bool = False, align: str | None = None) -> str:
-    """rich table as text; ``color=False`` gives plain characters (bold is lost, so best cells get '*')."""
+    """rich table as text; ``color=False`` gives plain characters (bold is lost, so best cells get '*').
+    ``width=None``: as wide as the table needs (a file or pipe has no width to fit)."""
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -107,8 +108,10 @@ def console_table(headers: Sequence[str], rows: Sequence[Sequence[CellValue]], t
                     parts.append(escape(text))
             cells.append(" / ".join(parts))
         table.add_row(*cells)
+    if width is None:  # off a terminal: the table's natural width, so no column wraps or is squeezed
+        width = Console(file=io.StringIO(), width=100_000).measure(table).maximum
     buf = io.StringIO()
-    console = Console(file=buf, width=width or 200, force_terminal=color, color_system="standard" if color else None,
+    console = Console(file=buf, width=width, force_terminal=color, color_system="standard" if color else None,
                       highlight=False, soft_wrap=False)
     console.print(table)
     return buf.getvalue()

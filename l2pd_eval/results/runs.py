@@ -31,7 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from l2pd_eval.results.columns import choose_metric, metric_keys, split_task
-from l2pd_eval.results.methods import MODEL_ARGS_PARAMS, Method, method_from_settings
+from l2pd_eval.results.methods import (
+    CACHE_PARAMS,
+    MODEL_ARGS_PARAMS,
+    Method,
+    knob_params,
+    method_from_settings,
+)
 from l2pd_eval.results.sidecar import (
     SCHEMA,
     Sidecar,
@@ -69,6 +75,16 @@ def model_args_as_text(model_args: Any) -> dict[str, str]:
                 key, value = part.split("=", 1)
                 out[key.strip()] = value.strip()
     return out
+
+
+def _spell(value: Any) -> str:
+    """A recorded setting spelt one way for comparing and for a row label: ``8`` / ``8.0`` / ``"8"`` -> ``8``,
+    booleans and true/false words lower case (typed_args.comparable, with numbers as short as they go)."""
+    text = comparable(value)
+    try:
+        return f"{float(text):g}"
+    except (TypeError, ValueError):
+        return str(text)
 
 
 @dataclass
@@ -174,6 +190,15 @@ class TaskResult:
     n_eval: int | None = None
     timing: TaskAggregate | None = None
     n_shot: int | None = None  # few-shot count lm-eval recorded ("n-shot")
+    # Settings that change the answers (ANSWER_SETTINGS), spelt by typed_args.comparable; runs that differ
+    # in any of them are different rows of the report, never one cell.
+    settings: dict[str, str] = field(default_factory=dict)
+
+
+#: What changes a run's answers besides the method (policy, parameters, cache, EoTP) and the column (task,
+#: length): the model, the block schedule, sampling, and the prompt format.
+ANSWER_SETTINGS = ("model", "block_length", "steps", "temperature", "do_sample", "chat", "chat_template",
+                   "system_instruction", "fewshot", "fewshot_as_multiturn")
 
 
 @dataclass
@@ -210,6 +235,19 @@ class Run:
         return str(family) if family is not None else None
 
     @property
+    def checkpoint(self) -> str | None:
+        """The released checkpoint the adapter recognised the model as (``family_facts.CHECKPOINTS``' hub id);
+        None when it recognised none or the sidecar is older than that."""
+        known = self.manifest.get("checkpoint")
+        return str(known) if known is not None else None
+
+    @property
+    def steps(self) -> int | None:
+        """The run's fixed step count (``steps=``), None when it followed gen_length (or was not recorded)."""
+        steps = self.manifest.get("steps")
+        return steps if isinstance(steps, int) and not isinstance(steps, bool) else None
+
+    @property
     def partial(self) -> str | None:
         """``"partial: 37/200"`` when the run's sidecar was written mid-run (interrupted or still going)."""
         return self.sidecar.progress_label() if self.sidecar is not None else None
@@ -224,13 +262,50 @@ class Run:
         from before the rules were told apart wrote one), else from ``model_args`` (today's spellings)."""
         m = self.manifest
         try:
-            if "policy" in m:
-                return method_from_settings(m.get("policy"), m.get("policy_params"), m.get("cache"), m.get("eotp"))
+            if "policy" in m:  # a cache's parameters are named after it: one namespace with the policy's
+                params = {**(m.get("policy_params") or {}), **(m.get("cache_params") or {}), **knob_params(m)}
+                return method_from_settings(m.get("policy"), params, m.get("cache"), m.get("eotp"))
             args = self.results.model_args if self.results is not None else {}
-            params = {k: args[k] for k in MODEL_ARGS_PARAMS if k in args}
+            params = {**{k: args[k] for k in (*MODEL_ARGS_PARAMS, *CACHE_PARAMS) if k in args}, **knob_params(args)}
             return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))
         except ValueError as err:
             raise ValueError(f"{self.name}: {err}") from None
+
+    @property
+    def limit(self) -> float | None:
+        """lm-eval's ``--limit`` of the run (a count, or a fraction below 1), None when all documents ran."""
+        if self.results is None:
+            return None
+        return _as_float((self.results.data.get("config") or {}).get("limit"))
+
+    def answer_settings(self, leaves: list[str], n_shot: int | None) -> dict[str, str]:
+        """:data:`ANSWER_SETTINGS` of this run on a task (its ``leaves``), as far as its files record them."""
+        m, data = self.manifest, self.results.data if self.results is not None else {}
+        args = self.results.model_args if self.results is not None else model_args_as_text(m.get("model_args"))
+        gen: dict[str, set[str]] = {}
+        for leaf in leaves:
+            kwargs = ((data.get("configs") or {}).get(leaf) or {}).get("generation_kwargs") or {}
+            for key in ("temperature", "do_sample"):
+                if key in kwargs:
+                    gen.setdefault(key, set()).add(_spell(kwargs[key]))
+        found: dict[str, Any] = {
+            "model": self.model,
+            "block_length": m.get("block_length", args.get("block_length")),
+            "steps": m.get("steps", args.get("steps")),
+            "temperature": ",".join(sorted(gen["temperature"])) if "temperature" in gen else None,
+            "do_sample": ",".join(sorted(gen["do_sample"])) if "do_sample" in gen else None,
+            "chat": m.get("chat", args.get("chat")),
+            "system_instruction": data.get("system_instruction_sha"),
+            "fewshot": n_shot,
+            "fewshot_as_multiturn": data.get("fewshot_as_multiturn"),
+        }
+        if isinstance(m.get("temperature"), (int, float)) or args.get("temperature") is not None:
+            found["temperature"] = m.get("temperature") if isinstance(m.get("temperature"), (int, float)) \
+                else args.get("temperature")  # the adapter's temperature= wins over the task's
+        if "chat_template" in data:  # lm-eval's --apply_chat_template (None: not applied)
+            sha = data.get("chat_template_sha")
+            found["chat_template"] = "none" if data.get("chat_template") is None else (str(sha)[:12] if sha else "yes")
+        return {k: _spell(v) for k, v in found.items() if v is not None}
 
     def _length_for(self, name: str, leaves: list[str]) -> int | None:
         _, length = split_task(name)
@@ -267,8 +342,10 @@ class Run:
                 overrides = metric_overrides or {}
                 metric = choose_metric(base, entry, overrides.get(name) or overrides.get(base))
                 shots = (self.results.data.get("n-shot") or {}).get(name)
+                shots = shots if isinstance(shots, int) else None
                 result = TaskResult(base, self._length_for(name, leaves), name, metric=metric,
-                            n_eval=self.results.n_samples(name), n_shot=shots if isinstance(shots, int) else None)
+                                    n_eval=self.results.n_samples(name), n_shot=shots,
+                                    settings=self.answer_settings(leaves, shots))
                 if metric is not None:
                     result.accuracy = _as_float(entry.get(metric))
                     mname, _, filt = metric.partition(",")
@@ -282,7 +359,8 @@ class Run:
                 if task in covered:
                     continue
                 base, _ = split_task(task)
-                out.append(TaskResult(base, self._length_for(task, [task]), task, timing=self.sidecar.aggregate(task)))
+                out.append(TaskResult(base, self._length_for(task, [task]), task, timing=self.sidecar.aggregate(task),
+                                      settings=self.answer_settings([task], None)))
         return out
 
 
@@ -363,6 +441,17 @@ def pair(sidecars: Iterable[Sidecar], results: Iterable[ResultsFile]) -> list[Ru
 class _Folder:
     sidecars: list[Sidecar] = field(default_factory=list)
     results: list[ResultsFile] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # files that look like ours but are not (skipped)
+
+
+class RunList(list):
+    """:func:`discover`'s runs, plus ``notes`` on the files it skipped or found empty."""
+
+    notes: list[str]
+
+    def __init__(self, runs: Iterable[Run] = (), notes: Iterable[str] = ()) -> None:
+        super().__init__(runs)
+        self.notes = list(notes)
 
 
 _OURS = re.compile(r"^(results|l2pd)_.*\.json$")
@@ -386,7 +475,11 @@ def _classify(path: Path, folder: _Folder, explicit: bool = False) -> str | None
             raise ValueError(str(exc).replace("JSON file", what)) from exc
         return None
     if is_sidecar_json(data):
-        folder.sidecars.append(Sidecar.from_json(data, path=path))
+        sidecar = Sidecar.from_json(data, path=path)
+        if not sidecar.samples:
+            folder.notes.append(f"{path}: the sidecar has no samples (the run recorded no answers); its cells "
+                                "have no timing")
+        folder.sidecars.append(sidecar)
         return "sidecar"
     if is_results_json(data):
         check_results_json(path, data)
@@ -395,12 +488,17 @@ def _classify(path: Path, folder: _Folder, explicit: bool = False) -> str | None
     if path.name.startswith("results_") and isinstance(data, dict) and "results" in data:
         raise ValueError(f"{path}: corrupt lm-eval results file (\"results\" must be an object and "
                          "\"config\"/\"configs\" present)")
+    if named_ours:
+        what, mark = (("an l2pd-eval sidecar", f'"schema": "{SCHEMA}"') if path.name.startswith("l2pd_")
+                      else ("an lm-eval results file", '"results" and "config"'))
+        folder.notes.append(f"{path}: named like {what} but is not one (valid JSON without {mark}); skipped")
     return None
 
 
-def discover(paths: Iterable[str | os.PathLike]) -> list[Run]:
-    """Runs for ``report RUN...``; a file argument keeps only the run it belongs to."""
-    runs: list[Run] = []
+def discover(paths: Iterable[str | os.PathLike]) -> RunList:
+    """Runs for ``report RUN...``; a file argument keeps only the run it belongs to. ``notes`` of the
+    result name the files skipped (named like ours, but not ours) and sidecars without samples."""
+    runs = RunList()
     seen: set[str] = set()
     for raw in paths:
         path = Path(raw)
@@ -410,8 +508,11 @@ def discover(paths: Iterable[str | os.PathLike]) -> list[Run]:
                 folder = by_folder.setdefault(file.parent, _Folder())
                 _classify(file, folder)
             found = [run for f in by_folder.values() for run in pair(f.sidecars, f.results)]
+            skipped = [n for f in by_folder.values() for n in f.notes]
             if not found:
-                raise ValueError(f"RUN {path}: no lm-eval results or l2pd sidecar JSON found under this folder")
+                detail = f" ({'; '.join(skipped)})" if skipped else ""
+                raise ValueError(f"RUN {path}: no lm-eval results or l2pd sidecar JSON found under this folder{detail}")
+            runs.notes.extend(n for n in skipped if n not in runs.notes)
         elif path.is_file():
             single = _Folder()
             kind = _classify(path, single, explicit=True)
@@ -421,6 +522,7 @@ def discover(paths: Iterable[str | os.PathLike]) -> list[Run]:
             for file in sorted(path.parent.glob("*.json")):
                 if file.resolve() != path.resolve():
                     _classify(file, siblings)
+            runs.notes.extend(n for n in single.notes if n not in runs.notes)
             if kind == "sidecar":
                 candidates = pair(single.sidecars, siblings.results)
                 found = [r for r in candidates if r.sidecar is single.sidecars[0]]

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 # Re-exported: the lm-eval model, the fixtures' stand-in model and tests import these from here.
 from l2pd_eval.results.manifest import (  # noqa: F401
@@ -38,16 +38,19 @@ from l2pd_eval.results.manifest import (  # noqa: F401
     sanitize_model_name,
     sidecar_path,
 )
+from l2pd_eval.results.metrics import TPF_KINDS
 
 SCHEMA = "l2pd-eval/sidecar"
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)  # version 1: no completion marker, no papers' TPS fields (always complete)
+SCHEMA_VERSION = 3
+# version 1: no completion marker, no papers' TPS fields (always complete); version 2: no committed counts
+READABLE_VERSIONS = (1, 2, 3)
 
 
 @dataclass
 class SampleRecord:
     """Decode timing of one generated answer (one lm-eval request)."""
 
+    DERIVED: ClassVar[tuple[str, ...]] = ("tpf",)  # written for a reader, recomputed on load
     task: str
     doc_id: int
     tokens: int  # answer tokens before the first end-of-text / end-of-turn token
@@ -59,11 +62,14 @@ class SampleRecord:
     # ids dropped (count_paper_tokens; the manifest's paper_drop_ids). None in sidecars written before
     # l2pd-eval recorded it.
     paper_tokens: int | None = None
+    # Tokens the decoder committed on this answer's canvas, end tokens included, re-masks subtracted (the
+    # engine's RowStats: sum(committed_per_step) - sum(remasked_per_step)). None before sidecar version 3.
+    committed: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("tokens", "nfe", "gen_length", "eotp_saved", "paper_tokens"):
+        for name in ("tokens", "nfe", "gen_length", "eotp_saved", "paper_tokens", "committed"):
             value = getattr(self, name)
-            if value is None and name == "paper_tokens":
+            if value is None and name in ("paper_tokens", "committed"):
                 continue
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"SampleRecord.{name} must be a non-negative int, got {value!r}")
@@ -74,15 +80,30 @@ class SampleRecord:
     @classmethod
     def from_row_stats(cls, task: str, doc_id: int, stats: Any, gen_length: int,
                        paper_tokens: int | None = None) -> SampleRecord:
-        """From the engine's per-row ``RowStats`` (``num_tokens``, ``seconds``, ``nfe``, ``eotp_saved``)."""
+        """From the engine's per-row ``RowStats`` (``num_tokens``, ``seconds``, ``nfe``, ``eotp_saved``,
+        ``committed_per_step`` and ``remasked_per_step``)."""
+        committed = None
+        if getattr(stats, "committed_per_step", None) is not None:
+            committed = sum(stats.committed_per_step) - sum(getattr(stats, "remasked_per_step", None) or [])
         return cls(task=task, doc_id=int(doc_id), tokens=int(stats.num_tokens), seconds=float(stats.seconds),
                    nfe=int(stats.nfe), gen_length=int(gen_length), eotp_saved=int(getattr(stats, "eotp_saved", 0)),
-                   paper_tokens=paper_tokens)
+                   paper_tokens=paper_tokens, committed=None if committed is None else int(committed))
 
     @property
     def tokens_per_forward(self) -> float:
-        """Useful (non end-of-text) tokens per forward pass."""
+        """Useful (non end-of-text) tokens per forward pass: this sample's TPF (answer kind)."""
         return self.tokens / self.nfe if self.nfe else 0.0
+
+    def counted(self, kind: str) -> int | None:
+        """The tokens a TPF of ``kind`` (:data:`~l2pd_eval.results.metrics.TPF_KINDS`) counts; None when
+        this sample did not record them."""
+        return {"answer": self.tokens, "until": self.paper_tokens, "committed": self.committed}[kind]
+
+    def to_json(self) -> dict[str, Any]:
+        """The stored row plus its TPF (informative, not read back: recomputed from tokens and nfe)."""
+        row = asdict(self)
+        row["tpf"] = round(self.tokens_per_forward, 6)
+        return row
 
     @property
     def tps(self) -> float | None:
@@ -104,6 +125,7 @@ class LoopRecord:
     """One ``generate_until`` call on one rank: the papers' TPS divides answer tokens by this wall time
     (tokenising, decoding and detokenising included), summed over calls and ranks."""
 
+    DERIVED: ClassVar[tuple[str, ...]] = ()
     rank: int
     seconds: float  # wall time so far (final once ``done``)
     tasks: dict[str, int]  # requests of this call per task, data-parallel padding copies excluded
@@ -173,6 +195,16 @@ class TaskAggregate:
     paper_tokens: int | None = None
     loop_seconds: float | None = None
     paper_missing: str | None = None
+    nfe_total: int = 0
+    # TPF of each kind (metrics.TPF_KINDS) as a ratio of sums; None where a sample did not record it.
+    tpf_answer: float | None = None
+    tpf_until: float | None = None
+    tpf_committed: float | None = None
+
+    def tpf(self, kind: str) -> float | None:
+        if kind not in TPF_KINDS:
+            raise ValueError(f"tpf kind {kind!r} is not valid; valid choices: {', '.join(TPF_KINDS)}")
+        return {"answer": self.tpf_answer, "until": self.tpf_until, "committed": self.tpf_committed}[kind]
 
     def tps(self, kind: str) -> float | None:
         if kind not in TPS_KINDS:
@@ -197,6 +229,14 @@ def aggregate(task: str, samples: Iterable[SampleRecord], loops: Iterable[LoopRe
     def mean(values: list[float]) -> float | None:
         return sum(values) / len(values) if values else None
 
+    nfe = sum(r.nfe for r in rows)
+
+    def tpf(kind: str) -> float | None:
+        counts = [r.counted(kind) for r in rows]
+        if not rows or nfe <= 0 or any(c is None for c in counts):
+            return None
+        return sum(counts) / nfe
+
     return TaskAggregate(
         task=task,
         count=n,
@@ -212,6 +252,10 @@ def aggregate(task: str, samples: Iterable[SampleRecord], loops: Iterable[LoopRe
         paper_tokens=None if isinstance(paper, str) else paper[0],
         loop_seconds=None if isinstance(paper, str) else paper[1],
         paper_missing=paper if isinstance(paper, str) else None,
+        nfe_total=nfe,
+        tpf_answer=tpf("answer"),
+        tpf_until=tpf("until"),
+        tpf_committed=tpf("committed"),
     )
 
 
@@ -299,7 +343,7 @@ class Sidecar:
             # Informative only (recomputed from samples on load): lets a human read the file.
             "aggregates": {t: asdict(a) for t, a in self.aggregates().items()},
             "loops": [loop.to_json() for loop in self.loops],
-            "samples": [asdict(s) for s in self.samples],
+            "samples": [s.to_json() for s in self.samples],
         }
 
     @classmethod
@@ -332,9 +376,15 @@ class Sidecar:
         for loop in self.loops:
             loop.tick()
         self.manifest["updated_at"] = time.time()
+        # Strict JSON (no NaN/Infinity, which other readers reject); a failed write leaves no temp file.
+        text = json.dumps(self.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
         tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_text(json.dumps(self.to_json(), indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, target)
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
         self.path = target
         return target
 
@@ -384,7 +434,7 @@ def _rows(data: dict[str, Any], key: str, kind: type, where: str) -> list:
         try:
             if not isinstance(row, dict):
                 raise TypeError(f"expected an object, got {type(row).__name__}")
-            out.append(kind(**row))
+            out.append(kind(**{k: v for k, v in row.items() if k not in kind.DERIVED}))
         except (TypeError, ValueError) as exc:
             raise ValueError(f"{where}{key}[{i}] is malformed: {exc}") from exc
     return out

@@ -27,7 +27,9 @@ class Setting:
     label: str
     policy: str
     params: dict[str, Any] = field(default_factory=dict)
-    eotp: str = "false"  # GenerationConfig.eotp: "true" (the Learn2PD code's rule) or "committed"
+    eotp: str = "false"  # GenerationConfig.eotp: "true" (the Learn2PD code's rule), "committed", "block_end"
+    cache: str = "none"  # GenerationConfig.cache and its parameters
+    cache_params: dict[str, Any] = field(default_factory=dict)
 
 
 DEFAULT_SETTINGS = [
@@ -37,8 +39,29 @@ DEFAULT_SETTINGS = [
     Setting("threshold0.9", "threshold", {"threshold": 0.9}),
     Setting("threshold0.9+eotp", "threshold", {"threshold": 0.9}, eotp="true"),
     Setting("threshold0.9+eotp(committed)", "threshold", {"threshold": 0.9}, eotp="committed"),
+    Setting("threshold0.9+eotp(block_end)", "threshold", {"threshold": 0.9}, eotp="block_end"),
     Setting("oracle+eotp(committed)", "oracle", {"fallback": "reference"}, eotp="committed"),
 ]
+
+
+def parse_setting(spec: str) -> Setting:
+    """``policy[,key=value...]`` (``eotp=`` among the keys) as a row labelled by the spec itself."""
+    policy, *pairs = [p.strip() for p in spec.split(",") if p.strip()]
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ValueError(f"--add {spec!r}: {pair!r} is not key=value; e.g. --add dinfer_hierarchy,eotp=true")
+        params[key.strip()] = value.strip()
+    eotp = params.pop("eotp", "false")
+    return Setting(spec, policy, params, eotp)
+
+
+def learn2pd_settings(filter_path: str) -> list[Setting]:
+    """The learn2pd rows with a trained filter: without EoTP and with each of its two rules."""
+    return [Setting("learn2pd", "learn2pd", {"filter": filter_path}),
+            Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path}, eotp="true"),
+            Setting("learn2pd+eotp(committed)", "learn2pd", {"filter": filter_path}, eotp="committed")]
 
 
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: Sequence[Problem] | None = None,
@@ -57,15 +80,14 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
     prompts = [tok(format_prompt(p.question), add_special_tokens=False).input_ids for p in problems]
     settings = list(settings)
     if filter_path:
-        settings += [Setting("learn2pd", "learn2pd", {"filter": filter_path}),
-                     Setting("learn2pd+eotp", "learn2pd", {"filter": filter_path}, eotp="true"),
-                     Setting("learn2pd+eotp(committed)", "learn2pd", {"filter": filter_path}, eotp="committed")]
+        settings += learn2pd_settings(filter_path)
     reference: list[torch.Tensor] | None = None
     results = []
     for s in settings:
         policy = get_policy(s.policy, **s.params).bind(
             RunSettings(block_length=block_length, gen_length=gen_length, device=model.device))
-        cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, eotp=s.eotp)
+        cfg = GenerationConfig(gen_length=gen_length, block_length=block_length, eotp=s.eotp, cache=s.cache,
+                               cache_params=s.cache_params)
         if policy.needs_reference and reference is None:
             raise ValueError(f"setting {s.label!r} needs the vanilla setting to run first (its output is the reference)")
         outs, stats, t0 = [], [], time.perf_counter()
@@ -81,8 +103,10 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
         correct = [extract(text) == str(p.final) for text, p in zip(texts, problems, strict=True)]
         results.append({
             "setting": s.label, "policy": s.policy, "params": dict(s.params),
-            "eotp": s.eotp, "accuracy": sum(correct) / len(correct), "n": len(correct),
+            "eotp": s.eotp, "cache": s.cache, "cache_params": cfg.cache_params,
+            "accuracy": sum(correct) / len(correct), "n": len(correct),
             "mean_nfe": sum(st.nfe for st in stats) / len(stats),
+            "mean_positions": sum(st.positions for st in stats) / len(stats),
             "tokens_per_forward": sum(st.tokens_per_forward for st in stats) / len(stats),
             "mean_answer_tokens": sum(st.num_tokens for st in stats) / len(stats),
             "seconds": round(seconds, 3), "example": texts[0],
@@ -90,13 +114,26 @@ def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: S
     return results
 
 
+def with_caches(settings: Sequence[Setting], caches: Sequence[str]) -> list[Setting]:
+    """Each setting once per cache spec ``name`` or ``name:key=value;key=value`` (its parameters), labelled
+    ``setting @ spec``; no specs: the settings as they are."""
+    if not caches:
+        return list(settings)
+    out = []
+    for spec in caches:
+        name, _, rest = spec.partition(":")
+        params = dict(p.split("=", 1) for p in rest.split(";") if p)
+        out += [Setting(f"{s.label} @ {spec}", s.policy, s.params, s.eotp, name, params) for s in settings]
+    return out
+
+
 def format_table(results: Sequence[dict[str, Any]]) -> str:
     base = next((r["mean_nfe"] for r in results if r["setting"] == "vanilla"), None)
-    lines = [f"{'setting':<30} {'acc':>6} {'NFE':>7} {'NFE x':>6} {'tok/fwd':>7} {'sec':>7}"]
+    lines = [f"{'setting':<30} {'acc':>6} {'NFE':>7} {'NFE x':>6} {'tok/fwd':>7} {'positions':>9} {'sec':>7}"]
     for r in results:
         ratio = f"{base / r['mean_nfe']:.2f}" if base else "-"
         lines.append(f"{r['setting']:<30} {r['accuracy'] * 100:6.1f} {r['mean_nfe']:7.1f} {ratio:>6} "
-                     f"{r['tokens_per_forward']:7.2f} {r['seconds']:7.2f}")
+                     f"{r['tokens_per_forward']:7.2f} {r['mean_positions']:9.0f} {r['seconds']:7.2f}")
     return "\n".join(lines)
 
 
@@ -111,11 +148,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test problems")
     parser.add_argument("--filter", default=None, help="a trained Learn2PD filter: adds learn2pd rows")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--add", action="append", default=[], metavar="POLICY[,KEY=VALUE...]",
+                        help="another row: a policy with its parameters (eotp= too), e.g. dinfer_credit,eotp=true")
+    parser.add_argument("--no-defaults", action="store_true", help="only the --add rows (and --filter's)")
+    parser.add_argument("--only", nargs="+", default=None,
+                        help="run only these settings (labels, e.g. threshold0.9 learn2pd+eotp)")
+    parser.add_argument("--caches", nargs="+", default=[],
+                        help="run the settings once per cache: NAME or NAME:key=value;key=value")
     args = parser.parse_args(argv)
     problems = load_test_split()[: args.limit]
-    results = evaluate_checkpoint(args.checkpoint, args.device, problems, gen_length=args.gen_length,
-                                  block_length=args.block_length, batch_size=args.batch_size, dtype=args.dtype,
-                                  filter_path=args.filter)
+    settings = ([] if args.no_defaults else list(DEFAULT_SETTINGS)) + [parse_setting(a) for a in args.add]
+    if args.filter:
+        settings += learn2pd_settings(args.filter)
+    if args.only:
+        unknown = sorted(set(args.only) - {s.label for s in settings})
+        if unknown:
+            parser.error(f"--only: unknown setting(s) {', '.join(unknown)}; valid: {', '.join(s.label for s in settings)}")
+        settings = [s for s in settings if s.label in args.only]
+    results = evaluate_checkpoint(args.checkpoint, args.device, problems, settings=with_caches(settings, args.caches),
+                                  gen_length=args.gen_length, block_length=args.block_length,
+                                  batch_size=args.batch_size, dtype=args.dtype)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
