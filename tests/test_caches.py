@@ -161,7 +161,9 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(family, length)
             torch.testing.assert_close(t_p[:, :, :length], t_e[:, :, :length], rtol=1e-12, atol=1e-12)
         widths.append(padded._chunk_inputs(StepInput(x[:, :length], pos[:, :length], None, block, length,
                                                      step=1))[0].shape[1])
-    assert all(w % 24 == 0 and w - 24 < length - bs + shift for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
+    # buckets count after the shifted positions before the block (PrefixCache.padded_width)
+    assert all((w - shift) % 24 == 0 and w - shift - 24 < length - bs
+               for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
 
 

@@ -136,11 +136,14 @@ def test_threshold_compares_in_the_rules_dtype():
 
 def test_each_policy_s_default_rule_is_its_reference_s():
     """LLaDA-line rules (Fast-dLLM's, Learn2PD's cached code, and this project's own) default to float64;
-    Dream's rules to the model's dtype, as Dream's sample_tokens computes them."""
-    dream = {"entropy", "topk_margin", "maskgit_plus", "origin"}
+    Dream's rules to the model's dtype, as Dream's sample_tokens computes them; dInfer's threshold and credit
+    decoders to float32 (its F.softmax(logits.to(float32))), its hierarchy decoder to the model's dtype
+    (exp(log_softmax) in bf16)."""
+    own = {"entropy": "model", "topk_margin": "model", "maskgit_plus": "model", "origin": "model",
+           "dinfer_threshold": "float32", "dinfer_credit": "float32", "dinfer_hierarchy": "model"}
     for name in available():
         default = policy_class(name).__dataclass_fields__["confidence"].default
-        assert default == ("model" if name in dream else "float64"), name
+        assert default == own.get(name, "float64"), name
         assert "confidence" in policy_class(name).parameters()
     with pytest.raises(ValueError, match="confidence='float16'; valid choices: float64, float32, model"):
         get_policy("threshold", confidence="float16")
