@@ -212,7 +212,7 @@ def _reads_position_6_as_zero(path) -> str:
     return str(save_filter(path, filt))
 
 
-@pytest.mark.parametrize("cache", cache_names())
+@pytest.mark.parametrize("cache", SCRIPTED)
 def test_a_raw_filter_reads_zeros_past_a_cut_inside_the_block(tmp_path, cache):
     """Learn2PD's code cuts the sequence after an accepted or predicted end, so in the next steps its filter
     gets the block's confidences only up to the cut, zero-padded. Block 0 predicts an end at 3 (p .99), words
