@@ -13,6 +13,7 @@ from policy_cases import assert_batched_equals_alone
 from scripted_model import ScriptedModel
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.model.loading import SpecialIds
@@ -74,7 +75,7 @@ def test_dreams_schedule_through_the_engine_commits_its_counts_and_idles_on_zero
     assert linear.committed_per_step == [1] * 16
 
 
-@pytest.mark.parametrize("cache", cache_names())
+@pytest.mark.parametrize("cache", [c for c in cache_names() if not cache_class(c).layer_parts])  # scripted model
 def test_refresh_commit_takes_the_blocks_first_position_whatever_its_score(cache):
     """Fast-dLLM's block sampler: the refresh step commits position 0 of the block (its least confident here)
     and nothing else, for the threshold rule (whose later steps commit all above 0.9 at once) and for the
