@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, slices_of
 
 
 @dataclass
@@ -219,12 +220,15 @@ class LLaDA(MaskPredictor):
         logits_slice: slice | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
         ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
-        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
+        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
+                               attn_mask)
         if logits_slice is not None:
-            x = x[:, logits_slice]
+            parts = slices_of(logits_slice)
+            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
         t = self.model.transformer
         x = t.ln_f(x)
         head = t.wte.weight if self.config.weight_tying else t.ff_out.weight
