@@ -18,6 +18,7 @@ from l2pd_eval.caches import available as cache_names
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.policies import (
     Policy,
+    RowState,
     RunSettings,
     Selection,
     StepState,
@@ -169,3 +170,50 @@ def test_a_policy_without_remasks_reports_zero_remasks(tiny, prompts):
     model, _, special = tiny
     out = generate(model, prompts, GenerationConfig(**CFG), get_policy("threshold"), special)
     assert all(st.remasked_per_step == [0] * st.nfe for st in out.stats)
+
+
+@dataclass
+class StepsSeen(RowState):
+    """Test-only per-row state: the batch row it belongs to, and how many steps of the block it took."""
+
+    rows: torch.Tensor
+    steps: torch.Tensor
+
+
+@dataclass
+class Counting(Policy):
+    """Commits (row mod 3) + 1 tokens per step, so rows leave a block at different steps, and checks at every
+    step that its per-row state still belongs to the rows the step has (the engine narrowed it)."""
+
+    name = "_counting"
+    scheduled = False
+
+    def __post_init__(self) -> None:
+        self.blocks: list[tuple[int, list[int]]] = []
+        self.finished: list[tuple[int, int, int]] = []  # (block, batch row, steps taken)
+
+    def init_state(self, rows: torch.Tensor, block: int) -> StepsSeen:
+        self.blocks.append((block, rows.tolist()))
+        return StepsSeen(rows.clone(), torch.zeros_like(rows))
+
+    def select(self, state: StepState) -> torch.Tensor:
+        assert torch.equal(state.state.rows, state.rows)  # narrowed alongside the rows
+        assert (state.state.steps == state.step).all()  # created at the block's first step, kept since
+        state.state.steps += 1
+        commit = topk_mask(state.masked_conf, state.rows % 3 + 1)
+        for row in (state.masked.sum(-1) <= state.rows % 3 + 1).nonzero().flatten().tolist():
+            self.finished.append((state.block, int(state.rows[row]), state.step + 1))
+        return commit
+
+
+def test_per_row_policy_state_lives_for_a_block_and_follows_its_rows(tiny, prompts):
+    model, _, special = tiny
+    policy = Counting()
+    out = generate(model, prompts, GenerationConfig(**CFG), policy, special)
+    assert policy.blocks == [(0, [0, 1, 2]), (1, [0, 1, 2])]  # one state per block, for the block's rows
+    assert sorted(policy.finished) == [(b, r, -(-8 // (r % 3 + 1))) for b in (0, 1) for r in range(3)]
+    assert [st.nfe for st in out.stats] == [16, 8, 6]  # rows 0, 1, 2 left each block after 8, 4, 3 steps
+
+
+def test_the_default_policy_keeps_no_state():
+    assert get_policy("threshold").init_state(torch.arange(3), 0) is None

@@ -113,7 +113,7 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     cur = torch.tensor(cur_host, device=state.x.device)
     max_limit = max(state_host[bsz + i] for i in cur_host)
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
-    return BlockRows(bs, be, cur, cur_host, max_limit, schedule)
+    return BlockRows(bs, be, cur, cur_host, max_limit, schedule, policy.init_state(cur, blk))
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
@@ -188,7 +188,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=step_statistics(logits, needs, temperature, x0) if needs else {},
+        stats=step_statistics(logits, needs, temperature, x0) if needs else {}, state=rows.policy_state,
     )
 
 

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.engine.layout import LeftPadded
+from l2pd_eval.policies.base import RowState
 
 
 @dataclass
@@ -86,10 +87,13 @@ class BlockRows:
     host: list[int]           # the same on the host
     max_limit: int            # largest live sequence end among them
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
+    policy_state: RowState | None = None  # the policy's per-row state for this block (Policy.init_state)
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)
         self.idx = self.idx[idx]
         self.schedule = None if self.schedule is None else self.schedule[idx]
+        if self.policy_state is not None:
+            self.policy_state.keep(idx)
         self.host = [self.host[j] for j in keep_host]
         return idx

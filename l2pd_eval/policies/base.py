@@ -20,6 +20,23 @@ from torch import Tensor
 from l2pd_eval.typed_args import parameters as dataclass_parameters
 
 
+class RowState:
+    """Per-row state a policy keeps across the steps of one block (WINO's last accept count, SlowFast's
+    phase, a credit matrix), made by ``Policy.init_state`` when a block starts, handed to every ``select`` of
+    that block as ``StepState.state`` (``select`` may update it in place: it is the policy's own), and
+    narrowed by the engine to the rows that go on decoding the block when others finish it (``keep``).
+
+    A subclass holds tensors whose first dimension is the block's rows (in ``StepState.rows`` order);
+    ``keep`` narrows every such attribute. State that outlives a block belongs on the policy, keyed by
+    ``StepState.rows``."""
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep rows ``idx`` (indices into the current rows, on the device), in that order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.dim() > 0:
+                setattr(self, name, value.index_select(0, idx))
+
+
 @dataclass(frozen=True)
 class StepState:
     """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
@@ -36,6 +53,7 @@ class StepState:
     reference: Tensor | None = None  # [B, L] long: reference answer tokens for the block (oracle)
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
+    state: RowState | None = None  # the policy's per-row state for this block (``Policy.init_state``)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -92,6 +110,12 @@ class Policy:
     # May return ``Selection.remask``: committed tokens of the current block go back to the mask (revocable
     # rules: WINO, ReMDM). The engine honours it only for policies that declare it.
     remasks: ClassVar[bool] = False
+
+    def init_state(self, rows: Tensor, block: int) -> RowState | None:
+        """The per-row state of a block that starts for ``rows`` ([n] batch rows, on the decoding device),
+        handed to each of the block's ``select`` calls as ``StepState.state``; None (the default): the
+        policy keeps none. Called once per block, before its first step."""
+        return None
 
     def select(self, state: StepState) -> Tensor | Selection:
         """Choose this step's commits for the rows of ``state``.
