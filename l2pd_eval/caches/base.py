@@ -13,6 +13,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
+from l2pd_eval.caches.extra import ExtraQueries
 from l2pd_eval.model.interface import DiffusionLM
 
 
@@ -29,14 +30,19 @@ class StepInput:
     masked: Tensor | None = None  # [n, block] bool: block positions still masked before this step (None:
     #                               not tracked, as in a benchmark timing a bare step)
     after: bool = False      # also return the logits after the block, up to ``length`` (``logits_after``)
+    extra: ExtraQueries | None = None  # query-only slots appended after what the step computes; their
+    #                                    ``extra.returned`` predictions follow the step's logits (caches.extra)
+    out: tuple[int, int] | None = None  # absolute [lo, hi) of the logits to return instead of the block's:
+    #                                     it holds the block and lies within ``computed(s)``
 
 
 class ForwardStrategy:
     """The contract the engine's loop relies on.
 
     ``logits(s)`` returns [n, block, V] where ``[:, j]`` predicts the token at absolute position
-    ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow), and sets ``positions`` to the
-    query positions that call computed for the n real rows (the cost statistic). ``keep(idx)`` drops the
+    ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow; with ``s.out = (lo, hi)``:
+    positions ``lo .. hi - 1`` instead; with ``s.extra``: the slots' predictions after all of them), and sets
+    ``positions`` to the query positions that call computed for the n real rows (the cost statistic). ``keep(idx)`` drops the
     state of rows that finished the block. A model family whose outputs are shifted (Dream: position i is
     predicted from hidden state i - 1) maps that inside its forward; a strategy that recomputes a chunk starts
     it ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a
@@ -70,8 +76,19 @@ class ForwardStrategy:
         block's first step. A strategy that refreshes on another rhythm overrides this."""
         return s.step == 0
 
+    def computed(self, s: StepInput) -> tuple[int, int]:
+        """Absolute [lo, hi) of the positions this step predicts afresh: where ``s.out`` may reach (the rest
+        of the sequence keeps what an earlier step computed, or nothing). By default the whole live
+        sequence, as a full forward."""
+        return 0, s.length
+
     def logits(self, s: StepInput) -> Tensor:
         raise NotImplementedError
+
+    @staticmethod
+    def output(s: StepInput, default_end: int) -> tuple[int, int]:
+        """The absolute [lo, hi) ``logits(s)`` returns: ``s.out``, else the block up to ``default_end``."""
+        return s.out if s.out is not None else (s.block[0], default_end)
 
     def keep(self, idx: Tensor) -> None:
         """Rows ``idx`` (indices into the current rows) go on decoding this block; drop the others' state."""

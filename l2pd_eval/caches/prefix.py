@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.extra import forward_with_extra
 from l2pd_eval.caches.registry import register
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -51,19 +52,38 @@ class PrefixCache(ForwardStrategy):
         bs, be = block
         return bs - logit_shift, (length if cls.recompute_suffix else be)
 
+    def computed(self, s: StepInput) -> tuple[int, int]:
+        if self.refreshes(s):
+            return 0, s.length
+        return s.block[0], (s.length if self.recompute_suffix else s.block[1])
+
     def logits(self, s: StepInput) -> Tensor:
         if s.after:
             raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
                              f"after the block exist only with a cache that has logits_after")
+        lo, hi = self.output(s, s.block[1])
         if self.refreshes(s):
-            bs, be = s.block
             n = s.x.shape[0]
             self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
             self.positions = s.x.numel()
+            if s.extra is not None:
+                self.positions += n * s.extra.count
+                return forward_with_extra(self.model, s.x, s.pos, s.key_mask, s.length, s.extra, cache=self.kv,
+                                          logits_slice=slice(lo, hi), split_keys=self.split_keys)
             return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
-                              logits_slice=slice(bs, be), split_keys=self.split_keys)
+                              logits_slice=slice(lo, hi), split_keys=self.split_keys)
         self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift)
-        return self._cached_step(s)
+        if s.extra is None and s.out is None:
+            return self._cached_step(s)
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift)  # eager: no graph, no padding
+        if s.extra is None:
+            return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
+                              kv_len=s.length, logits_slice=slice(lo - start, hi - start),
+                              split_keys=self.split_keys)
+        self.positions += s.x.shape[0] * s.extra.count
+        return forward_with_extra(self.model, s.x[:, start:end], s.pos[:, start:end], s.key_mask, s.length,
+                                  s.extra, start=start, cache=self.kv, logits_slice=slice(lo - start, hi - start),
+                                  split_keys=self.split_keys)
 
     def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
         """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""

@@ -2,10 +2,18 @@
 
 A commit lands only on positions still masked, and a row that would stall commits its most confident one,
 so every step commits at least one token per row. Re-masks (policies that declare ``remasks``) land only
-on positions of the block committed before this step and inside the row's live answer, and undo at most
-the step's new commits beyond ``max(k, 1)``: a row's masked count falls every step, by the schedule's count
-when the policy commits at least that many, so a block finishes within the engine's step budget
-(``block_length`` steps, or the schedule's).
+on positions of the block committed before this step and inside the row's live answer (never the last
+position before an EoTP cut, so the end it cut on stays), within the policy's ``remask_budget``:
+
+- ``"step"``: at most the step's new commits beyond ``max(k, 1)``. A row's masked count falls every step,
+  by the schedule's count when the policy commits at least that many, so a block finishes within the
+  engine's step budget (``block_length`` steps, or the schedule's).
+- ``"previous"`` (WINO's bound; unscheduled policies): at most the row's commits at its previous step of the
+  block minus one (no bound at the block's first step, where only tokens committed before the block can be
+  re-masked). With ``m_t`` masks after step t and ``a_t >= 1`` commits at it, ``m_t + a_t = m_{t-1} + r_t
+  <= m_{t-1} + a_{t-1} - 1``, and ``m_1 + a_1 <= block_length``: the sum falls by one a step and stays above
+  ``m_t``, so ``m_t <= block_length - t`` and the block finishes within ``block_length`` steps, though a
+  single step may leave more masks than it found.
 """
 
 from __future__ import annotations
@@ -29,9 +37,24 @@ class StepCommit:
     #                           a policy with ``remasks`` always has one, all False on steps it re-masks none)
 
 
-def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor]) -> StepCommit:
-    """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions
-    before each row's live end (asked only when the policy re-masks)."""
+REMASK_BUDGETS = ("step", "previous")
+
+
+def check_remask_budget(policy: Policy) -> None:
+    """Refuse a budget the termination argument above does not cover, before any decoding."""
+    if policy.remask_budget not in REMASK_BUDGETS:
+        raise ValueError(f"policy={policy.name!r}: remask_budget={policy.remask_budget!r}; valid choices: "
+                         f"{', '.join(REMASK_BUDGETS)}")
+    if policy.remasks and policy.remask_budget == "previous" and policy.scheduled:
+        raise ValueError(f"policy={policy.name!r}: remask_budget='previous' bounds a block by block_length "
+                         f"steps, which a scheduled policy does not get; use remask_budget='step'")
+
+
+def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None) -> StepCommit:
+    """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions a
+    re-mask may touch (before each row's live end, and before the position a cut kept; asked only when the
+    policy re-masks). ``previous``: [n] each row's commits at its previous step of the block (None at the
+    block's first step), for ``remask_budget = "previous"``."""
     sel = policy.select(step)
     if not isinstance(sel, Selection):
         sel = Selection(sel)
@@ -46,11 +69,13 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor]) -> Step
     remask = None
     if policy.remasks:
         wanted = commit.new_zeros(commit.shape) if sel.remask is None else sel.remask & ~step.masked & live()
-        remask = _within_budget(wanted, commit, step.k)
+        if policy.remask_budget == "previous":
+            remask = wanted if previous is None else _within(wanted, (previous - 1).clamp(min=0))
+        else:
+            remask = _within(wanted, (commit.sum(-1) - step.k.clamp(min=1)).clamp(min=0))
     return StepCommit(commit, tokens, accepted, remask)
 
 
-def _within_budget(remask: Tensor, commit: Tensor, k: Tensor) -> Tensor:
-    """The first (by position) re-masks a row can afford: its new commits minus ``max(k, 1)``."""
-    budget = (commit.sum(-1) - k.clamp(min=1)).clamp(min=0)
+def _within(remask: Tensor, budget: Tensor) -> Tensor:
+    """The first (by position) re-masks a row can afford: ``budget`` [n] of them."""
     return remask & (remask.long().cumsum(-1) <= budget.unsqueeze(-1))

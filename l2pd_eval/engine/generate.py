@@ -19,13 +19,14 @@ from torch import Tensor
 
 from l2pd_eval.caches import ForwardStrategy, StepInput
 from l2pd_eval.engine import rng
-from l2pd_eval.engine.commit import StepCommit, resolve
+from l2pd_eval.engine.commit import StepCommit, check_remask_budget, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import left_pad
 from l2pd_eval.engine.predict import Predictor
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
+from l2pd_eval.engine.verify import copy_slots, verify_prob
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies.base import Policy, RunSettings, StepState
@@ -68,7 +69,10 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device))
-    strategy = speed.strategy(config.cache, model, batch, total)
+    check_remask_budget(policy)
+    # query-only slots (caches.extra) keep their keys/values in scratch positions after the sequence
+    scratch = config.block_length + model.logit_shift if policy.verifies else 0
+    strategy = speed.strategy(config.cache, model, batch, total + scratch)
     rule = eotp_rule(config)
     return _Run(config, policy, special, strategy, speed.predictor(), rule,
                 rule is cut_at_predicted_end and strategy.logits_after, on_step)
@@ -133,19 +137,37 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     return block_x, masked
 
 
-def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: Tensor) -> Tensor:
+@dataclass
+class _Logits:
+    """One forward's logits for the block's rows, by what they predict."""
+
+    block: Tensor          # [n, L, V] the block
+    after: Tensor | None   # [n, S, V] the positions after the block (``run.after``)
+    copy: Tensor | None    # [n, L, V] the block from its verification copy (``policy.verifies``)
+
+
+def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: Tensor) -> _Logits:
     """The block's logits for the current rows over the live sequence (hiding padding and cut tails);
-    with ``run.after`` also those of the positions after the block, up to the live length."""
+    with ``run.after`` also those of the positions after the block, up to the live length; with a policy
+    that ``verifies``, those of the block's verification copy (engine/verify.py)."""
     length = max(rows.max_limit, rows.end)
     key_mask = None
     if state.layout.padded or rows.max_limit < state.total:
         visible = state.arange[:length] < state.limit[rows.idx].unsqueeze(1)
         key_mask = state.layout.valid[rows.idx, :length] & visible
-    logits = run.strategy.logits(StepInput(
-        state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after))
+    x, pos, block = state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], (rows.start, rows.end)
+    extra = None
+    if run.policy.verifies:
+        extra = copy_slots(x, pos, block, length, run.strategy.model.logit_shift, run.special.mask, state.total)
+    logits = run.strategy.logits(StepInput(x, pos, key_mask, block, length, step=step, masked=masked,
+                                           after=run.after, extra=extra))
     state.positions[rows.host] += run.strategy.positions // len(rows.host)
-    return logits
+    width = rows.end - rows.start
+    copy = None
+    if extra is not None:
+        logits, copy = logits[:, :-extra.returned], logits[:, -extra.returned:]
+    after = logits[:, width:] if run.after and logits.shape[1] > width else None
+    return _Logits(logits[:, :width], after, copy)
 
 
 def _cut(state: DecodeState, rows: BlockRows, new_limit: Tensor, eos: int) -> None:
@@ -174,12 +196,16 @@ def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
 
 
 def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int, masked: Tensor,
-                logits: Tensor) -> StepState:
+                out: _Logits, block_x: Tensor) -> StepState:
     """Predict (x0, its probability, the statistics the policy ``needs``) and what the policy sees."""
     BL, P, temperature = run.config.block_length, state.prompt_width, run.config.temperature
     seeds = state.seeds[rows.idx]
+    logits = out.block
     x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
     needs = run.policy.needs
+    stats = step_statistics(logits, needs, temperature, x0) if needs else {}
+    if out.copy is not None:
+        stats["verify_prob"] = verify_prob(out.copy, block_x)
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
     else:
@@ -188,8 +214,15 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=step_statistics(logits, needs, temperature, x0) if needs else {}, state=rows.policy_state,
+        stats=stats, state=rows.policy_state,
     )
+
+
+def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
+    """[n, block] the positions a re-mask may touch: before each row's live end, and for a row an EoTP cut
+    ended, before the position the cut kept (the end it cut on stays; docs/conventions.md)."""
+    limit = state.limit[rows.idx]
+    return state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
 
 
 def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit) -> None:
@@ -214,15 +247,16 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         if narrowed is None:
             return False
         block_x, masked = narrowed
-    logits = _forward(state, rows, run, step, masked)
-    BL = run.config.block_length
-    st = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
-    c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
+    out = _forward(state, rows, run, step, masked)
+    st = _step_state(run, state, rows, blk, step, masked, out, block_x)
+    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits)
+    if run.policy.remask_budget == "previous":
+        rows.last_commits = c.commit.sum(-1)
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
         eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)
-        if run.after and logits.shape[1] > BL:
-            eot.after_x0, eot.after_conf = run.predict.chunked(logits[:, BL:], run.config.temperature,
+        if out.after is not None:
+            eot.after_x0, eot.after_conf = run.predict.chunked(out.after, run.config.temperature,
                                                                state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:

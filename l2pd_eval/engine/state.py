@@ -88,11 +88,13 @@ class BlockRows:
     max_limit: int            # largest live sequence end among them
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
     policy_state: RowState | None = None  # the policy's per-row state for this block (Policy.init_state)
+    last_commits: Tensor | None = None  # [n] commits at each row's previous step (remask_budget "previous")
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)
         self.idx = self.idx[idx]
         self.schedule = None if self.schedule is None else self.schedule[idx]
+        self.last_commits = None if self.last_commits is None else self.last_commits[idx]
         if self.policy_state is not None:
             self.policy_state.keep(idx)
         self.host = [self.host[j] for j in keep_host]

@@ -110,6 +110,14 @@ class Policy:
     # May return ``Selection.remask``: committed tokens of the current block go back to the mask (revocable
     # rules: WINO, ReMDM). The engine honours it only for policies that declare it.
     remasks: ClassVar[bool] = False
+    # How many re-masks a row may make in a step (engine/commit.py): "step": its new commits beyond
+    # max(k, 1), so every step makes net progress; "previous": its previous step's commits minus one (WINO's
+    # own bound; unscheduled policies only), so a block still ends within block_length steps.
+    remask_budget: ClassVar[str] = "step"
+    # Each forward also predicts the block from a verification copy that hides each position's own token
+    # (WINO; engine/verify.py); ``StepState.stats["verify_prob"]``: the copy's probability of the block's
+    # current token (meaningful where committed).
+    verifies: ClassVar[bool] = False
 
     def init_state(self, rows: Tensor, block: int) -> RowState | None:
         """The per-row state of a block that starts for ``rows`` ([n] batch rows, on the decoding device),

@@ -1,0 +1,71 @@
+"""Query-only slots a step appends after what it computes: WINO's verification copy of the block, or
+predictions at positions a cached step does not recompute (Prophet's view of the whole answer).
+
+Invariant: the slots change nothing else. No real query sees them, so the real positions' logits are those
+of the step without them (up to the attention kernel: a step with slots runs SDPA with a per-query mask);
+their keys and values go to scratch positions of the KV buffer past the whole sequence (``scratch``), which
+no later step reads, so the cache holds exactly what it holds without them. They see the real keys
+``sees`` allows (and the key mask: padding, EoTP cuts), and each other where ``mutual``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from l2pd_eval.model.interface import DiffusionLM
+from l2pd_eval.model.layers import KVCache
+
+
+@dataclass(frozen=True)
+class ExtraQueries:
+    """``m`` query-only slots for the step's ``n`` rows."""
+
+    x: Tensor        # [n, m] their tokens
+    pos: Tensor      # [n, m] their rope positions
+    sees: Tensor     # [n, m, >= length] bool: the real keys each slot may attend to
+    mutual: bool     # the slots attend to each other (all of them) too
+    predict: slice   # the slots whose predictions come back (relative to the slots; the model's logit
+    #                  shift reads each from the slot before it, as for a chunk)
+    scratch: int     # first KV-buffer position the slots' keys/values may use (>= the sequence's length)
+
+    @property
+    def count(self) -> int:
+        return self.x.shape[1]
+
+    @property
+    def returned(self) -> int:
+        """How many predictions come back (after the step's own logits)."""
+        return len(range(*self.predict.indices(self.count)))
+
+
+def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Tensor | None, length: int,
+                       extra: ExtraQueries, *, start: int = 0, cache: KVCache | None = None,
+                       logits_slice: slice, split_keys: bool = True) -> Tensor:
+    """``model`` on the chunk ``x`` [n, c] at ``[start, start + c)`` followed by ``extra``'s slots: the chunk's
+    ``logits_slice`` predictions, then the slots' ``extra.predict`` ones. ``length``: the live sequence the
+    real queries attend to (keys ``[0, length)``, through ``key_mask`` [n, >= length] or all). Without a
+    cache the chunk is the whole live sequence (``start`` 0, ``c == length``)."""
+    n, c = x.shape
+    m = extra.count
+    real = torch.ones(n, length, dtype=torch.bool, device=x.device) if key_mask is None else key_mask[:, :length]
+    if cache is None:
+        if start != 0 or c != length:
+            raise ValueError("forward_with_extra: without a cache the chunk is the whole live sequence")
+        scratch, write_index = length, None
+    else:
+        scratch = extra.scratch
+        write_index = torch.cat([torch.arange(start, start + c, device=x.device),
+                                 torch.arange(scratch, scratch + m, device=x.device)])
+    keys = scratch + m
+    mask = torch.zeros(n, c + m, keys, dtype=torch.bool, device=x.device)
+    mask[:, :c, :length] = real.unsqueeze(1)
+    mask[:, c:, :length] = extra.sees[:, :, :length] & real.unsqueeze(1)
+    if extra.mutual:
+        mask[:, c:, scratch:] = True
+    a, b, _ = extra.predict.indices(m)
+    return model(torch.cat([x, extra.x], 1), torch.cat([pos, extra.pos], 1), None, cache=cache, start=start,
+                 kv_len=keys, logits_slice=(logits_slice, slice(c + a, c + b)), write_index=write_index,
+                 split_keys=split_keys, attn_mask=mask)
