@@ -25,7 +25,7 @@ def _repeat(x, pos, lo, hi, shift, scratch):
     n, length = x.shape[0], x.shape[1]
     return ExtraQueries(x[:, lo - shift:hi], pos[:, lo - shift:hi],
                         torch.ones(n, hi - lo + shift, length, dtype=torch.bool), mutual=False,
-                        predict=slice(shift, hi - lo + shift), scratch=scratch)
+                        predict=(slice(shift, hi - lo + shift),), scratch=scratch)
 
 
 @pytest.mark.parametrize("cache", available())

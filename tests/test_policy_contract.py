@@ -78,7 +78,7 @@ def test_generate_binds_the_policy_to_the_run(tiny, prompts, filter_path):
             return get_policy("low_confidence").bind(run)  # bind may return the policy the run uses
 
     generate(model, prompts, GenerationConfig(**CFG), Recording(), special)
-    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device)]
+    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device, family="llada")]
     bound = get_policy("learn2pd", filter=str(filter_path)).bind(seen[0])
     assert bound.bind(seen[0]) is bound  # idempotent: the adapter binds once, generate again
 
@@ -107,7 +107,7 @@ def test_select_is_documented_once_on_the_base_class():
 
 def test_only_a_policy_that_declares_remasks_may_remask(tiny, prompts):
     model, _, special = tiny
-    with pytest.raises(ValueError, match="policy='_revoke' returned positions to re-mask but does not declare"):
+    with pytest.raises(ValueError, match="policy='_revoke' returned Selection.remask but does not declare remasks"):
         generate(model, prompts, GenerationConfig(**CFG), Undeclared(), special)
 
 

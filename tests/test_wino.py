@@ -27,7 +27,7 @@ def _model(case) -> VectorModel:
     script = case["script"]
 
     def predict(call: int, position: int, copy: int | None) -> torch.Tensor:
-        entry = script.get(str(call), {})
+        entry = script[str(min(call, len(script) - 1))]  # the authors' stand-in repeats its last entry
         if copy is not None:  # the copy slot verifying block position `copy`
             dist = entry.get("mirror", {}).get(str(copy))
             if dist is None:
@@ -120,7 +120,7 @@ def test_the_copy_hides_from_each_slot_the_position_it_predicts():
         slots = copy_slots(x, pos, (4, 7), 9, shift, mask_id=99, scratch=10)
         assert slots.x[0].tolist() == [3] * shift + [99] * 3  # Dream: the real token before the block first
         assert slots.pos[0].tolist() == list(range(4 - shift, 7))
-        assert slots.predict == slice(shift, 3 + shift) and slots.mutual
+        assert slots.predict == (slice(shift, 3 + shift),) and slots.mutual
         hidden = (~slots.sees[0]).nonzero().tolist()
         assert hidden == [[i, 4 + i] for i in range(3 + shift)]  # slot i predicts (and cannot see) 4 + i
 

@@ -27,8 +27,8 @@ class ExtraQueries:
     pos: Tensor      # [n, m] their rope positions
     sees: Tensor     # [n, m, >= length] bool: the real keys each slot may attend to
     mutual: bool     # the slots attend to each other (all of them) too
-    predict: slice   # the slots whose predictions come back (relative to the slots; the model's logit
-    #                  shift reads each from the slot before it, as for a chunk)
+    predict: tuple[slice, ...]  # the slots whose predictions come back, one run after the other (relative
+    #                             to the slots; the model's logit shift reads each from the slot before it)
     scratch: int     # first KV-buffer position the slots' keys/values may use (>= the sequence's length)
 
     @property
@@ -38,7 +38,7 @@ class ExtraQueries:
     @property
     def returned(self) -> int:
         """How many predictions come back (after the step's own logits)."""
-        return len(range(*self.predict.indices(self.count)))
+        return sum(len(range(*p.indices(self.count))) for p in self.predict)
 
 
 def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Tensor | None, length: int,
@@ -65,7 +65,7 @@ def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Ten
     mask[:, c:, :length] = extra.sees[:, :, :length] & real.unsqueeze(1)
     if extra.mutual:
         mask[:, c:, scratch:] = True
-    a, b, _ = extra.predict.indices(m)
+    slots = tuple(slice(c + a, c + b) for a, b, _ in (p.indices(m) for p in extra.predict))
     return model(torch.cat([x, extra.x], 1), torch.cat([pos, extra.pos], 1), None, cache=cache, start=start,
-                 kv_len=keys, logits_slice=(logits_slice, slice(c + a, c + b)), write_index=write_index,
+                 kv_len=keys, logits_slice=(logits_slice, *slots), write_index=write_index,
                  split_keys=split_keys, attn_mask=mask)

@@ -35,6 +35,8 @@ class StepCommit:
     accepted: Tensor | None   # bool: masked positions the policy accepted on their own merit (EoTP "true")
     remask: Tensor | None     # bool: committed positions masked again (None: the policy does not re-mask;
     #                           a policy with ``remasks`` always has one, all False on steps it re-masks none)
+    finish: Tensor | None = None   # [n] bool: rows whose whole answer is committed now (``finishes``)
+    horizon: Tensor | None = None  # [n] long: answer offset cutting the row's next forward (``horizons``)
 
 
 REMASK_BUDGETS = ("step", "previous")
@@ -63,9 +65,9 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previou
     commit = commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
     accepted = None if sel.accepted is None else sel.accepted & step.masked
     tokens = step.x0 if sel.tokens is None else sel.tokens
-    if sel.remask is not None and not policy.remasks:
-        raise ValueError(f"policy={policy.name!r} returned positions to re-mask but does not declare "
-                         f"remasks = True")
+    for field, flag in (("remask", "remasks"), ("finish", "finishes"), ("horizon", "horizons")):
+        if getattr(sel, field) is not None and not getattr(policy, flag):
+            raise ValueError(f"policy={policy.name!r} returned Selection.{field} but does not declare {flag} = True")
     remask = None
     if policy.remasks:
         wanted = commit.new_zeros(commit.shape) if sel.remask is None else sel.remask & ~step.masked & live()
@@ -73,7 +75,7 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previou
             remask = wanted if previous is None else _within(wanted, (previous - 1).clamp(min=0))
         else:
             remask = _within(wanted, (commit.sum(-1) - step.k.clamp(min=1)).clamp(min=0))
-    return StepCommit(commit, tokens, accepted, remask)
+    return StepCommit(commit, tokens, accepted, remask, sel.finish, sel.horizon)
 
 
 def _within(remask: Tensor, budget: Tensor) -> Tensor:

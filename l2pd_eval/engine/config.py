@@ -35,6 +35,9 @@ class GenerationConfig:
     cache: str = "none"  # a registered forward strategy (caches.available())
     eotp: EotpMode | bool = "false"  # normalised to a mode name (``eotp_mode``); True means "true"
     seed: int = 0
+    # Fixed answer tokens, ((answer offset, token id), ...): written before decoding, never masked, so no
+    # schedule counts them (Prophet's "The answer is"; model_arg ``constraints``, docs/conventions.md)
+    constraints: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.eotp = eotp_mode(self.eotp)
@@ -69,3 +72,12 @@ class GenerationConfig:
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0")
         eotp_mode(self.eotp)
+        self.constraints = tuple((int(o), int(t)) for o, t in self.constraints)
+        offsets = [o for o, _ in self.constraints]
+        bad = [str(o) for o in offsets if not 0 <= o < self.gen_length]
+        if bad:
+            raise ValueError(f"constraints: answer offset(s) {', '.join(bad)} lie outside [0, gen_length="
+                             f"{self.gen_length}) (offsets count from the answer's first token)")
+        twice = sorted({str(o) for o in offsets if offsets.count(o) > 1})
+        if twice:
+            raise ValueError(f"constraints: answer offset(s) {', '.join(twice)} given twice")

@@ -10,6 +10,7 @@ Per step there is a single host sync (which rows still have masks, and how long 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,9 +28,11 @@ from l2pd_eval.engine.predict import Predictor
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
 from l2pd_eval.engine.verify import copy_slots, verify_prob
+from l2pd_eval.engine.views import answer_logits, logit_gap
+from l2pd_eval.model.family import family_name
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.loading import SpecialIds
-from l2pd_eval.policies.base import Policy, RunSettings, StepState
+from l2pd_eval.policies.base import AnswerView, Policy, RunSettings, StepState
 from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
@@ -68,10 +71,15 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     policy is bound to the run."""
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
-                                     device=model.device))
+                                     device=model.device, constraints=tuple(o for o, _ in config.constraints),
+                                     family=family_name(model.config)))
     check_remask_budget(policy)
+    if policy.verifies and policy.finishes:
+        raise ValueError(f"policy={policy.name!r}: verifies and finishes both need the step's query slots; "
+                         f"a policy declares one of them")
     # query-only slots (caches.extra) keep their keys/values in scratch positions after the sequence
-    scratch = config.block_length + model.logit_shift if policy.verifies else 0
+    scratch = (config.block_length + model.logit_shift if policy.verifies else
+               config.gen_length + 2 * model.logit_shift if policy.finishes else 0)
     strategy = speed.strategy(config.cache, model, batch, total + scratch)
     rule = eotp_rule(config)
     return _Run(config, policy, special, strategy, speed.predictor(), rule,
@@ -95,11 +103,18 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
         if ref.shape != (bsz, G):
             raise ValueError(f"reference must have shape [batch, gen_length] = [{bsz}, {G}], got {list(ref.shape)}")
+    constrained = None
+    if config.constraints:  # fixed answer tokens: never masked, so no schedule counts them
+        offsets = torch.tensor([o for o, _ in config.constraints], device=device)
+        layout.ids[:, P + offsets] = torch.tensor([t for _, t in config.constraints], device=device)
+        constrained = torch.zeros(P + G, dtype=torch.bool, device=device)
+        constrained[P + offsets] = True
     return DecodeState(
         x=layout.ids, layout=layout, seeds=seeds, reference=ref,
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+        constrained=constrained,
     )
 
 
@@ -124,7 +139,7 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
             strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
     """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
     Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
-    synced = torch.cat([masked.any(-1).long(), state.limit[rows.idx]]).tolist()
+    synced = torch.cat([masked.any(-1).long(), rows.live_end(state.limit)]).tolist()
     n = rows.idx.numel()
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
@@ -142,27 +157,34 @@ class _Logits:
     """One forward's logits for the block's rows, by what they predict."""
 
     block: Tensor          # [n, L, V] the block
-    after: Tensor | None   # [n, S, V] the positions after the block (``run.after``)
+    after: Tensor | None   # [n, S, V] the positions after the block (``run.after``, or a ``finishes`` policy)
     copy: Tensor | None    # [n, L, V] the block from its verification copy (``policy.verifies``)
+    view: tuple[int, Tensor] | None = None  # (absolute start, [n, W, V]): the answer view (``finishes``)
 
 
 def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: Tensor) -> _Logits:
-    """The block's logits for the current rows over the live sequence (hiding padding and cut tails);
-    with ``run.after`` also those of the positions after the block, up to the live length; with a policy
-    that ``verifies``, those of the block's verification copy (engine/verify.py)."""
+    """The block's logits for the current rows over the live sequence (hiding padding, cut tails and a
+    policy's horizon); with ``run.after`` also those of the positions after the block, up to the live
+    length; with a policy that ``verifies``, those of the block's verification copy (engine/verify.py);
+    with one that ``finishes``, those of its view of the answer (engine/views.py)."""
     length = max(rows.max_limit, rows.end)
     key_mask = None
-    if state.layout.padded or rows.max_limit < state.total:
-        visible = state.arange[:length] < state.limit[rows.idx].unsqueeze(1)
+    if state.layout.padded or rows.max_limit < state.total or rows.horizon is not None:
+        visible = state.arange[:length] < rows.live_end(state.limit).unsqueeze(1)
         key_mask = state.layout.valid[rows.idx, :length] & visible
     x, pos, block = state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], (rows.start, rows.end)
     extra = None
     if run.policy.verifies:
         extra = copy_slots(x, pos, block, length, run.strategy.model.logit_shift, run.special.mask, state.total)
-    logits = run.strategy.logits(StepInput(x, pos, key_mask, block, length, step=step, masked=masked,
-                                           after=run.after, extra=extra))
-    state.positions[rows.host] += run.strategy.positions // len(rows.host)
+    s = StepInput(x, pos, key_mask, block, length, step=step, masked=masked, after=run.after, extra=extra)
     width = rows.end - rows.start
+    if run.policy.finishes:
+        lo = state.prompt_width + run.policy.view_start(rows.start - state.prompt_width)
+        view = answer_logits(run.strategy, dataclasses.replace(s, after=False), lo, state.total)
+        state.positions[rows.host] += run.strategy.positions // len(rows.host)
+        return _Logits(view[:, rows.start - lo:rows.end - lo], view[:, rows.end - lo:], None, (lo, view))
+    logits = run.strategy.logits(s)
+    state.positions[rows.host] += run.strategy.positions // len(rows.host)
     copy = None
     if extra is not None:
         logits, copy = logits[:, :-extra.returned], logits[:, -extra.returned:]
@@ -210,11 +232,17 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
     else:
         k = torch.ones(len(rows.host), dtype=torch.long, device=state.x.device)
+    answer = None
+    if out.view is not None:
+        lo, view = out.view
+        live = state.arange[lo:lo + view.shape[1]] < state.limit[rows.idx].unsqueeze(1)
+        answer = AnswerView(lo - P, logit_gap(view), live)
     return StepState(
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), (BL,)),
-        stats=stats, state=rows.policy_state,
+        stats=stats, state=rows.policy_state, global_step=blk * run.config.steps_per_block + step + 1,
+        total_steps=run.config.total_steps, answer=answer,
     )
 
 
@@ -222,19 +250,33 @@ def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
     """[n, block] the positions a re-mask may touch: before each row's live end, and for a row an EoTP cut
     ended, before the position the cut kept (the end it cut on stays; docs/conventions.md)."""
     limit = state.limit[rows.idx]
-    return state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
+    live = state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
+    return live if state.constrained is None else live & ~state.constrained[rows.start:rows.end]
 
 
-def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit) -> None:
-    """Commit (and re-mask) in the block, and count both per row (-1: the row sat this step out)."""
+def _finish(run: _Run, state: DecodeState, rows: BlockRows, c: StepCommit, tail_x0: Tensor) -> Tensor:
+    """Rows that finish: every masked position after the block (before the row's live end) takes this
+    forward's prediction ``tail_x0`` [n, S]. Returns how many positions each row filled there."""
+    end = rows.end + tail_x0.shape[1]
+    tail = state.x[rows.idx, rows.end:end]
+    fill = (tail == run.special.mask) & c.finish.unsqueeze(1)
+    fill &= state.arange[rows.end:end] < state.limit[rows.idx].unsqueeze(1)
+    state.x[rows.idx, rows.end:end] = torch.where(fill, tail_x0, tail)
+    return fill.sum(-1)
+
+
+def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit,
+           filled: Tensor | None = None) -> None:
+    """Commit (and re-mask) in the block, and count both per row (-1: the row sat this step out);
+    ``filled`` [n]: what finishing rows committed after the block (``_finish``), counted as commits."""
     block = torch.where(c.commit, c.tokens, block_x)
     if c.remask is not None:
         block = block.masked_fill(c.remask, run.special.mask)
     state.x[rows.idx, rows.start:rows.end] = block
-    for counts, per_row in ((state.counts, c.commit), (state.remasked, c.remask)):
+    for counts, per_row, extra in ((state.counts, c.commit, filled), (state.remasked, c.remask, None)):
         if per_row is not None:
             step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
-            step_counts[rows.idx] = per_row.sum(-1)
+            step_counts[rows.idx] = per_row.sum(-1) if extra is None else per_row.sum(-1) + extra
             counts.append(step_counts)
 
 
@@ -247,17 +289,23 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         if narrowed is None:
             return False
         block_x, masked = narrowed
+    seen_end = None if rows.horizon is None else rows.live_end(state.limit)
     out = _forward(state, rows, run, step, masked)
     st = _step_state(run, state, rows, blk, step, masked, out, block_x)
     c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits)
     if run.policy.remask_budget == "previous":
         rows.last_commits = c.commit.sum(-1)
-    _write(run, state, rows, block_x, c)
+    rows.horizon = None if c.horizon is None else state.prompt_width + c.horizon
+    after = None
+    if out.after is not None and out.after.shape[1] and (run.after or c.finish is not None):
+        after = run.predict.chunked(out.after, run.config.temperature, state.seeds[rows.idx],
+                                    (blk, step, _GUMBEL_AFTER))
+    filled = None if c.finish is None or after is None else _finish(run, state, rows, c, after[0])
+    _write(run, state, rows, block_x, c, filled)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted)
-        if out.after is not None:
-            eot.after_x0, eot.after_conf = run.predict.chunked(out.after, run.config.temperature,
-                                                               state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))
+        eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted, seen_end=seen_end)
+        if run.after and after is not None:
+            eot.after_x0, eot.after_conf = after
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:
         run.on_step(StepEvent(conf=st.conf, x0=st.x0, masked=masked, commit=c.commit, step=step, block=blk,

@@ -33,7 +33,7 @@ def copy_slots(x: Tensor, pos: Tensor, block: tuple[int, int], length: int, shif
     target = torch.arange(bs, bs + m, device=x.device)  # the position each slot predicts
     sees = torch.arange(length, device=x.device) != target.unsqueeze(1)  # [m, length]
     return ExtraQueries(tokens, pos[:, bs - shift:be], sees.expand(n, m, length), mutual=True,
-                        predict=slice(shift, m), scratch=scratch)
+                        predict=(slice(shift, m),), scratch=scratch)
 
 
 def verify_prob(copy_logits: Tensor, tokens: Tensor) -> Tensor:

@@ -91,11 +91,14 @@ class Learn2PDLM(LM):
         self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
                                  compile_autotune=args.compile_autotune)
         self._configs: dict[Key, GenerationConfig] = {}
+        self._constraints: tuple[tuple[int, int], ...] = ()  # fixed answer tokens, once the tokenizer is loaded
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
         self.config = self.config_for(args.gen_length_for(None))  # validates block_length against the length
-        self.policy = policy_class(args.policy)(**policy_params).bind(
-            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device))
+        policy_cls = policy_class(args.policy)
+        self.policy = policy_cls(**policy_params).bind(
+            RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device,
+                        constraints=args.constraint_offsets(policy_cls.default_constraints)))
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed)
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
@@ -103,6 +106,10 @@ class Learn2PDLM(LM):
         check_vocab(self.tokenizer, self.model.config, args.tokenizer or args.pretrained, args.pretrained)
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
                                           args.end_ids())
+        self._constraints = args.constraint_ids(self.tokenizer, policy_class(args.policy).default_constraints)
+        if self._constraints:  # the configs made before the tokenizer was there lack them
+            self._configs.clear()
+            self.config = self.config_for(args.gen_length_for(None))
         self.family = family_of(self.model.config)
         self.prompts = PromptCodec.for_run(self.tokenizer, self.family, self.special, args.chat, args.add_bos_token,
                                            (args.pretrained, args.tokenizer))
@@ -151,8 +158,21 @@ class Learn2PDLM(LM):
         """One config per (decode length, temperature); ``temperature`` None: the run's (model_args or 0)."""
         key = (gen_length, (self.args.temperature or 0.0) if temperature is None else temperature)
         if key not in self._configs:
-            self._configs[key] = self.args.generation_config(gen_length, key[1])
+            self._configs[key] = self.args.generation_config(gen_length, key[1], self._constraints_for(gen_length))
         return self._configs[key]
+
+    def _constraints_for(self, gen_length: int) -> tuple[tuple[int, int], ...]:
+        """The fixed answer tokens at this length. Given ones must fit (GenerationConfig says which do not);
+        a policy's default ones (``constraints=auto``) that do not fit are dropped, saying so once."""
+        if self.args.constraints.strip().lower() != "auto":
+            return self._constraints
+        fit = tuple((o, t) for o, t in self._constraints if o < gen_length)
+        if len(fit) < len(self._constraints) and f"constraints@{gen_length}" not in self._warned:
+            self._warned.add(f"constraints@{gen_length}")
+            log.warning("constraints=auto: policy=%s's default fixed tokens %r reach past gen_length=%d and are left "
+                        "out at that length; pass constraints=OFFSET:WORD|... to place them", self.args.policy,
+                        self.args.constraints_text(policy_class(self.args.policy).default_constraints), gen_length)
+        return fit
 
     def batch_size_for(self, config: GenerationConfig) -> int:
         """Rows per batch at ``config``, decided the first time its (gen_length, temperature) is met.

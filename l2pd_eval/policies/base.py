@@ -38,6 +38,16 @@ class RowState:
 
 
 @dataclass(frozen=True)
+class AnswerView:
+    """This forward's view of the answer beyond the block, for policies that ``finishes`` (Prophet): columns
+    are answer offsets ``start, start + 1, ...`` up to the batch's live length."""
+
+    start: int    # answer offset of column 0
+    gap: Tensor   # [B, W] top-1 minus top-2 raw logit, in the model's dtype (Prophet's statistic)
+    live: Tensor  # [B, W] bool: before the row's live end (an EoTP cut ends a row's view)
+
+
+@dataclass(frozen=True)
 class StepState:
     """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
     than x0 says so in its ``Selection``)."""
@@ -54,6 +64,9 @@ class StepState:
     uniform: Callable[[int], Tensor] | None = None  # purpose -> [B, L] U(0,1), batch-invariant per row
     stats: dict[str, Tensor] = dataclasses.field(default_factory=dict)  # the policy's ``needs``, [B, L] each
     state: RowState | None = None  # the policy's per-row state for this block (``Policy.init_state``)
+    global_step: int = 0  # 1-based step over the whole answer: block * steps_per_block + step + 1
+    total_steps: int = 0  # the run's steps (GenerationConfig.total_steps)
+    answer: AnswerView | None = None  # predictions beyond the block (policies that ``finishes``)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -70,6 +83,10 @@ class Selection:
     accepted: Tensor | None = None  # bool: positions accepted on their own merit before any schedule fill
     #                                 (Learn2PD's filter); EoTP "true" cuts first after an accepted end
     remask: Tensor | None = None    # bool: committed positions of the block to mask again (``remasks`` only)
+    finish: Tensor | None = None    # [B] bool: commit every masked position of the row's answer now, at this
+    #                                 forward's predictions, and end the row (``finishes`` only)
+    horizon: Tensor | None = None   # [B] long answer offset: the row's next forward sees nothing at or after
+    #                                 it, keys and queries (>= gen_length: no cut; ``horizons`` only)
 
 
 def topk_mask(scores: Tensor, k: Tensor) -> Tensor:
@@ -92,6 +109,8 @@ class RunSettings:
     block_length: int
     gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
     device: torch.device = torch.device("cpu")
+    constraints: tuple[int, ...] = ()  # answer offsets holding fixed tokens (GenerationConfig.constraints)
+    family: str | None = None  # the model family's name (model.family), None when not known
 
 
 class Policy:
@@ -118,12 +137,27 @@ class Policy:
     # (WINO; engine/verify.py); ``StepState.stats["verify_prob"]``: the copy's probability of the block's
     # current token (meaningful where committed).
     verifies: ClassVar[bool] = False
+    # May return ``Selection.finish``: the row's every masked answer position takes this forward's prediction
+    # and the row is done (Prophet's early commit). The engine then also predicts the answer after the block
+    # and hands the policy ``StepState.answer`` from ``view_start`` on.
+    finishes: ClassVar[bool] = False
+    # May return ``Selection.horizon``: a one-step cut of the row's live sequence for its next forward (the
+    # sequence after it is hidden as an EoTP cut hides it, for that forward only: SlowFast's fast phase).
+    horizons: ClassVar[bool] = False
+    # Fixed answer tokens the policy's rule expects by default, in the authors' spelling
+    # ``"offset:word|offset:word"`` (model_arg ``constraints=auto``; Prophet's "The answer is"); None: none.
+    default_constraints: ClassVar[str | None] = None
 
     def init_state(self, rows: Tensor, block: int) -> RowState | None:
         """The per-row state of a block that starts for ``rows`` ([n] batch rows, on the decoding device),
         handed to each of the block's ``select`` calls as ``StepState.state``; None (the default): the
         policy keeps none. Called once per block, before its first step."""
         return None
+
+    def view_start(self, block_start: int) -> int:
+        """For a policy that ``finishes``: the answer offset from which ``StepState.answer`` covers the answer
+        at the block starting at answer offset ``block_start`` (default: the block's start)."""
+        return block_start
 
     def select(self, state: StepState) -> Tensor | Selection:
         """Choose this step's commits for the rows of ``state``.
@@ -135,7 +169,9 @@ class Policy:
         Returns:
             A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
-            (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
+            (``accepted``), re-masks (``remask``, only with ``remasks = True``) or finishes rows (``finish``,
+            only with ``finishes = True``: their masked positions after the block take this forward's
+            predictions there; the block's follow the commit mask like any other). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
             position. Re-masks apply only to the block's positions committed before this step (never the
             prompt, another block or an EoTP-cut tail) and never undo more of a row's new commits than

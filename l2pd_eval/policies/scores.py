@@ -27,7 +27,7 @@ from torch import Tensor
 
 from l2pd_eval.policies.base import Policy, StepState, topk_mask
 
-STATISTICS = ("neg_entropy", "margin", "chosen_prob")
+STATISTICS = ("neg_entropy", "margin", "chosen_prob", "chosen_prob_native")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
 _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
 
@@ -38,6 +38,8 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
 
     One softmax over the block only (never the prompt or suffix), in float32 (float64 for float64 logits),
     at ``temperature`` as Dream scores. ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
+    ``chosen_prob_native`` is the probability of ``x0`` from ``torch.softmax`` in the logits' own dtype (bf16
+    on a GPU) at temperature 0, as Prophet's and SlowFast's code compute their confidence (docs/conventions.md).
     """
     needs = tuple(dict.fromkeys(needs))
     unknown = [n for n in needs if n not in STATISTICS]
@@ -45,11 +47,17 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
         raise ValueError(f"unknown step statistics {unknown}; valid choices: {', '.join(STATISTICS)}")
     if not needs:
         return {}
+    out: dict[str, Tensor] = {}
+    if "chosen_prob_native" in needs:
+        if x0 is None:
+            raise ValueError("step_statistics: 'chosen_prob_native' needs x0, the step's predicted tokens")
+        out["chosen_prob_native"] = torch.softmax(logits, dim=-1).gather(-1, x0.unsqueeze(-1)).squeeze(-1)
+        if needs == ("chosen_prob_native",):
+            return out
     work = logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
     if temperature > 0:
         work = work / temperature
     logp = torch.log_softmax(work, dim=-1)
-    out: dict[str, Tensor] = {}
     if "neg_entropy" in needs:
         p = logp.exp()
         out["neg_entropy"] = (p * torch.log(p + _ENTROPY_EPS)).sum(-1)
