@@ -2,16 +2,16 @@
 policy, one registry."""
 
 from l2pd_eval.policies.base import (
-           AnswerView,
-           Policy,
-           RowState,
-           RunSettings,
-           Selection,
-           StepState,
-           top1_mask,
-           topk_mask,
+    AnswerView,
+    Policy,
+    RowState,
+    RunSettings,
+    Selection,
+    StepState,
+    top1_mask,
+    topk_mask,
 )
 from l2pd_eval.policies.registry import available, get_policy, policy_class, policy_params, register
 
-__all__ = ["AnswerView", "Policy", "RowState", "RunSettings", "Selection", "StepState", "top1_mask", "topk_mask", "available", "get_policy",
-           "policy_class", "policy_params", "register"]
+__all__ = ["AnswerView", "Policy", "RowState", "RunSettings", "Selection", "StepState", "top1_mask", "topk_mask",
+           "available", "get_policy", "policy_class", "policy_params", "register"]
