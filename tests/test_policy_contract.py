@@ -217,3 +217,26 @@ def test_per_row_policy_state_lives_for_a_block_and_follows_its_rows(tiny, promp
 
 def test_the_default_policy_keeps_no_state():
     assert get_policy("threshold").init_state(torch.arange(3), 0) is None
+
+
+class _Undeclared(Policy):
+    """Returns a field it does not declare (``field``)."""
+
+    name = "_undeclared"
+    scheduled = False
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def select(self, state: StepState) -> Selection:
+        rows = state.masked.shape[0]
+        value = torch.zeros(rows, dtype=torch.bool) if self.field == "finish" else torch.zeros(rows).long()
+        return Selection(top1_mask(state.masked_conf), **{self.field: value})
+
+
+@pytest.mark.parametrize("field, flag", [("finish", "finishes"), ("horizon", "horizons")])
+def test_finish_and_horizon_need_their_capability(tiny, prompts, field, flag):
+    model, _, special = tiny
+    with pytest.raises(ValueError, match=f"policy='_undeclared' returned Selection.{field} but does not declare "
+                                         f"{flag} = True"):
+        generate(model, prompts, GenerationConfig(**CFG), _Undeclared(field), special)

@@ -72,7 +72,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device, constraints=tuple(o for o, _ in config.constraints),
-                                     family=family_name(model.config)))
+                                     family=family_name(model.config), temperature=config.temperature))
     check_remask_budget(policy)
     if policy.verifies and policy.finishes:
         raise ValueError(f"policy={policy.name!r}: verifies and finishes both need the step's query slots; "

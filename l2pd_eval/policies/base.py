@@ -111,6 +111,7 @@ class RunSettings:
     device: torch.device = torch.device("cpu")
     constraints: tuple[int, ...] = ()  # answer offsets holding fixed tokens (GenerationConfig.constraints)
     family: str | None = None  # the model family's name (model.family), None when not known
+    temperature: float = 0.0  # the decode's sampling temperature
 
 
 class Policy:
