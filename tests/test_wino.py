@@ -153,3 +153,10 @@ def test_the_verification_probability_is_the_copy_s_probability_of_the_committed
     assert st.state.count.tolist() == [2]  # the next step's cap
     sel = get_policy("wino", threshold=0.1).select(step(2))  # 2 doubted >= last accept 2: only the lowest
     assert sel.remask.tolist() == [[True, False, False, False]]
+
+
+def test_bad_wino_parameters_are_one_clear_error():
+    with pytest.raises(ValueError, match=r"^threshold=1.5 must lie in \[0, 1\]$"):
+        get_policy("wino", threshold=1.5)
+    with pytest.raises(ValueError, match="max_accept_min=9 and max_accept_max=4: need 1 <= max_accept_min <= max_"):
+        get_policy("wino", max_accept_min=9, max_accept_max=4)
