@@ -72,7 +72,7 @@ def test_report_published_csv_goes_to_a_second_file(tmp_path):
 
 @pytest.mark.parametrize("argv,message", [
     (["report", "nope"], "RUN nope: no such file or folder"),
-    (["report", "runs", "--published", "nope"], "valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all"),
+    (["report", "runs", "--published", "nope"], "valid choices: fastdllm_dream, fastdllm_llada, learn2pd, prophet"),
     (["report", "runs", "--metric", "gsm8k"], "--metric 'gsm8k': expected TASK=METRIC"),
     (["report", "runs", "--metric", "gsm8k=bogus"], "valid choices: exact_match,flexible-extract"),
     (["compare", "--baseline", "nope.json", "runs"], "--baseline nope.json: no such file"),

@@ -79,7 +79,9 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["fastdllm_dream", "fastdllm_llada", "learn2pd"]
+    assert available() == sorted(p.stem for p in (REPO / "results" / "published").glob("*.json"))
+    assert {"fastdllm_dream", "fastdllm_llada", "learn2pd", "slowfast_llada", "slowfast_dream", "prophet",
+            "wino"} <= set(available())
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -89,7 +91,7 @@ def test_published_file_by_path_and_errors(tmp_path):
          "accuracy": None, "source": "x"}]}))
     pub = load_published(str(path))
     assert pub.name == "mine" and pub.entries[0].tps is None and pub.entries[0].speedup == 3.0
-    with pytest.raises(ValueError, match="valid choices: fastdllm_dream, fastdllm_llada, learn2pd, all, or a path"):
+    with pytest.raises(ValueError, match=f"valid choices: {', '.join(available())}, all, or a path"):
         load_published("fast_dllm")
     trunc = tmp_path / "trunc.json"
     trunc.write_text(path.read_text()[:40])
@@ -152,3 +154,42 @@ def test_other_shot_counts_are_not_paired_but_named(tmp_path):
     notes = comparison_notes(report, load_tables(["learn2pd"]))
     assert "Not paired: learn2pd Learn2PD + EoTP gsm8k 1024 (2-shot run vs 5-shot paper)" in notes
     assert any(n.startswith("Absolute TPS were measured on different GPUs (ours: NVIDIA H100 80GB HBM3)") for n in notes)
+
+
+# SlowFast's Table 1 (both halves) and Table 4, as printed (base models; results/published/README.md).
+SLOWFAST = {
+    "slowfast_llada": {("LLaDA Base", "gsm8k", 256, 4): (4.55, 1.0, 69.83),
+                       ("+ Sampling", "gsm8k", 256, 4): (14.57, 3.20, 69.59),
+                       ("+ Sampling", "humaneval", 256, 0): (35.46, 3.15, 33.54),
+                       ("+ Sampling", "gpqa_main_generative_n_shot", 1024, 8): (25.00, 15.63, 31.47)},
+    "slowfast_dream": {("Dream Base", "gsm8k_cot", 256, 8): (8.16, 1.0, 77.02),
+                       ("+ Sampling", "bbh", 256, 3): (28.14, 4.06, 50.55),
+                       ("+ Sampling", "mmlu_pro", 256, 0): (22.80, 1.52, 22.91)},
+}
+
+
+@pytest.mark.parametrize("name, count, family", [("slowfast_llada", 8 * 2 + 2, "llada"),
+                                                 ("slowfast_dream", 8 * 2, "dream")])
+def test_slowfast_cells_are_stored_as_printed_with_their_source(name, count, family):
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2506.10848"
+    assert pub.gpu == "NVIDIA RTX 4090"
+    keys = [(e.label, e.task, e.gen_length, e.num_fewshot) for e in pub.entries]
+    assert len(set(keys)) == len(keys)
+    for e in pub.entries:
+        assert e.source in pub.sources and "2506.10848" in pub.sources[e.source]
+        assert e.method["policy"] in ("slowfast", "low_confidence", "entropy")
+    for key, cell in SLOWFAST[name].items():
+        assert [(e.tps, e.speedup, e.accuracy) for e in pub.entries
+                if (e.label, e.task, e.gen_length, e.num_fewshot) == key] == [cell]
+    assert "BASE model" in json.loads(pub.path.read_text())["setup"]["note"]
+
+
+@pytest.mark.parametrize("name", ["prophet", "wino"])
+def test_a_method_without_a_published_table_says_so_in_the_report(tmp_path, name):
+    """Prophet and WINO published no table: the comparison has no rows for them and one line saying why."""
+    report, _ = _side_by_side(tmp_path, shots=5)
+    table = load_tables([name])
+    assert table[0].entries == [] and comparison_grid(report, table)[1] == []
+    notes = comparison_notes(report, table)
+    assert any(n.startswith(f"Missing [{name}]: every cell (no published table in the repository") for n in notes)

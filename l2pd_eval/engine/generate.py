@@ -178,8 +178,9 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         extra = copy_slots(x, pos, block, length, run.strategy.model.logit_shift, run.special.mask, state.total)
     s = StepInput(x, pos, key_mask, block, length, step=step, masked=masked, after=run.after, extra=extra)
     width = rows.end - rows.start
-    if run.policy.finishes:
-        lo = state.prompt_width + run.policy.view_start(rows.start - state.prompt_width)
+    start = run.policy.view_start(rows.start - state.prompt_width) if run.policy.finishes else None
+    if start is not None:
+        lo = state.prompt_width + start
         view = answer_logits(run.strategy, dataclasses.replace(s, after=False), lo, state.total)
         state.positions[rows.host] += run.strategy.positions // len(rows.host)
         return _Logits(view[:, rows.start - lo:rows.end - lo], view[:, rows.end - lo:], None, (lo, view))
@@ -254,6 +255,14 @@ def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
     return live if state.constrained is None else live & ~state.constrained[rows.start:rows.end]
 
 
+def _tail_x0(run: _Run, state: DecodeState, rows: BlockRows, logits: Tensor, salt: tuple[int, ...]) -> Tensor:
+    """x0 after the block for a finishing policy's fill: the argmax (greedy), or the same Gumbel draws an
+    EoTP search there would make."""
+    if run.config.temperature <= 0:
+        return logits.argmax(-1)
+    return run.predict.chunked(logits, run.config.temperature, state.seeds[rows.idx], salt)[0]
+
+
 def _finish(run: _Run, state: DecodeState, rows: BlockRows, c: StepCommit, tail_x0: Tensor) -> Tensor:
     """Rows that finish: every masked position after the block (before the row's live end) takes this
     forward's prediction ``tail_x0`` [n, S]. Returns how many positions each row filled there."""
@@ -297,10 +306,13 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         rows.last_commits = c.commit.sum(-1)
     rows.horizon = None if c.horizon is None else state.prompt_width + c.horizon
     after = None
-    if out.after is not None and out.after.shape[1] and (run.after or c.finish is not None):
+    if run.after and out.after is not None and out.after.shape[1]:
         after = run.predict.chunked(out.after, run.config.temperature, state.seeds[rows.idx],
                                     (blk, step, _GUMBEL_AFTER))
-    filled = None if c.finish is None or after is None else _finish(run, state, rows, c, after[0])
+    filled = None
+    if c.finish is not None and out.after is not None and out.after.shape[1]:
+        tail_x0 = after[0] if after is not None else _tail_x0(run, state, rows, out.after, (blk, step, _GUMBEL_AFTER))
+        filled = _finish(run, state, rows, c, tail_x0)
     _write(run, state, rows, block_x, c, filled)
     if run.eotp is not None:
         eot = EotpStep(c.commit, c.tokens, st.conf, masked, c.accepted, seen_end=seen_end)

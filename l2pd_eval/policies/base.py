@@ -155,9 +155,10 @@ class Policy:
         policy keeps none. Called once per block, before its first step."""
         return None
 
-    def view_start(self, block_start: int) -> int:
+    def view_start(self, block_start: int) -> int | None:
         """For a policy that ``finishes``: the answer offset from which ``StepState.answer`` covers the answer
-        at the block starting at answer offset ``block_start`` (default: the block's start)."""
+        at the block starting at answer offset ``block_start`` (default: the block's start); None: this run
+        needs no view (nor finishes), so the engine computes none."""
         return block_start
 
     def select(self, state: StepState) -> Tensor | Selection:

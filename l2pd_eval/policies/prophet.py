@@ -88,8 +88,8 @@ class Prophet(Policy):
                         "constraints=OFFSET:WORD|..., window_start= or gap_window=answer", why)
         return self.to(run.device)
 
-    def view_start(self, block_start: int) -> int:
-        return block_start if self._window is None else min(self._window[0], block_start)
+    def view_start(self, block_start: int) -> int | None:
+        return None if self._window is None else min(self._window[0], block_start)
 
     def select(self, state: StepState) -> Selection:
         conf = state.stats["chosen_prob_native"] if self.confidence == "model" else state.conf

@@ -39,6 +39,16 @@ DEFAULT_SETTINGS = [
     Setting("threshold0.9+eotp(committed)", "threshold", {"threshold": 0.9}, eotp="committed"),
     Setting("oracle+eotp(committed)", "oracle", {"fallback": "reference"}, eotp="committed"),
 ]
+# The field's rules with their authors' default parameters (docs/conventions.md). Prophet's default fixed
+# tokens (answer offsets 200-202) do not fit a 96-token answer, so it runs without them (it cannot exit),
+# beside its named option gap_window=answer, which needs none.
+FIELD_SETTINGS = [
+    Setting("prophet", "prophet"),
+    Setting("prophet(gap_window=answer)", "prophet", {"gap_window": "answer"}),
+    Setting("wino", "wino"),
+    Setting("slowfast", "slowfast"),
+]
+SETTINGS = {"default": DEFAULT_SETTINGS, "field": FIELD_SETTINGS, "all": DEFAULT_SETTINGS + FIELD_SETTINGS}
 
 
 def evaluate_checkpoint(checkpoint: str | Path, device: str = "cpu", problems: Sequence[Problem] | None = None,
@@ -111,11 +121,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test problems")
     parser.add_argument("--filter", default=None, help="a trained Learn2PD filter: adds learn2pd rows")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--settings", choices=sorted(SETTINGS), default="default",
+                        help="default: the rows of docs/testbed.md's first table; field: prophet, wino, slowfast")
     args = parser.parse_args(argv)
     problems = load_test_split()[: args.limit]
-    results = evaluate_checkpoint(args.checkpoint, args.device, problems, gen_length=args.gen_length,
-                                  block_length=args.block_length, batch_size=args.batch_size, dtype=args.dtype,
-                                  filter_path=args.filter)
+    results = evaluate_checkpoint(args.checkpoint, args.device, problems, settings=SETTINGS[args.settings],
+                                  gen_length=args.gen_length, block_length=args.block_length,
+                                  batch_size=args.batch_size, dtype=args.dtype, filter_path=args.filter)
     print(format_table(results))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
