@@ -41,17 +41,31 @@ class ExtraQueries:
         return sum(len(range(*p.indices(self.count))) for p in self.predict)
 
 
-def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Tensor | None, length: int,
-                       extra: ExtraQueries, *, start: int = 0, cache: KVCache | None = None,
-                       logits_slice: slice, split_keys: bool = True) -> Tensor:
-    """``model`` on the chunk ``x`` [n, c] at ``[start, start + c)`` followed by ``extra``'s slots: the chunk's
-    ``logits_slice`` predictions, then the slots' ``extra.predict`` ones. ``length``: the live sequence the
-    real queries attend to (keys ``[0, length)``, through ``key_mask`` [n, >= length] or all). Without a
-    cache the chunk is the whole live sequence (``start`` 0, ``c == length``)."""
+@dataclass(frozen=True)
+class SlottedCall:
+    """The model call of a step with query slots: its tensors (what a CUDA graph's buffers hold) and the
+    call's constants."""
+
+    x: Tensor                  # [n, c + m] the chunk's tokens, then the slots'
+    pos: Tensor                # [n, c + m]
+    mask: Tensor               # [n, c + m, keys] bool: the per-query attention mask (key mask folded in)
+    write_index: Tensor | None  # [c + m] where the keys/values go (None: no cache)
+    keys: int                  # kv_len
+    logits_slice: tuple[slice, ...]
+
+    def run(self, model: DiffusionLM, cache: KVCache | None, start: int, split_keys: bool) -> Tensor:
+        return model(self.x, self.pos, None, cache=cache, start=start, kv_len=self.keys,
+                     logits_slice=self.logits_slice, write_index=self.write_index, split_keys=split_keys,
+                     attn_mask=self.mask)
+
+
+def slotted_call(x: Tensor, pos: Tensor, key_mask: Tensor | None, length: int, extra: ExtraQueries, *,
+                 start: int = 0, cached: bool = False, logits_slice: slice) -> SlottedCall:
+    """The call ``forward_with_extra`` makes, built (``cached``: keys/values written to a cache)."""
     n, c = x.shape
     m = extra.count
     real = torch.ones(n, length, dtype=torch.bool, device=x.device) if key_mask is None else key_mask[:, :length]
-    if cache is None:
+    if not cached:
         if start != 0 or c != length:
             raise ValueError("forward_with_extra: without a cache the chunk is the whole live sequence")
         scratch, write_index = length, None
@@ -66,6 +80,17 @@ def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Ten
     if extra.mutual:
         mask[:, c:, scratch:] = True
     slots = tuple(slice(c + a, c + b) for a, b, _ in (p.indices(m) for p in extra.predict))
-    return model(torch.cat([x, extra.x], 1), torch.cat([pos, extra.pos], 1), None, cache=cache, start=start,
-                 kv_len=keys, logits_slice=(logits_slice, *slots), write_index=write_index,
-                 split_keys=split_keys, attn_mask=mask)
+    return SlottedCall(torch.cat([x, extra.x], 1), torch.cat([pos, extra.pos], 1), mask, write_index, keys,
+                       (logits_slice, *slots))
+
+
+def forward_with_extra(model: DiffusionLM, x: Tensor, pos: Tensor, key_mask: Tensor | None, length: int,
+                       extra: ExtraQueries, *, start: int = 0, cache: KVCache | None = None,
+                       logits_slice: slice, split_keys: bool = True) -> Tensor:
+    """``model`` on the chunk ``x`` [n, c] at ``[start, start + c)`` followed by ``extra``'s slots: the chunk's
+    ``logits_slice`` predictions, then the slots' ``extra.predict`` ones. ``length``: the live sequence the
+    real queries attend to (keys ``[0, length)``, through ``key_mask`` [n, >= length] or all). Without a
+    cache the chunk is the whole live sequence (``start`` 0, ``c == length``)."""
+    call = slotted_call(x, pos, key_mask, length, extra, start=start, cached=cache is not None,
+                        logits_slice=logits_slice)
+    return call.run(model, cache, start, split_keys)

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.caches.base import ForwardStrategy, StepInput
-from l2pd_eval.caches.extra import forward_with_extra
+from l2pd_eval.caches.extra import ExtraQueries, SlottedCall, forward_with_extra, slotted_call
 from l2pd_eval.caches.registry import register
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -75,15 +75,23 @@ class PrefixCache(ForwardStrategy):
         self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift)
         if s.extra is None and s.out is None:
             return self._cached_step(s)
-        start, end = self.chunk(s.block, s.length, self.model.logit_shift)  # eager: no graph, no padding
-        if s.extra is None:
-            return self.model(s.x[:, start:end], s.pos[:, start:end], s.key_mask, cache=self.kv, start=start,
-                              kv_len=s.length, logits_slice=slice(lo - start, hi - start),
-                              split_keys=self.split_keys)
-        self.positions += s.x.shape[0] * s.extra.count
-        return forward_with_extra(self.model, s.x[:, start:end], s.pos[:, start:end], s.key_mask, s.length,
-                                  s.extra, start=start, cache=self.kv, logits_slice=slice(lo - start, hi - start),
-                                  split_keys=self.split_keys)
+        if s.extra is not None:
+            self.positions += s.x.shape[0] * s.extra.count
+        return self._slotted_step(s, lo, hi)
+
+    def _slotted_call(self, s: StepInput, lo: int, hi: int) -> tuple[SlottedCall, int]:
+        """A cached step returning ``[lo, hi)`` and, with ``s.extra``, its slots' predictions: the model call
+        (no width padding) and the chunk's start."""
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift)
+        x, pos = s.x[:, start:end], s.pos[:, start:end]
+        extra = s.extra or ExtraQueries(x[:, :0], pos[:, :0], x.new_zeros(x.shape[0], 0, s.length, dtype=torch.bool),
+                                        mutual=False, predict=(), scratch=s.length)
+        return slotted_call(x, pos, s.key_mask, s.length, extra, start=start, cached=True,
+                            logits_slice=slice(lo - start, hi - start)), start
+
+    def _slotted_step(self, s: StepInput, lo: int, hi: int) -> Tensor:
+        call, start = self._slotted_call(s, lo, hi)
+        return call.run(self.model, self.kv, start, self.split_keys)
 
     def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
         """Tokens and positions of the cached step's chunk (padded to ``width_bucket``) and its start."""
