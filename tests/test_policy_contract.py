@@ -240,3 +240,32 @@ def test_finish_and_horizon_need_their_capability(tiny, prompts, field, flag):
     with pytest.raises(ValueError, match=f"policy='_undeclared' returned Selection.{field} but does not declare "
                                          f"{flag} = True"):
         generate(model, prompts, GenerationConfig(**CFG), _Undeclared(field), special)
+
+
+class _CutOnce(Policy):
+    """Test-only: commits one token a step and, at each block's first step, cuts the next forward two
+    positions into the block."""
+
+    name = "_cut_once"
+    scheduled = False
+    horizons = True
+
+    def select(self, state: StepState) -> Selection:
+        cut = torch.full_like(state.rows, state.block_start + 2 if state.step == 0 else 1 << 30)
+        return Selection(top1_mask(state.masked_conf), horizon=cut)
+
+
+@pytest.mark.parametrize("cache", cache_names())
+def test_a_horizon_cuts_the_next_forward_only(cache):
+    """What the network sees per forward (keys visible): the full sequence, then the sequence up to the
+    horizon once, then the full sequence again; on every cache."""
+    from scripted_model import ScriptedModel
+
+    from l2pd_eval.model.loading import SpecialIds
+
+    P, G = 4, 8
+    model = ScriptedModel(P, [(3, 0.5)] * G)
+    out = generate(model, [[1, 2, 1, 2]], GenerationConfig(gen_length=G, block_length=4, cache=cache), _CutOnce(),
+                   SpecialIds(mask=15, eos=14))
+    assert out.stats[0].nfe == 8
+    assert model.lengths == [P + G, P + 2, P + G, P + G, P + G, P + 4 + 2, P + G, P + G]
