@@ -24,6 +24,7 @@ import torch
 
 from l2pd_eval.caches import PrefixCache, StepInput, available, cache_class
 from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
+from l2pd_eval.engine.verify import verify_prob
 from l2pd_eval.model import SpecialIds, load_model, skinny
 from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
 from l2pd_eval.policies.scores import step_statistics
@@ -200,8 +201,9 @@ def time_strategy(strat, x, pos, block, total):
 
 def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tuple[float, float]:
     """Seconds per step of the vocabulary statistics (x0, confidence, the policy's ``needs``) + selection:
-    (isolated, in pipeline). A policy with block state gets one ``begin_block`` memory, updated by every
-    call as on a mid-block step.
+    (isolated, in pipeline). A policy with block state gets one ``begin_block`` memory (or ``init_state``
+    row state), updated by every call as on a mid-block step; one that verifies also pays the verification
+    probability (the copy's own forward is not in this time: ``--rules`` measures it).
 
     Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
     is (forward + policy) - forward over ``reps`` steps enqueued back to back, as the engine runs them: the
@@ -213,14 +215,16 @@ def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tupl
     seeds = torch.zeros(batch, dtype=torch.long, device=logits.device)
     ones = torch.ones(batch, dtype=torch.long, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
-    memory = policy.begin_block(0, rows)
+    memory, state = policy.begin_block(0, rows), policy.init_state(rows, 0)
 
     def select(lg):
         lg = lg[:, :width]
         x0, conf = predict(lg, 0.0, seeds, (0, 0, 0))
         stats = step_statistics(lg, policy.needs, 0.0, x0) if policy.needs else {}
+        if policy.verifies:  # the engine's softmax over the verification copy (the block's logits stand in)
+            stats["verify_prob"] = verify_prob(lg, x0)
         st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=1, block=0, block_start=0, rows=rows,
-                       stats=stats, memory=memory, mask_id=mask_id,
+                       stats=stats, memory=memory, mask_id=mask_id, state=state,
                        uniform=lambda purpose, shape=(width,): rng.uniform(seeds, (0, 1, purpose), shape))
         sel = policy.select(st)
         return (sel if isinstance(sel, torch.Tensor) else sel.commit) & masked
