@@ -11,7 +11,8 @@ Measures, in one run (see docs/benchmarks.md for the command and the recorded nu
   (e) peak GPU memory per configuration;
   (f) with --confidence-rules, what each confidence rule (engine/predict.py) costs per step on the block's
       bf16 logits, greedy and sampled, and its peak memory (--confidence-only: this part alone).
-Prints a table last and writes JSON lines to --out.
+Prints a table last and writes JSON lines to --out. ``--rules`` instead times the field's rules (prophet,
+wino, slowfast) per forward beside threshold's, at batch 1 and 16, with and without CUDA graphs.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from l2pd_eval.caches import PrefixCache, StepInput, available, cache_class
 from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
 from l2pd_eval.engine.predict import CONFIDENCE_RULES
+from l2pd_eval.engine.verify import verify_prob
 from l2pd_eval.model import SpecialIds, load_model, skinny
 from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
 from l2pd_eval.policies.scores import step_statistics
@@ -253,8 +255,9 @@ def time_cases(strat, x, pos, block, total, prompt: int, model, cache: str, batc
 
 def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tuple[float, float]:
     """Seconds per step of the vocabulary statistics (x0, confidence, the policy's ``needs``) + selection:
-    (isolated, in pipeline). A policy with block state gets one ``begin_block`` memory, updated by every
-    call as on a mid-block step.
+    (isolated, in pipeline). A policy with block state gets one ``begin_block`` memory (or ``init_state``
+    row state), updated by every call as on a mid-block step; one that verifies also pays the verification
+    probability (the copy's own forward is not in this time: ``--rules`` measures it).
 
     Isolated times the policy on its own, so at small batch it is mostly kernel-launch time. In pipeline
     is (forward + policy) - forward over ``reps`` steps enqueued back to back, as the engine runs them: the
@@ -266,14 +269,16 @@ def time_policy(policy, step, predict, reps: int = 8, mask_id: int = -1) -> tupl
     seeds = torch.zeros(batch, dtype=torch.long, device=logits.device)
     ones = torch.ones(batch, dtype=torch.long, device=logits.device)
     rows = torch.arange(batch, device=logits.device)
-    memory = policy.begin_block(0, rows)
+    memory, state = policy.begin_block(0, rows), policy.init_state(rows, 0)
 
     def select(lg):
         lg = lg[:, :width]
         x0, conf = predict(lg, 0.0, seeds, (0, 0, 0))
         stats = step_statistics(lg, policy.needs, 0.0, x0) if policy.needs else {}
+        if policy.verifies:  # the engine's softmax over the verification copy (the block's logits stand in)
+            stats["verify_prob"] = verify_prob(lg, x0)
         st = StepState(conf=conf, x0=x0, masked=masked, k=ones, step=1, block=0, block_start=0, rows=rows,
-                       stats=stats, memory=memory, mask_id=mask_id,
+                       stats=stats, memory=memory, mask_id=mask_id, state=state,
                        uniform=lambda purpose, shape=(width,): rng.uniform(seeds, (0, 1, purpose), shape))
         sel = policy.select(st)
         return (sel if isinstance(sel, torch.Tensor) else sel.commit) & masked
@@ -553,6 +558,56 @@ def _pairs(text: str) -> dict[str, str]:
     return {k.strip(): v.strip() for k, v in pairs}
 
 
+RULES = ("threshold", "prophet", "wino", "slowfast")  # threshold: the reference the field's rules are held to
+
+
+def rules_cell(model, special, args, cache: str, batch: int, rule: str) -> dict:
+    """Milliseconds per forward of whole decodes with ``rule`` (defaults) at ``cache`` and ``batch``. On random
+    weights every rule commits one token a step (no confidence reaches a threshold, no gap an exit, no draft
+    is verified), so every rule makes the same forwards and the difference is each rule's own cost per step:
+    prophet's view of the answer (with a cache: query slots), wino's verification copy, slowfast's state.
+    Prophet gets fixed tokens (as its authors' 200:The|201:answer|202:is) so that its gap window is live."""
+    G = args.rules_gen
+    fixed = tuple((G - 56 + i, 10 + i) for i in range(3)) if rule == "prophet" else ()
+    cfg = GenerationConfig(gen_length=G, block_length=32, cache=cache.split("+")[0], constraints=fixed)
+    fast = speed(args, cache)
+    prompts = [torch.randint(0, model.config.vocab_size - 8, (args.prompt,)).tolist() for _ in range(batch)]
+    generate(model, prompts, cfg, get_policy(rule), special, speed=fast)  # warm-up: compilation, first captures
+    walls = []
+    for _ in range(args.rules_reps):
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        res = generate(model, prompts, cfg, get_policy(rule), special, speed=fast)
+        walls.append(time.perf_counter() - t0)
+    wall, nfe = statistics.median(walls), max(st.nfe for st in res.stats)
+    return dict(rules=True, rule=rule, cache=cache, batch=batch, gen=G, prompt=args.prompt, nfe=nfe,
+                seconds=wall, ms_per_forward=wall / nfe * 1e3, reps=args.rules_reps,
+                queries_per_row=max(st.positions for st in res.stats) / nfe)
+
+
+def bench_rules(model, special, args, out) -> list[dict]:
+    """Each rule's per-forward time beside threshold's (``ratio``: rule / threshold) per cache and batch."""
+    rows = []
+    for cache in args.rules_caches:
+        for batch in args.rules_batches:
+            ref = None
+            for rule in RULES:
+                row = rules_cell(model, special, args, cache, batch, rule)
+                ref = row["ms_per_forward"] if rule == "threshold" else ref
+                row["ratio_to_threshold"] = row["ms_per_forward"] / ref
+                rows.append(row)
+                print(json.dumps(row), file=out, flush=True)
+    return rows
+
+
+def _print_rules(rows: list[dict]) -> None:
+    print(f"{'cache':>12} {'B':>3} {'rule':>10} {'NFE':>5} {'ms/forward':>10} {'x threshold':>11} {'queries/row':>11}")
+    for r in rows:
+        print(f"{r['cache']:>12} {r['batch']:>3} {r['rule']:>10} {r['nfe']:>5} {r['ms_per_forward']:10.2f} "
+              f"{r['ratio_to_threshold']:11.3f} {r['queries_per_row']:11.1f}")
+
+
 def _parser() -> argparse.ArgumentParser:
     """Defaults: the LLaDA-8B shape at the papers' GSM8K sizes; each A/B flag turns off one speed switch."""
     ap = argparse.ArgumentParser()
@@ -610,6 +665,12 @@ def _parser() -> argparse.ArgumentParser:
                     help="A/B of the width-bucket rule in e2e cells: new (after logit_shift) and/or old")
     ap.add_argument("--compile-autotune", action="store_true",
                     help="with --compile: inductor times reduction configs (compile_autotune=true)")
+    ap.add_argument("--rules", action="store_true",
+                    help="only the field's rules' per-forward time beside threshold's (prophet, wino, slowfast)")
+    ap.add_argument("--rules-caches", nargs="+", default=["none", "dual", "dual+graph", "prefix+graph"])
+    ap.add_argument("--rules-batches", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--rules-gen", type=int, default=64, help="answer length of the --rules decodes (2 blocks)")
+    ap.add_argument("--rules-reps", type=int, default=2, help="timed decodes per --rules cell (median)")
     return ap
 
 
@@ -665,6 +726,10 @@ def main() -> None:
         c = model.config  # the family's ids; tiny presets carry none: the last ids of their vocabulary
         special = SpecialIds.resolve(None, c, mask_id=None if c.mask_token_id is not None else c.vocab_size - 1,
                                      eos_id=None if c.eos_token_id is not None else c.vocab_size - 2)
+        if args.rules:
+            rules = bench_rules(model, special, args, out)
+            _print_rules(rules)
+            return
         if args.skinny_table:
             from bench.tune_skinny import load_table
 

@@ -69,6 +69,13 @@ def _record(out) -> dict[str, object]:
     return {"digest": digest, "nfe": full["nfe"], "num_tokens": full["num_tokens"], "_full": full}
 
 
+def _refused(message: str) -> dict[str, object]:
+    """A configuration a policy refuses (slowfast's Dream sampler at temperature 1): the refusal is recorded."""
+    full = {"refused": message}
+    digest = hashlib.sha256(json.dumps(full, sort_keys=True).encode()).hexdigest()
+    return {"digest": digest, "nfe": [], "num_tokens": [], "refused": message, "_full": full}
+
+
 def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
     from l2pd_eval.caches import available as cache_names
     from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
@@ -93,7 +100,10 @@ def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
                                                    eotp=eotp, temperature=temp, seed=0)
                             pol = get_policy(policy, **_policy_params(policy))
                             ref = refs if pol.needs_reference else None
-                            results[key] = _record(generate(model, prompts, cfg, pol, special, reference=ref))
+                            try:
+                                results[key] = _record(generate(model, prompts, cfg, pol, special, reference=ref))
+                            except ValueError as refused:  # a setting the policy cannot serve: its message
+                                results[key] = _refused(str(refused))
     return results
 
 

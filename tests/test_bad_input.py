@@ -221,3 +221,30 @@ def test_eot_ids_must_be_token_ids(tiny_dir):
     assert parse_model_args(dict(pretrained=str(tiny_dir), eot_ids="3; 5"))[0].end_ids() == [3, 5]
     with pytest.raises(ValueError, match=r"^eot_ids='3,x'; valid: token ids separated by ';', e.g. eot_ids="):
         parse_model_args(dict(pretrained=str(tiny_dir), eot_ids="3,x"))
+
+
+# -- fixed answer tokens (constraints=, Prophet's "The answer is") ------------------------------------
+
+def test_constraints_are_offset_word_pairs_that_fit_the_answer(tiny_dir):
+    with pytest.raises(ValueError, match=r"^constraints='200The': each part is OFFSET:WORD with OFFSET an answer "
+                                         r"offset >= 0, e.g. constraints=200:The\|201:answer\|202:is \(or auto, none\)$"):
+        Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", constraints="200The")
+    with pytest.raises(ValueError, match=r"^constraints: answer offset\(s\) 40, 41 lie outside \[0, gen_length=32\) "
+                                         r"\(offsets count from the answer's first token\)$"):
+        Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", constraints="40:x", gen_length=32)
+
+
+def test_constraints_auto_is_the_policys_default_and_what_does_not_fit_is_said(tiny_dir, caplog):
+    with caplog.at_level(logging.WARNING):
+        lm = Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", gen_length=32)
+    assert lm.config.constraints == ()  # Prophet's 200:The|201:answer|202:is reach past the 32-token answer
+    assert ("constraints=auto: policy=prophet's default fixed tokens '200:The|201:answer|202:is' reach past "
+            "gen_length=32 and are left out at that length") in caplog.text
+    assert "policy=prophet cannot exit early: it has its gap window at answer offset" in caplog.text
+    lm = Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", gen_length=64, constraints="20:The|30:answer|40:is")
+    want = {o + i: t for o, w in ((20, "The"), (30, "answer"), (40, "is"))  # " " + word, its ids one after another
+            for i, t in enumerate(lm.tokenizer.encode(" " + w, add_special_tokens=False))}
+    assert lm.config.constraints == tuple(sorted(want.items()))
+    assert Learn2PDLM(pretrained=str(tiny_dir), policy="low_confidence").config.constraints == ()
+    assert Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", constraints="none",
+                      gen_length=256).config.constraints == ()

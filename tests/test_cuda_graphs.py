@@ -46,6 +46,13 @@ def _policy(name: str, special: SpecialIds) -> Policy:
         return EndAt([40, 9, 63, 25], special.eos)
     if name == "threshold":  # low enough that rows commit different counts and leave blocks at different steps
         return get_policy("threshold", threshold=0.02)
+    if name == "wino":  # drafts, verification copies and re-masks on the tiny models (tests/test_wino.py)
+        return get_policy("wino", threshold=0.01, threshold_back=0.5)
+    if name == "prophet":  # some rows exit early, the others go on (tests/test_prophet.py)
+        return get_policy("prophet", gap_window="answer", early=1.9, mid=1.6, late=1.35)
+    if name == "slowfast":  # cycles that cut their forwards (tests/test_slowfast.py)
+        return get_policy("slowfast", explore_steps=2, length_threshold=0.6, explore_threshold=0.9,
+                          fast_threshold=0.5)
     return get_policy(name)
 
 
@@ -58,20 +65,25 @@ def cuda_dream(tmp_path_factory):
     return model, SpecialIds.resolve(load_tokenizer(directory), model.config)
 
 
+FIELD = ["wino", "prophet", "slowfast"]  # query slots (their own graphs) and horizons (key masks)
+
+
 @pytest.mark.parametrize("cache", GRAPHED)
-@pytest.mark.parametrize("policy", ["low_confidence", "threshold", "end_at"])
+@pytest.mark.parametrize("policy", ["low_confidence", "threshold", "end_at", *FIELD])
 def test_graph_replay_decodes_exactly_like_eager(cuda_tiny, ragged_prompts, cache, policy):
     _graph_equals_eager(*cuda_tiny, ragged_prompts, cache, policy)
 
 
 @pytest.mark.parametrize("cache", GRAPHED)
-@pytest.mark.parametrize("policy", ["entropy", "threshold", "end_at"])
+@pytest.mark.parametrize("policy", ["entropy", "threshold", "end_at", *FIELD])
 def test_graph_replay_on_dream_decodes_exactly_like_eager(cuda_dream, ragged_prompts, cache, policy):
     """Dream's graphs replay a chunk that starts one position before the block (shifted logits)."""
     _graph_equals_eager(*cuda_dream, ragged_prompts, cache, policy)
 
 
 def _graph_equals_eager(model, special, ragged_prompts, cache, policy):
+    if policy in ("wino", "prophet") and not cache_class(cache).query_slots:
+        pytest.skip(f"policy={policy} needs query slots, which cache={cache} refuses (tests/test_field_policies.py)")
     kw = dict(gen_length=64, block_length=16, cache=cache, eotp="committed" if policy == "end_at" else "false")
     eager = generate(model, ragged_prompts, GenerationConfig(**kw), _policy(policy, special), special)
     graph = generate(model, ragged_prompts, GenerationConfig(**kw), _policy(policy, special), special,

@@ -11,8 +11,9 @@ from end_at_policy import EndAt
 from policy_cases import POLICIES, assert_batched_equals_alone, make
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
-from l2pd_eval.policies import RunSettings, StepState, available, get_policy, policy_params
+from l2pd_eval.policies import RunSettings, StepState, available, get_policy, policy_class, policy_params
 from l2pd_eval.policies.factor import factor_count
 
 CFG = dict(gen_length=24, block_length=8)
@@ -152,9 +153,11 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
         assert fast.stats[row].positions < plain.stats[row].positions
 
 
-# Every EoTP rule greedy, and sampling with and without EoTP.
+# Every EoTP rule greedy, and sampling with and without EoTP; a policy that verifies (WINO) with a cache
+# without query slots is refused, not decoded: tests/test_field_policies.py
 EOTP_TEMPERATURES = [*((mode, 0.0) for mode in EOTP_MODES), ("false", 0.7), ("true", 0.7)]
-COMBOS = [(p, c, e, t) for p, c, (e, t) in itertools.product(POLICIES, cache_names(), EOTP_TEMPERATURES)]
+COMBOS = [(p, c, e, t) for p, c, (e, t) in itertools.product(POLICIES, cache_names(), EOTP_TEMPERATURES)
+          if not (policy_class(p).verifies and not cache_class(c).query_slots)]
 
 
 @pytest.mark.parametrize("policy, cache, eotp, temperature", COMBOS)

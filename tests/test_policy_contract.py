@@ -15,9 +15,11 @@ import torch
 from policy_cases import POLICIES
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.policies import (
     Policy,
+    RowState,
     RunSettings,
     Selection,
     StepState,
@@ -87,7 +89,7 @@ def test_generate_binds_the_policy_to_the_run(family, filter_path):
             return get_policy("low_confidence").bind(run)  # bind may return the policy the run uses
 
     generate(model, prompts, GenerationConfig(**CFG), Recording(), special)
-    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device)]
+    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device, family="llada")]
     bound = get_policy("learn2pd", filter=str(filter_path)).bind(seen[0])
     assert bound.bind(seen[0]) is bound  # idempotent: the adapter binds once, generate again
 
@@ -116,7 +118,7 @@ def test_select_is_documented_once_on_the_base_class():
 
 def test_only_a_policy_that_declares_remasks_may_remask(family):
     model, special, prompts = family.model, family.special, family.prompts
-    with pytest.raises(ValueError, match="policy='_revoke' returned positions to re-mask but does not declare"):
+    with pytest.raises(ValueError, match="policy='_revoke' returned Selection.remask but does not declare remasks"):
         generate(model, prompts, GenerationConfig(**CFG), Undeclared(), special)
 
 
@@ -181,3 +183,117 @@ def test_a_policy_without_remasks_reports_zero_remasks(family):
     model, special, prompts = family.model, family.special, family.prompts
     out = generate(model, prompts, GenerationConfig(**CFG), get_policy("threshold"), special)
     assert all(st.remasked_per_step == [0] * st.nfe for st in out.stats)
+
+
+@dataclass
+class StepsSeen(RowState):
+    """Test-only per-row state: the batch row it belongs to, and how many steps of the block it took."""
+
+    rows: torch.Tensor
+    steps: torch.Tensor
+
+
+@dataclass
+class Counting(Policy):
+    """Commits (row mod 3) + 1 tokens per step, so rows leave a block at different steps, and checks at every
+    step that its per-row state still belongs to the rows the step has (the engine narrowed it)."""
+
+    name = "_counting"
+    scheduled = False
+
+    def __post_init__(self) -> None:
+        self.blocks: list[tuple[int, list[int]]] = []
+        self.finished: list[tuple[int, int, int]] = []  # (block, batch row, steps taken)
+
+    def init_state(self, rows: torch.Tensor, block: int) -> StepsSeen:
+        self.blocks.append((block, rows.tolist()))
+        return StepsSeen(rows.clone(), torch.zeros_like(rows))
+
+    def select(self, state: StepState) -> torch.Tensor:
+        assert torch.equal(state.state.rows, state.rows)  # narrowed alongside the rows
+        assert (state.state.steps == state.step).all()  # created at the block's first step, kept since
+        state.state.steps += 1
+        commit = topk_mask(state.masked_conf, state.rows % 3 + 1)
+        for row in (state.masked.sum(-1) <= state.rows % 3 + 1).nonzero().flatten().tolist():
+            self.finished.append((state.block, int(state.rows[row]), state.step + 1))
+        return commit
+
+
+def test_per_row_policy_state_lives_for_a_block_and_follows_its_rows(tiny, prompts):
+    model, _, special = tiny
+    policy = Counting()
+    out = generate(model, prompts, GenerationConfig(**CFG), policy, special)
+    assert policy.blocks == [(0, [0, 1, 2]), (1, [0, 1, 2])]  # one state per block, for the block's rows
+    assert sorted(policy.finished) == [(b, r, -(-8 // (r % 3 + 1))) for b in (0, 1) for r in range(3)]
+    assert [st.nfe for st in out.stats] == [16, 8, 6]  # rows 0, 1, 2 left each block after 8, 4, 3 steps
+
+
+def test_the_default_policy_keeps_no_state():
+    assert get_policy("threshold").init_state(torch.arange(3), 0) is None
+
+
+class _Undeclared(Policy):
+    """Returns a field it does not declare (``field``)."""
+
+    name = "_undeclared"
+    scheduled = False
+
+    def __init__(self, field: str):
+        self.field = field
+
+    def select(self, state: StepState) -> Selection:
+        rows = state.masked.shape[0]
+        value = torch.zeros(rows, dtype=torch.bool) if self.field == "finish" else torch.zeros(rows).long()
+        return Selection(top1_mask(state.masked_conf), **{self.field: value})
+
+
+@pytest.mark.parametrize("field, flag", [("finish", "finishes"), ("horizon", "horizons")])
+def test_finish_and_horizon_need_their_capability(tiny, prompts, field, flag):
+    model, _, special = tiny
+    with pytest.raises(ValueError, match=f"policy='_undeclared' returned Selection.{field} but does not declare "
+                                         f"{flag} = True"):
+        generate(model, prompts, GenerationConfig(**CFG), _Undeclared(field), special)
+
+
+class _CutOnce(Policy):
+    """Test-only: commits one token a step and, at each block's first step, cuts the next forward two
+    positions into the block."""
+
+    name = "_cut_once"
+    scheduled = False
+    horizons = True
+
+    def select(self, state: StepState) -> Selection:
+        cut = torch.full_like(state.rows, state.block_start + 2 if state.step == 0 else 1 << 30)
+        return Selection(top1_mask(state.masked_conf), horizon=cut)
+
+
+class _NeverCut(_CutOnce):
+    name = "_never_cut"
+
+    def select(self, state: StepState) -> Selection:
+        return Selection(top1_mask(state.masked_conf), horizon=torch.full_like(state.rows, 1 << 30))
+
+
+@pytest.mark.parametrize("cache", cache_names())
+def test_a_horizon_cuts_the_next_forward_only(cache):
+    """What the network sees per forward (keys visible): what it sees without a horizon (the full sequence;
+    DPad's caches: the block's kept sequence), except the forward after the cut, which sees the sequence up
+    to the horizon only; on every cache."""
+    from scripted_model import ScriptedModel
+
+    from l2pd_eval.model.loading import SpecialIds
+
+    P, G = 4, 8
+    seen = {}
+    for policy in (_NeverCut(), _CutOnce()):
+        model = ScriptedModel(P, [(3, 0.5)] * G)
+        out = generate(model, [[1, 2, 1, 2]], GenerationConfig(gen_length=G, block_length=4, cache=cache), policy,
+                       SpecialIds(mask=15, eos=14))
+        assert out.stats[0].nfe == 8
+        seen[policy.name] = model.lengths
+    if cache_class(cache).inner is None:
+        assert seen["_never_cut"] == [P + G] * 8
+    cut = list(seen["_never_cut"])
+    cut[1], cut[5] = P + 2, P + 4 + 2
+    assert seen["_cut_once"] == cut

@@ -80,10 +80,12 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
+    assert available() == sorted(p.stem for p in (REPO / "results" / "published").glob("*.json"))
     assert available() == ["d3llm_dream", "d3llm_llada", "dllm_cache_dream", "dllm_cache_llada_instruct", "dpad_dream",
                            "dpad_llada15", "dpad_llada_instruct",
                            "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
-                           "llada_eval_1p5", "llada_eval_instruct"]
+                           "llada_eval_1p5", "llada_eval_instruct", "prophet", "slowfast_dream", "slowfast_llada",
+                           "wino"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -219,3 +221,40 @@ def test_dllm_cache_cells_are_speedups_with_their_script_settings(name, count, f
     for key, (speedup, kp, kr) in DLLM_CACHE_SPOT_CHECKS[name].items():
         p = raw[key]["method"]["params"]
         assert (raw[key]["speedup"], p["dllm_cache_prompt_interval"], p["dllm_cache_gen_interval"]) == (speedup, kp, kr)
+# SlowFast's Table 1 (both halves) and Table 4, as printed (base models; results/published/README.md).
+SLOWFAST = {
+    "slowfast_llada": {("LLaDA Base", "gsm8k", 256, 4): (4.55, 1.0, 69.83),
+                       ("+ Sampling", "gsm8k", 256, 4): (14.57, 3.20, 69.59),
+                       ("+ Sampling", "humaneval", 256, 0): (35.46, 3.15, 33.54),
+                       ("+ Sampling", "gpqa_main_generative_n_shot", 1024, 8): (25.00, 15.63, 31.47)},
+    "slowfast_dream": {("Dream Base", "gsm8k_cot", 256, 8): (8.16, 1.0, 77.02),
+                       ("+ Sampling", "bbh", 256, 3): (28.14, 4.06, 50.55),
+                       ("+ Sampling", "mmlu_pro", 256, 0): (22.80, 1.52, 22.91)},
+}
+
+
+@pytest.mark.parametrize("name, count, family", [("slowfast_llada", 8 * 2 + 2, "llada"),
+                                                 ("slowfast_dream", 8 * 2, "dream")])
+def test_slowfast_cells_are_stored_as_printed_with_their_source(name, count, family):
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2506.10848"
+    assert pub.gpu == "NVIDIA RTX 4090"
+    keys = [(e.label, e.task, e.gen_length, e.num_fewshot) for e in pub.entries]
+    assert len(set(keys)) == len(keys)
+    for e in pub.entries:
+        assert e.source in pub.sources and "2506.10848" in pub.sources[e.source]
+        assert e.method["policy"] in ("slowfast", "low_confidence", "entropy")
+    for key, cell in SLOWFAST[name].items():
+        assert [(e.tps, e.speedup, e.accuracy) for e in pub.entries
+                if (e.label, e.task, e.gen_length, e.num_fewshot) == key] == [cell]
+    assert "BASE model" in json.loads(pub.path.read_text())["setup"]["note"]
+
+
+@pytest.mark.parametrize("name", ["prophet", "wino"])
+def test_a_method_without_a_published_table_says_so_in_the_report(tmp_path, name):
+    """Prophet and WINO published no table: the comparison has no rows for them and one line saying why."""
+    report, _ = _side_by_side(tmp_path, shots=5)
+    table = load_tables([name])
+    assert table[0].entries == [] and comparison_grid(report, table)[1] == []
+    notes = comparison_notes(report, table)
+    assert any(n.startswith(f"Missing [{name}]: every cell (no published table in the repository") for n in notes)

@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from torch import Tensor
 
+from l2pd_eval.caches.extra import ExtraQueries
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.typed_args import parameters as dataclass_parameters
 
@@ -40,6 +41,10 @@ class StepInput:
     limits: tuple[int, ...] = ()  # host: the n rows' live ends (EoTP cuts; the step's sync has them)
     prompt: int = 0  # the prompt width P: the answer's first column in every row (left padding); 0: not
     #                  given (dLLM-Cache splits its features there)
+    extra: ExtraQueries | None = None  # query-only slots appended after what the step computes; their
+    #                                    ``extra.returned`` predictions follow the step's logits (caches.extra)
+    out: tuple[int, int] | None = None  # absolute [lo, hi) of the logits to return instead of the block's:
+    #                                     it holds the block and lies within ``computed(s)``
 
 
 @dataclass(frozen=True)
@@ -55,10 +60,11 @@ class ForwardStrategy:
     """The contract the engine's loop relies on.
 
     ``logits(s)`` returns [n, block, V] where ``[:, j]`` predicts the token at absolute position
-    ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow), and sets ``positions`` to the
-    query positions that call computed for the n real rows (the cost statistic): their total, or a list of
-    n per-row counts where rows compute different numbers (padding a strategy adds to share one shape
-    belongs to no row and is not counted). ``keep(idx)`` drops the
+    ``block[0] + j`` (with ``s.after``: the positions up to ``s.length`` follow; with ``s.out = (lo, hi)``:
+    positions ``lo .. hi - 1`` instead; with ``s.extra``: the slots' predictions after all of them), and sets
+    ``positions`` to the query positions that call computed for the n real rows (the cost statistic): their
+    total, or a list of n per-row counts where rows compute different numbers (padding a strategy adds to
+    share one shape belongs to no row and is not counted). ``keep(idx)`` drops the
     state of rows that finished the block. A model family whose outputs are shifted (Dream: position i is
     predicted from hidden state i - 1) maps that inside its forward; a strategy that recomputes a chunk starts
     it ``model.logit_shift`` positions before the block so the predecessor is in it. ``split_keys``: let a
@@ -76,6 +82,9 @@ class ForwardStrategy:
     #                                      (``model.layers.LayerParts``: the families' networks, not a test double)
     inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
+    query_slots: ClassVar[bool] = False  # serves ``s.extra`` (query-only slots: WINO's verification copy) and
+    #                                      ``s.out`` within ``computed(s)`` (Prophet's answer view); the engine
+    #                                      refuses a policy that needs them with a strategy that does not
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  params: CacheParams | None = None):
@@ -114,8 +123,25 @@ class ForwardStrategy:
         block's first step. A strategy that refreshes on another rhythm overrides this."""
         return s.step == 0
 
+    def computed(self, s: StepInput) -> tuple[int, int]:
+        """Absolute [lo, hi) of the positions this step predicts afresh: where ``s.out`` may reach (the rest
+        of the sequence keeps what an earlier step computed, or nothing). By default the whole live
+        sequence, as a full forward."""
+        return 0, s.length
+
     def logits(self, s: StepInput) -> Tensor:
         raise NotImplementedError
+
+    def refuse_slots(self, s: StepInput) -> None:
+        """For a strategy without ``query_slots``: a step that asks for them is an engine bug, never ignored."""
+        if s.extra is not None or s.out is not None:
+            raise ValueError(f"cache={self.name!r} has no query slots (query_slots = False): StepInput.extra and "
+                             f".out cannot be served")
+
+    @staticmethod
+    def output(s: StepInput, default_end: int) -> tuple[int, int]:
+        """The absolute [lo, hi) ``logits(s)`` returns: ``s.out``, else the block up to ``default_end``."""
+        return s.out if s.out is not None else (s.block[0], default_end)
 
     def keep(self, idx: Tensor) -> None:
         """Rows ``idx`` (indices into the current rows) go on decoding this block; drop the others' state."""

@@ -91,6 +91,7 @@ class SuffixDropout(ForwardStrategy):
 
     Params = DPadParams
     logits_after = False
+    query_slots = False  # its gathered sequence has no room for query slots or other output ranges (yet)
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  params: DPadParams | None = None, inner: ForwardStrategy | None = None):
@@ -153,6 +154,7 @@ class SuffixDropout(ForwardStrategy):
         if s.after:
             raise ValueError(f"cache={self.name!r} drops the positions after the block; predictions after the "
                              f"block exist only with a cache that has logits_after")
+        self.refuse_slots(s)
         if s.step == 0:
             self._gather(s)
         be = s.block[1]

@@ -11,6 +11,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.caches.base import CacheParams, StepInput
+from l2pd_eval.caches.extra import SlottedCall
 from l2pd_eval.caches.prefix import PrefixCache
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -70,8 +71,10 @@ class GraphReplay:
         super().__init__(model, batch, total_length, split_keys, padded, params=params)
         self._batch = batch
         self._rows = rows
-        self._graphs: OrderedDict[tuple[int, int, int, bool, bool, int], _Graph] = OrderedDict()  # rows, length,
-        #                 chunk width, masked, first position committed, the block's offset in the chunk (logits slice)
+        # shape -> graph: (rows, length, chunk width, masked, first position committed, the block's offset in the
+        # chunk) for a cached step; ("slots", rows, keys, width, logits slices) for a step with query slots
+        # (``_slotted_step``)
+        self._graphs: OrderedDict[tuple, _Graph] = OrderedDict()
         self._pool = None  # memory pool shared by all graphs, from the first capture on
         self._stream = None  # side stream that captures run on
 
@@ -122,6 +125,48 @@ class GraphReplay:
             return torch.cat([out[:, :1], out], dim=1) if fill_first else out  # as PrefixCache._cached_step
 
         return _Graph(x, pos, idx, mask, run)
+
+    def _slotted_step(self, s: StepInput, lo: int, hi: int) -> Tensor:
+        """A cached step with query slots or another output range (WINO's copy, Prophet's view) replays a
+        graph of its own per shape too: its per-query mask, tokens, positions and write positions are the
+        graph's buffers. No width padding (the slots sit right after the chunk)."""
+        if self.model.device.type != "cuda":
+            return super()._slotted_step(s, lo, hi)
+        call, _ = self._slotted_call(s, lo, hi)
+        n = call.x.shape[0]
+        key = ("slots", self._rows(n, self._batch), call.keys, call.x.shape[1],
+               tuple((p.start, p.stop) for p in call.logits_slice))
+        g = self._graphs.get(key)
+        if g is None:
+            g = self._graphs[key] = self._static_slotted(key[1], call)
+            while len(self._graphs) > self.max_graphs:
+                self._graphs.popitem(last=False)
+            return g.run()[:n]
+        self._graphs.move_to_end(key)
+        g.x[:n].copy_(call.x)
+        g.pos[:n].copy_(call.pos)
+        g.idx.copy_(call.write_index)
+        g.mask[:n].copy_(call.mask)
+        if g.graph is None:
+            self._record(g)
+        g.graph.replay()
+        return g.out[:n].clone()
+
+    def _static_slotted(self, rows: int, call: SlottedCall) -> _Graph:
+        n = call.x.shape[0]
+
+        def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0
+            return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
+
+        static = SlottedCall(padded(call.x), padded(call.pos), padded(call.mask), call.write_index.clone(),
+                             call.keys, call.logits_slice)
+        kv = KVCache([t[:rows] for t in self._buffer.k], [t[:rows] for t in self._buffer.v])
+        model, split_keys = self.model, self.split_keys  # not ``self``: see ``_static``
+
+        def run() -> Tensor:
+            return static.run(model, kv, 0, split_keys)
+
+        return _Graph(static.x, static.pos, static.write_index, static.mask, run)
 
     def _record(self, g: _Graph) -> None:
         """Record ``g.run`` (executes nothing: the replay that follows computes the step)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from l2pd_eval.caches.base import ForwardStrategy, StepInput
+from l2pd_eval.caches.extra import forward_with_extra
 from l2pd_eval.caches.registry import register
 
 
@@ -12,9 +13,13 @@ from l2pd_eval.caches.registry import register
 class NoCache(ForwardStrategy):
     name = "none"
     logits_after = True  # the full forward has the logits after the block at no extra network cost
+    query_slots = True
 
     def logits(self, s: StepInput) -> Tensor:
-        bs, be = s.block
+        lo, hi = self.output(s, s.length if s.after else s.block[1])
         self.positions, self.keys = s.x.numel(), s.length
-        end = s.length if s.after else be
-        return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(bs, end), split_keys=self.split_keys)
+        if s.extra is not None:
+            self.positions += s.x.shape[0] * s.extra.count
+            return forward_with_extra(self.model, s.x, s.pos, s.key_mask, s.length, s.extra,
+                                      logits_slice=slice(lo, hi), split_keys=self.split_keys)
+        return self.model(s.x, s.pos, s.key_mask, logits_slice=slice(lo, hi), split_keys=self.split_keys)

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.caches.base import CacheParams, ForwardStrategy, StepInput
+from l2pd_eval.caches.extra import ExtraQueries, SlottedCall, forward_with_extra, slotted_call
 from l2pd_eval.caches.registry import register
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.layers import KVCache
@@ -26,6 +27,7 @@ class PrefixCache(ForwardStrategy):
     cuda_graphs = True
     width_buckets = True
     recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
+    query_slots = True
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  width_bucket: int = 0, params: CacheParams | None = None):
@@ -67,25 +69,56 @@ class PrefixCache(ForwardStrategy):
             return slice(1, be - start), True
         return slice(bs - start, be - start), False
 
+    def computed(self, s: StepInput) -> tuple[int, int]:
+        if self.refreshes(s):
+            return 0, s.length
+        return s.block[0], (s.length if self.recompute_suffix else s.block[1])
+
     def logits(self, s: StepInput) -> Tensor:
         if s.after:
             raise ValueError(f"cache={self.name!r} computes only the block after its first step; predictions "
                              f"after the block exist only with a cache that has logits_after")
+        lo, hi = self.output(s, s.block[1])
         self.keys = s.length
         if self.refreshes(s):
             self.positions = s.x.numel()
-            return self._full_step(s)
+            if s.extra is not None:
+                self.positions += s.x.shape[0] * s.extra.count
+            return self._full_step(s, lo, hi)
         self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift, self.params,
                                                           s.first_committed)
-        return self._cached_step(s)
+        if s.extra is None and s.out is None:
+            return self._cached_step(s)
+        if s.extra is not None:
+            self.positions += s.x.shape[0] * s.extra.count
+        return self._slotted_step(s, lo, hi)
 
-    def _full_step(self, s: StepInput) -> Tensor:
-        """A full forward over the live sequence that (re)fills every key and value of the step's rows."""
-        bs, be = s.block
+    def _slotted_call(self, s: StepInput, lo: int, hi: int) -> tuple[SlottedCall, int]:
+        """A cached step returning ``[lo, hi)`` and, with ``s.extra``, its slots' predictions: the model call
+        (no width padding) and the chunk's start."""
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift, self.params)
+        x, pos = s.x[:, start:end], s.pos[:, start:end]
+        extra = s.extra or ExtraQueries(x[:, :0], pos[:, :0], x.new_zeros(x.shape[0], 0, s.length, dtype=torch.bool),
+                                        mutual=False, predict=(), scratch=s.length)
+        return slotted_call(x, pos, s.key_mask, s.length, extra, start=start, cached=True,
+                            logits_slice=slice(lo - start, hi - start)), start
+
+    def _slotted_step(self, s: StepInput, lo: int, hi: int) -> Tensor:
+        call, start = self._slotted_call(s, lo, hi)
+        return call.run(self.model, self.kv, start, self.split_keys)
+
+    def _full_step(self, s: StepInput, lo: int | None = None, hi: int | None = None) -> Tensor:
+        """A full forward over the live sequence that (re)fills every key and value of the step's rows,
+        returning ``[lo, hi)`` (default: the block) and, with ``s.extra``, its slots' predictions."""
+        if lo is None or hi is None:
+            lo, hi = s.block
         n = s.x.shape[0]
         self.kv = KVCache([t[:n] for t in self._buffer.k], [t[:n] for t in self._buffer.v])
+        if s.extra is not None:
+            return forward_with_extra(self.model, s.x, s.pos, s.key_mask, s.length, s.extra, cache=self.kv,
+                                      logits_slice=slice(lo, hi), split_keys=self.split_keys)
         return self.model(s.x, s.pos, s.key_mask, cache=self.kv, start=0, kv_len=s.length,
-                          logits_slice=slice(bs, be), split_keys=self.split_keys)
+                          logits_slice=slice(lo, hi), split_keys=self.split_keys)
 
     def padded_width(self, width: int) -> int:
         """The chunk width a cached step runs at: ``width`` rounded up to the bucket *after* the

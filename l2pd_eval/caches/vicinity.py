@@ -108,6 +108,7 @@ class RowSchedule:
 class VicinityCache(DualCache):
     name = "vicinity"
     Params = VicinityParams
+    query_slots = False  # its per-row full/window groups and smoothing take no query slots (yet)
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  width_bucket: int = 0, params: VicinityParams | None = None):
@@ -142,6 +143,7 @@ class VicinityCache(DualCache):
         if s.after:
             raise ValueError(f"cache={self.name!r} computes only the block after a row's refresh; predictions "
                              f"after the block exist only with a cache that has logits_after")
+        self.refuse_slots(s)
         self.kinds = [self.schedule.next(r, s.block[0]) for r in s.rows]
         n = s.x.shape[0]
         window = self.chunk(s.block, s.length, self.model.logit_shift, self.params)

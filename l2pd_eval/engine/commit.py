@@ -2,12 +2,20 @@
 
 A commit lands only on positions still masked, and a row that would stall commits its most confident one,
 so every step commits at least one token per row (unless its schedule asks for none at that step: Dream's,
-engine/schedule.py; a policy with ``stall_fallback = False`` commits only what its own rule allows: a row it
-cannot serve waits, and the step budget still ends the block). Re-masks (policies that declare ``remasks``) land only
-on positions of the block committed before this step and inside the row's live answer, and undo at most
-the step's new commits beyond ``max(k, 1)``: a row's masked count falls every step, by the schedule's count
-when the policy commits at least that many, so a block finishes within the engine's step budget
-(``block_length`` steps, or the schedule's).
+engine/schedule.py; a policy with ``stall_fallback = False`` commits only what its own rule allows: a row it cannot serve waits, and the step budget still ends the block). Re-masks
+(policies that declare ``remasks``) land only on positions of the block committed before this step and
+inside the row's live answer (never the last position before an EoTP cut, so the end it cut on stays),
+within the policy's ``remask_budget``:
+
+- ``"step"``: at most the step's new commits beyond ``max(k, 1)``. A row's masked count falls every step,
+  by the schedule's count when the policy commits at least that many, so a block finishes within the
+  engine's step budget (``block_length`` steps, or the schedule's).
+- ``"previous"`` (WINO's bound; unscheduled policies): at most the row's commits at its previous step of the
+  block minus one (no bound at the block's first step, where only tokens committed before the block can be
+  re-masked). With ``m_t`` masks after step t and ``a_t >= 1`` commits at it, ``m_t + a_t = m_{t-1} + r_t
+  <= m_{t-1} + a_{t-1} - 1``, and ``m_1 + a_1 <= block_length``: the sum falls by one a step and stays above
+  ``m_t``, so ``m_t <= block_length - t`` and the block finishes within ``block_length`` steps, though a
+  single step may leave more masks than it found.
 """
 
 from __future__ import annotations
@@ -29,11 +37,31 @@ class StepCommit:
     accepted: Tensor | None   # bool: masked positions the policy accepted on their own merit (EoTP "true")
     remask: Tensor | None     # bool: committed positions masked again (None: the policy does not re-mask;
     #                           a policy with ``remasks`` always has one, all False on steps it re-masks none)
+    finish: Tensor | None = None   # [n] bool: rows whose whole answer is committed now (``finishes``)
+    horizon: Tensor | None = None  # [n] long: answer offset cutting the row's next forward (``horizons``)
 
 
-def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor]) -> StepCommit:
-    """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions
-    before each row's live end (asked only when the policy re-masks)."""
+REMASK_BUDGETS = ("step", "previous")
+
+
+def check_remask_budget(policy: Policy) -> None:
+    """Refuse a budget the termination argument above does not cover, before any decoding."""
+    if policy.remask_budget not in REMASK_BUDGETS:
+        raise ValueError(f"policy={policy.name!r}: remask_budget={policy.remask_budget!r}; valid choices: "
+                         f"{', '.join(REMASK_BUDGETS)}")
+    if policy.remasks and policy.remask_budget == "previous" and policy.scheduled:
+        raise ValueError(f"policy={policy.name!r}: remask_budget='previous' bounds a block by block_length "
+                         f"steps, which a scheduled policy does not get; use remask_budget='step'")
+    if policy.remasks and policy.remask_budget == "previous" and not policy.stall_fallback:
+        raise ValueError(f"policy={policy.name!r}: remask_budget='previous' bounds a block only when every step "
+                         f"commits (stall_fallback = True); use remask_budget='step'")
+
+
+def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None) -> StepCommit:
+    """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions a
+    re-mask may touch (before each row's live end, and before the position a cut kept; asked only when the
+    policy re-masks). ``previous``: [n] each row's commits at its previous step of the block (None at the
+    block's first step), for ``remask_budget = "previous"``."""
     sel = policy.select(step)
     if not isinstance(sel, Selection):
         sel = Selection(sel)
@@ -46,17 +74,19 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor]) -> Step
         commit = commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
     accepted = None if sel.accepted is None else sel.accepted & step.masked
     tokens = step.x0 if sel.tokens is None else sel.tokens
-    if sel.remask is not None and not policy.remasks:
-        raise ValueError(f"policy={policy.name!r} returned positions to re-mask but does not declare "
-                         f"remasks = True")
+    for field, flag in (("remask", "remasks"), ("finish", "finishes"), ("horizon", "horizons")):
+        if getattr(sel, field) is not None and not getattr(policy, flag):
+            raise ValueError(f"policy={policy.name!r} returned Selection.{field} but does not declare {flag} = True")
     remask = None
     if policy.remasks:
         wanted = commit.new_zeros(commit.shape) if sel.remask is None else sel.remask & ~step.masked & live()
-        remask = _within_budget(wanted, commit, step.k)
-    return StepCommit(commit, tokens, accepted, remask)
+        if policy.remask_budget == "previous":
+            remask = wanted if previous is None else _within(wanted, (previous - 1).clamp(min=0))
+        else:
+            remask = _within(wanted, (commit.sum(-1) - step.k.clamp(min=1)).clamp(min=0))
+    return StepCommit(commit, tokens, accepted, remask, sel.finish, sel.horizon)
 
 
-def _within_budget(remask: Tensor, commit: Tensor, k: Tensor) -> Tensor:
-    """The first (by position) re-masks a row can afford: its new commits minus ``max(k, 1)``."""
-    budget = (commit.sum(-1) - k.clamp(min=1)).clamp(min=0)
+def _within(remask: Tensor, budget: Tensor) -> Tensor:
+    """The first (by position) re-masks a row can afford: ``budget`` [n] of them."""
     return remask & (remask.long().cumsum(-1) <= budget.unsqueeze(-1))

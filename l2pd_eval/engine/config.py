@@ -46,6 +46,9 @@ class GenerationConfig:
     eos_conf_zero: bool = False  # confidence_eos_eot_inf: end-of-text/turn predictions get confidence 0
     eos_conf_rule: EosConfRule = "code"  # code (LLaDA's, EoT only above temperature 0) / fixed / zero
     logits_eos_inf: bool = False  # logits_eos_inf: end-of-text is never predicted
+    # Fixed answer tokens, ((answer offset, token id), ...): written before decoding, never masked, so no
+    # schedule counts them (Prophet's "The answer is"; model_arg ``constraints``, docs/conventions.md)
+    constraints: tuple[tuple[int, int], ...] = ()
 
     def __post_init__(self) -> None:
         self.eotp = eotp_mode(self.eotp)
@@ -83,3 +86,12 @@ class GenerationConfig:
         eotp_mode(self.eotp)
         if self.eos_conf_rule not in EOS_CONF_RULES:
             raise ConfigError(f"eos_conf_rule={self.eos_conf_rule!r}; valid choices: {', '.join(EOS_CONF_RULES)}")
+        self.constraints = tuple((int(o), int(t)) for o, t in self.constraints)
+        offsets = [o for o, _ in self.constraints]
+        bad = [str(o) for o in offsets if not 0 <= o < self.gen_length]
+        if bad:
+            raise ConfigError(f"constraints: answer offset(s) {', '.join(bad)} lie outside [0, gen_length="
+                              f"{self.gen_length}) (offsets count from the answer's first token)")
+        twice = sorted({str(o) for o in offsets if offsets.count(o) > 1})
+        if twice:
+            raise ConfigError(f"constraints: answer offset(s) {', '.join(twice)} given twice")

@@ -25,6 +25,8 @@ class EotpStep:
     after_x0: Tensor | None = None    # [n, S] predictions for positions [end, end + S) (``logits_after``)
     after_conf: Tensor | None = None  # [n, S] their probabilities
     remask: Tensor | None = None      # committed positions masked again this step (re-masking policies)
+    seen_end: Tensor | None = None    # [n] absolute end of what this forward saw, where a policy's horizon
+    #                                   cut it short: positions from there have no prediction
 
 
 # An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``) and the step, the new
@@ -48,10 +50,13 @@ def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) ->
     the position itself stays, still to be decoded. With a strategy that has ``logits_after`` (no cache) the
     search also covers the positions after the block (``step.after_x0``); with a cache only the block
     (docs/conventions.md)."""
+    seen = state.limit[rows.idx] if step.seen_end is None else torch.minimum(state.limit[rows.idx], step.seen_end)
     ends = block_ends = step.masked & torch.isin(step.x0, state.end_ids)
+    if step.seen_end is not None:
+        ends = block_ends = ends & (state.arange[rows.start:rows.end] < seen.unsqueeze(1))
     conf = step.conf
     if step.after_x0 is not None:
-        live = state.arange[rows.end:rows.end + step.after_x0.shape[1]] < state.limit[rows.idx].unsqueeze(1)
+        live = state.arange[rows.end:rows.end + step.after_x0.shape[1]] < seen.unsqueeze(1)
         ends = torch.cat([ends, live & torch.isin(step.after_x0, state.end_ids)], -1)
         conf = torch.cat([conf, step.after_conf.to(conf.dtype)], -1)
     where = conf.masked_fill(~ends, float("-inf")).argmax(-1)

@@ -10,6 +10,7 @@ Per step there is a single host sync (which rows still have masks, and how long 
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -17,9 +18,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from l2pd_eval.caches import ForwardStrategy, StepInput
+from l2pd_eval.caches import ForwardStrategy, StepInput, cache_class
+from l2pd_eval.caches import available as available_caches
 from l2pd_eval.engine import rng
-from l2pd_eval.engine.commit import StepCommit, resolve
+from l2pd_eval.engine.commit import StepCommit, check_remask_budget, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import left_pad
@@ -27,10 +29,13 @@ from l2pd_eval.engine.predict import EndTokenKnobs, Predictor
 from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
+from l2pd_eval.engine.verify import copy_slots, verify_prob
+from l2pd_eval.engine.views import answer_logits, logit_gap
 from l2pd_eval.errors import ConfigError
+from l2pd_eval.model.family import family_name
 from l2pd_eval.model.interface import DiffusionLM
 from l2pd_eval.model.loading import SpecialIds
-from l2pd_eval.policies.base import Policy, RunSettings, StepState
+from l2pd_eval.policies.base import AnswerView, Policy, RunSettings, StepState
 from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
@@ -58,14 +63,36 @@ class _Run:
     ends: EndTokenKnobs | None = None  # logits_eos_inf / eos_conf_zero (None: both off)
 
 
+def check_query_slots(policy: Policy, cache: str) -> bool:
+    """Whether the bound ``policy`` needs query-only slots in its forwards (WINO's verification copy,
+    Prophet's view of the answer); a cache that cannot serve them (``ForwardStrategy.query_slots``) is
+    refused before any decoding, never ignored."""
+    needs = policy.verifies or (policy.finishes and policy.view_start(0) is not None)
+    if needs and not cache_class(cache).query_slots:
+        what = "its verification copy of the block" if policy.verifies else "its view of the answer after the block"
+        able = ", ".join(n for n in available_caches() if cache_class(n).query_slots)
+        raise ConfigError(f"policy={policy.name!r} needs query-only slots in every forward ({what}), which "
+                          f"cache={cache!r} cannot serve; use cache={able}")
+    return needs
+
+
 def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfig, policy: Policy, special: SpecialIds,
              speed: SpeedConfig, on_step: Callable[[StepEvent], None] | None) -> _Run:
     """The one place the speed switches apply (compiled blocks and statistics, graphs, kernels), and the
     policy is bound to the run."""
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
-                                     device=model.device))
-    strategy = speed.strategy(config.cache, model, batch, total, config.cache_params)
+                                     device=model.device, constraints=tuple(o for o, _ in config.constraints),
+                                     family=family_name(model.config), temperature=config.temperature))
+    check_remask_budget(policy)
+    if policy.verifies and policy.finishes:
+        raise ValueError(f"policy={policy.name!r}: verifies and finishes both need the step's query slots; "
+                         f"a policy declares one of them")
+    slots = check_query_slots(policy, config.cache)
+    # query-only slots (caches.extra) keep their keys/values in scratch positions after the sequence
+    scratch = (0 if not slots else config.block_length + model.logit_shift if policy.verifies else
+               config.gen_length + 2 * model.logit_shift)
+    strategy = speed.strategy(config.cache, model, batch, total + scratch, config.cache_params)
     rule = eotp_rule(config)
     ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
                             tuple(i for i in special.end_ids if i != special.eos))
@@ -97,12 +124,19 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
         if ref.shape != (bsz, G):
             raise ValueError(f"reference must have shape [batch, gen_length] = [{bsz}, {G}], got {list(ref.shape)}")
+    constrained = None
+    if config.constraints:  # fixed answer tokens: never masked, so no schedule counts them
+        offsets = torch.tensor([o for o, _ in config.constraints], device=device)
+        layout.ids[:, P + offsets] = torch.tensor([t for _, t in config.constraints], device=device)
+        constrained = torch.zeros(P + G, dtype=torch.bool, device=device)
+        constrained[P + offsets] = True
     return DecodeState(
         x=layout.ids, layout=layout, seeds=seeds, reference=ref,
         end_ids=torch.tensor(special.end_ids, device=device),
         limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
         positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
         seeds_host=seeds_host, forwards=torch.zeros(bsz, dtype=torch.long, device=device),
+        constrained=constrained,
     )
 
 
@@ -121,14 +155,15 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
     limits = [state_host[bsz + i] for i in cur_host]
     linear = policy.scheduled and policy.schedule == "linear"
     schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if linear else None
-    return BlockRows(bs, be, cur, cur_host, max(limits), schedule, policy.begin_block(blk, cur), limits)
+    return BlockRows(bs, be, cur, cur_host, max(limits), schedule, memory=policy.begin_block(blk, cur),
+                     limits=limits, policy_state=policy.init_state(cur, blk))
 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
             strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
     """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
     Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
-    synced = torch.cat([masked.any(-1).long(), state.limit[rows.idx]]).tolist()
+    synced = torch.cat([masked.any(-1).long(), rows.live_end(state.limit)]).tolist()
     n = rows.idx.numel()
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
@@ -142,25 +177,61 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
     return block_x, masked
 
 
-def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: Tensor) -> Tensor:
-    """The block's logits for the current rows over the live sequence (hiding padding and cut tails);
-    with ``run.after`` also those of the positions after the block, up to the live length."""
+@dataclass
+class _Logits:
+    """One forward's logits for the block's rows, by what they predict."""
+
+    block: Tensor          # [n, L, V] the block
+    after: Tensor | None   # [n, S, V] the positions after the block (``run.after``, or a ``finishes`` policy)
+    copy: Tensor | None    # [n, L, V] the block from its verification copy (``policy.verifies``)
+    view: tuple[int, Tensor] | None = None  # (absolute start, [n, W, V]): the answer view (``finishes``)
+
+
+def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: Tensor) -> _Logits:
+    """The block's logits for the current rows over the live sequence (hiding padding, cut tails and a
+    policy's horizon); with ``run.after`` also those of the positions after the block, up to the live
+    length; with a policy that ``verifies``, those of the block's verification copy (engine/verify.py);
+    with one that ``finishes``, those of its view of the answer (engine/views.py)."""
     length = max(rows.max_limit, rows.end)
     key_mask = None
-    if state.layout.padded or rows.max_limit < state.total:
-        visible = state.arange[:length] < state.limit[rows.idx].unsqueeze(1)
+    if state.layout.padded or rows.max_limit < state.total or rows.horizon is not None:
+        visible = state.arange[:length] < rows.live_end(state.limit).unsqueeze(1)
         key_mask = state.layout.valid[rows.idx, :length] & visible
-    logits = run.strategy.logits(StepInput(
-        state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after, first_committed=step > 0 and run.policy.refresh_commit,
-        rows=tuple(rows.host), seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits),
-        prompt=state.prompt_width))
-    cost = run.strategy.positions
+    x, pos, block = state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], (rows.start, rows.end)
+    extra = None
+    if run.policy.verifies:
+        extra = copy_slots(x, pos, block, length, run.strategy.model.logit_shift, run.special.mask, state.total)
+    s = StepInput(x, pos, key_mask, block, length, step=step, masked=masked, after=run.after, extra=extra,
+                  first_committed=step > 0 and run.policy.refresh_commit,
+                  rows=tuple(rows.host), seeds=tuple(state.seeds_host[r] for r in rows.host),
+                  limits=tuple(rows.limits), prompt=state.prompt_width)
+    width = rows.end - rows.start
+    start = run.policy.view_start(rows.start - state.prompt_width) if run.policy.finishes else None
+    if start is not None:
+        lo = state.prompt_width + start
+        view = answer_logits(run.strategy, dataclasses.replace(s, after=False), lo, state.total)
+        _count_positions(state, rows, run.strategy.positions)
+        if run.ends is not None:  # the end-token knobs act on the whole view (the block's again in _predict)
+            view = run.ends.logits(view)
+        return _Logits(view[:, rows.start - lo:rows.end - lo], view[:, rows.end - lo:], None, (lo, view))
+    logits = run.strategy.logits(s)
+    _count_positions(state, rows, run.strategy.positions)
+    copy = None
+    if extra is not None:
+        logits, copy = logits[:, :-extra.returned], logits[:, -extra.returned:]
+    after = logits[:, width:] if run.after and logits.shape[1] > width else None
+    if after is not None and run.ends is not None:
+        after = run.ends.logits(after)
+    return _Logits(logits[:, :width], after, copy)
+
+
+def _count_positions(state: DecodeState, rows: BlockRows, cost: int | list[int]) -> None:
+    """Add a forward's query positions to its rows' counts: the strategy's total (shared evenly) or its
+    per-row list."""
     if isinstance(cost, int):  # the same count for every row
         state.positions[rows.host] += cost // len(rows.host)
     else:
         state.positions[rows.host] += torch.tensor(cost, dtype=torch.long)
-    return logits
 
 
 def _cut(state: DecodeState, rows: BlockRows, new_limit: Tensor, eos: int) -> None:
@@ -208,38 +279,75 @@ def _predict(run: _Run, logits: Tensor, seeds: Tensor, blk: int, step: int) -> t
 
 
 def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int, masked: Tensor,
-                logits: Tensor) -> tuple[StepState, Tensor]:
+                out: _Logits, block_x: Tensor) -> tuple[StepState, Tensor]:
     """Predict and what the policy sees; also the model's probability of x0 (EoTP ranks by it)."""
     BL, P, temperature = run.config.block_length, state.prompt_width, run.config.temperature
     seeds = state.seeds[rows.idx]
-    x0, conf, model_conf, stats = _predict(run, logits, seeds, blk, step)
+    x0, conf, model_conf, stats = _predict(run, out.block, seeds, blk, step)
+    if out.copy is not None:
+        stats["verify_prob"] = verify_prob(out.copy, block_x)
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
     elif run.times is not None:
         k = dream_count(masked.sum(-1), run.times, step)
     else:
         k = torch.ones(len(rows.host), dtype=torch.long, device=state.x.device)
+    answer = None
+    if out.view is not None:
+        lo, view = out.view
+        live = state.arange[lo:lo + view.shape[1]] < state.limit[rows.idx].unsqueeze(1)
+        answer = AnswerView(lo - P, logit_gap(view), live)
     return StepState(
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
         reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
         uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
         stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
-        forwards=state.forwards[rows.idx],
+        forwards=state.forwards[rows.idx], state=rows.policy_state,
+        global_step=blk * run.config.steps_per_block + step + 1, total_steps=run.config.total_steps, answer=answer,
         live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
         steps=run.config.steps_per_block,
     ), model_conf
 
 
-def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit) -> None:
-    """Commit (and re-mask) in the block, and count both per row (-1: the row sat this step out)."""
+def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
+    """[n, block] the positions a re-mask may touch: before each row's live end, and for a row an EoTP cut
+    ended, before the position the cut kept (the end it cut on stays; docs/conventions.md)."""
+    limit = state.limit[rows.idx]
+    live = state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
+    return live if state.constrained is None else live & ~state.constrained[rows.start:rows.end]
+
+
+def _tail_x0(run: _Run, state: DecodeState, rows: BlockRows, logits: Tensor, salt: tuple[int, ...]) -> Tensor:
+    """x0 after the block for a finishing policy's fill: the argmax (greedy), or the same Gumbel draws an
+    EoTP search there would make."""
+    if run.config.temperature <= 0:
+        return logits.argmax(-1)
+    return run.predict.chunked(logits, run.config.temperature, state.seeds[rows.idx], salt)[0]
+
+
+def _finish(run: _Run, state: DecodeState, rows: BlockRows, c: StepCommit, tail_x0: Tensor) -> Tensor:
+    """Rows that finish: every masked position after the block (before the row's live end) takes this
+    forward's prediction ``tail_x0`` [n, S]. Returns how many positions each row filled there."""
+    end = rows.end + tail_x0.shape[1]
+    tail = state.x[rows.idx, rows.end:end]
+    fill = (tail == run.special.mask) & c.finish.unsqueeze(1)
+    fill &= state.arange[rows.end:end] < state.limit[rows.idx].unsqueeze(1)
+    state.x[rows.idx, rows.end:end] = torch.where(fill, tail_x0, tail)
+    return fill.sum(-1)
+
+
+def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit,
+           filled: Tensor | None = None) -> None:
+    """Commit (and re-mask) in the block, and count both per row (-1: the row sat this step out);
+    ``filled`` [n]: what finishing rows committed after the block (``_finish``), counted as commits."""
     block = torch.where(c.commit, c.tokens, block_x)
     if c.remask is not None:
         block = block.masked_fill(c.remask, run.special.mask)
     state.x[rows.idx, rows.start:rows.end] = block
-    for counts, per_row in ((state.counts, c.commit), (state.remasked, c.remask)):
+    for counts, per_row, extra in ((state.counts, c.commit, filled), (state.remasked, c.remask, None)):
         if per_row is not None:
             step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
-            step_counts[rows.idx] = per_row.sum(-1)
+            step_counts[rows.idx] = per_row.sum(-1) if extra is None else per_row.sum(-1) + extra
             counts.append(step_counts)
 
 
@@ -252,18 +360,27 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         if narrowed is None:
             return False
         block_x, masked = narrowed
-    logits = _forward(state, rows, run, step, masked)
-    BL = run.config.block_length
-    st, model_conf = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
+    seen_end = None if rows.horizon is None else rows.live_end(state.limit)
+    out = _forward(state, rows, run, step, masked)
+    st, model_conf = _step_state(run, state, rows, blk, step, masked, out, block_x)
     state.forwards[rows.idx] += 1
-    c = resolve(run.policy, st, lambda: st.live)
-    _write(run, state, rows, block_x, c)
+    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits)
+    if run.policy.remask_budget == "previous":
+        rows.last_commits = c.commit.sum(-1)
+    rows.horizon = None if c.horizon is None else state.prompt_width + c.horizon
+    after = None
+    if run.after and out.after is not None and out.after.shape[1]:
+        after = run.predict.chunked(out.after, run.config.temperature, state.seeds[rows.idx],
+                                    (blk, step, _GUMBEL_AFTER))
+    filled = None
+    if c.finish is not None and out.after is not None and out.after.shape[1]:
+        tail_x0 = after[0] if after is not None else _tail_x0(run, state, rows, out.after, (blk, step, _GUMBEL_AFTER))
+        filled = _finish(run, state, rows, c, tail_x0)
+    _write(run, state, rows, block_x, c, filled)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask)
-        if run.after and logits.shape[1] > BL:
-            after = logits[:, BL:] if run.ends is None else run.ends.logits(logits[:, BL:])
-            eot.after_x0, eot.after_conf = run.predict.chunked(after, run.config.temperature,
-                                                               state.seeds[rows.idx], (blk, step, _GUMBEL_AFTER))
+        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask, seen_end=seen_end)
+        if after is not None:
+            eot.after_x0, eot.after_conf = after
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:
         run.on_step(StepEvent(conf=st.conf, x0=st.x0, masked=masked, commit=c.commit, step=step, block=blk,

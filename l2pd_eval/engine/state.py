@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from l2pd_eval.engine.layout import LeftPadded
-from l2pd_eval.policies.base import BlockMemory
+from l2pd_eval.policies.base import BlockMemory, RowState
 
 
 @dataclass
@@ -64,6 +64,7 @@ class DecodeState:
     limit: Tensor             # [B] live sequence end per row (EoTP cuts; T when uncut)
     positions: Tensor         # [B] host: query positions the network computed per row
     arange: Tensor            # [T] column indices, on the device
+    constrained: Tensor | None = None  # [T] bool: answer columns holding fixed tokens (GenerationConfig.constraints)
     counts: list[Tensor] = field(default_factory=list)  # per step: committed count per row, -1 sat out
     remasked: list[Tensor] = field(default_factory=list)  # per step: re-masked count per row (remasking
     #                                                        policies only)
@@ -91,6 +92,14 @@ class BlockRows:
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
     memory: BlockMemory | None = None  # the policy's state for this block (``Policy.begin_block``)
     limits: list[int] = field(default_factory=list)  # host: each row's live end, as of the step's sync
+    policy_state: RowState | None = None  # the policy's per-row state for this block (Policy.init_state)
+    last_commits: Tensor | None = None  # [n] commits at each row's previous step (remask_budget "previous")
+    horizon: Tensor | None = None  # [n] absolute: the policy's one-step cut of each row's next forward
+
+    def live_end(self, limit: Tensor) -> Tensor:
+        """[n] where each row's next forward ends: its live end ``limit[idx]``, or the policy's horizon."""
+        end = limit[self.idx]
+        return end if self.horizon is None else torch.minimum(end, self.horizon)
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)
@@ -98,5 +107,9 @@ class BlockRows:
         self.schedule = None if self.schedule is None else self.schedule[idx]
         if self.memory is not None:
             self.memory.keep(idx)
+        self.last_commits = None if self.last_commits is None else self.last_commits[idx]
+        self.horizon = None if self.horizon is None else self.horizon[idx]
+        if self.policy_state is not None:
+            self.policy_state.keep(idx)
         self.host = [self.host[j] for j in keep_host]
         return idx

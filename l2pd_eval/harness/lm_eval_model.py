@@ -20,6 +20,7 @@ import torch
 from lm_eval.api.model import LM
 
 from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, generate
+from l2pd_eval.engine.generate import check_query_slots
 from l2pd_eval.engine.memory import largest_batch
 from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
 from l2pd_eval.harness.model_args import (
@@ -94,15 +95,18 @@ class Learn2PDLM(LM):
         self.speed = SpeedConfig(cuda_graph=self._cuda_graph, compile=args.compile,
                                  compile_autotune=args.compile_autotune, skinny_gemm=args.skinny_gemm)
         self._configs: dict[Key, GenerationConfig] = {}
+        self._constraints: tuple[tuple[int, int], ...] = ()  # fixed answer tokens, once the tokenizer is loaded
         self._warned: set[str] = set()  # gen_kwargs overrides already announced
         self.generate_calls = 0  # lets the --use_cache hook see a rank that CachingLM never called
         self.config = self.config_for(args.gen_length_for(None))  # validates block_length against the length
         given = {k: v for k, v in kwargs.items() if v is not None}
         probe_outputs(args.sidecar, given, self._rank)  # an unwritable output is found before decoding
         self.identity = checkpoint_identity(args.pretrained, args.revision, args.seed, adapter=args.adapter)
-        self.policy = policy_class(args.policy)(**policy_params).bind(
+        policy_cls = policy_class(args.policy)
+        self.policy = policy_cls(**policy_params).bind(
             RunSettings(block_length=args.block_length, gen_length=args.gen_length, device=self._device,
-                        model=self.identity))
+                        model=self.identity, constraints=args.constraint_offsets(policy_cls.default_constraints)))
+        check_query_slots(self.policy, args.cache)  # a policy the cache cannot serve: refused before loading
         if args.fixed_batch_size() is None and self._device.type != "cuda":
             log.warning("batch_size=auto on %s decodes 1 row per batch (the batch sizer measures GPU memory); "
                         "pass batch_size=N to batch on this device", self._device)
@@ -118,6 +122,10 @@ class Learn2PDLM(LM):
         self.checkpoint = getattr(self.model, "checkpoint", None)  # a known release (family_facts), or None
         self.special = SpecialIds.resolve(self.tokenizer, self.model.config, args.mask_id, args.eos_id,
                                           args.end_ids(), checkpoint=self.checkpoint)
+        self._constraints = args.constraint_ids(self.tokenizer, policy_cls.default_constraints)
+        if self._constraints:  # the configs made before the tokenizer was there lack them
+            self._configs.clear()
+            self.config = self.config_for(args.gen_length_for(None))
         self.family = family_of(self.model.config)
         self.prompts = PromptCodec.for_run(self.tokenizer, self.family, self.special, args.chat, args.add_bos_token,
                                            (args.pretrained, args.tokenizer))
@@ -172,8 +180,21 @@ class Learn2PDLM(LM):
         """One config per (decode length, temperature); ``temperature`` None: the run's (model_args or 0)."""
         key = (gen_length, (self.args.temperature or 0.0) if temperature is None else temperature)
         if key not in self._configs:
-            self._configs[key] = self.args.generation_config(gen_length, key[1])
+            self._configs[key] = self.args.generation_config(gen_length, key[1], self._constraints_for(gen_length))
         return self._configs[key]
+
+    def _constraints_for(self, gen_length: int) -> tuple[tuple[int, int], ...]:
+        """The fixed answer tokens at this length. Given ones must fit (GenerationConfig says which do not);
+        a policy's default ones (``constraints=auto``) that do not fit are dropped, saying so once."""
+        if self.args.constraints.strip().lower() != "auto":
+            return self._constraints
+        fit = tuple((o, t) for o, t in self._constraints if o < gen_length)
+        if len(fit) < len(self._constraints) and f"constraints@{gen_length}" not in self._warned:
+            self._warned.add(f"constraints@{gen_length}")
+            log.warning("constraints=auto: policy=%s's default fixed tokens %r reach past gen_length=%d and are left "
+                        "out at that length; pass constraints=OFFSET:WORD|... to place them", self.args.policy,
+                        self.args.constraints_text(policy_class(self.args.policy).default_constraints), gen_length)
+        return fit
 
     def batch_size_for(self, config: GenerationConfig) -> int:
         """Rows per batch at ``config``, decided the first time its (gen_length, temperature) is met.

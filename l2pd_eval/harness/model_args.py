@@ -78,6 +78,7 @@ class ModelArgs:
     progress: bool = True
     mc_num: int = 128                 # loglikelihood: Monte-Carlo samples per (context, continuation)
     mc_batch_size: int = 32           # loglikelihood: sample rows per forward pass
+    constraints: str = "auto"         # fixed answer tokens "OFFSET:WORD|..."; auto: the policy's (Prophet's)
     cache_params: dict[str, Any] = field(default_factory=dict, init=False)  # set by parse_model_args
 
     def __post_init__(self) -> None:
@@ -123,13 +124,42 @@ class ModelArgs:
         want = int(max_gen_toks or DEFAULT_GEN_LENGTH)
         return -(-want // self.block_length) * self.block_length
 
-    def generation_config(self, gen_length: int, temperature: float | None) -> GenerationConfig:
-        """The engine's settings for one (decode length, temperature); ``temperature`` None: the run's."""
+    def generation_config(self, gen_length: int, temperature: float | None,
+                          constraints: tuple[tuple[int, int], ...] = ()) -> GenerationConfig:
+        """The engine's settings for one (decode length, temperature); ``temperature`` None: the run's.
+        ``constraints``: fixed answer tokens as ids (:meth:`constraint_ids`)."""
         return GenerationConfig(
             gen_length=gen_length, block_length=self.block_length, steps=self.steps,
             temperature=(self.temperature or 0.0) if temperature is None else temperature,
             cache=self.cache, cache_params=self.cache_params, eotp=self.eotp, seed=self.seed,
-            eos_conf_zero=self.eos_conf_zero, eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf)
+            eos_conf_zero=self.eos_conf_zero, eos_conf_rule=self.eos_conf_rule, logits_eos_inf=self.logits_eos_inf,
+            constraints=constraints)
+
+    def constraints_text(self, default: str | None) -> str:
+        """``constraints=`` as text: ``auto`` is the policy's ``default`` (none for most), ``none`` is none."""
+        if self.constraints.strip().lower() == "auto":
+            return default or ""
+        return "" if self.constraints.strip().lower() == "none" else self.constraints
+
+    def constraint_offsets(self, default: str | None) -> tuple[int, ...]:
+        """The answer offsets ``constraints=`` names (each word's first token), before any tokenizer."""
+        return tuple(o for o, _ in self.constraint_ids(None, default))
+
+    def constraint_ids(self, tokenizer: Any, default: str | None) -> tuple[tuple[int, int], ...]:
+        """``constraints=`` in the authors' spelling (Prophet's ``eval_llada.py`` ``constraints_text``:
+        ``"200:The|201:answer|202:is"``) as (answer offset, token id) pairs: each word is tokenized as
+        ``" " + word`` without special tokens, its ids at ``offset, offset + 1, ...``."""
+        text = self.constraints_text(default)
+        out: dict[int, int] = {}
+        for part in filter(None, (p.strip() for p in text.split("|"))):
+            offset, sep, word = part.partition(":")
+            if not sep or not INTEGER.match(offset.strip()) or int(offset) < 0 or not word.strip():
+                raise ConfigError(f"constraints={self.constraints!r}: each part is OFFSET:WORD with OFFSET an answer "
+                                  f"offset >= 0, e.g. constraints=200:The|201:answer|202:is (or auto, none)")
+            ids = [-1] if tokenizer is None else tokenizer.encode(" " + word.strip(), add_special_tokens=False)
+            for i, tid in enumerate(ids):
+                out[int(offset) + i] = int(tid)
+        return tuple(sorted(out.items()))
 
 
 def parse_model_args(raw: Mapping[str, Any]) -> tuple[ModelArgs, dict[str, Any]]:

@@ -32,7 +32,15 @@ from torch import Tensor, nn
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, PreNormLayer, RMSNorm, Rotary, project_heads
+from l2pd_eval.model.layers import (
+    KVCache,
+    MaskPredictor,
+    PreNormLayer,
+    RMSNorm,
+    Rotary,
+    project_heads,
+    slices_of,
+)
 from l2pd_eval.model.skinny import swiglu
 
 
@@ -234,21 +242,25 @@ class Dream(MaskPredictor):
         cache: KVCache | None = None,
         start: int = 0,
         kv_len: int | None = None,
-        logits_slice: slice | None = None,
+        logits_slice: slice | tuple[slice, ...] | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
         positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
         The slice must not start at the chunk's first position unless the chunk starts the sequence (see
-        the module docstring)."""
+        the module docstring); several slices are each read one row earlier, the same way."""
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
+        n, sequence_start = input_ids.shape[1], start == 0 and write_index is None
+        rows = [_shifted_rows(n, part, sequence_start) for part in slices_of(logits_slice)]
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
-                               embed_delta)
-        x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
+                               embed_delta=embed_delta, attn_mask=attn_mask)
+        parts = [torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if first else x[:, lo:hi]  # position 0: itself
+                 for lo, hi, first in rows]
+        x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
         return self.head(x)
 
     def head(self, h: Tensor) -> Tensor:

@@ -131,6 +131,11 @@ def family_of(config: Any) -> Family:
     raise TypeError(f"{type(config).__name__} is not the config class of any model family")
 
 
+def family_name(config: Any) -> str | None:
+    """The name of the family ``config`` belongs to; None for a config no family owns (a test double)."""
+    return next((name for name, f in FAMILIES.items() if type(config) is f.config_class), None)
+
+
 def check_supported(family: Family, source: str) -> None:
     """Refuse, at load, a family the engine and caches cannot decode yet (``source``: the ``pretrained=``
     value). Block-causal attention needs its own network mask and an exact cache of finished blocks."""

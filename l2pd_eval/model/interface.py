@@ -78,8 +78,9 @@ class DiffusionLM(Protocol):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, key_mask: Tensor | None = None,
                 *, cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
-                logits_slice: slice | None = None, write_index: Tensor | None = None,
-                split_keys: bool = True, embed_delta: Tensor | None = None) -> Tensor:
+                logits_slice: slice | tuple[slice, ...] | None = None, write_index: Tensor | None = None,
+                split_keys: bool = True, embed_delta: Tensor | None = None,
+                attn_mask: Tensor | None = None) -> Tensor:
         """Logits [B, n', vocab_size] (the model's dtype) predicting the tokens at the ``logits_slice``
         positions of the chunk ``input_ids`` [B, n], which occupies absolute positions ``[start, start + n)``.
 
@@ -100,6 +101,8 @@ class DiffusionLM(Protocol):
                 the prediction for chunk position j is read from the hidden state at j - s, so the slice
                 may begin before s only when the chunk starts the sequence (``start == 0``, no
                 ``write_index``); position 0 of a sequence, which has no predecessor, repeats its own.
+                A tuple of such slices: their predictions one after the other (e.g. the block and query
+                slots appended after it, ``caches.extra``).
             write_index: [n] device tensor of the chunk's absolute positions; when given it replaces
                 ``start`` for the cache writes (``position_ids`` must then be given), so the call has no
                 Python int that depends on the block and can be captured once as a CUDA graph.
@@ -107,6 +110,10 @@ class DiffusionLM(Protocol):
                 (``model.attention.cache_attention``); a speed switch, same math.
             embed_delta: [B, n, d] added to the chunk's token embeddings before the first layer (dInfer's
                 iteration smoothing feeds soft embeddings of still-masked positions); None: nothing added.
+            attn_mask: [B, n, >= kv_len] bool, True = query i of the chunk may attend key j (only
+                ``[:, :, :kv_len]`` is read), combined with ``key_mask`` by AND; None: no per-query rule
+                (the fast paths). Any pattern: WINO's verification copy, block-causal attention. Every
+                query must see at least one key.
 
         Rows are independent: a row's logits do not depend on the other rows of the batch. Nothing but the
         cache is written."""

@@ -171,6 +171,25 @@ def init_normal(module: nn.Module, std: float, seed: int | None = None) -> None:
             p.normal_(0.0, std, generator=gen)
 
 
+def attention_mask(key_mask: Tensor | None, attn_mask: Tensor | None, queries: int, kv_len: int) -> Tensor | None:
+    """The boolean mask every layer hands SDPA (True = may attend), from ``forward``'s two optional masks:
+    ``key_mask`` [B, >= kv_len] (one row for every query: [B, 1, 1, kv_len], the fast path) and the general
+    ``attn_mask`` [B, queries, >= kv_len] (a row per query: [B, 1, queries, kv_len]), combined by AND."""
+    mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
+    if attn_mask is None:
+        return mask
+    if attn_mask.dim() != 3 or attn_mask.shape[1] != queries or attn_mask.shape[2] < kv_len:
+        raise ValueError(f"attn_mask must be [batch, {queries} queries, >= {kv_len} keys] bool, got "
+                         f"{list(attn_mask.shape)}")
+    rows = attn_mask[:, None, :, :kv_len]
+    return rows if mask is None else rows & mask
+
+
+def slices_of(logits_slice: slice | tuple[slice, ...] | None) -> tuple[slice | None, ...]:
+    """``forward``'s ``logits_slice`` as a tuple of slices (a single slice or None is a tuple of one)."""
+    return tuple(logits_slice) if isinstance(logits_slice, (tuple, list)) else (logits_slice,)
+
+
 class MaskPredictor(nn.Module):
     """Base of the families' networks. A subclass sets ``config`` and ``rotary`` in ``__init__``, names its
     token embedding and its list of transformer layers (``token_embedding``, ``blocks``), and writes
@@ -206,7 +225,8 @@ class MaskPredictor(nn.Module):
 
     def hidden_states(self, input_ids: Tensor, position_ids: Tensor | None, key_mask: Tensor | None,
                       cache: KVCache | None, start: int, kv_len: int | None, write_index: Tensor | None,
-                      split_keys: bool, embed_delta: Tensor | None = None) -> Tensor:
+                      split_keys: bool, embed_delta: Tensor | None = None,
+                      attn_mask: Tensor | None = None) -> Tensor:
         """The last layer's output [B, n, d] for the chunk (before the final norm); the arguments and
         their defaults as in :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         b, n = input_ids.shape
@@ -215,7 +235,7 @@ class MaskPredictor(nn.Module):
         kv_len = (start + n) if kv_len is None else kv_len
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
+        mask = attention_mask(key_mask, attn_mask, n, kv_len)
         cos, sin = self.rotary.tables(position_ids, self.dtype)
         x = self.token_embedding(input_ids)
         if embed_delta is not None:

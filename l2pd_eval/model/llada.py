@@ -12,12 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, project_heads
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, project_heads, slices_of
 from l2pd_eval.model.skinny import swiglu
 
 
@@ -229,17 +230,19 @@ class LLaDA(MaskPredictor):
         cache: KVCache | None = None,
         start: int = 0,
         kv_len: int | None = None,
-        logits_slice: slice | None = None,
+        logits_slice: slice | tuple[slice, ...] | None = None,
         write_index: Tensor | None = None,
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
+        attn_mask: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
         ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
-                               embed_delta)
+                               embed_delta=embed_delta, attn_mask=attn_mask)
         if logits_slice is not None:
-            x = x[:, logits_slice]
+            parts = slices_of(logits_slice)
+            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
         return self.head(x)
 
     def head(self, h: Tensor) -> Tensor:

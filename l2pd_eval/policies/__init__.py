@@ -2,8 +2,10 @@
 policy, one registry."""
 
 from l2pd_eval.policies.base import (
+    AnswerView,
     BlockMemory,
     Policy,
+    RowState,
     RunSettings,
     Selection,
     StepState,
@@ -12,5 +14,5 @@ from l2pd_eval.policies.base import (
 )
 from l2pd_eval.policies.registry import available, get_policy, policy_class, policy_params, register
 
-__all__ = ["BlockMemory", "Policy", "RunSettings", "Selection", "StepState", "top1_mask", "topk_mask", "available", "get_policy",
-           "policy_class", "policy_params", "register"]
+__all__ = ["AnswerView", "BlockMemory", "Policy", "RowState", "RunSettings", "Selection", "StepState", "top1_mask",
+           "topk_mask", "available", "get_policy", "policy_class", "policy_params", "register"]

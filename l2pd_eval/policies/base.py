@@ -20,6 +20,33 @@ from torch import Tensor
 from l2pd_eval.typed_args import parameters as dataclass_parameters
 
 
+class RowState:
+    """Per-row state a policy keeps across the steps of one block (WINO's last accept count, SlowFast's
+    phase, a credit matrix), made by ``Policy.init_state`` when a block starts, handed to every ``select`` of
+    that block as ``StepState.state`` (``select`` may update it in place: it is the policy's own), and
+    narrowed by the engine to the rows that go on decoding the block when others finish it (``keep``).
+
+    A subclass holds tensors whose first dimension is the block's rows (in ``StepState.rows`` order);
+    ``keep`` narrows every such attribute. State that outlives a block belongs on the policy, keyed by
+    ``StepState.rows``."""
+
+    def keep(self, idx: Tensor) -> None:
+        """Keep rows ``idx`` (indices into the current rows, on the device), in that order."""
+        for name, value in vars(self).items():
+            if isinstance(value, Tensor) and value.dim() > 0:
+                setattr(self, name, value.index_select(0, idx))
+
+
+@dataclass(frozen=True)
+class AnswerView:
+    """This forward's view of the answer beyond the block, for policies that ``finishes`` (Prophet): columns
+    are answer offsets ``start, start + 1, ...`` up to the batch's live length."""
+
+    start: int    # answer offset of column 0
+    gap: Tensor   # [B, W] top-1 minus top-2 raw logit, in the model's dtype (Prophet's statistic)
+    live: Tensor  # [B, W] bool: before the row's live end (an EoTP cut ends a row's view)
+
+
 @dataclass(frozen=True)
 class StepState:
     """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
@@ -47,6 +74,10 @@ class StepState:
     live: Tensor | None = None  # [B, L] bool: block positions before the row's live end (False past an EoTP
     #                             cut: filled with end-of-text, no longer decoded); None: every position
     steps: int = 0    # the run's steps per block (the schedule's length; non-scheduled policies may read it)
+    state: RowState | None = None  # the policy's per-row state for this block (``Policy.init_state``)
+    global_step: int = 0  # 1-based step over the whole answer: block * steps_per_block + step + 1
+    total_steps: int = 0  # the run's steps (GenerationConfig.total_steps)
+    answer: AnswerView | None = None  # predictions beyond the block (policies that ``finishes``)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -61,7 +92,9 @@ class BlockMemory:
     ``generate`` call, so nothing leaks from one request to the next), the engine hands it back in every
     ``StepState.memory`` of that block, and calls ``keep(idx)`` when rows leave the step loop, exactly as it
     narrows the rows' other state. Its first dimension is the block's rows, in ``StepState.rows`` order; the
-    policy updates it in place in ``select``, on the device.
+    policy updates it in place in ``select``, on the device. ``RowState`` (``init_state``, ``StepState.state``)
+    is a second mechanism for the same need, from another branch (WINO, SlowFast); the engine serves both
+    until one is folded into the other.
     """
 
     def keep(self, idx: Tensor) -> None:
@@ -78,6 +111,10 @@ class Selection:
     accepted: Tensor | None = None  # bool: positions accepted on their own merit before any schedule fill
     #                                 (Learn2PD's filter); EoTP "true" cuts first after an accepted end
     remask: Tensor | None = None    # bool: committed positions of the block to mask again (``remasks`` only)
+    finish: Tensor | None = None    # [B] bool: commit every masked position of the row's answer now, at this
+    #                                 forward's predictions, and end the row (``finishes`` only)
+    horizon: Tensor | None = None   # [B] long answer offset: the row's next forward sees nothing at or after
+    #                                 it, keys and queries (>= gen_length: no cut; ``horizons`` only)
 
 
 def topk_mask(scores: Tensor, k: Tensor) -> Tensor:
@@ -109,6 +146,9 @@ class RunSettings:
     gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
     device: torch.device = torch.device("cpu")
     model: Mapping[str, str] | None = None  # the decoded checkpoint's identity (model.loading.checkpoint_identity)
+    constraints: tuple[int, ...] = ()  # answer offsets holding fixed tokens (GenerationConfig.constraints)
+    family: str | None = None  # the model family's name (model.family), None when not known
+    temperature: float = 0.0  # the decode's sampling temperature
 
 
 ConfidenceRule = Literal["float64", "float32", "model"]
@@ -158,6 +198,36 @@ class Policy:
     # (``eos_conf_zero``) acts on them; False: it cannot act (random order, the oracle's match, a policy
     # with its own confidence) and the adapter says so.
     reads_conf: ClassVar[bool] = True
+    # How many re-masks a row may make in a step (engine/commit.py): "step": its new commits beyond
+    # max(k, 1), so every step makes net progress; "previous": its previous step's commits minus one (WINO's
+    # own bound; unscheduled policies only), so a block still ends within block_length steps.
+    remask_budget: ClassVar[str] = "step"
+    # Each forward also predicts the block from a verification copy that hides each position's own token
+    # (WINO; engine/verify.py); ``StepState.stats["verify_prob"]``: the copy's probability of the block's
+    # current token (meaningful where committed).
+    verifies: ClassVar[bool] = False
+    # May return ``Selection.finish``: the row's every masked answer position takes this forward's prediction
+    # and the row is done (Prophet's early commit). The engine then also predicts the answer after the block
+    # and hands the policy ``StepState.answer`` from ``view_start`` on.
+    finishes: ClassVar[bool] = False
+    # May return ``Selection.horizon``: a one-step cut of the row's live sequence for its next forward (the
+    # sequence after it is hidden as an EoTP cut hides it, for that forward only: SlowFast's fast phase).
+    horizons: ClassVar[bool] = False
+    # Fixed answer tokens the policy's rule expects by default, in the authors' spelling
+    # ``"offset:word|offset:word"`` (model_arg ``constraints=auto``; Prophet's "The answer is"); None: none.
+    default_constraints: ClassVar[str | None] = None
+
+    def init_state(self, rows: Tensor, block: int) -> RowState | None:
+        """The per-row state of a block that starts for ``rows`` ([n] batch rows, on the decoding device),
+        handed to each of the block's ``select`` calls as ``StepState.state``; None (the default): the
+        policy keeps none. Called once per block, before its first step."""
+        return None
+
+    def view_start(self, block_start: int) -> int | None:
+        """For a policy that ``finishes``: the answer offset from which ``StepState.answer`` covers the answer
+        at the block starting at answer offset ``block_start`` (default: the block's start); None: this run
+        needs no view (nor finishes), so the engine computes none."""
+        return block_start
 
     def select(self, state: StepState) -> Tensor | Selection:
         """Choose this step's commits for the rows of ``state``.
@@ -165,19 +235,21 @@ class Policy:
         Args:
             state: the block's predictions for the rows still decoding it (``StepState``); read-only.
                 ``state.k`` is the schedule's count for scheduled policies (1 for the others). A policy
-                that keeps state across the block's steps (``begin_block``) updates ``state.memory`` in
-                place; everything else in ``state`` is the engine's.
+                that keeps state across the block's steps (``begin_block`` or ``init_state``) updates
+                ``state.memory`` / ``state.state`` in place; everything else in ``state`` is the engine's.
 
         Returns:
             A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
-            (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
+            (``accepted``), re-masks (``remask``, only with ``remasks = True``) or finishes rows (``finish``,
+            only with ``finishes = True``: their masked positions after the block take this forward's
+            predictions there; the block's follow the commit mask like any other). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
             position (unless ``stall_fallback = False``, or its schedule asked for none at this step:
             ``state.k`` 0, Dream's schedule). Re-masks apply only to the block's positions
-            committed before this step (never the prompt, another block or an EoTP-cut tail) and never undo
-            more of a row's new commits than leaves ``max(state.k, 1)`` of them, so every step makes net
-            progress and every block finishes.
+            committed before this step (never the prompt, another block or an EoTP-cut tail) and stay within
+            the policy's ``remask_budget`` (by default never undoing more of a row's new commits than leaves
+            ``max(state.k, 1)`` of them), so every block finishes (engine/commit.py).
         """
         raise NotImplementedError
 

@@ -35,7 +35,7 @@ from torch import Tensor
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState, block_start_mask, topk_mask
 
-STATISTICS = ("neg_entropy", "margin", "chosen_prob", "chosen_prob_model", "logits")
+STATISTICS = ("neg_entropy", "margin", "chosen_prob", "chosen_prob_model", "chosen_prob_native", "logits")
 SCHEDULES = ("dream", "linear")
 _ENTROPY_EPS = 1e-10  # Dream's: inside the log, so p = 0 contributes 0 rather than nan
 _ALG_TEMP_PURPOSE = 2  # rng stream for the alg_temp draws (0: Gumbel sampling of tokens, 1: random order)
@@ -50,9 +50,11 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
     (``softmax(logits / temperature)`` in the logits' dtype / in float64, then the scores from those
     probabilities), ``float32`` from a float32 ``log_softmax`` (float64 for float64 logits; this project's
     earlier statistics). ``chosen_prob`` needs ``x0`` [B, L], the tokens the step predicted.
-    Two are not Dream's: ``chosen_prob_model`` is the probability of ``x0`` under the plain logits (no
+    Three are not Dream's: ``chosen_prob_model`` is the probability of ``x0`` under the plain logits (no
     temperature), computed in the logits' own dtype as ``exp(log_softmax(logits))`` (dInfer's hierarchy
-    decoder: bf16 for a bf16 model, where nearby confidences tie), and ``logits`` is the block's logits
+    decoder: bf16 for a bf16 model, where nearby confidences tie); ``chosen_prob_native`` is the probability
+    of ``x0`` from ``torch.softmax`` in the logits' own dtype (bf16 on a GPU) at temperature 0, as Prophet's
+    and SlowFast's code compute their confidence (docs/conventions.md); and ``logits`` is the block's logits
     themselves, [B, L, V], not copied (rules that rescore the vocabulary: dInfer's credit).
     """
     needs = tuple(dict.fromkeys(needs))
@@ -64,6 +66,8 @@ def step_statistics(logits: Tensor, needs: Iterable[str], temperature: float = 0
         out["logits"] = logits
     if "chosen_prob_model" in needs:
         out["chosen_prob_model"] = _chosen(torch.log_softmax(logits, dim=-1), x0, "chosen_prob_model").exp()
+    if "chosen_prob_native" in needs:
+        out["chosen_prob_native"] = _chosen(torch.softmax(logits, dim=-1), x0, "chosen_prob_native")
     needs = tuple(n for n in needs if n not in out)
     if not needs:
         return out
@@ -105,7 +109,7 @@ def _from_log_softmax(logits: Tensor, needs: tuple[str, ...], temperature: float
 
 
 def _chosen(logp: Tensor, x0: Tensor | None, name: str) -> Tensor:
-    """``logp`` [B, L, V] at the step's tokens ``x0`` [B, L]."""
+    """``logp`` [B, L, V] (log-probabilities, or probabilities) at the step's tokens ``x0`` [B, L]."""
     if x0 is None:
         raise ValueError(f"step_statistics: {name!r} needs x0, the step's predicted tokens")
     return logp.gather(-1, x0.unsqueeze(-1)).squeeze(-1)

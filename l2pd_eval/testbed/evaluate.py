@@ -42,6 +42,16 @@ DEFAULT_SETTINGS = [
     Setting("threshold0.9+eotp(block_end)", "threshold", {"threshold": 0.9}, eotp="block_end"),
     Setting("oracle+eotp(committed)", "oracle", {"fallback": "reference"}, eotp="committed"),
 ]
+# The field's rules with their authors' default parameters (docs/conventions.md). Prophet's default fixed
+# tokens (answer offsets 200-202) do not fit a 96-token answer, so it runs without them (it cannot exit),
+# beside its named option gap_window=answer, which needs none.
+FIELD_SETTINGS = [
+    Setting("prophet", "prophet"),
+    Setting("prophet(gap_window=answer)", "prophet", {"gap_window": "answer"}),
+    Setting("wino", "wino"),
+    Setting("slowfast", "slowfast"),
+]
+SETTINGS = {"default": DEFAULT_SETTINGS, "field": FIELD_SETTINGS, "all": DEFAULT_SETTINGS + FIELD_SETTINGS}
 
 
 def parse_setting(spec: str) -> Setting:
@@ -148,16 +158,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N test problems")
     parser.add_argument("--filter", default=None, help="a trained Learn2PD filter: adds learn2pd rows")
     parser.add_argument("--json", default=None, help="also write the results here")
+    parser.add_argument("--settings", choices=sorted(SETTINGS), default="default",
+                        help="default: the rows of docs/testbed.md's first table; field: prophet, wino, slowfast")
     parser.add_argument("--add", action="append", default=[], metavar="POLICY[,KEY=VALUE...]",
                         help="another row: a policy with its parameters (eotp= too), e.g. dinfer_credit,eotp=true")
-    parser.add_argument("--no-defaults", action="store_true", help="only the --add rows (and --filter's)")
+    parser.add_argument("--no-defaults", action="store_true", help="only the --add rows (and --filter's), no --settings rows")
     parser.add_argument("--only", nargs="+", default=None,
                         help="run only these settings (labels, e.g. threshold0.9 learn2pd+eotp)")
     parser.add_argument("--caches", nargs="+", default=[],
                         help="run the settings once per cache: NAME or NAME:key=value;key=value")
     args = parser.parse_args(argv)
     problems = load_test_split()[: args.limit]
-    settings = ([] if args.no_defaults else list(DEFAULT_SETTINGS)) + [parse_setting(a) for a in args.add]
+    settings = ([] if args.no_defaults else list(SETTINGS[args.settings])) + [parse_setting(a) for a in args.add]
     if args.filter:
         settings += learn2pd_settings(args.filter)
     if args.only:
