@@ -138,9 +138,10 @@ def test_each_policy_s_default_rule_is_its_reference_s():
     """LLaDA-line rules (Fast-dLLM's, Learn2PD's cached code, and this project's own) default to float64;
     Dream's rules to the model's dtype, as Dream's sample_tokens computes them; dInfer's threshold and credit
     decoders to float32 (its F.softmax(logits.to(float32))), its hierarchy decoder to the model's dtype
-    (exp(log_softmax) in bf16)."""
+    (exp(log_softmax) in bf16); Prophet's and SlowFast's to the model's dtype, WINO's to float64."""
     own = {"entropy": "model", "topk_margin": "model", "maskgit_plus": "model", "origin": "model",
-           "dinfer_threshold": "float32", "dinfer_credit": "float32", "dinfer_hierarchy": "model"}
+           "dinfer_threshold": "float32", "dinfer_credit": "float32", "dinfer_hierarchy": "model",
+           "prophet": "model", "slowfast": "model"}  # WINO's code: float64, the default
     for name in available():
         default = policy_class(name).__dataclass_fields__["confidence"].default
         assert default == own.get(name, "float64"), name

@@ -13,6 +13,7 @@ from policy_cases import assert_batched_equals_alone
 from rule_vectors import VectorModel, load, row
 
 from l2pd_eval.caches import available as cache_names
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies import RunSettings, get_policy
@@ -109,7 +110,8 @@ def test_the_paper_rule_compares_strictly_and_ends_exploring_once_stable():
     assert min(f.visible for f in model.calls) < 10  # the accelerated phase cut its later forwards
 
 
-@pytest.mark.parametrize("cache, eotp", list(itertools.product(cache_names(), EOTP_MODES)))
+@pytest.mark.parametrize("cache, eotp", [(c, e) for c, e in itertools.product(cache_names(), EOTP_MODES)
+                                         if cache_class(c).horizons])  # the others refuse: test_field_policies
 def test_slowfast_decodes_a_batch_as_each_prompt_alone_on_every_family_and_cache(family, cache, eotp):
     """Thresholds inside the tiny models' confidences (0.2 to 0.98), so rows settle cycles of different
     lengths, accelerate, and cut their forwards at different positions within one batch."""

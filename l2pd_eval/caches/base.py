@@ -82,6 +82,8 @@ class ForwardStrategy:
     #                                      (``model.layers.LayerParts``: the families' networks, not a test double)
     inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
+    horizons: ClassVar[bool] = True  # a per-row horizon (SlowFast's ``Selection.horizon``: keys and queries past it
+    #                                  hidden in the next forward) keeps rows independent; False: refused
     query_slots: ClassVar[bool] = False  # serves ``s.extra`` (query-only slots: WINO's verification copy) and
     #                                      ``s.out`` within ``computed(s)`` (Prophet's answer view); the engine
     #                                      refuses a policy that needs them with a strategy that does not

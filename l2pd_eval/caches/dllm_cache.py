@@ -110,6 +110,7 @@ class DLLMCache(ForwardStrategy):
     Params = DLLMCacheParams
     logits_after = False
     layer_parts = True
+    horizons = False  # kept features were computed over keys a horizon would hide: rows would not decode alone
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  params: DLLMCacheParams | None = None):
@@ -155,6 +156,7 @@ class DLLMCache(ForwardStrategy):
         if s.after:
             raise ValueError(f"cache={self.name!r} predicts the block only; predictions after the block exist "
                              f"only with a cache that has logits_after")
+        self.refuse_slots(s)
         P, (bs, be) = s.prompt, s.block
         if not 0 < P <= bs:
             raise ValueError(f"cache={self.name!r} splits the sequence at the prompt width: StepInput.prompt must "

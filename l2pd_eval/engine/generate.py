@@ -73,6 +73,10 @@ def check_query_slots(policy: Policy, cache: str) -> bool:
         able = ", ".join(n for n in available_caches() if cache_class(n).query_slots)
         raise ConfigError(f"policy={policy.name!r} needs query-only slots in every forward ({what}), which "
                           f"cache={cache!r} cannot serve; use cache={able}")
+    if policy.horizons and not cache_class(cache).horizons:
+        able = ", ".join(n for n in available_caches() if cache_class(n).horizons)
+        raise ConfigError(f"policy={policy.name!r} cuts a row's next forward at a horizon, which cache={cache!r} "
+                          f"cannot serve (its kept state was computed over the hidden positions); use cache={able}")
     return needs
 
 
