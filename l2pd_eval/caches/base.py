@@ -35,6 +35,8 @@ class StepInput:
     seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a
     #                              strategy makes on the host (DPad's kept positions)
     limits: tuple[int, ...] = ()  # host: the n rows' live ends (EoTP cuts; the step's sync has them)
+    synced: tuple[int, ...] = ()  # host: per row, what the strategy's ``sync_values`` gave at this step's
+    #                               sync (empty: it gave nothing, or the step had no sync: a block's first)
 
 
 @dataclass(frozen=True)
@@ -106,6 +108,15 @@ class ForwardStrategy:
         """Whether this step recomputes everything (and refills what the strategy keeps): by default each
         block's first step. A strategy that refreshes on another rhythm overrides this."""
         return s.step == 0
+
+    def sync_values(self, masked: Tensor, limit: Tensor) -> Tensor | None:
+        """[n] integers the strategy needs on the host at its next ``logits`` call (a size that depends on
+        the tokens: dKV-Cache's count of positions to recompute), computed on the device from the current
+        rows' still-masked block positions ``masked`` [n, block] and live ends ``limit`` [n] at the start of a
+        step after a block's first. The engine copies them in its own per-step sync, so they cost no extra
+        device-to-host wait, and hands the rows that go on their values as ``StepInput.synced``. None (the
+        default): nothing to copy."""
+        return None
 
     def logits(self, s: StepInput) -> Tensor:
         raise NotImplementedError

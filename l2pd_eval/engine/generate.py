@@ -129,12 +129,15 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
             strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
     """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
     Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
-    synced = torch.cat([masked.any(-1).long(), state.limit[rows.idx]]).tolist()
+    extra = strategy.sync_values(masked, state.limit[rows.idx])  # the strategy's host values ride along
+    synced = torch.cat([masked.any(-1).long(), state.limit[rows.idx],
+                        *(() if extra is None else (extra.long(),))]).tolist()
     n = rows.idx.numel()
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
         return None
     rows.limits = [synced[n + j] for j in keep_host]
+    rows.synced = [] if extra is None else [synced[2 * n + j] for j in keep_host]
     rows.max_limit = max(rows.limits)
     if len(keep_host) < n:
         idx = rows.keep(keep_host, state.x.device)
@@ -154,7 +157,8 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
         length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
-        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
+        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits),
+        synced=tuple(rows.synced) if step > 0 else ()))
     cost = run.strategy.positions
     if isinstance(cost, int):  # the same count for every row
         state.positions[rows.host] += cost // len(rows.host)

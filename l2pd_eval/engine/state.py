@@ -91,6 +91,7 @@ class BlockRows:
     schedule: Tensor | None   # [n, steps_per_block] commits per step (scheduled policies)
     memory: BlockMemory | None = None  # the policy's state for this block (``Policy.begin_block``)
     limits: list[int] = field(default_factory=list)  # host: each row's live end, as of the step's sync
+    synced: list[int] = field(default_factory=list)  # host: the strategy's ``sync_values`` per row, same sync
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)

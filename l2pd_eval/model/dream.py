@@ -241,17 +241,23 @@ class Dream(MaskPredictor):
         write_index: Tensor | None = None,
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
         positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
         The slice must not start at the chunk's first position unless the chunk starts the sequence (see
-        the module docstring)."""
+        the module docstring). ``logits_index`` names hidden-state columns themselves (the caller picked
+        each prediction's predecessor), so no shift is applied to it."""
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
-        x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
-                               embed_delta)
-        x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
+        if logits_index is not None:
+            x = self.gather_rows(self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len,
+                                                    write_index, split_keys, embed_delta), logits_index)
+        else:
+            lo, hi, repeat_first = _shifted_rows(input_ids.shape[1], logits_slice, start == 0 and write_index is None)
+            x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
+                                   embed_delta)
+            x = torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if repeat_first else x[:, lo:hi]  # position 0: itself
         x = self.model.norm(x)
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return self.project(x, head)

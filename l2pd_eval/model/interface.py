@@ -79,7 +79,8 @@ class DiffusionLM(Protocol):
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, key_mask: Tensor | None = None,
                 *, cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
                 logits_slice: slice | None = None, write_index: Tensor | None = None,
-                split_keys: bool = True, embed_delta: Tensor | None = None) -> Tensor:
+                split_keys: bool = True, embed_delta: Tensor | None = None,
+                logits_index: Tensor | None = None) -> Tensor:
         """Logits [B, n', vocab_size] (the model's dtype) predicting the tokens at the ``logits_slice``
         positions of the chunk ``input_ids`` [B, n], which occupies absolute positions ``[start, start + n)``.
 
@@ -102,11 +103,18 @@ class DiffusionLM(Protocol):
                 ``write_index``); position 0 of a sequence, which has no predecessor, repeats its own.
             write_index: [n] device tensor of the chunk's absolute positions; when given it replaces
                 ``start`` for the cache writes (``position_ids`` must then be given), so the call has no
-                Python int that depends on the block and can be captured once as a CUDA graph.
+                Python int that depends on the block and can be captured once as a CUDA graph. ``[B, n]``:
+                each row's own absolute positions (a chunk gathered per row, dKV-Cache's: a row's queries
+                are not contiguous); a position may repeat only where what is written there is never read
+                (padding queries' scratch slot).
             split_keys: allow the key-splitting flash kernel at batch 1
                 (``model.attention.cache_attention``); a speed switch, same math.
             embed_delta: [B, n, d] added to the chunk's token embeddings before the first layer (dInfer's
                 iteration smoothing feeds soft embeddings of still-masked positions); None: nothing added.
+            logits_index: [B, k] chunk columns whose hidden states get the vocabulary projection, per row,
+                instead of ``logits_slice`` (a chunk gathered per row has no contiguous block). No shift
+                is applied: with ``logit_shift`` s the caller passes, for a prediction of position p, the
+                column holding position p - s. Returns [B, k, V].
 
         Rows are independent: a row's logits do not depend on the other rows of the batch. Nothing but the
         cache is written."""

@@ -157,6 +157,12 @@ class MaskPredictor(nn.Module):
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         return x
 
+    @staticmethod
+    def gather_rows(x: Tensor, logits_index: Tensor) -> Tensor:
+        """The hidden states [B, k, d] of the chunk columns ``logits_index`` [B, k], per row (``forward``'s
+        ``logits_index``: the columns a chunk gathered per row predicts from)."""
+        return x.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""
         if self.skinny_head:

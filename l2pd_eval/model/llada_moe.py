@@ -314,12 +314,16 @@ class LLaDAMoE(MaskPredictor):
         write_index: Tensor | None = None,
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
-        ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
+        ``[start, start + n)`` (or its ``logits_index`` columns, per row): the contract of
+        :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta)
-        if logits_slice is not None:
+        if logits_index is not None:
+            x = self.gather_rows(x, logits_index)
+        elif logits_slice is not None:
             x = x[:, logits_slice]
         head = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
         return F.linear(self.model.norm(x), head)
