@@ -80,8 +80,8 @@ def test_wheel_location_is_searched_first():
     dirs = published_dirs()
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
-    assert available() == ["d3llm_dream", "d3llm_llada", "dpad_dream", "dpad_llada15", "dpad_llada_instruct",
-                           "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
+    assert available() == ["d3llm_dream", "d3llm_llada", "dkv_cache_dream", "dkv_cache_llada_instruct", "dpad_dream",
+                           "dpad_llada15", "dpad_llada_instruct", "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
                            "llada_eval_1p5", "llada_eval_instruct"]
 
 
@@ -189,3 +189,36 @@ def test_dpad_cells_are_stored_with_their_settings_and_sources(name, count, fami
     for (label, task, length), (speedup, acc, strict, latency) in DPAD_SPOT_CHECKS[name].items():
         e = raw[(label, task, length)]
         assert (e["speedup"], e["accuracy"], e.get("strict_accuracy"), e["latency_s"]) == (speedup, acc, strict, latency)
+
+
+# dKV-Cache's Tables 1-2 as printed (shared/notes/published-field.md section 7): (accuracy, second number, ratio)
+DKV_SPOT_CHECKS = {
+    "dkv_cache_llada_instruct": {("dKV-Cache-Decode (confidence)", "gsm8k"): (78.85, 27.50, 1.92),
+                                 ("dKV-Cache-Greedy w/ Window (random)", "mbpp"): (20.4, 12.44, 1.66),
+                                 ("Base (confidence)", "humaneval"): (39.63, 7.08, None)},
+    "dkv_cache_dream": {("dKV-Cache-Decode (T=128)", "gsm8k"): (65.35, 62.31, 4.13),
+                        ("Half-Steps (T=512)", "humaneval"): (37.20, 20.5, 1.99)},
+}
+
+
+@pytest.mark.parametrize("name,count,family", [("dkv_cache_llada_instruct", 42, "llada"), ("dkv_cache_dream", 30, "dream")])
+def test_dkv_cache_cells_are_stored_with_their_settings_and_sources(name, count, family):
+    """dKV-Cache's two tables: every dKV cell names its cache and refresh interval (Decode 8 on LLaDA, 4 on
+    Dream; Greedy 2 with its window); Dream's rows carry their steps (Half-Steps: half of T)."""
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2505.15781"
+    keys = [(e.label, e.task, e.gen_length) for e in pub.entries]
+    assert len(set(keys)) == len(keys)
+    raw = {(e["label"], e["task"]): e for e in json.loads(pub.path.read_text())["entries"]}
+    for e in pub.entries:
+        assert e.source in pub.sources and "2505.15781" in pub.sources[e.source] and e.accuracy is not None
+        method = published_method(e)
+        assert method.cache.startswith("dkv") == ("dKV" in e.label) and method.eotp == "false"
+        if method.cache == "dkv_decode":
+            assert e.method["params"] == {"dkv_refresh": 8 if family == "llada" else 4}
+        if family == "dream":
+            T = int(e.label.split("T=")[1].rstrip(")"))
+            assert e.steps == (T // 2 if e.label.startswith("Half-Steps") else T) and e.gen_length in (256, 512)
+    for (label, task), (acc, second, ratio) in DKV_SPOT_CHECKS[name].items():
+        e = raw[(label, task)]
+        assert (e["accuracy"], e["second_number"], e["speedup"]) == (acc, second, ratio)
