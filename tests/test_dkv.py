@@ -172,8 +172,14 @@ def test_a_float32_batch_decodes_as_each_prompt_alone(family, filter_path, polic
     assert_batched_equals_alone(model, family.prompts, cfg, policy, family.special, filter_path)
 
 
-def test_its_parameter_is_checked_in_one_line():
+def test_its_parameter_is_checked_in_one_line(tiny_dir):
+    from l2pd_eval.harness.model_args import parse_model_args
+
     assert GenerationConfig(cache="dkv_decode").cache_params == {"dkv_refresh": 8}
+    args, _ = parse_model_args(dict(pretrained=str(tiny_dir), cache="dkv_decode", dkv_refresh="4"))
+    assert args.generation_config(64, None).cache_params == {"dkv_refresh": 4}
+    with pytest.raises(ConfigError, match=r"^dkv_refresh=-2 must be >= 1"):
+        parse_model_args(dict(pretrained=str(tiny_dir), cache="dkv_decode", dkv_refresh="-2"))[0].generation_config(64, None)
     with pytest.raises(ConfigError, match=r"^dkv_refresh=0 must be >= 1 \(1: every step is a full forward\)$"):
         GenerationConfig(cache="dkv_decode", cache_params={"dkv_refresh": "0"})
     with pytest.raises(ConfigError, match=r"^dkv_refresh='often' is not an integer$"):
