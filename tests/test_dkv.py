@@ -82,6 +82,8 @@ def test_every_llada_forward_computes_the_positions_their_code_computes(tiny, na
     seen = recorded_queries(model, lambda: out.append(generate(model, [prompt], cfg, StubOrder(P), special)))
     assert seen == [f["queries"] for f in case["forwards"]]
     assert out[0].stats[0].positions == sum(f["n_queries"] for f in case["forwards"])
+    for f in case["forwards"]:  # what a forward does not compute it reads from the cache: theirs too
+        assert sorted(f["queries"] + f["from_cache"]) == list(range(P + G))
 
 
 @pytest.mark.parametrize("name", ["dream_decoded_R4"])
