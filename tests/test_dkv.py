@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 from policy_cases import POLICIES, assert_batched_equals_alone
-from test_dream_engine import dream  # noqa: F401 (a fixture)
 
 from l2pd_eval.caches import StepInput, make_strategy
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
@@ -68,14 +67,17 @@ def recorded_queries(model, run) -> list[list[int]]:
 
 
 @pytest.mark.parametrize("name", ["llada_decode_R4", "llada_decode_R8_block64", "llada_decode_R2_steps_eq_len"])
-def test_every_llada_forward_computes_the_positions_their_code_computes(tiny, name):
+def test_every_llada_forward_computes_the_positions_their_code_computes(family, name):
     """Full forwards at steps 0 and 1 (their step 0 stores nothing, step 1 stores) and at i % R == 0; in
     between, the positions masked before the previous commit: e.g. R4's block 0 step 2 recomputes
-    4, 5, 7, 8 of the block (6 and 9, committed at step 0, are read from the cache) and the next block."""
-    model, _, special = tiny
+    4, 5, 7, 8 of the block (6 and 9, committed at step 0, are read from the cache) and the next block.
+    (Every family without a logit shift.)"""
+    model, special = family.model, family.special
+    if model.logit_shift:
+        pytest.skip("a shifted family: the Dream vectors")
     case = LLADA[name]
     P, G = case["prompt_len"], case["gen_length"]
-    prompt = [special.eos + 1 + i for i in range(P)]
+    prompt = family.prompts[2][:P]
     cfg = GenerationConfig(gen_length=G, block_length=case["block_length"], steps=case["steps"], cache="dkv_decode",
                            cache_params={"dkv_refresh": case["cache_reloading_step"]})
     out = []
@@ -87,14 +89,14 @@ def test_every_llada_forward_computes_the_positions_their_code_computes(tiny, na
 
 
 @pytest.mark.parametrize("name", ["dream_decoded_R4"])
-def test_every_dream_forward_computes_the_positions_their_code_computes(request, name):
+def test_every_dream_forward_computes_the_positions_their_code_computes(family, name):
     """Dream (shift_type "un"): position j is recomputed while j + 1 was masked before the previous commit;
     full forwards only at i % R == 0. Their first cacheable mask copies the last position's own state, so
-    step 1 also recomputes the sequence's last position (15 here); later masks wrap, and it is cached."""
-    from l2pd_eval.model import SpecialIds
-
-    model = request.getfixturevalue("dream")
-    special = SpecialIds.resolve(None, model.config)
+    step 1 also recomputes the sequence's last position (15 here); later masks wrap, and it is cached.
+    (Every family with a logit shift of 1.)"""
+    model, special = family.model, family.special
+    if model.logit_shift != 1:
+        pytest.skip("an unshifted family: the LLaDA vectors")
     case = DREAM[name]
     P, G, forwards = case["prompt_len"], case["gen_length"], case["forwards"]
     decoded = [{j + 1 for j in f["store_positions"] if j + 1 < P + G} | set(range(P)) for f in forwards]
@@ -104,18 +106,16 @@ def test_every_dream_forward_computes_the_positions_their_code_computes(request,
                            cache_params={"dkv_refresh": case["cache_steps"]})
     out = []
     seen = recorded_queries(model, lambda: out.append(
-        generate(model, [[1 + i for i in range(P)]], cfg, Scripted(commits, P), special)))
+        generate(model, [family.prompts[2][:P]], cfg, Scripted(commits, P), special)))
     assert seen == [f["queries"] for f in forwards]
     assert out[0].stats[0].positions == sum(f["n_queries"] for f in forwards)
 
 
-@pytest.mark.parametrize("fixture", ["tiny", "dream"])
-def test_a_cached_step_where_nothing_changed_equals_the_full_forward(request, fixture):
+def test_a_cached_step_where_nothing_changed_equals_the_full_forward(family):
     """Two left-padded rows recompute different column sets (padding to the widest, scratch writes, per-row
     rope and cache slots, Dream's predecessors): with the tokens unchanged since the refresh, the cached
     step's logits are the full forward's, and the positions it does not recompute keep their last ones."""
-    model = request.getfixturevalue(fixture)
-    model = model[0] if isinstance(model, tuple) else model
+    model = family.model
     T, block = 40, (16, 24)
     x = torch.randint(0, model.config.vocab_size, (2, T), generator=torch.Generator().manual_seed(3))
     valid = torch.ones(2, T, dtype=torch.bool)
