@@ -5,7 +5,7 @@ Measures, in one run (see docs/benchmarks.md for the command and the recorded nu
   (a) time per forward step for every registered cache (``--caches``), gen_length 256 and 1024, batch 1/8/16/32;
   (b) the same against a roofline built from this machine's measured copy bandwidth and bf16 matmul rate,
       for the work the step actually did (its query positions per row and the keys they attended, as the
-      strategy reports them: DPad's drawn kept set, vicinity's window);
+      strategy reports them: DPad's drawn kept set, vicinity's window, dKV-Cache's recomputed positions);
   (c) policy overhead per step (confidence + selection) as a share of the step;
   (d) end-to-end generations per second for a fixed schedule, batch 1 vs batched;
   (e) peak GPU memory per configuration;
@@ -180,22 +180,39 @@ def schedule_floor(model, cache: str, batch: int, prompt: int, gen: int, steps_p
     return out
 
 
+STEP_MASKED = 1.0  # --step-masked: the share of the block still masked in a timed step (1.0: not given)
+
+
 def step_input(x, pos, block, total, step: int = 1, key_mask=None, prompt: int = 0) -> StepInput:
     """The engine's input for rows 0..n-1 of a batch, none of them cut (rows and seeds as ``generate``'s);
-    ``prompt``: the prompt width (0: not given; dllm_cache needs it)."""
-    n = x.shape[0]
-    return StepInput(x, pos, key_mask, block, total, step=step, rows=tuple(range(n)), seeds=tuple(range(n)),
-                     limits=(total,) * n, prompt=prompt)
+    ``prompt``: the prompt width (0: not given; dllm_cache needs it). With ``STEP_MASKED`` < 1 the block's
+    last ``STEP_MASKED`` share is masked (``StepInput.masked``: what dKV-Cache recomputes of the block); 1.0
+    gives none, which a strategy reads as the whole block."""
+    n, width = x.shape[0], block[1] - block[0]
+    masked = None
+    if STEP_MASKED < 1.0:
+        masked = (torch.arange(width, device=x.device) >= width - round(STEP_MASKED * width)).expand(n, width)
+    return StepInput(x, pos, key_mask, block, total, step=step, masked=masked, rows=tuple(range(n)),
+                     seeds=tuple(range(n)), limits=(total,) * n, prompt=prompt)
 
 
-def step_fn(strat, x, pos, block, total, step: int = 1, prompt: int = 0, forward: int | None = None):
-    """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step). ``forward``: for a
-    strategy whose rows follow a forward-count schedule (``schedule_cases``), pin every row's count there
-    first, so each call is that case."""
+def cached_step(strat, x, pos, block, total, prompt: int = 0) -> int:
+    """The block's first step that reads the strategy's cache: 1, or later where a strategy refreshes at
+    more steps than the first (dKV-Cache on LLaDA refills its cache at step 1)."""
+    return next((i for i in range(1, 64) if not strat.refreshes(step_input(x, pos, block, total, i, prompt=prompt))),
+                1)
+
+
+def step_fn(strat, x, pos, block, total, step: int | None = None, prompt: int = 0, forward: int | None = None):
+    """One forward of ``strat`` at ``step`` of the block (0: the block's refreshing step; None: its first
+    cached step, ``cached_step``, or step 1 with ``forward``). ``forward``: for a strategy whose rows follow a
+    forward-count schedule (``schedule_cases``), pin every row's count there first, so each call is that case."""
     def run():
         if forward is not None:
             strat.forwards[:] = [forward] * len(strat.forwards)
-        return strat.logits(step_input(x, pos, block, total, step, prompt=prompt))
+        at = step if step is not None else (1 if forward is not None else
+                                            cached_step(strat, x, pos, block, total, prompt))
+        return strat.logits(step_input(x, pos, block, total, at, prompt=prompt))
     return run
 
 
@@ -227,12 +244,16 @@ def measured_work(strat, batch: int) -> tuple[float, int]:
 
 def time_strategy(strat, x, pos, block, total, prompt: int = 0):
     """(refresh seconds, block-step seconds) for one strategy on a filled cache; for a forward-count schedule
-    (``schedule_cases``) the ``full`` and the ``neither`` case."""
+    (``schedule_cases``) the ``full`` and the ``neither`` case, else the block's first cached step."""
     cases = schedule_cases(strat)
     full, cached = (cases["full"], cases["neither"]) if cases else (None, None)
     step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full)()
     refresh = cuda_time(step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full), iters=3)
-    step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full)()
+    if cases:
+        step_fn(strat, x, pos, block, total, step=0, prompt=prompt, forward=full)()
+    else:
+        for i in range(cached_step(strat, x, pos, block, total, prompt)):  # the steps up to the first cached one
+            step_fn(strat, x, pos, block, total, step=i, prompt=prompt)()
     step = cuda_time(step_fn(strat, x, pos, block, total, prompt=prompt, forward=cached))
     return refresh, step
 
@@ -644,6 +665,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="time the policy overhead at these batches only (none: no policy timing; default: all)")
     ap.add_argument("--cache-params", type=_pairs, default={},
                     help="k=v,... cache parameters, each given to the caches that take it (e.g. dpad_window=128)")
+    ap.add_argument("--step-masked", type=float, default=1.0,
+                    help="share of the block still masked in the timed cached step (StepInput.masked; what dKV-Cache "
+                         "recomputes of the block); 1.0: not given, the whole block")
     ap.add_argument("--e2e-params", type=_pairs, default={},
                     help="k=v,... the e2e policy's parameters (e.g. filter=l2pd_eval/testbed/filter for learn2pd)")
     ap.add_argument("--e2e-eotp", default="false", help="the e2e decodes' EoTP rule (false, true, committed, block_end)")
@@ -710,8 +734,8 @@ def _print_summary(env: dict, steps: list[dict], e2e: list[dict]) -> None:
 
 def main() -> None:
     args = _parser().parse_args()
-    global DEVICE
-    DEVICE = args.device
+    global DEVICE, STEP_MASKED
+    DEVICE, STEP_MASKED = args.device, args.step_masked
     torch.backends.cuda.matmul.allow_tf32 = True
     with open(args.out, "w") as out, torch.inference_mode():
         ceilings = measure_ceilings()

@@ -121,14 +121,15 @@ register_facts(FamilyFacts(
     add_bos=False, instruct_marker="instruct", paper_drop_ids=(126081,), model_types=("llada",),
     architectures=("LLaDAModelLM",),
     published=("learn2pd", "fastdllm_llada", "d3llm_llada", "dparallel_llada", "llada_eval_instruct", "llada_eval_1p5",
-               "dpad_llada_instruct", "dpad_llada15", "dllm_cache_llada_instruct")))
+               "dpad_llada_instruct", "dpad_llada15", "dllm_cache_llada_instruct", "dkv_cache_llada_instruct")))
 # Fast-dLLM evaluates Dream-v0-Base with add_bos_token=true; the Instruct chat template brings its own start.
 # Its dream/eval.py counts the generated ids that are not the tokenizer's eos (Dream-Base: <|endoftext|>), and
 # applies the chat template only when asked (apply_chat_template=, default false): the name rule is LLaDA's.
 register_facts(FamilyFacts(
     "dream", mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|im_end|>", eot_id=151645,
     add_bos=True, instruct_marker="instruct", paper_drop_ids=(151643,), model_types=("Dream",),
-    architectures=("DreamModel",), published=("fastdllm_dream", "d3llm_dream", "dparallel_dream", "dpad_dream", "dllm_cache_dream")))
+    architectures=("DreamModel",), published=("fastdllm_dream", "d3llm_dream", "dparallel_dream", "dpad_dream",
+                                              "dllm_cache_dream", "dkv_cache_dream")))
 # LLaDA-MoE-7B-A1B: its hub config says model_type "llada" (dllm's edited copies "lladamoe"); the mask id
 # 156895 is in no config file (dInfer, the model card and llama.cpp's converter use it); dInfer's token count
 # leaves out its eos 156892. Turns end with <|role_end|> (its id is read from the tokenizer).

@@ -49,9 +49,11 @@ class ScriptedModel(nn.Module):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor, key_mask: Tensor | None = None, *, cache=None,
                 start: int = 0, kv_len: int | None = None, logits_slice: slice | None = None,
-                write_index=None, split_keys: bool = True) -> Tensor:
+                write_index=None, split_keys: bool = True, logits_index: Tensor | None = None) -> Tensor:
         kv_len = start + input_ids.shape[1] if kv_len is None else kv_len
         visible = kv_len if key_mask is None else int(key_mask[:, :kv_len].sum(-1).max())
         self.lengths.append(visible)
         pos = position_ids if logits_slice is None else position_ids[:, logits_slice]
+        if logits_index is not None:  # a chunk gathered per row (dkv_decode)
+            pos = position_ids.gather(1, logits_index)
         return self.table[(pos - self.prompt_length).clamp(min=0)]

@@ -49,14 +49,15 @@ def test_floors_count_the_work_the_step_did(bench):
     total, bs = prompt + gen, prompt + gen // 2
     x = torch.randint(0, model.config.vocab_size, (batch, total))
     pos = torch.arange(total).expand(batch, total)
-    for cache in ("none", "prefix", "dual", "vicinity", "dpad", "dpad_prefix", "dpad_dual"):
+    for cache in ("none", "prefix", "dual", "vicinity", "dpad", "dpad_prefix", "dpad_dual", "dkv_decode"):
         strat = bench.strategy(args, cache, model, batch, total)
         bench.step_fn(strat, x, pos, (bs, bs + 32), total, step=0)()
         bench.step_fn(strat, x, pos, (bs, bs + 32), total)()
         for _ in range(5 if cache == "vicinity" else 0):  # past its warm-up and refresh: a window step
             bench.step_fn(strat, x, pos, (bs, bs + 32), total)()
         queries, keys = bench.measured_work(strat, batch)
-        if cache in ("none", "prefix", "dual", "vicinity"):  # their class cost model is exact here
+        if cache in ("none", "prefix", "dual", "vicinity", "dkv_decode"):  # their class cost model is exact here
+            # (dkv_decode: its bound, every block position masked, is the bare step's case)
             assert bench.step_cost(model, cache, batch, prompt, gen, work=(queries, keys)) == bench.step_cost(
                 model, cache, batch, prompt, gen)
         else:
@@ -104,8 +105,8 @@ def test_dllm_cache_floor_counts_each_case_s_layer_positions_probe_and_kept_delt
 def test_the_field_caches_command_runs_on_cpu(bench, tmp_path, monkeypatch):
     out = tmp_path / "b.jsonl"
     argv = ["--model", "random:tiny", "--device", "cpu", "--prompt", "16", "--gen-lengths", "64", "--batches", "1",
-            "--caches", "dpad_dual", "vicinity", "dllm_cache", "--e2e-caches", "dpad", "vicinity", "dllm_cache",
-            "--e2e-batches", "2",
+            "--caches", "dpad_dual", "vicinity", "dllm_cache", "dkv_decode", "--e2e-caches", "dpad", "vicinity",
+            "dllm_cache", "dkv_decode", "--e2e-batches", "2", "--step-masked", "0.5",
             "--e2e-gen", "64", "--e2e-reps", "1", "--e2e-policy", "learn2pd",
             "--e2e-params", "filter=l2pd_eval/testbed/filter", "--e2e-eotp", "true", "--no-policy-overhead",
             "--cache-params", "dpad_window=16,vicinity_warmup=1", "--out", str(out)]
@@ -113,11 +114,14 @@ def test_the_field_caches_command_runs_on_cpu(bench, tmp_path, monkeypatch):
     bench.main()
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     steps = {r["cache"]: r for r in rows if "step_ms" in r}
-    assert set(steps) == {"dpad_dual", "vicinity", "dllm_cache"} and all(r["floor_ms"] > 0 for r in steps.values())
+    assert set(steps) == {"dpad_dual", "vicinity", "dllm_cache", "dkv_decode"}
+    assert all(r["floor_ms"] > 0 for r in steps.values())
     assert set(steps["dllm_cache"]["cases"]) == {"full", "gen", "prompt", "neither"}
     assert steps["dpad_dual"]["params"]["dpad_window"] == "16" and steps["vicinity"]["queries"] == 16 + 32
+    assert steps["dkv_decode"]["queries"] == 16  # the last block's masked half (--step-masked 0.5), no suffix
     e2e = [r for r in rows if r.get("e2e")]
     assert [(r["cache"], r["eotp"], r["policy"]) for r in e2e] == [("dpad", "true", "learn2pd"),
                                                                      ("vicinity", "true", "learn2pd"),
-                                                                     ("dllm_cache", "true", "learn2pd")]
+                                                                     ("dllm_cache", "true", "learn2pd"),
+                                                                     ("dkv_decode", "true", "learn2pd")]
     assert all(r["positions_per_answer"] > 0 and r["mean_nfe"] > 0 for r in e2e)

@@ -126,7 +126,8 @@ def test_declared_capabilities_are_what_the_strategies_do(family):
                 strat.logits(after)
         computing = strat.wrapped if cls.inner else strat  # a sequence transform's inner strategy keeps the cache
         kept = computing._buffer.k[0].shape[2] if cls.kv_positions(40) else 0
-        assert kept == cls.kv_positions(40) == (0 if (cls.inner or name) == "none" else 40)
+        # every position (dkv_decode: and one scratch slot its padded per-row queries write)
+        assert kept == cls.kv_positions(40) == (0 if (cls.inner or name) == "none" else 40 + (name == "dkv_decode"))
         size = bytes_per_row(model, cfg[name], 24) - bytes_per_row(model, cfg["none"], 24)
         assert size == cls.kv_positions(40) * per_position + cls.extra_bytes_per_row(model.config, 40, cls.Params(), 8)
         graphed = make_strategy(name, model, 1, 40, cuda_graph=True)

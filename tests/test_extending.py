@@ -129,9 +129,11 @@ class Toy(MaskPredictor):
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, key_mask: Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
                 logits_slice: slice | None = None, write_index: Tensor | None = None,
-                split_keys: bool = True) -> Tensor:
+                split_keys: bool = True, logits_index: Tensor | None = None) -> Tensor:
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys)
-        if logits_slice is not None:
+        if logits_index is not None:  # a chunk gathered per row (dkv_decode): its columns, per row
+            x = self.gather_rows(x, logits_index)
+        elif logits_slice is not None:
             x = x[:, logits_slice]
         return self.head(x)
 

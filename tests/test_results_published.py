@@ -81,11 +81,11 @@ def test_wheel_location_is_searched_first():
     assert dirs[0] == REPO / "l2pd_eval" / "published"  # where pyproject force-includes results/published
     assert dirs[1] == REPO / "results" / "published"
     assert available() == sorted(p.stem for p in (REPO / "results" / "published").glob("*.json"))
-    assert available() == ["d3llm_dream", "d3llm_llada", "dllm_cache_dream", "dllm_cache_llada_instruct", "dpad_dream",
-                           "dpad_llada15", "dpad_llada_instruct",
-                           "dparallel_dream", "dparallel_llada", "fastdllm_dream", "fastdllm_llada", "learn2pd",
-                           "llada_eval_1p5", "llada_eval_instruct", "prophet", "slowfast_dream", "slowfast_llada",
-                           "wino"]
+    assert available() == ["d3llm_dream", "d3llm_llada", "dkv_cache_dream", "dkv_cache_llada_instruct",
+                           "dllm_cache_dream", "dllm_cache_llada_instruct", "dpad_dream", "dpad_llada15",
+                           "dpad_llada_instruct", "dparallel_dream", "dparallel_llada", "fastdllm_dream",
+                           "fastdllm_llada", "learn2pd", "llada_eval_1p5", "llada_eval_instruct", "prophet",
+                           "slowfast_dream", "slowfast_llada", "wino"]
 
 
 def test_published_file_by_path_and_errors(tmp_path):
@@ -258,3 +258,34 @@ def test_a_method_without_a_published_table_says_so_in_the_report(tmp_path, name
     assert table[0].entries == [] and comparison_grid(report, table)[1] == []
     notes = comparison_notes(report, table)
     assert any(n.startswith(f"Missing [{name}]: every cell (no published table in the repository") for n in notes)
+# dKV-Cache's Tables 1-2 as printed (shared/notes/published-field.md section 7): (accuracy, second number, ratio)
+DKV_SPOT_CHECKS = {
+    "dkv_cache_llada_instruct": {("dKV-Cache-Decode (confidence)", "gsm8k"): (78.85, 27.50, 1.92),
+                                 ("dKV-Cache-Greedy w/ Window (random)", "mbpp"): (20.4, 12.44, 1.66),
+                                 ("Base (confidence)", "humaneval"): (39.63, 7.08, None)},
+    "dkv_cache_dream": {("dKV-Cache-Decode (T=128)", "gsm8k"): (65.35, 62.31, 4.13),
+                        ("Half-Steps (T=512)", "humaneval"): (37.20, 20.5, 1.99)},
+}
+
+
+@pytest.mark.parametrize("name,count,family", [("dkv_cache_llada_instruct", 42, "llada"), ("dkv_cache_dream", 30, "dream")])
+def test_dkv_cache_cells_are_stored_with_their_settings_and_sources(name, count, family):
+    """dKV-Cache's two tables: every dKV cell names its cache and refresh interval (Decode 8 on LLaDA, 4 on
+    Dream; Greedy 2 with its window); Dream's rows carry their steps (Half-Steps: half of T)."""
+    pub = load_published(name)
+    assert len(pub.entries) == count and pub.family == family and pub.arxiv == "2505.15781"
+    keys = [(e.label, e.task, e.gen_length) for e in pub.entries]
+    assert len(set(keys)) == len(keys)
+    raw = {(e["label"], e["task"]): e for e in json.loads(pub.path.read_text())["entries"]}
+    for e in pub.entries:
+        assert e.source in pub.sources and "2505.15781" in pub.sources[e.source] and e.accuracy is not None
+        method = published_method(e)
+        assert method.cache.startswith("dkv") == ("dKV" in e.label) and method.eotp == "false"
+        if method.cache == "dkv_decode":
+            assert e.method["params"] == {"dkv_refresh": 8 if family == "llada" else 4}
+        if family == "dream":
+            T = int(e.label.split("T=")[1].rstrip(")"))
+            assert e.steps == (T // 2 if e.label.startswith("Half-Steps") else T) and e.gen_length in (256, 512)
+    for (label, task), (acc, second, ratio) in DKV_SPOT_CHECKS[name].items():
+        e = raw[(label, task)]
+        assert (e["accuracy"], e["second_number"], e["speedup"]) == (acc, second, ratio)

@@ -45,6 +45,8 @@ class StepInput:
     #                                    ``extra.returned`` predictions follow the step's logits (caches.extra)
     out: tuple[int, int] | None = None  # absolute [lo, hi) of the logits to return instead of the block's:
     #                                     it holds the block and lies within ``computed(s)``
+    synced: tuple[int, ...] = ()  # host: per row, what the strategy's ``sync_values`` gave at this step's
+    #                               sync (empty: it gave nothing, or the step had no sync: a block's first)
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,14 @@ class ForwardStrategy:
         of the sequence keeps what an earlier step computed, or nothing). By default the whole live
         sequence, as a full forward."""
         return 0, s.length
+    def sync_values(self, masked: Tensor, limit: Tensor) -> Tensor | None:
+        """[n] integers the strategy needs on the host at its next ``logits`` call (a size that depends on
+        the tokens: dKV-Cache's count of positions to recompute), computed on the device from the current
+        rows' still-masked block positions ``masked`` [n, block] and live ends ``limit`` [n] at the start of a
+        step after a block's first. The engine copies them in its own per-step sync, so they cost no extra
+        device-to-host wait, and hands the rows that go on their values as ``StepInput.synced``. None (the
+        default): nothing to copy."""
+        return None
 
     def logits(self, s: StepInput) -> Tensor:
         raise NotImplementedError

@@ -167,12 +167,15 @@ def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor
             strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
     """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
     Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
-    synced = torch.cat([masked.any(-1).long(), rows.live_end(state.limit)]).tolist()
+    ends = rows.live_end(state.limit)
+    extra = strategy.sync_values(masked, ends)  # the strategy's host values ride along
+    synced = torch.cat([masked.any(-1).long(), ends, *(() if extra is None else (extra.long(),))]).tolist()
     n = rows.idx.numel()
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
         return None
     rows.limits = [synced[n + j] for j in keep_host]
+    rows.synced = [] if extra is None else [synced[2 * n + j] for j in keep_host]
     rows.max_limit = max(rows.limits)
     if len(keep_host) < n:
         idx = rows.keep(keep_host, state.x.device)
@@ -208,7 +211,8 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     s = StepInput(x, pos, key_mask, block, length, step=step, masked=masked, after=run.after, extra=extra,
                   first_committed=step > 0 and run.policy.refresh_commit,
                   rows=tuple(rows.host), seeds=tuple(state.seeds_host[r] for r in rows.host),
-                  limits=tuple(rows.limits), prompt=state.prompt_width)
+                  limits=tuple(rows.limits), prompt=state.prompt_width,
+                  synced=tuple(rows.synced) if step > 0 else ())
     width = rows.end - rows.start
     start = run.policy.view_start(rows.start - state.prompt_width) if run.policy.finishes else None
     if start is not None:

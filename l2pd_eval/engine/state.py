@@ -100,6 +100,7 @@ class BlockRows:
         """[n] where each row's next forward ends: its live end ``limit[idx]``, or the policy's horizon."""
         end = limit[self.idx]
         return end if self.horizon is None else torch.minimum(end, self.horizon)
+    synced: list[int] = field(default_factory=list)  # host: the strategy's ``sync_values`` per row, same sync
 
     def keep(self, keep_host: list[int], device: torch.device) -> Tensor:
         idx = torch.tensor(keep_host, device=device)

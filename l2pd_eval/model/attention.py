@@ -59,7 +59,7 @@ def attend_over_cache(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cach
                       split_keys: bool = True) -> Tensor:
     """One layer's attention for a chunk at ``[start, start + n)``: write its fresh keys/values into the
     layer's cache (``write_index``, a device tensor of positions, replaces ``start`` so a CUDA graph serves
-    every block) and attend over ``cache[:kv_len]``; without a cache the chunk attends to itself.
+    every block; ``[B, n]``: a row's own positions, the chunk's queries gathered per row) and attend over ``cache[:kv_len]``; without a cache the chunk attends to itself.
     Shared by every model family, so the caches' call pattern means the same thing for all of them."""
     if cache is not None:
         ck, cv = cache
@@ -67,6 +67,10 @@ def attend_over_cache(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, cach
         if write_index is None:
             ck[:, :, start:start + n] = k
             cv[:, :, start:start + n] = v
+        elif write_index.dim() == 2:  # [B, n]: each row writes its own slots (dKV's gathered queries)
+            index = write_index[:, None, :, None].expand_as(k)
+            ck.scatter_(2, index, k)
+            cv.scatter_(2, index, v)
         else:
             ck.index_copy_(2, write_index, k)
             cv.index_copy_(2, write_index, v)

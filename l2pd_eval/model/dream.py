@@ -247,17 +247,22 @@ class Dream(MaskPredictor):
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
         attn_mask: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> Tensor:
         """Predictions [B, n', V] for the ``logits_slice`` positions of the chunk ``input_ids`` at absolute
         positions ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`.
         The slice must not start at the chunk's first position unless the chunk starts the sequence (see
-        the module docstring); several slices are each read one row earlier, the same way."""
+        the module docstring); several slices are each read one row earlier, the same way. ``logits_index``
+        names hidden-state columns themselves (the caller picked each prediction's predecessor), so no shift
+        is applied to it."""
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        n, sequence_start = input_ids.shape[1], start == 0 and write_index is None
-        rows = [_shifted_rows(n, part, sequence_start) for part in slices_of(logits_slice)]
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta=embed_delta, attn_mask=attn_mask)
+        if logits_index is not None:
+            return self.head(self.gather_rows(x, logits_index))
+        n, sequence_start = input_ids.shape[1], start == 0 and write_index is None
+        rows = [_shifted_rows(n, part, sequence_start) for part in slices_of(logits_slice)]
         parts = [torch.cat([x[:, :1], x[:, lo:hi]], dim=1) if first else x[:, lo:hi]  # position 0: itself
                  for lo, hi, first in rows]
         x = parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)

@@ -80,7 +80,7 @@ class DiffusionLM(Protocol):
                 *, cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
                 logits_slice: slice | tuple[slice, ...] | None = None, write_index: Tensor | None = None,
                 split_keys: bool = True, embed_delta: Tensor | None = None,
-                attn_mask: Tensor | None = None) -> Tensor:
+                attn_mask: Tensor | None = None, logits_index: Tensor | None = None) -> Tensor:
         """Logits [B, n', vocab_size] (the model's dtype) predicting the tokens at the ``logits_slice``
         positions of the chunk ``input_ids`` [B, n], which occupies absolute positions ``[start, start + n)``.
 
@@ -105,7 +105,10 @@ class DiffusionLM(Protocol):
                 slots appended after it, ``caches.extra``).
             write_index: [n] device tensor of the chunk's absolute positions; when given it replaces
                 ``start`` for the cache writes (``position_ids`` must then be given), so the call has no
-                Python int that depends on the block and can be captured once as a CUDA graph.
+                Python int that depends on the block and can be captured once as a CUDA graph. ``[B, n]``:
+                each row's own absolute positions (a chunk gathered per row, dKV-Cache's: a row's queries
+                are not contiguous); a position may repeat only where what is written there is never read
+                (padding queries' scratch slot).
             split_keys: allow the key-splitting flash kernel at batch 1
                 (``model.attention.cache_attention``); a speed switch, same math.
             embed_delta: [B, n, d] added to the chunk's token embeddings before the first layer (dInfer's
@@ -114,6 +117,10 @@ class DiffusionLM(Protocol):
                 ``[:, :, :kv_len]`` is read), combined with ``key_mask`` by AND; None: no per-query rule
                 (the fast paths). Any pattern: WINO's verification copy, block-causal attention. Every
                 query must see at least one key.
+            logits_index: [B, k] chunk columns whose hidden states get the vocabulary projection, per row,
+                instead of ``logits_slice`` (a chunk gathered per row has no contiguous block). No shift
+                is applied: with ``logit_shift`` s the caller passes, for a prediction of position p, the
+                column holding position p - s. Returns [B, k, V].
 
         Rows are independent: a row's logits do not depend on the other rows of the batch. Nothing but the
         cache is written."""

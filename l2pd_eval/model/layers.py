@@ -248,6 +248,11 @@ class MaskPredictor(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         """Logits of hidden rows ``h`` [b, n, d] (the last layer's output): final norm and output head."""
         raise NotImplementedError
+    @staticmethod
+    def gather_rows(x: Tensor, logits_index: Tensor) -> Tensor:
+        """The hidden states [B, k, d] of the chunk columns ``logits_index`` [B, k], per row (``forward``'s
+        ``logits_index``: the columns a chunk gathered per row predicts from)."""
+        return x.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""

@@ -235,12 +235,16 @@ class LLaDA(MaskPredictor):
         split_keys: bool = True,
         embed_delta: Tensor | None = None,
         attn_mask: Tensor | None = None,
+        logits_index: Tensor | None = None,
     ) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
-        ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
+        ``[start, start + n)`` (or its ``logits_index`` columns, per row): the contract of
+        :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta=embed_delta, attn_mask=attn_mask)
-        if logits_slice is not None:
+        if logits_index is not None:
+            x = self.gather_rows(x, logits_index)
+        elif logits_slice is not None:
             parts = slices_of(logits_slice)
             x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
         return self.head(x)

@@ -91,13 +91,13 @@ MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 KNOB_DEFAULTS = {"eos_conf_zero": "false", "eos_conf_rule": "code", "logits_eos_inf": "false"}
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
-CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity", "dllm_cache")
+CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity", "dllm_cache", "dkv_decode")
 # Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
 CACHE_PARAMS: tuple[str, ...] = (
     "dpad_dropout", "dpad_sigma", "dpad_scale", "dpad_window", "dpad_preserved",
     "vicinity_prefix", "vicinity_after", "vicinity_warmup", "vicinity_double_refresh", "vicinity_smooth",
     "vicinity_smooth_init", "vicinity_smooth_growth",
-    "dllm_cache_prompt_interval", "dllm_cache_gen_interval", "dllm_cache_transfer_ratio")
+    "dllm_cache_prompt_interval", "dllm_cache_gen_interval", "dllm_cache_transfer_ratio", "dkv_refresh")
 EOTP_RULES = ("false", "true", "committed", "block_end")  # also the rows' order
 EOTP_LABELS = {"true": " + EoTP", "committed": " + EoTP (committed)", "block_end": " + early stop (block end)"}
 # The boolean words of the strict rule, plus what model_args accepted before it (yes/on, no/off, empty),
