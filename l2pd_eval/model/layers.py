@@ -147,7 +147,7 @@ class MaskPredictor(nn.Module):
         kv_len = (start + n) if kv_len is None else kv_len
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        mask = None if key_mask is None else key_mask[:, None, None, :kv_len]
+        mask = self.attention_mask(key_mask, position_ids, start, kv_len, write_index)
         cos, sin = self.rotary.tables(position_ids, self.dtype)
         x = self.token_embedding(input_ids)
         if embed_delta is not None:
@@ -156,6 +156,12 @@ class MaskPredictor(nn.Module):
             layer_cache = None if cache is None else (cache.k[i], cache.v[i])
             x = block(x, cos, sin, mask, layer_cache, start, kv_len, write_index, split_keys)
         return x
+
+    def attention_mask(self, key_mask: Tensor | None, position_ids: Tensor, start: int, kv_len: int,
+                       write_index: Tensor | None) -> Tensor | None:
+        """What each layer's attention may see: the key mask [B, 1, 1, kv_len] (bidirectional families), or
+        None when every key is visible. Block-causal networks override it (``model.block_causal``)."""
+        return None if key_mask is None else key_mask[:, None, None, :kv_len]
 
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""
