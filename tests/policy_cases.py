@@ -5,10 +5,17 @@ from __future__ import annotations
 
 import torch
 
+from l2pd_eval.caches import available as all_caches
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.policies import Policy, available, get_policy, policy_class, policy_params
 
 POLICIES = available()
+
+
+def cache_names() -> list[str]:
+    """The registered caches a bidirectional family decodes with (all but those for block-causal networks)."""
+    return [c for c in all_caches() if not cache_class(c).requires_block_causal]
 
 
 def make(name: str, filter_path=None, **params) -> Policy:

@@ -67,6 +67,10 @@ class ForwardStrategy:
     cuda_graphs: ClassVar[bool] = False   # its cached steps can replay as CUDA graphs (caches.graphs)
     width_buckets: ClassVar[bool] = False  # its cached chunk changes width between blocks: padding it to a
     #                                        bucket lets one CUDA graph serve several blocks
+    block_causal: ClassVar[bool] = False  # exact on a block-causal network (model.block_causal): every chunk
+    #                                        it computes ends on a block boundary or at the live end
+    requires_block_causal: ClassVar[bool] = False  # exact only there (it never computes the suffix, which a
+    #                                                 bidirectional block attends to): refused elsewhere
     inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
 

@@ -12,6 +12,7 @@ from l2pd_eval.caches.registry import register
 class NoCache(ForwardStrategy):
     name = "none"
     logits_after = True  # the full forward has the logits after the block at no extra network cost
+    block_causal = True
 
     def logits(self, s: StepInput) -> Tensor:
         bs, be = s.block

@@ -26,6 +26,7 @@ class PrefixCache(ForwardStrategy):
     cuda_graphs = True
     width_buckets = True
     recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
+    block_causal = True  # both chunks end at a block's end or the live end; its refresh is a full forward
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  width_bucket: int = 0, params: CacheParams | None = None):

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lm_eval.api.model import LM
 
-from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, generate
+from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, check_network_settings, generate
 from l2pd_eval.engine.memory import largest_batch
 from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
 from l2pd_eval.harness.model_args import (
@@ -111,6 +111,7 @@ class Learn2PDLM(LM):
             log.warning(line)
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed, adapter=args.adapter)
+        check_network_settings(self.model, self.config)  # a block-causal network's grid and caches
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision,
                                         argument="tokenizer" if args.tokenizer else "pretrained")

@@ -172,7 +172,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llada2-tiny": dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=3,
                         num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
                         num_experts_per_tok=2, moe_intermediate_size=16, n_group=4, topk_group=2,
-                        max_position_embeddings=1024, block_size=4, mask_token_id=None, eos_token_id=None,
+                        max_position_embeddings=4096, block_size=8, mask_token_id=None, eos_token_id=None,
                         pad_token_id=None),
 }
 

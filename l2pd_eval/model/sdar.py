@@ -116,8 +116,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "sdar-8b": {},
     "sdar-4b": dict(hidden_size=2560, intermediate_size=9728),
     "sdar-tiny": dict(vocab_size=320, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=1024,
-                      mask_token_id=None, eos_token_id=None, bos_token_id=None, pad_token_id=None),
+                      num_attention_heads=4, num_key_value_heads=2, head_dim=16, max_position_embeddings=4096,
+                      block_size=8, mask_token_id=None, eos_token_id=None, bos_token_id=None, pad_token_id=None),
 }
 
 

@@ -97,6 +97,7 @@ class RunSettings:
     gen_length: int | None = None  # None: each request brings its own (lm-eval's max_gen_toks)
     device: torch.device = torch.device("cpu")
     model: Mapping[str, str] | None = None  # the decoded checkpoint's identity (model.loading.checkpoint_identity)
+    steps_per_block: int | None = None  # the schedule's steps per block (None: not known before a request)
 
 
 class Policy:
