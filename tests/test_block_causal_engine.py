@@ -198,6 +198,17 @@ def test_stock_lm_eval_cli_runs_gsm8k_on_a_tiny_checkpoint(tmp_path, family, pol
     assert proc.returncode == 0, proc.stderr[-3000:]
     man = json.loads(next((tmp_path / "out").rglob("l2pd_*.json")).read_text())["manifest"]
     assert (man["family"], man["policy"], man["cache"], man["attention"]) == (family, policy, "block", "block_causal")
-    bad = subprocess.run([*cmd[:4], cmd[4].replace("block_length=8", "block_length=16"), *cmd[5:]], cwd=root,
+    at = cmd.index("--model_args") + 1
+    bad = subprocess.run([*cmd[:at], cmd[at].replace("block_length=8", "block_length=16"), *cmd[at + 1:]], cwd=root,
                          capture_output=True, text=True, timeout=900, env=env)
     assert bad.returncode != 0 and "block_length=16: " in bad.stderr and "pass block_length=8" in bad.stderr
+
+
+def test_the_adapter_batches_prompts_of_one_grid_together():
+    from l2pd_eval.harness.lm_eval_model import plan_batches
+
+    keys, lengths = [(256, 0.0)] * 6, [13, 8, 5, 16, 21, 10]
+    assert plan_batches(keys, lengths, lambda key: 2) == [[4, 3], [0, 5], [1, 2]]  # by length only
+    by_grid = plan_batches(keys, lengths, lambda key: 2, grid=8)  # 13, 5, 21 = 5 mod 8; 8, 16 = 0; 10 = 2
+    assert by_grid == [[3, 1], [5], [4, 0], [2]]
+    assert all(len({lengths[i] % 8 for i in batch}) == 1 for batch in by_grid)

@@ -44,13 +44,18 @@ log = logging.getLogger(__name__)
 Key = tuple[int, float]
 
 
-def plan_batches(keys: Sequence[Key], prompt_lengths: Sequence[int], size: Callable[[Key], int]) -> list[list[int]]:
+def plan_batches(keys: Sequence[Key], prompt_lengths: Sequence[int], size: Callable[[Key], int],
+                 grid: int | None = None) -> list[list[int]]:
     """Request indices per batch: one configuration per batch; within one, the longest prompts first (less
-    padding), in batches of that configuration's size."""
-    order = sorted(range(len(keys)), key=lambda i: (keys[i], -prompt_lengths[i]))
+    padding), in batches of that configuration's size. ``grid``: a block-causal model's block length; prompts
+    of one length mod it share a batch, so no batch is decoded as several (``engine.generate``)."""
+    def group_of(i: int) -> tuple[Key, int]:
+        return keys[i], prompt_lengths[i] % grid if grid else 0
+
+    order = sorted(range(len(keys)), key=lambda i: (group_of(i), -prompt_lengths[i]))
     batches: list[list[int]] = []
-    for key, group in itertools.groupby(order, key=keys.__getitem__):
-        rows, n = list(group), size(key)
+    for key, group in itertools.groupby(order, key=group_of):
+        rows, n = list(group), size(key[0])
         batches += [rows[s:s + n] for s in range(0, len(rows), n)]
     return batches
 
@@ -290,7 +295,8 @@ class Learn2PDLM(LM):
         settings = [request_settings(r.args[1], self.args.temperature, self._warned) for r in requests]
         encoded = [self.prompts.encode(r.args[0]) for r in requests]
         keys = [(self.args.gen_length_for(s.max_gen_toks), s.temperature) for s in settings]
-        batches = plan_batches(keys, [len(e) for e in encoded], lambda key: self.batch_size_for(self.config_for(*key)))
+        batches = plan_batches(keys, [len(e) for e in encoded], lambda key: self.batch_size_for(self.config_for(*key)),
+                               getattr(self.model, "block_size", None))
         outputs: list[str] = [""] * len(requests)
         show = None if self.args.progress and not disable_tqdm and self._rank == 0 else False
         progress = LiveTPS(total=len(requests), description=f"learn2pd {self.args.policy}", enabled=show,
