@@ -8,7 +8,9 @@ Measures, in one run (see docs/benchmarks.md for the command and the recorded nu
       strategy reports them: DPad's drawn kept set, vicinity's window);
   (c) policy overhead per step (confidence + selection) as a share of the step;
   (d) end-to-end generations per second for a fixed schedule, batch 1 vs batched;
-  (e) peak GPU memory per configuration.
+  (e) peak GPU memory per configuration;
+  (f) with --confidence-rules, what each confidence rule (engine/predict.py) costs per step on the block's
+      bf16 logits, greedy and sampled, and its peak memory (--confidence-only: this part alone).
 Prints a table last and writes JSON lines to --out.
 """
 
@@ -23,6 +25,7 @@ import torch
 
 from l2pd_eval.caches import PrefixCache, StepInput, available, cache_class
 from l2pd_eval.engine import GenerationConfig, SpeedConfig, generate, rng
+from l2pd_eval.engine.predict import CONFIDENCE_RULES
 from l2pd_eval.model import SpecialIds, load_model, skinny
 from l2pd_eval.policies import Policy, StepState, get_policy, topk_mask
 from l2pd_eval.policies.scores import step_statistics
@@ -256,9 +259,10 @@ def bench_steps(model, special, args, ceilings, out):
                 beside = {}
                 timed = not args.no_policy_overhead and (args.policy_batches is None or batch in args.policy_batches)
                 if timed:
-                    iso, piped = time_policy(get_policy(args.policy_for_overhead), forward, speed(args).predictor(),
-                                             mask_id=special.mask)
-                    beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(),
+                    iso, piped = time_policy(get_policy(args.policy_for_overhead, confidence=args.confidence), forward,
+                                             speed(args).predictor(args.confidence), mask_id=special.mask)
+                    beside = {name: time_policy(get_policy(name), forward, speed(args).predictor(
+                                                get_policy(name).confidence),
                                                 mask_id=special.mask) for name in args.policy_overhead}
             except torch.OutOfMemoryError:
                 rows.append(dict(gen=gen, batch=batch, cache=cache, gemm=gemm, oom=True))
@@ -396,7 +400,9 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     """Median wall of whole generate() calls for one (cache, batch, steps per block), with the schedule's floor
     and, where the step table has the cell, the forwards it predicts (the rest is engine + policy)."""
     def e2e_policy():
-        return Staggered() if args.e2e_policy == "staggered" else get_policy(args.e2e_policy, **args.e2e_params)
+        if args.e2e_policy == "staggered":
+            return Staggered(confidence=args.confidence)
+        return get_policy(args.e2e_policy, **{"confidence": args.confidence, **args.e2e_params})
 
     mode = cache.split("+")[0]
     cfg = GenerationConfig(gen_length=args.e2e_gen, block_length=32, steps=args.e2e_gen // 32 * spb, cache=mode,
@@ -439,6 +445,48 @@ def e2e_cell(model, special, args, cache: str, batch: int, spb: int, steps: dict
     return row
 
 
+def bench_confidence(model, args, out) -> list[dict]:
+    """Milliseconds per step of x0 + its probability by each rule of ``--confidence-rules`` on random bf16
+    block logits [B, 32, V] (the model's vocabulary), greedy and sampled (T=0.7), alone on the device, and
+    the peak memory above the logits: what choosing a rule adds to every step (the forward is in (a))."""
+    rows = []
+    for batch in args.batches:
+        logits = (torch.randn(batch, 32, model.config.vocab_size, device=DEVICE) * 4).to(torch.bfloat16)
+        seeds = torch.zeros(batch, dtype=torch.long, device=DEVICE)
+        for rule in args.confidence_rules:
+            predict = speed(args).predictor(rule)
+            for temperature in (0.0, 0.7):
+                def step(predict=predict, temperature=temperature, logits=logits, seeds=seeds):
+                    return predict(logits, temperature, seeds, (0, 0, 0))
+
+                if DEVICE == "cuda":
+                    torch.cuda.synchronize()
+                    torch.cuda.reset_peak_memory_stats()
+                    base = torch.cuda.memory_allocated()
+                ms = cuda_time(step, iters=10) * 1e3
+                peak = (torch.cuda.max_memory_allocated() - base) / 2**20 if DEVICE == "cuda" else 0.0
+                rows.append(dict(part="confidence", rule=rule, batch=batch, temperature=temperature, ms=ms,
+                                 extra_peak_mib=peak, fused=args.compile))
+                print(json.dumps(rows[-1]), file=out, flush=True)
+    return rows
+
+
+def _print_confidence(rows: list[dict], steps: list[dict]) -> None:
+    """Each rule's cost per step, and beside it the step's forward time from (a) where it was measured."""
+    step_ms = {}
+    for r in steps:
+        if not r.get("oom"):
+            step_ms.setdefault(r["batch"], r["step_ms"])
+    print(f"{'rule':>8} {'B':>3} {'T':>4} {'ms':>8} {'+MiB':>8} {'vs float32':>10} {'of a step':>9}")
+    base = {(r["batch"], r["temperature"]): r["ms"] for r in rows if r["rule"] == "float32"}
+    for r in rows:
+        ref = base.get((r["batch"], r["temperature"]))
+        rel = f"{r['ms'] / ref:9.2f}x" if ref else " " * 10
+        share = f"{100 * r['ms'] / (step_ms[r['batch']] + r['ms']):8.1f}%" if r["batch"] in step_ms else ""
+        print(f"{r['rule']:>8} {r['batch']:>3} {r['temperature']:>4} {r['ms']:8.3f} {r['extra_peak_mib']:8.0f} "
+              f"{rel} {share}")
+
+
 def _pairs(text: str) -> dict[str, str]:
     """``k=v,k=v`` -> dict (values stay text: the registries coerce them)."""
     pairs = [p.split("=", 1) for p in text.split(",") if p.strip()]
@@ -469,6 +517,12 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--e2e-ragged", action="store_true",
                     help="e2e prompts of random lengths in [prompt/2, prompt]: padded batches, as lm-eval sends them")
     ap.add_argument("--policy-for-overhead", default="threshold")
+    ap.add_argument("--confidence", choices=CONFIDENCE_RULES, default="float64",
+                    help="the confidence rule of the policies timed in (c) and (d) (engine/predict.py)")
+    ap.add_argument("--confidence-rules", nargs="*", choices=CONFIDENCE_RULES, default=[],
+                    help="(f): time each of these rules on the block's logits, per --batches")
+    ap.add_argument("--confidence-only", action="store_true",
+                    help="run (f) only (with --confidence-rules, default all three)")
     ap.add_argument("--policy-overhead", nargs="*", default=[],
                     help="also time these policies' per-step statistics + selection in every step cell, and their "
                          "step time against --policy-for-overhead's (e.g. dinfer_threshold dinfer_hierarchy dinfer_credit)")
@@ -557,16 +611,24 @@ def main() -> None:
             from bench.tune_skinny import load_table
 
             load_table(args.skinny_table)
-        for gemm in args.gemms:
-            check_graph(model, args, out, gemm)
-        if len(args.gemms) > 1 and DEVICE == "cuda":
-            check_skinny(model, args, out)
-        steps = bench_steps(model, special, args, ceilings, out)
-        timed = {(r['gen'], r['batch'], r['cache'], r['gemm']): r for r in steps if not r.get('oom')}
-        e2e = bench_e2e(model, special, args, out, timed, ceilings)
-        blocks = bench_prefix_blocks(model, args, out) if args.prefix_blocks else []
-    print("(* skinny-GEMM kernel, ^ Triton decode attention)")
-    _print_summary(env, steps, e2e)
+        if args.confidence_only:
+            args.confidence_rules = args.confidence_rules or list(CONFIDENCE_RULES)
+            rules, steps, e2e, blocks = bench_confidence(model, args, out), [], [], []
+        else:
+            for gemm in args.gemms:
+                check_graph(model, args, out, gemm)
+            if len(args.gemms) > 1 and DEVICE == "cuda":
+                check_skinny(model, args, out)
+            steps = bench_steps(model, special, args, ceilings, out)
+            timed = {(r['gen'], r['batch'], r['cache'], r['gemm']): r for r in steps if not r.get('oom')}
+            e2e = bench_e2e(model, special, args, out, timed, ceilings)
+            blocks = bench_prefix_blocks(model, args, out) if args.prefix_blocks else []
+            rules = bench_confidence(model, args, out) if args.confidence_rules else []
+    if not args.confidence_only:
+        print("(* skinny-GEMM kernel, ^ Triton decode attention)")
+        _print_summary(env, steps, e2e)
+    if rules:
+        _print_confidence(rules, steps)
     for r in blocks:
         print(f"prefix+graph block {r['block']:>2} width {r['width']:>4}: eager {r['eager_ms']:6.2f} ms, record+replay "
               f"{r['record_and_replay_ms']:6.2f} ms, replay {r['replay_ms']:5.2f} ms; new width costs "

@@ -127,7 +127,7 @@ def bench_attention_choice(out, ceil, cfg, prompt: int) -> None:
 
 def bench_predict(out, cfg) -> None:
     """Confidence statistics over the vocabulary for a block of 32, eager vs compiled."""
-    eager, compiled = Predictor(), SpeedConfig(compile=True).predictor()  # the path compile=true takes
+    eager, compiled = Predictor("float32"), SpeedConfig(compile=True).predictor("float32")  # compile=true's path
     print(f"{'predict':>8} {'B':>3} {'eager us':>9} {'compiled us':>12}")
     for batch in (1, 16, 32):
         logits = (torch.randn(batch, 32, cfg.vocab_size, device="cuda") * 3).bfloat16()

@@ -128,9 +128,11 @@ def coerce(name: str, value: Any, kind: Any) -> Any:
 
 
 def parameters(cls: type) -> dict[str, Any]:
-    """A dataclass's user-settable fields -> declared type (``init=False`` and ``_private`` ones excluded)."""
+    """A dataclass's user-settable fields -> declared type (``init=False`` and ``_private`` ones excluded),
+    keyword-only ones (a base class's, shared by its subclasses) last."""
     hints = typing.get_type_hints(cls)
-    return {f.name: hints[f.name] for f in dataclasses.fields(cls) if f.init and not f.name.startswith("_")}
+    fields = sorted(dataclasses.fields(cls), key=lambda f: f.kw_only is True)
+    return {f.name: hints[f.name] for f in fields if f.init and not f.name.startswith("_")}
 
 
 def coerce_fields(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:

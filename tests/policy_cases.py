@@ -25,14 +25,26 @@ def make(name: str, filter_path=None, **params) -> Policy:
     return get_policy(name, **params)
 
 
+def reference_for(model, prompts, cfg: GenerationConfig, name: str, special) -> torch.Tensor | None:
+    """What a policy that needs a reference gets: the low-confidence answer of the same lengths (else None)."""
+    if not policy_class(name).needs_reference:
+        return None
+    plain = GenerationConfig(gen_length=cfg.gen_length, block_length=cfg.block_length)
+    return generate(model, prompts, plain, make("low_confidence"), special).tokens
+
+
+def decode(model, prompts, cfg: GenerationConfig, name: str, special, filter_path=None, speed=None, **params):
+    """``prompts`` decoded as one batch by ``policy=name`` (with its reference where it needs one)."""
+    reference = reference_for(model, prompts, cfg, name, special)
+    return generate(model, prompts, cfg, make(name, filter_path, **params), special, reference=reference,
+                    speed=speed)
+
+
 def assert_batched_equals_alone(model, prompts, cfg: GenerationConfig, name: str, special, filter_path=None,
                                 speed=None, **params):
     """Decode ``prompts`` as one batch and each alone: the same tokens and per-step counts. A policy that
     needs a reference gets the low-confidence answer of the same lengths. Returns the batched output."""
-    reference = None
-    if policy_class(name).needs_reference:
-        plain = GenerationConfig(gen_length=cfg.gen_length, block_length=cfg.block_length)
-        reference = generate(model, prompts, plain, make("low_confidence"), special).tokens
+    reference = reference_for(model, prompts, cfg, name, special)
     batched = generate(model, prompts, cfg, make(name, filter_path, **params), special, reference=reference,
                        speed=speed)
     for row, prompt in enumerate(prompts):

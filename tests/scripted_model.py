@@ -23,7 +23,8 @@ class ScriptConfig:
 class ScriptedModel(nn.Module):
     logit_shift = 0
 
-    def __init__(self, prompt_length: int, table: list[tuple[int, float]], vocab_size: int = 16):
+    def __init__(self, prompt_length: int, table: list[tuple[int, float]], vocab_size: int = 16,
+                 dtype: torch.dtype = torch.float64):
         super().__init__()
         self.config = ScriptConfig(vocab_size)
         self.prompt_length = prompt_length
@@ -32,7 +33,7 @@ class ScriptedModel(nn.Module):
         for j, (token, p) in enumerate(table):  # softmax gives `token` probability p, the rest share 1 - p
             logits[j] = math.log((1 - p) / (V - 1))
             logits[j, token] = math.log(p)
-        self.register_buffer("table", logits)
+        self.register_buffer("table", logits.to(dtype))  # ``dtype``: the logits a model of that dtype returns
         self.lengths: list[int] = []  # live length (keys visible to the queries) per forward
 
     @property
@@ -41,7 +42,7 @@ class ScriptedModel(nn.Module):
 
     @property
     def dtype(self) -> torch.dtype:
-        return torch.float64
+        return self.table.dtype
 
     def new_cache(self, batch: int, length: int) -> KVCache:
         return KVCache([], [])

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import pytest
 import torch
 from policy_cases import POLICIES, assert_batched_equals_alone, make
-from test_dream_engine import dream  # noqa: F401 (a fixture)
 
 from l2pd_eval.caches import (
     CacheParams,
@@ -48,11 +47,9 @@ def _strategy_logits(model, name, x, block):
     return first, later, computed[0], computed[1]
 
 
-@pytest.mark.parametrize("family", ["tiny", "dream"])
-def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(request, family):
-    """Dream's cached chunk starts one position before the block (shifted logits): one query more per row."""
-    model = request.getfixturevalue(family)
-    model = model[0] if isinstance(model, tuple) else model
+def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(family):
+    """A shifted family's (Dream's) cached chunk starts one position before the block: one query more per row."""
+    model = family.model
     shift = model.logit_shift
     x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(1))
     block = (16, 24)
@@ -64,6 +61,30 @@ def test_caches_are_exact_at_refresh_and_skip_the_work_they_claim(request, famil
         assert (first_cost, cost) == (full_cost, later_cost) and full_cost == 2 * 40
         assert cost == 2 * cache_class(name).step_queries(block, 40, shift)  # the cost model benches use
         torch.testing.assert_close(later, ref, rtol=0, atol=1e-10)  # nothing changed: cache is exact too
+
+
+def test_a_chunk_from_the_block_keeps_the_refreshs_predecessor(family):
+    """``first_committed`` (the cached steps of a ``refresh_commit`` policy): a shifted family's chunk starts at
+    the block itself, as Fast-dLLM's Dream block sampler's does, so the position before the block keeps the
+    refresh's keys and values: one query fewer per row; with nothing changed since the refresh the block's
+    later positions get the full forward's predictions; the first row, committed and never read, repeats the
+    second. A family without a shift computes exactly what it did."""
+    model, shift = family.model, family.model.logit_shift
+    x = torch.randint(0, model.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(3))
+    pos = torch.arange(40).expand_as(x)
+    block = (16, 24)
+    ref = make_strategy("none", model, 2, 40).logits(StepInput(x, pos, None, block, 40, step=0))
+    for name in ("prefix", "dual"):
+        strat = make_strategy(name, model, 2, 40)
+        strat.logits(StepInput(x, pos, None, block, 40, step=0))
+        later = strat.logits(StepInput(x, pos, None, block, 40, step=1, first_committed=True))
+        start, end = cache_class(name).chunk(block, 40, shift, first_committed=True)
+        assert start == 16 and strat.positions == 2 * (end - start)
+        torch.testing.assert_close(later[:, 1:], ref[:, 1:], rtol=0, atol=1e-10)
+        if shift:
+            assert torch.equal(later[:, 0], later[:, 1])
+        else:
+            torch.testing.assert_close(later[:, 0], ref[:, 0], rtol=0, atol=1e-10)
 
 
 def test_registry_lists_the_strategies_once_in_order_and_rejects_unknown_names():
@@ -87,10 +108,10 @@ def test_the_torch_free_results_list_names_the_same_caches():
     assert list(CACHE_ORDER) == available()
 
 
-def test_declared_capabilities_are_what_the_strategies_do(tiny):
+def test_declared_capabilities_are_what_the_strategies_do(family):
     """``logits_after``: logits after the block on request, or a clear error; ``kv_positions``: the KV buffer
     allocated, and what batch sizing counts; ``cuda_graphs``: a graph-replaying class exists."""
-    model = tiny[0]
+    model = family.model
     x = torch.randint(0, model.config.vocab_size - 8, (1, 40), generator=torch.Generator().manual_seed(2))
     pos = torch.arange(40).expand_as(x)
     per_position = 2 * model.config.n_layers * model.config.kv_heads * model.config.head_dim * 8  # float64
@@ -113,8 +134,8 @@ def test_declared_capabilities_are_what_the_strategies_do(tiny):
 
 
 @pytest.mark.parametrize("length", [64, 52])  # the whole sequence, and an EoTP cut 12 positions short
-def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
-    model, _, _ = tiny
+def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(family, length):
+    model, shift = family.model, family.model.logit_shift
     total = 64
     gen = torch.Generator().manual_seed(5)
     x = torch.randint(0, model.config.vocab_size - 8, (2, total), generator=gen)
@@ -134,13 +155,15 @@ def test_prefix_width_bucket_pads_the_chunk_and_changes_no_logit(tiny, length):
         (e_steps, e_pos), (p_steps, p_pos) = outs
         for e, p in zip(e_steps, p_steps, strict=True):
             torch.testing.assert_close(p, e, rtol=1e-12, atol=1e-12)
-        assert p_pos == e_pos == 2 * (length - bs)  # the padding queries are not counted as work
+        assert p_pos == e_pos == 2 * (length - bs + shift)  # the padding queries are not counted as work
         # the real slots of the cache hold the same keys/values; the padding wrote only past the live length
         for t_e, t_p in zip(exact._buffer.k + exact._buffer.v, padded._buffer.k + padded._buffer.v, strict=True):
             torch.testing.assert_close(t_p[:, :, :length], t_e[:, :, :length], rtol=1e-12, atol=1e-12)
         widths.append(padded._chunk_inputs(StepInput(x[:, :length], pos[:, :length], None, block, length,
                                                      step=1))[0].shape[1])
-    assert all(w % 24 == 0 and w - 24 < length - bs for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
+    # buckets count after the shifted positions before the block (PrefixCache.padded_width)
+    assert all((w - shift) % 24 == 0 and w - shift - 24 < length - bs
+               for w, bs in zip(widths, (16, 24, 32, 40), strict=True))
     assert len(set(widths)) < len(widths)  # blocks share a width: what lets one CUDA graph serve them
 
 
@@ -164,8 +187,8 @@ def test_width_buckets_count_from_the_block_so_shifted_chunks_keep_one_width(fam
     assert widths == [32 + shift, 32 + shift, 16 + shift]  # exact: 32 + shift, 24 + shift, 16 + shift
 
 
-def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(tiny):
-    model, _, _ = tiny
+def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_them(family):
+    model = family.model
     assert cache_class("prefix").width_buckets and not cache_class("dual").width_buckets
     dual = cache_class("dual")(model, 1, 32, width_bucket=16)
     assert dual.width_bucket == 0 and dual._buffer.k[0].shape[2] == 32  # its chunk is always one block
@@ -176,10 +199,10 @@ def test_width_buckets_are_declared_and_only_graphs_at_batch_one_on_cuda_use_the
         SpeedConfig(graph_width_bucket=-1)
 
 
-def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(tiny, prompts):
+def test_cuda_graph_flag_falls_back_to_eager_steps_off_cuda(family):
     """cuda_graph=True on a CPU model decodes exactly as without it (graphs exist only on CUDA;
     tests/test_cuda_graphs.py checks the replay itself on a GPU)."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     for cache in [c for c in available() if cache_class(c).cuda_graphs]:
         cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache, eotp=True)
         plain = generate(model, prompts, cfg, make("threshold", threshold=0.3), special)
@@ -226,8 +249,8 @@ def added_cache(monkeypatch):
     return PrefixEvery.name
 
 
-def test_an_added_strategy_is_a_valid_cache_everywhere(added_cache, tiny):
-    model = tiny[0]
+def test_an_added_strategy_is_a_valid_cache_everywhere(added_cache, family):
+    model = family.model
     assert available()[-1] == added_cache and available().count(added_cache) == 1
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
     assert cfg.cache_params == {"every_interval": 2}  # every parameter recorded, defaults filled in
@@ -302,9 +325,9 @@ def test_no_cache_parameter_clashes_with_a_policy_s_or_a_model_arg():
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "committed"])))
-def test_refreshing_every_step_decodes_exactly_as_no_cache(added_cache, tiny, prompts, filter_path, policy, eotp):
+def test_refreshing_every_step_decodes_exactly_as_no_cache(added_cache, family, filter_path, policy, eotp):
     """Every step a full forward (through the cache's path): what ``none`` decodes, at ``none``'s cost."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = [GenerationConfig(gen_length=16, block_length=8, cache="none", eotp=eotp),
            GenerationConfig(gen_length=16, block_length=8, cache=added_cache, cache_params={"every_interval": 1},
                             eotp=eotp)]
@@ -314,29 +337,29 @@ def test_refreshing_every_step_decodes_exactly_as_no_cache(added_cache, tiny, pr
 
 
 @pytest.mark.parametrize("policy, eotp", list(itertools.product(POLICIES, ["false", "true", "committed"])))
-def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_cache, tiny, prompts, filter_path, policy,
+def test_an_added_strategy_decodes_every_policy_batch_invariantly(added_cache, family, filter_path, policy,
                                                                    eotp):
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache, eotp=eotp)
     assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
 
 
-def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_cache, tiny, prompts):
+def test_an_added_strategy_computes_what_its_refresh_rhythm_says(added_cache, family):
     """low_confidence, one token per step, 8 steps per block: 4 full forwards and 4 block + suffix chunks."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=added_cache)
     for prompt in prompts:
         total = len(prompt) + 16
         out = generate(model, [prompt], cfg, make("low_confidence"), special)
-        chunks = [total - (len(prompt) + 8 * b) for b in range(2)]
+        chunks = [total - (len(prompt) + 8 * b) + model.logit_shift for b in range(2)]
         assert out.stats[0].positions == sum(4 * total + 4 * chunk for chunk in chunks)
 
 
-def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, tiny, prompts):
+def test_a_strategy_sees_the_step_and_the_block_s_masked_positions(monkeypatch, family):
     """What a strategy caching decoded tokens (dKV-Cache) or dropping suffix positions (DPad) needs: the step
     within the block, which block positions are still masked, which batch rows are in the step (state kept
     per row across blocks: vicinity's warmup, smoothing) and their seeds (DPad's per-prompt draws)."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     seen = []
 
     class Watching(NoCache):

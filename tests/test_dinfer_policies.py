@@ -58,11 +58,14 @@ def test_dinfer_threshold_commits_what_its_code_commits(case):
 
 @pytest.mark.parametrize("case", cases("threshold"), ids=ids(cases("threshold")))
 def test_the_engine_confidence_is_the_float32_softmax_dinfer_thresholds(case):
-    """The recorded confidences are dInfer's float32 softmax at x0; the engine's agree to rounding."""
+    """The recorded confidences are dInfer's float32 softmax at x0; the engine's, by the rule's default
+    confidence (float32), agree to rounding."""
     from l2pd_eval.engine.predict import Predictor
 
     logits = torch.tensor(case["logits"], dtype=torch.float32)
-    x0, conf = Predictor()(logits, 0.0, torch.zeros(logits.shape[0], dtype=torch.long), (0, 0, 0))
+    rule = get_policy("dinfer_threshold").confidence
+    assert rule == "float32"
+    x0, conf = Predictor(rule)(logits, 0.0, torch.zeros(logits.shape[0], dtype=torch.long), (0, 0, 0))
     masked = torch.tensor(case["masked"])
     assert x0[masked].tolist() == torch.tensor(case["x0"])[masked].tolist()
     assert torch.allclose(conf[masked], torch.tensor(case["conf"])[masked], rtol=0, atol=2e-7)

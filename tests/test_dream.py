@@ -1,6 +1,7 @@
 """Dream network and loader: a checkpoint written here with the hub's key names and config format, checked
 against an independent plain-torch forward; shifted logits; Dream's shapes, variants and special ids (what
-every family shares, cached chunks and padding included, is in tests/test_families.py)."""
+every family shares, cached chunks and padding included, is in tests/test_families.py; decoding on every
+family in tests/test_engine.py, test_policies.py and test_caches.py)."""
 
 from __future__ import annotations
 
@@ -12,12 +13,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.engine import GenerationConfig
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.dream import PRESETS, Dream, DreamConfig
 from l2pd_eval.model.family import family_of
 from l2pd_eval.model.tiny import write_tiny_dream
-from l2pd_eval.policies import get_policy
 
 CONFIG = {  # Dream-v0's config.json keys, tiny values (head_dim 8, 4 query heads over 2 KV heads)
     "architectures": ["DreamModel"], "model_type": "Dream", "hidden_size": 32, "intermediate_size": 48,
@@ -158,12 +158,13 @@ def test_tiny_dream_checkpoint_and_special_ids_follow_the_family(dream, tmp_path
     assert SpecialIds.resolve(None, dream.config).end_ids == (48,)
 
 
-@pytest.mark.parametrize("policy", ["low_confidence", "threshold"])
-def test_uncached_generation_runs_on_dream_unchanged(dream, policy):
-    prompts = [[1, 2, 3, 4, 5], [6, 7]]
-    special = SpecialIds.resolve(None, dream.config)
-    cfg = GenerationConfig(gen_length=16, block_length=8)
-    batched = generate(dream, prompts, cfg, get_policy(policy), special)
-    assert not (batched.tokens == special.mask).any()
-    for row, p in enumerate(prompts):
-        assert torch.equal(generate(dream, [p], cfg, get_policy(policy), special).tokens[0], batched.tokens[row])
+def test_memory_estimate_reads_dreams_mlp_width():
+    """The activation term scales with the MLP width (Dream's intermediate_size), not hidden_size, which is
+    Dream's model width."""
+    from l2pd_eval.engine.memory import bytes_per_row
+
+    shape = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, num_key_value_heads=2, vocab_size=64,
+                 max_position_embeddings=256)
+    narrow, wide = (Dream(DreamConfig(intermediate_size=m, **shape)) for m in (48, 112))
+    cfg = GenerationConfig(gen_length=64, block_length=32)
+    assert bytes_per_row(wide, cfg, 100) - bytes_per_row(narrow, cfg, 100) == 3 * (112 - 48) * (100 + 64) * 4

@@ -1,4 +1,5 @@
-"""The ``learn2pd`` lm-eval model: stock CLI in a subprocess, import hook, arguments, request handling."""
+"""The ``learn2pd`` lm-eval model: the stock CLI in a subprocess on every family, import hook, arguments,
+request handling."""
 
 from __future__ import annotations
 
@@ -29,11 +30,15 @@ def test_hook_is_lazy_and_registers_the_model():
 
 
 @pytest.mark.slow
-def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_path):
+def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(family, tmp_path):
+    """On every family's tiny checkpoint, written by ``l2pd-eval make-tiny --family NAME``."""
+    directory = tmp_path / f"tiny-{family.name}"
+    make = [sys.executable, "-m", "l2pd_eval.cli", "make-tiny", str(directory), "--family", family.name]
+    subprocess.run(make, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
     cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
-           f"pretrained={tiny_dir},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=True,"
+           f"pretrained={directory},gen_length=16,block_length=8,policy=threshold,threshold=0.5,cache=dual,eotp=True,"
            "batch_size=2", "--tasks", "l2pd_smoke", "--include_path", "tests/fixtures/lm_eval_smoke",
-           "--output_path", str(tmp_path), "--log_samples"]
+           "--output_path", str(tmp_path / "out"), "--log_samples"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     # batch_size= in model_args (as the README documents) beats lm-eval's default --batch_size 1, said once;
@@ -49,7 +54,8 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     assert "exact_match,none" in res["results"]["l2pd_smoke"]
     side = json.loads(sidecars[0].read_text())
     man = side["manifest"]
-    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5}, "dual", "true")
+    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5, "confidence": "float64"}, "dual", "true")
+    assert (man["family"], man["add_bos_token"]) == (family.name, family.entry.add_bos)
     assert (man["gen_length"], man["block_length"], man["batch_size"]) == (16, 8, 2)
     assert (man["cuda_graph"], man["compile"]) == (False, False)  # auto: graphs only on CUDA devices
     assert sorted(s["doc_id"] for s in side["samples"]) == [0, 1, 2]
@@ -69,9 +75,9 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(tiny_dir, tmp_pa
     (dict(block_length=0), "block_length=0 must be a positive integer"),
     (dict(compile_autotune=True), "compile_autotune=true only applies with compile=true"),
 ])
-def test_bad_model_args_fail_with_one_clear_error(tiny_dir, args, message):
+def test_bad_model_args_fail_with_one_clear_error(family, args, message):
     with pytest.raises(ValueError, match=message):
-        Learn2PDLM(pretrained=str(tiny_dir), **args)
+        Learn2PDLM(pretrained=str(family.directory), **args)
 
 
 def test_missing_checkpoint_is_a_clear_error(tmp_path):
@@ -83,8 +89,8 @@ def _req(text, **gen):
     return Instance("generate_until", {}, (text, gen), 0)
 
 
-def test_generate_until_applies_stops_and_max_gen_toks(tiny_dir):
-    lm = Learn2PDLM(pretrained=str(tiny_dir), gen_length=16, block_length=8, batch_size=2, progress=False)
+def test_generate_until_applies_stops_and_max_gen_toks(family):
+    lm = Learn2PDLM(pretrained=str(family.directory), gen_length=16, block_length=8, batch_size=2, progress=False)
     prompts = ["Question: 1 + 1 =", "Hi", "def f(x):"]
     full = lm.generate_until([_req(p, until=[]) for p in prompts])
     assert len(full) == 3 and all(isinstance(t, str) for t in full)
@@ -117,7 +123,8 @@ def test_chat_template_for_instruct_models(tiny_dir, tmp_path):
     assert "<|start_header_id|>" in forced.tokenizer.decode(forced.prompts.encode("What is 2+2?"))
 
 
-def test_gen_length_follows_each_tasks_max_gen_toks(tiny_dir):
+def test_gen_length_follows_each_tasks_max_gen_toks(family):
+    tiny_dir = family.directory
     lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size=4, progress=False)
     lm.generate_until([_req("a", max_gen_toks=8), _req("b", max_gen_toks=13), _req("c", max_gen_toks=8)])
     assert sorted(s.gen_length for s in lm.recorder.sidecar.samples) == [8, 8, 16]  # 13 rounds up to whole blocks
@@ -190,7 +197,7 @@ class _OnGpu:
         self.config, self.dtype, self.device = model.config, model.dtype, torch.device("cuda")
 
 
-def test_auto_batch_size_is_sized_per_decode_length(tiny_dir, monkeypatch):
+def test_auto_batch_size_is_sized_per_decode_length(family, monkeypatch):
     """batch_size=auto: each (gen_length, temperature) is sized the first time it is met, by the real
     ``engine.memory.largest_batch`` under a device budget the test sets; the 1024-token tasks get their own
     (smaller) size instead of the one computed for 256-token answers."""
@@ -206,7 +213,8 @@ def test_auto_batch_size_is_sized_per_decode_length(tiny_dir, monkeypatch):
         return memory.largest_batch(_OnGpu(model), config, **kwargs)
 
     monkeypatch.setattr(adapter, "largest_batch", largest_batch_on_gpu)
-    lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=32, batch_size="auto", max_batch_size=1000, progress=False)
+    lm = Learn2PDLM(pretrained=str(family.directory), block_length=32, batch_size="auto", max_batch_size=1000,
+                    progress=False)
     assert calls == []  # nothing is sized before a configuration is met
     short, long = lm.config_for(256), lm.config_for(1024)
     sizes = [lm.batch_size_for(c) for c in (long, short, long, short)]
@@ -221,7 +229,7 @@ def test_auto_batch_size_is_sized_per_decode_length(tiny_dir, monkeypatch):
         {"gen_length": 1024, "temperature": 0.5, "batch_size": sizes[0]}]
 
 
-def test_requests_are_batched_per_configuration_at_its_own_size(tiny_dir, monkeypatch):
+def test_requests_are_batched_per_configuration_at_its_own_size(family, monkeypatch):
     """One generate_until call with two answer lengths: each length's requests are batched at that length's
     size (longest prompts first), and the answers are those of one request per batch."""
     import l2pd_eval.harness.lm_eval_model as adapter
@@ -236,9 +244,9 @@ def test_requests_are_batched_per_configuration_at_its_own_size(tiny_dir, monkey
 
     prompts = ["Hi", "Question: 1 + 1 =", "def f(x):", "a b c d e f g", "x"]
     reqs = [_req(p, until=[], max_gen_toks=8 if i % 2 else 16) for i, p in enumerate(prompts)]
-    one = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size=1, progress=False)
+    one = Learn2PDLM(pretrained=str(family.directory), block_length=8, batch_size=1, progress=False)
     expected = one.generate_until(reqs)
-    lm = Learn2PDLM(pretrained=str(tiny_dir), block_length=8, batch_size="auto", progress=False)
+    lm = Learn2PDLM(pretrained=str(family.directory), block_length=8, batch_size="auto", progress=False)
     monkeypatch.setattr(adapter, "generate", spy)
     assert lm.generate_until(reqs) == expected
     lengths = {i: len(lm.prompts.encode(p)) for i, p in enumerate(prompts)}

@@ -37,14 +37,15 @@ def test_registry_lists_every_policy_and_rejects_unknown():
     assert get_policy("threshold", threshold="0.7").threshold == 0.7  # model_args strings are coerced
 
 
-def test_threshold_commits_only_above_threshold_except_one_forced(tiny, prompts):
-    model, _, special = tiny
+def test_threshold_commits_only_above_threshold_except_one_forced(family):
+    model, special, prompts = family.model, family.special, family.prompts
     rec = Recorder()
-    generate(model, prompts, GenerationConfig(**CFG), make("threshold", threshold=0.3), special, on_step=rec)
+    threshold = 0.5  # both branches happen on every family's tiny model
+    generate(model, prompts, GenerationConfig(**CFG), make("threshold", threshold=threshold), special, on_step=rec)
     forced_steps = parallel_steps = 0
     for ev in rec.events:
         conf = ev.conf.masked_fill(~ev.masked, -1.0)
-        below = ev.commit & (conf <= 0.3)
+        below = ev.commit & (conf < threshold)  # kept are those at or above it (Fast-dLLM's >=)
         assert (below.sum(-1) <= 1).all()
         for row in below.nonzero()[:, 0].unique():
             # the forced token is the most confident masked one, and only when nothing passed
@@ -67,8 +68,8 @@ def test_factor_matches_hand_computation():
     assert get_policy("factor", factor=0.5).select(state).tolist() == [[True, True, True, False, False, False]]
 
 
-def test_oracle_reproduces_the_reference_in_fewer_steps(tiny, prompts):
-    model, _, special = tiny
+def test_oracle_reproduces_the_reference_in_fewer_steps(family):
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(**CFG)
     base = generate(model, prompts, cfg, make("low_confidence"), special)
     oracle = generate(model, prompts, cfg, make("oracle"), special, reference=base.tokens)
@@ -79,8 +80,8 @@ def test_oracle_reproduces_the_reference_in_fewer_steps(tiny, prompts):
         generate(model, prompts, cfg, make("oracle"), special)
 
 
-def test_learn2pd_adds_filter_accepted_tokens_to_the_schedule(tiny, prompts, filter_path):
-    model, _, special = tiny
+def test_learn2pd_adds_filter_accepted_tokens_to_the_schedule(family, filter_path):
+    model, special, prompts = family.model, family.special, family.prompts
     rec = Recorder()
     cfg = GenerationConfig(**CFG)
     out = generate(model, prompts, cfg, make("learn2pd", filter_path), special, on_step=rec)
@@ -100,17 +101,18 @@ def test_learn2pd_rejects_a_filter_of_another_block_length(filter_path):
 
 def test_learn2pd_parameters_are_only_the_user_settable_ones(filter_path):
     """The loaded network is internal state: not listed, not accepted, not recorded."""
-    assert policy_params("learn2pd") == ["filter", "accept_thres"]
-    with pytest.raises(ValueError, match="does not take _net; valid parameters: filter, accept_thres$"):
+    assert policy_params("learn2pd") == ["filter", "accept_thres", "confidence"]
+    valid = "valid parameters: filter, accept_thres, confidence$"
+    with pytest.raises(ValueError, match=f"does not take _net; {valid}"):
         get_policy("learn2pd", filter=str(filter_path), _net=None)
-    with pytest.raises(ValueError, match="does not take block_length; valid parameters: filter, accept_thres$"):
+    with pytest.raises(ValueError, match=f"does not take block_length; {valid}"):
         get_policy("learn2pd", filter=str(filter_path), block_length=8)  # the run's setting comes through bind()
     assert get_policy("learn2pd", filter=str(filter_path)).params() == {"filter": str(filter_path),
-                                                                        "accept_thres": 0.6}
+                                                                        "accept_thres": 0.6, "confidence": "float64"}
 
 
-def test_eotp_cuts_after_end_of_text_and_skips_the_rest(tiny, prompts):
-    model, _, special = tiny
+def test_eotp_cuts_after_end_of_text_and_skips_the_rest(family):
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = dict(gen_length=32, block_length=8)
     plain = generate(model, prompts, GenerationConfig(**cfg), EndAt([10] * len(prompts), special.eos), special)
     cut = generate(model, prompts, GenerationConfig(eotp="committed", **cfg), EndAt([10] * len(prompts), special.eos),
@@ -149,15 +151,19 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
         assert fast.stats[row].positions < plain.stats[row].positions
 
 
-COMBOS = list(itertools.product(POLICIES, cache_names(), EOTP_MODES))
+# Every EoTP rule greedy, and sampling with and without EoTP.
+EOTP_TEMPERATURES = [*((mode, 0.0) for mode in EOTP_MODES), ("false", 0.7), ("true", 0.7)]
+COMBOS = [(p, c, e, t) for p, c, (e, t) in itertools.product(POLICIES, cache_names(), EOTP_TEMPERATURES)]
 
 
-@pytest.mark.parametrize("policy, cache, eotp", COMBOS)
-def test_every_combination_batched_equals_unbatched(tiny, prompts, filter_path, policy, cache, eotp):
-    model, _, special = tiny
-    # two blocks: cache refresh and reuse across a block boundary
-    cfg = GenerationConfig(cache=cache, eotp=eotp, gen_length=16, block_length=8)
-    assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path)
+@pytest.mark.parametrize("policy, cache, eotp, temperature", COMBOS)
+def test_every_combination_batched_equals_unbatched(family, filter_path, policy, cache, eotp, temperature):
+    """Every registered policy x cache x EoTP rule x temperature decodes a batch exactly as each prompt alone,
+    on every family (two blocks: cache refresh and reuse across a block boundary)."""
+    model, special, prompts = family.model, family.special, family.prompts
+    cfg = GenerationConfig(cache=cache, eotp=eotp, gen_length=16, block_length=8, temperature=temperature)
+    params = {"alg_temp": 0.3} if "alg_temp" in policy_params(policy) and temperature else {}
+    assert_batched_equals_alone(model, prompts, cfg, policy, special, filter_path, **params)
 
 
 def test_top1_mask_equals_topk_with_k_one_including_ties():

@@ -32,9 +32,13 @@ CFG = dict(gen_length=16, block_length=8)
 @dataclass
 class Revoke(Policy):
     """Test-only revocable rule: commit the two most confident masked positions, and mask again the committed
-    position of the block the model is now least sure of (``every``: ask to re-mask the whole block)."""
+    position of the block the model is now least sure of (``every``: ask to re-mask the whole block). Where
+    the (random) model predicts the mask id itself it commits ``stand_in`` instead, so every commit it makes
+    lowers the mask count and what is counted is the engine's bookkeeping alone."""
 
     every: bool = False
+    mask: int = -1
+    stand_in: int = 0
 
     name = "_revoke"
     scheduled = False
@@ -42,11 +46,12 @@ class Revoke(Policy):
 
     def select(self, state: StepState) -> Selection:
         commit = topk_mask(state.masked_conf, state.k + 1)
+        tokens = state.x0.masked_fill(state.x0 == self.mask, self.stand_in)
         if self.every:
-            return Selection(commit, remask=torch.ones_like(state.masked))
+            return Selection(commit, tokens, remask=torch.ones_like(state.masked))
         committed = ~state.masked
         least = top1_mask(-state.conf.masked_fill(state.masked, float("inf"))) & committed.any(-1, keepdim=True)
-        return Selection(commit, remask=least)
+        return Selection(commit, tokens, remask=least)
 
 
 @dataclass
@@ -60,9 +65,14 @@ class Undeclared(Revoke):
     remasks = False
 
 
-def test_generate_binds_the_policy_to_the_run(tiny, prompts, filter_path):
+def revoke(family, cls: type[Revoke] = Revoke, **params) -> Revoke:
+    """``cls`` for ``family``'s tiny model: its mask id replaced by end-of-text where predicted."""
+    return cls(mask=family.special.mask, stand_in=family.special.eos, **params)
+
+
+def test_generate_binds_the_policy_to_the_run(family, filter_path):
     """A filter trained for block 8 is refused at block 16 by a bare ``generate`` call (smoke, trajectories)."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     with pytest.raises(ValueError, match="trained for block_length=8, but this run uses block_length=16"):
         generate(model, prompts, GenerationConfig(gen_length=16, block_length=16),
                  get_policy("learn2pd", filter=str(filter_path)), special)
@@ -81,8 +91,8 @@ def test_generate_binds_the_policy_to_the_run(tiny, prompts, filter_path):
     assert bound.bind(seen[0]) is bound  # idempotent: the adapter binds once, generate again
 
 
-def test_the_step_state_is_read_only_and_the_oracle_commits_its_tokens_through_the_selection(tiny, prompts):
-    model, _, special = tiny
+def test_the_step_state_is_read_only_and_the_oracle_commits_its_tokens_through_the_selection(family):
+    model, special, prompts = family.model, family.special, family.prompts
     events = []
     reference = torch.randint(10, 200, (len(prompts), 16), generator=torch.Generator().manual_seed(0))
     out = generate(model, prompts, GenerationConfig(**CFG), get_policy("oracle"), special, reference=reference,
@@ -103,17 +113,19 @@ def test_select_is_documented_once_on_the_base_class():
         assert inspect.getdoc(policy_class(name).select) == contract, name
 
 
-def test_only_a_policy_that_declares_remasks_may_remask(tiny, prompts):
-    model, _, special = tiny
+def test_only_a_policy_that_declares_remasks_may_remask(family):
+    model, special, prompts = family.model, family.special, family.prompts
     with pytest.raises(ValueError, match="policy='_revoke' returned positions to re-mask but does not declare"):
         generate(model, prompts, GenerationConfig(**CFG), Undeclared(), special)
 
 
-@pytest.mark.parametrize("policy", [Revoke(), Revoke(every=True), ScheduledRevoke()], ids=["one", "every", "sched"])
-def test_remasking_terminates_and_counts_net_commits(tiny, prompts, policy):
+@pytest.mark.parametrize("cls, params", [(Revoke, {}), (Revoke, {"every": True}), (ScheduledRevoke, {})],
+                         ids=["one", "every", "sched"])
+def test_remasking_terminates_and_counts_net_commits(family, cls, params):
     """Without EoTP every answer position ends committed, so net commits (commits - re-masks) are the answer
     length; a re-mask never undoes more than the step's commits beyond ``max(k, 1)``."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
+    policy = revoke(family, cls, **params)
     cfg = GenerationConfig(steps=8, **CFG)  # scheduled: 4 steps per block, k = 2
     out = generate(model, prompts, cfg, policy, special)
     assert not (out.tokens == special.mask).any()
@@ -128,16 +140,16 @@ def test_remasking_terminates_and_counts_net_commits(tiny, prompts, policy):
         assert {st.nfe for st in out.stats} == {8}  # the schedule's net count each step: the blocks end on time
 
 
-def test_remasking_never_touches_the_prompt_or_another_block(tiny, prompts):
+def test_remasking_never_touches_the_prompt_or_another_block(family):
     """What the network is fed at each forward (no cache: the whole sequence): blocks before the current
     one never change again, later ones stay masked, the prompt stays, and the current block's mask count
     falls every step even when the policy asks to re-mask everything."""
-    model, _, special = tiny
+    model, special, prompts = family.model, family.special, family.prompts
     for prompt in prompts:
         fed: list[torch.Tensor] = []
         hook = model.register_forward_pre_hook(lambda _m, args, fed=fed: fed.append(args[0][0].clone()))
         try:
-            out = generate(model, [prompt], GenerationConfig(**CFG), Revoke(every=True), special)
+            out = generate(model, [prompt], GenerationConfig(**CFG), revoke(family, every=True), special)
         finally:
             hook.remove()
         final, P = out.sequences[0], len(prompt)
@@ -152,19 +164,19 @@ def test_remasking_never_touches_the_prompt_or_another_block(tiny, prompts):
 
 
 @pytest.mark.parametrize("cache, eotp", list(itertools.product(cache_names(), EOTP_MODES)))
-def test_remasking_decodes_a_batch_as_each_prompt_alone(tiny, prompts, cache, eotp):
-    model, _, special = tiny
+def test_remasking_decodes_a_batch_as_each_prompt_alone(family, cache, eotp):
+    model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(cache=cache, eotp=eotp, **CFG)
-    batched = generate(model, prompts, cfg, Revoke(), special)
+    batched = generate(model, prompts, cfg, revoke(family), special)
     for row, prompt in enumerate(prompts):
-        alone = generate(model, [prompt], cfg, Revoke(), special)
+        alone = generate(model, [prompt], cfg, revoke(family), special)
         assert torch.equal(batched.tokens[row], alone.tokens[0])
         assert batched.stats[row].committed_per_step == alone.stats[0].committed_per_step
         assert batched.stats[row].remasked_per_step == alone.stats[0].remasked_per_step
     assert not (batched.tokens == special.mask).any()
 
 
-def test_a_policy_without_remasks_reports_zero_remasks(tiny, prompts):
-    model, _, special = tiny
+def test_a_policy_without_remasks_reports_zero_remasks(family):
+    model, special, prompts = family.model, family.special, family.prompts
     out = generate(model, prompts, GenerationConfig(**CFG), get_policy("threshold"), special)
     assert all(st.remasked_per_step == [0] * st.nfe for st in out.stats)

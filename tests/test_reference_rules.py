@@ -1,8 +1,10 @@
 """The reference codes' decoding rules, on hand-built step sequences: EoTP as in the Learn2PD code
-(``eotp=true``) beside the committed-token cut (``eotp=committed``), and Fast-dLLM's factor rule as in its
-code (``factor_rule=code``) beside the paper's formula."""
+(``eotp=true``) beside the committed-token cut (``eotp=committed``), Fast-dLLM's factor rule as in its
+code (``factor_rule=code``) beside the paper's formula, and its threshold comparison."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -163,7 +165,7 @@ def test_factor_rule_is_a_policy_parameter():
                       rows=torch.zeros(1, dtype=torch.long))
     assert get_policy("factor", factor=3.0).select(state).sum() == 5
     assert get_policy("factor", factor=3.0, factor_rule="formula").select(state).sum() == 4
-    assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code"}
+    assert get_policy("factor").params() == {"factor": 1.0, "factor_rule": "code", "confidence": "float64"}
     with pytest.raises(ValueError, match="factor_rule='paper'; valid choices: code, formula"):
         get_policy("factor", factor_rule="paper")
 
@@ -178,6 +180,63 @@ def test_batch_sizing_counts_the_tail_logits_of_eotp_true_without_a_cache(tiny):
     assert size["true", "dual"] == size["committed", "dual"]
 
 
+def test_threshold_keeps_a_confidence_exactly_at_the_threshold():
+    """Fast-dLLM's get_transfer_index drops a ranked token only when ``confidence < threshold`` (float64 there):
+    a confidence of exactly 0.9 is committed, the next float64 below it is not (the top-1 always is)."""
+    below = math.nextafter(0.9, 0.0)
+    conf = torch.tensor([[0.2, 0.9, below, 0.95, 0.9]], dtype=torch.float64)
+    masked = torch.tensor([[True, True, True, True, False]])  # the last one is committed already
+    state = StepState(conf=conf, x0=torch.zeros(1, 5, dtype=torch.long), masked=masked,
+                      k=torch.ones(1, dtype=torch.long), step=0, block=0, block_start=0,
+                      rows=torch.zeros(1, dtype=torch.long))
+    assert get_policy("threshold", threshold=0.9).select(state).tolist() == [[False, True, False, True, False]]
+    assert get_policy("threshold", threshold=below).select(state).tolist() == [[False, True, True, True, False]]
+    nothing = StepState(conf=conf.clamp(max=0.5), x0=state.x0, masked=masked, k=state.k, step=0, block=0,
+                        block_start=0, rows=state.rows)
+    assert get_policy("threshold", threshold=0.9).select(nothing).tolist() == [[False, True, False, False, False]]
+
+
+def _reads_position_6_as_zero(path) -> str:
+    """A raw single-layer filter for block 8 that accepts position 1 exactly when its input at position 6 is
+    about zero (logit 5 - 10 * x_6) and nothing else: it tells whether the filter saw past an EoTP cut."""
+    from l2pd_eval.filters import FilterConfig, L2PFilter, save_filter
+
+    filt = L2PFilter(FilterConfig(block_length=8, hidden_sizes=(), accept_threshold=0.5, committed_conf="raw"))
+    with torch.no_grad():
+        filt.linears[0].weight.zero_()
+        filt.linears[0].bias.fill_(-10.0)
+        filt.linears[0].weight[1, 6] = -10.0
+        filt.linears[0].bias[1] = 5.0
+    return str(save_filter(path, filt))
+
+
+@pytest.mark.parametrize("cache", cache_names())
+def test_a_raw_filter_reads_zeros_past_a_cut_inside_the_block(tmp_path, cache):
+    """Learn2PD's code cuts the sequence after an accepted or predicted end, so in the next steps its filter
+    gets the block's confidences only up to the cut, zero-padded. Block 0 predicts an end at 3 (p .99), words
+    elsewhere (p .9 at 4-7): the first step commits 3 and cuts after it; the next one the filter sees 0 at
+    position 6 (past the cut), where the model still reports .9, and accepts position 1 beside the schedule's
+    top-1 (position 0): 3 forwards, not the 4 of a filter reading the raw .9 there."""
+    table = [(WORD, 0.6), (WORD, 0.3), (WORD, 0.5), (EOT, 0.99)] + [(WORD, 0.9)] * 4 + [(WORD, 0.5)] * 8
+    policy = get_policy("learn2pd", filter=_reads_position_6_as_zero(tmp_path / "f"))
+    out, _ = decode(table, policy, cache=cache, eotp="true", steps=G)
+    assert out.stats[0].committed_per_step == [1, 2, 1] and cut_after(out) == 3
+    assert out.tokens[0, :4].tolist() == [WORD, WORD, WORD, EOT]
+
+
+def test_the_filter_input_past_the_cut_is_zero_and_before_it_raw(tmp_path):
+    """The rule on a hand-built step: ``live`` False past a cut zeroes the input there (the reference's shorter,
+    zero-padded vector); without it the filter reads the raw confidence, as before issue 22."""
+    from l2pd_eval.filters import load_filter
+
+    filt = load_filter(_reads_position_6_as_zero(tmp_path / "f"))
+    conf = torch.tensor([[0.6, 0.3, 0.5, 0.99, 0.9, 0.9, 0.9, 0.9]])
+    masked = torch.tensor([[True, True, True, False, False, False, False, False]])
+    live = torch.tensor([[True] * 4 + [False] * 4])
+    assert torch.equal(filt.prepare_input(conf, masked, live), torch.tensor([[0.6, 0.3, 0.5, 0.99, 0, 0, 0, 0]]))
+    assert torch.equal(filt.prepare_input(conf, masked), conf)  # raw: committed positions and all
+    assert filt.accept(conf, masked, live).tolist() == [[False, True] + [False] * 6]
+    assert not filt.accept(conf, masked).any()
 def test_block_end_rule_stops_after_the_finished_block_that_holds_an_end():
     """DPad's ``-e`` and dInfer's ``early_stop``: block 0 predicts an end at 5, which low_confidence commits
     first; the block is still decoded to its end (positions 6, 7 too), then everything after it is EOS and

@@ -100,6 +100,32 @@ def test_fastdllm_cells_and_model_args():
         assert args.get("threshold") == ("0.9" if args["policy"] == "threshold" else None)
         assert (args["steps"], args["block_length"], args["chat"]) == (str(length), "32", "true")
         assert "seed" not in args and "eotp" not in args and "filter" not in args
+        assert args["confidence"] == "float64"  # get_transfer_index's float64 softmax
+
+
+def test_fastdllm_dream_cells_decode_as_its_dream_code(tmp_path, capsys):
+    """Table 2 (Dream-v0-Base-7B): Dream's entropy rule on its schedule, the block sampler's refresh commit
+    with the prefix cache, the whole answer as one block without a cache (the threshold capped by the schedule
+    of length / 32 steps there), all in the model's dtype, BOS before raw prompts (Fast-dLLM's dream/eval.py)."""
+    cells = cells_by_key("fastdllm_dream", model="Dream-org/Dream-v0-Base-7B")
+    assert len(cells) == 4 * 2 * 4
+    shape = {"dream": ("none", True, False), "cache": ("prefix", False, False), "parallel": ("none", True, True),
+             "fastdllm": ("prefix", False, True)}
+    for (_, length, method), args in cells.items():
+        cache, whole, per32 = shape[method]
+        assert args["cache"] == cache and args["confidence"] == "model"
+        assert (args["block_length"], args["steps"]) == (str(length if whole else 32),
+                                                         str(length // 32 if per32 else length))
+        assert (args["chat"], args["add_bos_token"]) == ("false", "true")
+        if args["policy"] == "entropy":
+            assert args["schedule"] == "dream" and args.get("refresh_commit") == ("true" if cache == "prefix" else None)
+        else:
+            assert (args["policy"], args["threshold"]) == ("threshold", "0.9")
+            assert (args.get("cap"), args.get("refresh_commit")) == (("schedule", None) if cache == "none"
+                                                                     else (None, "true"))
+    assert cli_main(["reproduce", "fastdllm_dream", "--output_path", str(tmp_path), "--tasks", "gsm8k",
+                     "--lengths", "256", "--methods", "cache", "--dry-run"]) == 0
+    assert "pretrained=Dream-org/Dream-v0-Base-7B," in capsys.readouterr().out  # the paper's model by default
 
 
 def test_every_cell_names_a_task_of_ours():
@@ -151,7 +177,7 @@ def test_bad_selection_is_one_clear_error(tmp_path, capsys, argv, message):
 def test_unknown_paper_lists_the_papers(capsys):
     with pytest.raises(SystemExit) as exc:
         cli_main(["reproduce", "llada", "--output_path", "x"])
-    assert exc.value.code == 2 and "choose from 'fastdllm', 'learn2pd'" in capsys.readouterr().err
+    assert exc.value.code == 2 and "choose from 'fastdllm', 'fastdllm_dream', 'learn2pd'" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------------------ testbed, for real

@@ -30,6 +30,9 @@ class StepInput:
     masked: Tensor | None = None  # [n, block] bool: block positions still masked before this step (None:
     #                               not tracked, as in a benchmark timing a bare step)
     after: bool = False      # also return the logits after the block, up to ``length`` (``logits_after``)
+    first_committed: bool = False  # the block's first position was committed at its first step and needs no
+    #                                prediction (a policy's ``refresh_commit``): a shifted family's cached chunk
+    #                                may then start at the block, as Fast-dLLM's Dream cache does (caches.prefix)
     rows: tuple[int, ...] = ()   # host: the n rows' indices in the batch (per-row state that outlives a
     #                              block is kept by them: rows leave a block early and rejoin at the next)
     seeds: tuple[int, ...] = ()  # host: the n rows' per-prompt seeds (``engine.rng``), for draws a

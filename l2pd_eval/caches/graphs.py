@@ -70,8 +70,8 @@ class GraphReplay:
         super().__init__(model, batch, total_length, split_keys, padded, params=params)
         self._batch = batch
         self._rows = rows
-        self._graphs: OrderedDict[tuple[int, int, int, bool, int], _Graph] = OrderedDict()  # rows, length,
-        #                                     chunk width, masked, the block's offset in the chunk (logits slice)
+        self._graphs: OrderedDict[tuple[int, int, int, bool, bool, int], _Graph] = OrderedDict()  # rows, length,
+        #                 chunk width, masked, first position committed, the block's offset in the chunk (logits slice)
         self._pool = None  # memory pool shared by all graphs, from the first capture on
         self._stream = None  # side stream that captures run on
 
@@ -80,7 +80,8 @@ class GraphReplay:
             return super()._cached_step(s)
         x, pos, start = self._chunk_inputs(s)
         n, width = x.shape
-        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None, s.block[0] - start)
+        key = (self._rows(n, self._batch), s.length, width, s.key_mask is not None, s.first_committed,
+               s.block[0] - start)
         g = self._graphs.get(key)
         if g is None:  # first step of this shape: eager, on the buffers a later recording will use
             g = self._graphs[key] = self._static(key, s, x, pos, start)
@@ -98,11 +99,11 @@ class GraphReplay:
         g.graph.replay()
         return g.out[:n].clone()
 
-    def _static(self, key: tuple[int, int, int, bool, int], s: StepInput, x: Tensor, pos: Tensor,
+    def _static(self, key: tuple[int, int, int, bool, bool, int], s: StepInput, x: Tensor, pos: Tensor,
                 start: int) -> _Graph:
-        rows, length, width, masked, _ = key
+        rows, length, width, masked, *_ = key
         n = s.x.shape[0]
-        bs, be = s.block
+        predicted, fill_first = self._predicted(s.block, start)
 
         def padded(t: Tensor) -> Tensor:  # padding rows repeat row 0: valid tokens, positions and mask
             return torch.cat([t, t[:1].expand(rows - n, *t.shape[1:])]) if rows > n else t.clone()
@@ -116,8 +117,9 @@ class GraphReplay:
         # garbage collector happens to run
 
         def run() -> Tensor:  # same call and strides eagerly and recorded: no recompile in between
-            return model(x, pos, mask, cache=kv, kv_len=length, logits_slice=slice(bs - start, be - start),
-                         write_index=idx, split_keys=split_keys)
+            out = model(x, pos, mask, cache=kv, kv_len=length, logits_slice=predicted, write_index=idx,
+                        split_keys=split_keys)
+            return torch.cat([out[:, :1], out], dim=1) if fill_first else out  # as PrefixCache._cached_step
 
         return _Graph(x, pos, idx, mask, run)
 

@@ -42,18 +42,31 @@ class PrefixCache(ForwardStrategy):
 
     @classmethod
     def step_queries(cls, block: tuple[int, int], length: int, logit_shift: int,
-                     params: CacheParams | None = None) -> int:
-        start, end = cls.chunk(block, length, logit_shift, params)
+                     params: CacheParams | None = None, first_committed: bool = False) -> int:
+        start, end = cls.chunk(block, length, logit_shift, params, first_committed)
         return end - start
 
     @classmethod
     def chunk(cls, block: tuple[int, int], length: int, logit_shift: int,
-              params: CacheParams | None = None) -> tuple[int, int]:
+              params: CacheParams | None = None, first_committed: bool = False) -> tuple[int, int]:
         """Absolute [start, end) of the positions a cached step recomputes: from ``logit_shift`` positions
         before the block, since Dream predicts a position from the hidden state before it (model.dream).
-        ``params``: the strategy's (None: its defaults), for strategies whose chunk depends on them."""
+        ``params``: the strategy's (None: its defaults), for strategies whose chunk depends on them.
+        ``first_committed`` (``StepInput``): from the block itself, as Fast-dLLM's Dream block sampler runs its
+        cached steps (``dream/model/generation_utils_block.py`` L486-494): the position before the block keeps
+        the keys and values of the refresh, and the block's first position, committed there, gets no
+        prediction."""
         bs, be = block
-        return bs - logit_shift, (length if cls.recompute_suffix else be)
+        return bs - (0 if first_committed else logit_shift), (length if cls.recompute_suffix else be)
+
+    def _predicted(self, block: tuple[int, int], start: int) -> tuple[slice, bool]:
+        """The chunk rows to predict for the block, and whether the block's first row must be filled in: a
+        shifted family's chunk starting at the block cannot predict its first position (committed, never
+        read: the next row's prediction stands in for it)."""
+        bs, be = block
+        if bs == start and self.model.logit_shift:
+            return slice(1, be - start), True
+        return slice(bs - start, be - start), False
 
     def logits(self, s: StepInput) -> Tensor:
         if s.after:
@@ -63,7 +76,8 @@ class PrefixCache(ForwardStrategy):
         if self.refreshes(s):
             self.positions = s.x.numel()
             return self._full_step(s)
-        self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift, self.params)
+        self.positions = s.x.shape[0] * self.step_queries(s.block, s.length, self.model.logit_shift, self.params,
+                                                          s.first_committed)
         return self._cached_step(s)
 
     def _full_step(self, s: StepInput) -> Tensor:
@@ -86,7 +100,7 @@ class PrefixCache(ForwardStrategy):
 
     def _chunk_inputs(self, s: StepInput) -> tuple[Tensor, Tensor, int]:
         """Tokens and positions of the cached step's chunk (padded to ``padded_width``) and its start."""
-        start, end = self.chunk(s.block, s.length, self.model.logit_shift, self.params)
+        start, end = self.chunk(s.block, s.length, self.model.logit_shift, self.params, s.first_committed)
         x, pos = s.x[:, start:end], s.pos[:, start:end]
         pad = self.padded_width(end - start) - (end - start)
         if pad:
@@ -95,10 +109,11 @@ class PrefixCache(ForwardStrategy):
         return x, pos, start
 
     def _cached_step(self, s: StepInput) -> Tensor:
-        bs, be = s.block
         x, pos, start = self._chunk_inputs(s)
-        return self.model(x, pos, s.key_mask, cache=self.kv, start=start, kv_len=s.length,
-                          logits_slice=slice(bs - start, be - start), split_keys=self.split_keys)
+        rows, fill_first = self._predicted(s.block, start)
+        out = self.model(x, pos, s.key_mask, cache=self.kv, start=start, kv_len=s.length, logits_slice=rows,
+                         split_keys=self.split_keys)
+        return torch.cat([out[:, :1], out], dim=1) if fill_first else out
 
     def keep(self, idx: Tensor) -> None:
         n = idx.numel()

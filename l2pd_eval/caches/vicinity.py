@@ -118,9 +118,10 @@ class VicinityCache(DualCache):
 
     @classmethod
     def chunk(cls, block: tuple[int, int], length: int, logit_shift: int,
-              params: CacheParams | None = None) -> tuple[int, int]:
+              params: CacheParams | None = None, first_committed: bool = False) -> tuple[int, int]:
         """The window ``[bs - prefix, be + after)`` clipped to the sequence (their ``left_start``,
-        ``right_end``), starting at least ``logit_shift`` before the block (Dream's predecessor)."""
+        ``right_end``), starting at least ``logit_shift`` before the block (Dream's predecessor; with
+        ``first_committed`` too: the window recomputes the positions before the block anyway)."""
         p = cls.Params() if params is None else params
         bs, be = block
         return max(0, min(bs - logit_shift, bs - p.vicinity_prefix)), min(length, be + p.vicinity_after)

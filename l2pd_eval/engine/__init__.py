@@ -2,10 +2,11 @@
 (``SpeedConfig``), and the one block loop (``generate``)."""
 
 from l2pd_eval.engine.config import EOTP_MODES, EotpMode, GenerationConfig, eotp_mode
-from l2pd_eval.engine.generate import check_network_settings, generate, linear_schedule
+from l2pd_eval.engine.generate import check_network_settings, generate
 from l2pd_eval.engine.greedy import unmask_most_confident
 from l2pd_eval.engine.layout import LeftPadded, left_pad
 from l2pd_eval.engine.predict import Predictor
+from l2pd_eval.engine.schedule import linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import GenerationOutput, RowStats, StepEvent
 

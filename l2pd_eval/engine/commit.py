@@ -1,8 +1,9 @@
 """From a policy's selection to what a step writes: the engine's side of the ``Policy.select`` contract.
 
 A commit lands only on positions still masked, and a row that would stall commits its most confident one,
-so every step commits at least one token per row (a policy with ``stall_fallback = False`` commits only
-what its own rule allows: a row it cannot serve waits, and the step budget still ends the block). Re-masks (policies that declare ``remasks``) land only
+so every step commits at least one token per row (unless its schedule asks for none at that step: Dream's,
+engine/schedule.py; a policy with ``stall_fallback = False`` commits only what its own rule allows: a row it
+cannot serve waits, and the step budget still ends the block). Re-masks (policies that declare ``remasks``) land only
 on positions of the block committed before this step and inside the row's live answer, and undo at most
 the step's new commits beyond ``max(k, 1)``: a row's masked count falls every step, by the schedule's count
 when the policy commits at least that many, so a block finishes within the engine's step budget
@@ -38,7 +39,10 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor]) -> Step
         sel = Selection(sel)
     commit = sel.commit & step.masked
     if policy.stall_fallback:
-        stalled = step.masked.any(-1) & ~commit.any(-1)  # safety net: every step makes progress
+        # Safety net: every step makes progress, except where the schedule asks for none (k = 0; Dream's
+        # schedule, whose last step takes every remaining position; a linear schedule's k is 0 only once a
+        # row is done).
+        stalled = step.masked.any(-1) & ~commit.any(-1) & (step.k > 0)
         commit = commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
     accepted = None if sel.accepted is None else sel.accepted & step.masked
     tokens = step.x0 if sel.tokens is None else sel.tokens

@@ -25,6 +25,7 @@ from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import block_grid, left_pad
 from l2pd_eval.engine.predict import EndTokenKnobs, Predictor
+from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
 from l2pd_eval.engine.state import BlockRows, DecodeState, GenerationOutput, RowStats, StepEvent
 from l2pd_eval.errors import ConfigError
@@ -35,13 +36,6 @@ from l2pd_eval.policies.scores import step_statistics
 
 _GUMBEL = 0  # rng purpose ids; policies use others
 _GUMBEL_AFTER = 3  # Gumbel draws for the positions after the block (EoTP ``true`` with ``logits_after``)
-
-
-def linear_schedule(num_masked: Tensor, steps: int) -> Tensor:
-    """LLaDA's schedule: spread each row's masked count evenly over ``steps``, remainder first. [B, steps]"""
-    base = (num_masked // steps).unsqueeze(-1)
-    rem = (num_masked % steps).unsqueeze(-1)
-    return base + (torch.arange(steps, device=num_masked.device) < rem).long()
 
 
 def _sync(device: torch.device) -> None:
@@ -61,6 +55,7 @@ class _Run:
     eotp: EotpRule | None
     after: bool  # the EoTP rule searches after the block and the strategy can predict there
     on_step: Callable[[StepEvent], None] | None
+    times: Tensor | None = None  # Dream's time grid for a policy on ``schedule = "dream"``
     ends: EndTokenKnobs | None = None  # logits_eos_inf / eos_conf_zero (None: both off)
 
 
@@ -76,11 +71,13 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
                             tuple(i for i in special.end_ids if i != special.eos))
     if ends is not None and not ends.renormalise and {"margin", "neg_entropy"} & set(policy.needs):
-        raise ValueError(f"eos_conf_rule=zero sets a probability to 0, but policy={policy.name!r} ranks by "
-                         f"{', '.join(sorted({'margin', 'neg_entropy'} & set(policy.needs)))}; use eos_conf_rule=code "
-                         f"or fixed (the distribution without the end tokens)")
-    return _Run(config, policy, special, strategy, speed.predictor(), rule,
-                rule is cut_at_predicted_end and strategy.logits_after, on_step, ends)
+        raise ConfigError(f"eos_conf_rule=zero sets a probability to 0, but policy={policy.name!r} ranks by "
+                          f"{', '.join(sorted({'margin', 'neg_entropy'} & set(policy.needs)))}; use eos_conf_rule=code "
+                          f"or fixed (the distribution without the end tokens)")
+    dream = policy.scheduled and policy.schedule == "dream"
+    times = dream_times(config.steps_per_block, model.device) if dream else None
+    return _Run(config, policy, special, strategy, speed.predictor(policy.confidence), rule,
+                rule is cut_at_predicted_end and strategy.logits_after, on_step, times=times, ends=ends)
 
 
 def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
@@ -128,7 +125,8 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
         return None
     cur = torch.tensor(cur_host, device=state.x.device)
     limits = [state_host[bsz + i] for i in cur_host]
-    schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if policy.scheduled else None
+    linear = policy.scheduled and policy.schedule == "linear"
+    schedule = linear_schedule(masked_all[cur].sum(-1), config.steps_per_block) if linear else None
     return BlockRows(bs, be, cur, cur_host, max(limits), schedule, policy.begin_block(blk, cur), limits)
 
 
@@ -160,8 +158,8 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
         key_mask = state.layout.valid[rows.idx, :length] & visible
     logits = run.strategy.logits(StepInput(
         state.x[rows.idx, :length], state.layout.positions[rows.idx, :length], key_mask, (rows.start, rows.end),
-        length, step=step, masked=masked, after=run.after, rows=tuple(rows.host),
-        seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
+        length, step=step, masked=masked, after=run.after, first_committed=step > 0 and run.policy.refresh_commit,
+        rows=tuple(rows.host), seeds=tuple(state.seeds_host[r] for r in rows.host), limits=tuple(rows.limits)))
     cost = run.strategy.positions
     if isinstance(cost, int):  # the same count for every row
         state.positions[rows.host] += cost // len(rows.host)
@@ -204,8 +202,8 @@ def _predict(run: _Run, logits: Tensor, seeds: Tensor, blk: int, step: int) -> t
     x0, conf = run.predict(logits, temperature, seeds, (blk, step, _GUMBEL))
     seen, scored, zero = conf, logits, None
     if run.ends is not None:
-        seen, scored, zero = run.ends.confidence(logits, x0, conf, temperature)
-    stats = step_statistics(scored, needs, temperature, x0) if needs else {}
+        seen, scored, zero = run.ends.confidence(logits, x0, conf, temperature, run.policy.confidence)
+    stats = step_statistics(scored, needs, temperature, x0, run.policy.confidence) if needs else {}
     for name in stats:
         if name == "logits":
             stats[name] = logits  # the policy's own rescoring starts from what x0 was chosen from
@@ -223,6 +221,8 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
     x0, conf, model_conf, stats = _predict(run, logits, seeds, blk, step)
     if rows.schedule is not None:
         k = torch.minimum(rows.schedule[:, step], masked.sum(-1))
+    elif run.times is not None:
+        k = dream_count(masked.sum(-1), run.times, step)
     else:
         k = torch.ones(len(rows.host), dtype=torch.long, device=state.x.device)
     return StepState(
@@ -231,6 +231,8 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
         stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
         forwards=state.forwards[rows.idx],
+        live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
+        steps=run.config.steps_per_block,
     ), model_conf
 
 
@@ -260,7 +262,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     BL = run.config.block_length
     st, model_conf = _step_state(run, state, rows, blk, step, masked, logits[:, :BL])
     state.forwards[rows.idx] += 1
-    c = resolve(run.policy, st, lambda: state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1))
+    c = resolve(run.policy, st, lambda: st.live)
     _write(run, state, rows, block_x, c)
     if run.eotp is not None:
         eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask)

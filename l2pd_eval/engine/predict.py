@@ -1,6 +1,20 @@
 """A step's prediction from its logits: x0 (argmax, or a Gumbel-max sample at a temperature) and its
-probability under the model, with per-prompt counter-based draws (``engine.rng``), so a row predicts the
-same alone or batched."""
+probability under the model by the run's confidence rule, with per-prompt counter-based draws
+(``engine.rng``), so a row predicts the same alone or batched.
+
+Confidence rules (``confidence=`` of every policy; docs/conventions.md says whose code uses which):
+
+* ``float64``: ``softmax(logits.to(float64))`` gathered at x0, the reference codes' own op (Fast-dLLM's
+  ``get_transfer_index``, Learn2PD's cached variants). It is computed as that op and nothing cheaper: the
+  x0-only forms (``exp(l_x0 - max) / sum``, ``exp(l_x0 - logsumexp)``) differ from it in the last bits, since
+  the softmax kernel sums in its own order (tests/test_confidence.py), and the last bits order the
+  near-certain tokens. Only the block's positions are computed, ``CHUNK`` positions at a time.
+* ``model``: the same softmax in the logits' own dtype (bf16 on a GPU): Learn2PD's no-cache functions,
+  Dream's ``sample_tokens``.
+* ``float32``: ``exp(l_x0 - logsumexp(l))`` in float32 (float64 for float64 models), this project's earlier
+  rule; it rounds very confident predictions to exactly 1.0 (ties then go to the lowest position). The only
+  rule ``SpeedConfig.compile`` fuses.
+"""
 
 from __future__ import annotations
 
@@ -15,6 +29,8 @@ from l2pd_eval.engine import rng
 from l2pd_eval.model.compiling import compile_dynamic
 
 AFTER_CHUNK = 64  # positions after the block whose predictions are computed at once (bounds memory)
+CHUNK = 256  # positions per softmax of the float64 / model rules (bounds the full-vocabulary copies)
+CONFIDENCE_RULES = ("float64", "float32", "model")
 
 
 def _work(logits: Tensor) -> Tensor:
@@ -22,16 +38,38 @@ def _work(logits: Tensor) -> Tensor:
     return logits.to(torch.float64 if logits.dtype == torch.float64 else torch.float32)
 
 
-def _confidence(logits: Tensor, x0: Tensor) -> Tensor:
-    """Probability of ``x0`` under the model, from ``_work`` logits."""
+def _logsumexp_confidence(logits: Tensor, x0: Tensor) -> Tensor:
+    """The ``float32`` rule: probability of ``x0`` from ``_work`` logits."""
     return torch.exp(logits.gather(-1, x0.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1))
 
 
+def _softmax_confidence(logits: Tensor, x0: Tensor, dtype: torch.dtype) -> Tensor:
+    """``softmax(logits.to(dtype))`` gathered at ``x0`` ([n, L] of [n, L, V]), whole rows of ``CHUNK`` // L
+    positions at a time: each position's softmax is its own, so chunking changes no bit."""
+    rows = max(1, CHUNK // max(logits.shape[1], 1))
+    out = torch.empty(x0.shape, dtype=dtype, device=logits.device)
+    for r in range(0, logits.shape[0], rows):
+        probs = torch.softmax(logits[r:r + rows].to(dtype), dim=-1)
+        out[r:r + rows] = probs.gather(-1, x0[r:r + rows].unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def confidence(logits: Tensor, x0: Tensor, rule: str) -> Tensor:
+    """Probability of ``x0`` [n, L] under the model, from raw logits [n, L, V], by ``rule``."""
+    if rule == "float32":
+        return _logsumexp_confidence(_work(logits), x0)
+    if rule == "float64":
+        return _softmax_confidence(logits, x0, torch.float64)
+    if rule == "model":
+        return _softmax_confidence(logits, x0, logits.dtype)
+    raise ValueError(f"confidence={rule!r} is unknown; valid choices: {', '.join(CONFIDENCE_RULES)}")
+
+
 def _greedy(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """argmax and its probability."""
+    """argmax and its probability by the ``float32`` rule."""
     logits = _work(logits)
     x0 = logits.argmax(-1)
-    return x0, _confidence(logits, x0)
+    return x0, _logsumexp_confidence(logits, x0)
 
 
 @functools.cache
@@ -43,21 +81,31 @@ def _greedy_compiled(autotune: bool = False) -> Callable[[Tensor], tuple[Tensor,
 
 @dataclass(frozen=True)
 class Predictor:
-    """x0 and its probability for [n, L, V] logits. ``fused`` runs the greedy statistics through
-    ``torch.compile`` (``SpeedConfig.compile``; ``autotune``: ``SpeedConfig.compile_autotune``)."""
+    """x0 and its probability for [n, L, V] logits. ``confidence``: the rule (module docstring); ``fused``
+    runs the ``float32`` rule's greedy statistics through ``torch.compile`` (``SpeedConfig.compile``;
+    ``autotune``: ``SpeedConfig.compile_autotune``); the other rules are the references' eager softmax."""
 
+    confidence: str = "float64"
     fused: bool = False
     autotune: bool = False
+
+    def __post_init__(self) -> None:
+        if self.confidence not in CONFIDENCE_RULES:
+            raise ValueError(f"confidence={self.confidence!r} is unknown; valid choices: "
+                             f"{', '.join(CONFIDENCE_RULES)}")
 
     def __call__(self, logits: Tensor, temperature: float, seeds: Tensor,
                  salt: tuple[int, ...]) -> tuple[Tensor, Tensor]:
         """``seeds`` [n] per-prompt seeds and ``salt`` (block, step, purpose) select the Gumbel draws."""
         if temperature <= 0:
-            return (_greedy_compiled(self.autotune) if self.fused else _greedy)(logits)
-        logits = _work(logits)
-        u = rng.uniform(seeds, salt, tuple(logits.shape[1:])).to(logits.dtype)
-        x0 = (logits / temperature - torch.log(-torch.log(u))).argmax(-1)
-        return x0, _confidence(logits, x0)
+            if self.confidence == "float32":
+                return (_greedy_compiled(self.autotune) if self.fused else _greedy)(logits)
+            x0 = logits.argmax(-1)  # the raw logits' first maximum, as the references take it
+        else:
+            work = _work(logits)
+            u = rng.uniform(seeds, salt, tuple(work.shape[1:])).to(work.dtype)
+            x0 = (work / temperature - torch.log(-torch.log(u))).argmax(-1)
+        return x0, confidence(logits, x0, self.confidence)
 
     def chunked(self, logits: Tensor, temperature: float, seeds: Tensor,
                 salt: tuple[int, ...]) -> tuple[Tensor, Tensor]:
@@ -109,9 +157,10 @@ class EndTokenKnobs:
         """The block logits the step predicts from (a copy when something is suppressed)."""
         return _drop(logits, self.suppress)
 
-    def confidence(self, logits: Tensor, x0: Tensor, conf: Tensor,
-                   temperature: float) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(confidence, logits for the statistics, positions to zero in the chosen-token statistics or None)."""
+    def confidence(self, logits: Tensor, x0: Tensor, conf: Tensor, temperature: float,
+                   rule: str = "float32") -> tuple[Tensor, Tensor, Tensor | None]:
+        """(confidence, logits for the statistics, positions to zero in the chosen-token statistics or None);
+        a renormalised confidence is computed by the policy's ``rule`` (``confidence``)."""
         ids = self.conf_ids_sampled if temperature > 0 else self.conf_ids
         if not ids:
             return conf, logits, None
@@ -119,7 +168,7 @@ class EndTokenKnobs:
             ends = torch.isin(x0, torch.tensor(ids, device=x0.device))
             return conf.masked_fill(ends, 0.0), logits, ends
         dropped = _drop(logits, ids)
-        return _confidence(_work(dropped), x0), dropped, None
+        return confidence(dropped, x0, rule), dropped, None
 
 
 def _drop(logits: Tensor, ids: tuple[int, ...]) -> Tensor:

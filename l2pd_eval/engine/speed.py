@@ -54,9 +54,10 @@ class SpeedConfig:
             model.compile_blocks(autotune=self.compile_autotune)
             _COMPILED.add(model)
 
-    def predictor(self) -> Predictor:
-        """x0 and confidence from logits, fused by torch.compile with ``compile``."""
-        return Predictor(fused=self.compile, autotune=self.compile_autotune)
+    def predictor(self, confidence: str = "float64") -> Predictor:
+        """x0 and its probability by the rule ``confidence`` (what is decoded: the policy's), the ``float32``
+        rule fused by torch.compile with ``compile``."""
+        return Predictor(confidence, fused=self.compile, autotune=self.compile_autotune)
 
     def strategy(self, cache: str, model: DiffusionLM, batch: int, total_length: int,
                  params: Mapping[str, Any] | None = None) -> ForwardStrategy:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from torch import Tensor
@@ -25,7 +25,8 @@ class StepState:
     """One step of one block for the rows still decoding it; read-only (a policy that commits other tokens
     than x0 says so in its ``Selection``)."""
 
-    conf: Tensor      # [B, L] float32: probability of x0 at every block position (committed ones too)
+    conf: Tensor      # [B, L]: probability of x0 at every block position (committed ones too), in the
+    #                   dtype of the policy's confidence rule (float64, the model's, or float32)
     x0: Tensor        # [B, L] long: the model's predicted token
     masked: Tensor    # [B, L] bool: still masked before this step
     k: Tensor         # [B] long: tokens the linear schedule asks for at this step (>= 1 while masked)
@@ -43,6 +44,9 @@ class StepState:
     mask_id: int | None = None  # the mask token's id (a policy that never commits a predicted mask reads it)
     temperature: float = 0.0    # the run's sampling temperature (x0 is a Gumbel-max sample when > 0)
     forwards: Tensor | None = None  # [B] long: forwards each row took part in before this one (whole answer)
+    live: Tensor | None = None  # [B, L] bool: block positions before the row's live end (False past an EoTP
+    #                             cut: filled with end-of-text, no longer decoded); None: every position
+    steps: int = 0    # the run's steps per block (the schedule's length; non-scheduled policies may read it)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -84,6 +88,14 @@ def topk_mask(scores: Tensor, k: Tensor) -> Tensor:
     return ranks < k.unsqueeze(-1)
 
 
+def block_start_mask(state: StepState) -> Tensor:
+    """The block's first position where it is still masked: Fast-dLLM's Dream sampler commits it, and only it,
+    at each block's refresh (``refresh_commit``)."""
+    first = torch.zeros_like(state.masked)
+    first[:, 0] = True
+    return first & state.masked
+
+
 def top1_mask(scores: Tensor) -> Tensor:
     """``topk_mask`` with k = 1 for every row, as one argmax instead of a sort (first maximum wins, as there)."""
     return torch.arange(scores.shape[-1], device=scores.device) == scores.argmax(-1, keepdim=True)
@@ -100,14 +112,35 @@ class RunSettings:
     steps_per_block: int | None = None  # the schedule's steps per block (None: not known before a request)
 
 
+ConfidenceRule = Literal["float64", "float32", "model"]
+
+
+@dataclass
 class Policy:
     """Base class. Subclasses are dataclasses of their parameters, registered by ``name``; they implement
-    ``select`` under the contract written there (and only there)."""
+    ``select`` under the contract written there (and only there).
+
+    ``confidence`` is every policy's parameter: how the engine computes the probability of each prediction
+    that the policy ranks by, EoTP cuts by and a filter reads (``engine.predict``): ``float64`` (the default:
+    Fast-dLLM's and Learn2PD's cached code), ``model`` (softmax in the logits' dtype: Learn2PD's no-cache
+    code, Dream's; the default of Dream's rules) or ``float32`` (this project's earlier rule). A subclass
+    whose reference computes it otherwise redeclares the field with its own default."""
+
+    confidence: ConfidenceRule = dataclasses.field(default="float64", kw_only=True)
 
     name: ClassVar[str] = ""
     # Capabilities (what the engine asks of a policy):
-    # Scheduled policies follow the linear steps schedule; the others run until the block is filled.
+    # Scheduled policies follow a steps schedule (``state.k``); the others run until the block is filled.
     scheduled: ClassVar[bool] = True
+    # Which one (engine/schedule.py): "linear" (LLaDA's) or "dream" (Dream's; counts of 0 are steps that
+    # commit nothing, the last step takes every remaining position). A policy may make it a parameter (a
+    # field named ``schedule``), so it is a plain attribute here, not a ClassVar that would fix the field's
+    # position among the subclass's parameters.
+    schedule = "linear"
+    # Commits the block's first position, and only it, at each block's first step (Fast-dLLM's Dream block
+    # sampler; a parameter of threshold and Dream's rules): a cached step then needs no prediction there,
+    # so a shifted family's chunk starts at the block (``StepInput.first_committed``). Plain, as ``schedule``.
+    refresh_commit = False
     # Statistics of the full predicted distribution the policy scores by (names in policies.scores); the
     # engine computes them once per step for the block and hands them over in ``StepState.stats`` (read
     # on the instance: a property where they depend on the parameters).
@@ -141,7 +174,8 @@ class Policy:
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
             (``accepted``) or re-masks (``remask``, only with ``remasks = True``). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked
-            position (unless ``stall_fallback = False``). Re-masks apply only to the block's positions
+            position (unless ``stall_fallback = False``, or its schedule asked for none at this step:
+            ``state.k`` 0, Dream's schedule). Re-masks apply only to the block's positions
             committed before this step (never the prompt, another block or an EoTP-cut tail) and never undo
             more of a row's new commits than leaves ``max(state.k, 1)`` of them, so every step makes net
             progress and every block finishes.

@@ -24,13 +24,14 @@ rounding, which tests/test_dinfer_policies.py checks against ``dense``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 from torch import Tensor
 
-from l2pd_eval.policies.base import BlockMemory, Policy, Selection, StepState
+from l2pd_eval.policies.base import BlockMemory, ConfidenceRule, Policy, Selection, StepState
 from l2pd_eval.policies.dinfer_threshold import dinfer_commit
 from l2pd_eval.policies.registry import register
 
@@ -77,6 +78,8 @@ class DInferCredit(Policy):
     boost_gamma: float = 0.2
     decay_beta: float = 0.8
     credit_store: Literal["sparse", "dense"] = "sparse"
+    # the engine's confidence (EoTP, the report) as dInfer's decoders compute theirs: float32 (docs/conventions.md)
+    confidence: ConfidenceRule = dataclasses.field(default="float32", kw_only=True)
 
     name = "dinfer_credit"
     scheduled = False

@@ -12,11 +12,11 @@ would repeat the forward, ours moves on and the step budget ends the block).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor
 
-from l2pd_eval.policies.base import Policy, StepState
+from l2pd_eval.policies.base import ConfidenceRule, Policy, StepState
 from l2pd_eval.policies.registry import register
 
 NEAR_TIE = 1e-5  # dInfer's band below the maximum that always commits
@@ -38,6 +38,9 @@ def dinfer_commit(conf: Tensor, x0: Tensor, masked: Tensor, mask_id: int | None,
 @dataclass
 class DInferThreshold(Policy):
     threshold: float = 0.9  # eval_dinfer.py's and the README's; eval_llada_moe.sh uses 0.76
+    # get_transfer_index_threshold: F.softmax(logits.to(float32)) unless use_float64 (off in its decoders);
+    # our nearest rule is float32 (exp(l - logsumexp), last-bit differences: docs/conventions.md)
+    confidence: ConfidenceRule = field(default="float32", kw_only=True)
 
     name = "dinfer_threshold"
     scheduled = False

@@ -146,23 +146,31 @@ class L2PFilter(nn.Module):
             x = layer(x)
         return x
 
-    def prepare_input(self, conf: torch.Tensor, masked: torch.Tensor | None) -> torch.Tensor:
-        """What the filter was trained on: non-finite values cleaned, committed positions zeroed if so trained."""
+    def prepare_input(self, conf: torch.Tensor, masked: torch.Tensor | None,
+                      live: torch.Tensor | None = None) -> torch.Tensor:
+        """What the filter was trained on: non-finite values cleaned, committed positions zeroed if so trained,
+        and positions past the answer's end (``live`` False: an EoTP cut inside the block) zeroed whatever
+        the convention: the Learn2PD code cuts the sequence there, so its filter gets a shorter confidence
+        vector, which its network zero-pads to the block length."""
         x = torch.nan_to_num(conf.float(), nan=0.0, posinf=1.0, neginf=0.0)
         if masked is not None and self.config.committed_conf == "zero":
             x = x * masked.to(x.dtype)
+        if live is not None:
+            x = x * live.to(x.dtype)
         return x
 
     @torch.no_grad()
-    def accept(self, conf: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
+    def accept(self, conf: torch.Tensor, masked: torch.Tensor | None = None,
+               live: torch.Tensor | None = None) -> torch.Tensor:
         """Bool ``[..., block_length]``: positions the filter declares final (only masked ones if given)."""
-        logits = self(self.prepare_input(conf, masked))
+        logits = self(self.prepare_input(conf, masked, live))
         out = logits > self._logit_threshold
         return out & masked.bool() if masked is not None else out
 
     @torch.no_grad()
-    def probs(self, conf: torch.Tensor, masked: torch.Tensor | None = None) -> torch.Tensor:
-        return torch.sigmoid(self(self.prepare_input(conf, masked)))
+    def probs(self, conf: torch.Tensor, masked: torch.Tensor | None = None,
+              live: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sigmoid(self(self.prepare_input(conf, masked, live)))
 
 
 def _logit(p: float) -> float:

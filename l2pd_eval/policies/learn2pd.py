@@ -49,5 +49,5 @@ class Learn2PD(Policy):
         return self
 
     def select(self, state: StepState) -> Selection:
-        accepted = self._net.accept(state.conf, state.masked)
+        accepted = self._net.accept(state.conf, state.masked, state.live)  # zeros past an EoTP cut
         return Selection(topk_mask(state.masked_conf, state.k) | accepted, accepted=accepted)

@@ -8,8 +8,10 @@ the same rule), registered under Dream's name so Dream runs read as in its paper
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
+from l2pd_eval.policies.base import ConfidenceRule
 from l2pd_eval.policies.random import Random
 from l2pd_eval.policies.registry import register
 
@@ -17,4 +19,6 @@ from l2pd_eval.policies.registry import register
 @register
 @dataclass
 class Origin(Random):
+    confidence: ConfidenceRule = dataclasses.field(default="model", kw_only=True)  # Dream's (EoTP reads it)
+
     name = "origin"

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from l2pd_eval.errors import ConfigError
-from l2pd_eval.reproduce.papers import BLOCK_LENGTH, CODE_BENCHMARKS, Paper, PaperMethod, is_instruct
+from l2pd_eval.reproduce.papers import CODE_BENCHMARKS, Paper, PaperMethod, is_instruct
 from l2pd_eval.typed_args import comparable
 
 #: ``--model`` value that selects the embedded testbed dLLM, its filter and its task.
@@ -127,8 +127,11 @@ def plan(paper: Paper, sel: Selection) -> list[Cell]:
         args = [f"pretrained={model}", method.args]
         if method.uses_filter:
             args.append(f"filter={filt}")
-        args += [f"gen_length={length}", f"steps={length}", f"block_length={BLOCK_LENGTH}",
+        block, steps = method.shape(length)
+        args += [f"gen_length={length}", f"steps={steps}", f"block_length={block}",
                  f"chat={'true' if paper.chat(bench, instruct) else 'false'}"]
+        if paper.common_args:
+            args.append(paper.common_args)
         if paper.seed is not None:
             args.append(f"seed={paper.seed}")
         cells.append(Cell(task, bench, length, method, _merge_extra(",".join(args), sel.extra_model_args)))

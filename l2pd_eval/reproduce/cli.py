@@ -1,4 +1,5 @@
-"""``l2pd-eval reproduce {learn2pd,fastdllm}``: run a paper's table cell by cell, resumably, then report.
+"""``l2pd-eval reproduce {learn2pd,fastdllm,fastdllm_dream}``: run a paper's table cell by cell, resumably, then
+report.
 
     l2pd-eval reproduce learn2pd --filter FILTER --output_path runs/l2pd [--tasks gsm8k] [--lengths 256]
     l2pd-eval reproduce fastdllm --output_path runs/fast --dry-run
@@ -34,7 +35,6 @@ from l2pd_eval.reproduce.cells import (
 from l2pd_eval.reproduce.estimate import StepCosts, batch_rows, estimate_cell, hours
 from l2pd_eval.reproduce.papers import BLOCK_LENGTH, PAPERS, PAPERS_FAMILY, get_paper, model_family
 
-DEFAULT_MODEL = "GSAI-ML/LLaDA-8B-Instruct"  # both papers' model
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
@@ -42,15 +42,17 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paper", choices=sorted(PAPERS), help="whose table to rerun (docs/reproduce.md)")
     p.add_argument("--output_path", "--output-path", required=True, metavar="DIR",
                    help="one folder per cell, DIR/<task>/<method>/; cells already finished there are skipped")
-    p.add_argument("--model", default=DEFAULT_MODEL, metavar="PRETRAINED",
-                   help=f"checkpoint directory or hub id of any family (default {DEFAULT_MODEL}); '{TESTBED}': the embedded "
-                        f"testbed dLLM, its filter and its task {TESTBED_TASK} (CPU)")
+    p.add_argument("--model", default=None, metavar="PRETRAINED",
+                   help=f"checkpoint directory or hub id of any family (default: the paper's, GSAI-ML/LLaDA-8B-Instruct "
+                        f"or Dream-org/Dream-v0-Base-7B); '{TESTBED}': the embedded testbed dLLM, its filter and its "
+                        f"task {TESTBED_TASK} (CPU)")
     p.add_argument("--filter", default=None, metavar="PATH", help="Learn2PD filter (required by learn2pd's "
                    "Learn2PD columns unless --model testbed)")
     p.add_argument("--tasks", nargs="+", default=None, metavar="BENCH",
                    help="subset of gsm8k minerva_math humaneval mbpp (default: the paper's four)")
     p.add_argument("--lengths", nargs="+", type=int, default=None, metavar="N",
-                   help="subset of the paper's generation lengths (learn2pd: 256 1024; fastdllm: 256 512 1024)")
+                   help="subset of the paper's generation lengths (learn2pd: 256 1024; fastdllm: 256 512 1024; "
+                        "fastdllm_dream: 256 512)")
     p.add_argument("--methods", nargs="+", default=None, metavar="KEY",
                    help="subset of the paper's columns by folder name (--dry-run lists them)")
     p.add_argument("--limit", type=int, default=None, help="documents per task (lm-eval --limit)")
@@ -68,11 +70,11 @@ def reproduce_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dry-run", "--dry_run", action="store_true", help="print the lm-eval commands and exit")
 
 
-def _selection(args: argparse.Namespace) -> Selection:
+def _selection(args: argparse.Namespace, model: str) -> Selection:
     def tup(v):
         return None if v is None else tuple(v)
 
-    return Selection(model=args.model, benchmarks=tup(args.tasks), lengths=tup(args.lengths),
+    return Selection(model=model, benchmarks=tup(args.tasks), lengths=tup(args.lengths),
                      methods=tup(args.methods), filter=args.filter,
                      instruct={"auto": None, "yes": True, "no": False}[args.instruct],
                      extra_model_args=args.extra_model_args.strip(","))
@@ -266,19 +268,20 @@ def reproduce_main(args: argparse.Namespace) -> int:
         raise ConfigError(f"--limit {args.limit}: give a positive number of documents per task (or leave it out "
                           "for whole tasks)")
     paper = get_paper(args.paper)
-    cells = plan(paper, _selection(args))
+    model = args.model or paper.model
+    cells = plan(paper, _selection(args, model))
     opts = RunOptions.from_args(args)
     done = finished_cells(cells, opts)
-    family = PAPERS_FAMILY if args.model == TESTBED else model_family(args.model)
+    family = PAPERS_FAMILY if model == TESTBED else model_family(model)
     table = paper.table_for(family or PAPERS_FAMILY)
-    on = f"the {TESTBED} ({TESTBED_TASK})" if args.model == TESTBED else args.model
+    on = f"the {TESTBED} ({TESTBED_TASK})" if model == TESTBED else model
     print(f"{paper.title}: conventions on {on} ({family or 'family unknown, taken as ' + PAPERS_FAMILY}); "
           f"{len(cells)} cell(s), {len(done)} already finished in {opts.output_path}")
-    if table is None and args.model != TESTBED:
+    if table is None and model != TESTBED:
         print(f"(the {paper.name} paper has no published table of the {family} family: reproduced cells only)")
     if args.dry_run:
         # the measured step costs are LLaDA-8B's: no estimate for the testbed or another family's shapes
-        est = None if args.model == TESTBED or (family or PAPERS_FAMILY) != "llada" else _estimates(table, cells, opts)
+        est = None if model == TESTBED or (family or PAPERS_FAMILY) != "llada" else _estimates(table, cells, opts)
         code = dry_run(cells, opts, done, est[0] if est else None)
         if est:
             _print_totals(est, opts, args.extra_model_args)
@@ -294,4 +297,4 @@ def reproduce_main(args: argparse.Namespace) -> int:
         return code
     print()
     folders = [opts.output_path / cell.folder for cell in cells]
-    return _report(None if args.model == TESTBED else table, folders)
+    return _report(None if model == TESTBED else table, folders)

@@ -9,6 +9,11 @@ published numbers, so it decides. Sources (read, not copied; docs/reproduce.md q
 * Fast-dLLM: NVlabs/Fast-dLLM ``llada/eval_llada.py`` (prompt rule; ``set_seed`` defined, never called) and
   ``v1/llada/eval_humaneval.sh`` (block 32, ``threshold=0.9``, ``use_cache``/``dual_cache``); the table:
   Table 1 of arXiv 2505.22618 (lengths 256/512, plus its gsm8k length-1024 rows).
+* Fast-dLLM's Dream table: ``dream/eval.py`` (``use_cache`` picks ``generation_utils_block.py``, otherwise
+  ``generation_utils.py``: the whole answer as one block), ``dream/eval_gsm8k.sh`` / ``eval_humaneval.sh``
+  (Dream-v0-Base-7B, ``add_bos_token=true``, ``alg=entropy`` with ``diffusion_steps=length``,
+  ``alg=confidence_threshold,threshold=0.9`` with ``diffusion_steps=length/32``, block 32 in the block
+  sampler); the table: Table 2 of arXiv 2505.22618. docs/dream.md says which rule each column decodes by.
 """
 
 from __future__ import annotations
@@ -36,11 +41,20 @@ CODE_BENCHMARKS = frozenset({"humaneval", "mbpp"})
 @dataclass(frozen=True)
 class PaperMethod:
     """A method as one paper's table names it (one column): ``args`` are the model_args that define it.
-    (What a run was decoded with, read back from its files, is :class:`l2pd_eval.results.methods.Method`.)"""
+    (What a run was decoded with, read back from its files, is :class:`l2pd_eval.results.methods.Method`.)
+    ``whole_answer``: the authors decode the answer as one block (block_length = gen_length);
+    ``steps_per_32``: their steps are gen_length / 32 instead of gen_length (Fast-dLLM's Dream threshold runs)."""
 
     key: str    # the cell's folder name
     label: str  # the paper's name for the column
     args: str
+    whole_answer: bool = False
+    steps_per_32: bool = False
+
+    def shape(self, length: int) -> tuple[int, int]:
+        """(block_length, steps) of this column at ``length`` answer tokens."""
+        return (length if self.whole_answer else BLOCK_LENGTH,
+                length // BLOCK_LENGTH if self.steps_per_32 else length)
 
     @property
     def uses_filter(self) -> bool:
@@ -64,6 +78,8 @@ class Paper:
     blocks: tuple[Block, ...]
     raw_prompt: frozenset[str]        # benchmarks that get the raw prompt even on an Instruct model
     seed: int | None                  # model seed= the authors' script sets; None: lm-eval's defaults only
+    model: str = "GSAI-ML/LLaDA-8B-Instruct"  # the paper's model (``--model``'s default)
+    common_args: str = ""             # model_args every cell of the paper gets besides its method's
 
     @property
     def benchmarks(self) -> tuple[str, ...]:
@@ -94,6 +110,10 @@ class Paper:
 
 _L2P = f"policy=learn2pd,accept_thres={ACCEPT_THRES}"
 _PAR = f"policy=threshold,threshold={THRESHOLD}"
+# The confidence arithmetic each function of the authors' code uses (docs/conventions.md): Learn2PD's no-cache
+# functions take the softmax in the model's dtype, its cached ones (from Fast-dLLM) and all of Fast-dLLM's
+# LLaDA code in float64.
+_MODEL_DTYPE, _FLOAT64 = "confidence=model", "confidence=float64"
 
 LEARN2PD = Paper(
     name="learn2pd",
@@ -101,14 +121,15 @@ LEARN2PD = Paper(
     published=("learn2pd",),
     blocks=(
         Block(BENCHMARKS, (256, 1024), (
-            PaperMethod("baseline", "LLaDA baseline", "policy=low_confidence,cache=none"),
-            PaperMethod("learn2pd", "Learn2PD", f"{_L2P},cache=none"),
-            PaperMethod("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true"),
+            PaperMethod("baseline", "LLaDA baseline", f"policy=low_confidence,cache=none,{_MODEL_DTYPE}"),
+            PaperMethod("learn2pd", "Learn2PD", f"{_L2P},cache=none,{_MODEL_DTYPE}"),
+            PaperMethod("learn2pd_eotp", "Learn2PD + EoTP", f"{_L2P},cache=none,eotp=true,{_MODEL_DTYPE}"),
         )),
         # The KV-cache table: gsm8k at 1024 only.
         Block(("gsm8k",), (1024,), (
-            PaperMethod("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache", f"{_L2P},cache=prefix,eotp=true"),
-            PaperMethod("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true"),
+            PaperMethod("learn2pd_eotp_prefix", "Learn2PD + EoTP + prefix cache",
+                        f"{_L2P},cache=prefix,eotp=true,{_FLOAT64}"),
+            PaperMethod("learn2pd_eotp_dual", "Learn2PD + EoTP + dual cache", f"{_L2P},cache=dual,eotp=true,{_FLOAT64}"),
         )),
     ),
     # eval_llada.py generate_until: raw prompt when not is_instruct or the doc's task_id starts with "humaneval".
@@ -116,18 +137,19 @@ LEARN2PD = Paper(
     seed=1234,
 )
 
-_LLADA = PaperMethod("llada", "LLaDA", "policy=low_confidence,cache=none")
-_PARALLEL = PaperMethod("parallel", "+Parallel", f"{_PAR},cache=none")
-_FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix")
+_LLADA = PaperMethod("llada", "LLaDA", f"policy=low_confidence,cache=none,{_FLOAT64}")
+_PARALLEL = PaperMethod("parallel", "+Parallel", f"{_PAR},cache=none,{_FLOAT64}")
+_FAST = PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_PAR},cache=prefix,{_FLOAT64}")
 
 FASTDLLM = Paper(
     name="fastdllm",
     title="Fast-dLLM (arXiv 2505.22618) Table 1, LLaDA-8B-Instruct (Table 2 for Dream-v0-Base-7B)",
-    published=("fastdllm_llada", "fastdllm_dream"),
+    # Table 1 (LLaDA) only: its Dream table (Table 2) was decoded by Fast-dLLM's Dream rules, FASTDLLM_DREAM.
+    published=("fastdllm_llada",),
     blocks=(
         Block(BENCHMARKS, (256, 512), (
             _LLADA,
-            PaperMethod("cache", "+Cache", "policy=low_confidence,cache=prefix"),
+            PaperMethod("cache", "+Cache", f"policy=low_confidence,cache=prefix,{_FLOAT64}"),
             _PARALLEL,
             _FAST,
         )),
@@ -136,7 +158,7 @@ FASTDLLM = Paper(
             _LLADA,
             _PARALLEL,
             _FAST,
-            PaperMethod("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual"),
+            PaperMethod("parallel_dual", "parallel + dual cache", f"{_PAR},cache=dual,{_FLOAT64}"),
         )),
     ),
     # eval_llada.py generate_until: the chat template whenever is_instruct, HumanEval included.
@@ -144,7 +166,35 @@ FASTDLLM = Paper(
     seed=None,
 )
 
-PAPERS: dict[str, Paper] = {p.name: p for p in (LEARN2PD, FASTDLLM)}
+# Fast-dLLM's Dream rules (docs/dream.md): Dream's schedule and entropy in the model's dtype; the block sampler
+# (a cache) commits each block's first position at its refresh; without a cache the whole answer is one block
+# and the threshold rule is capped per step by the schedule of gen_length / 32 steps.
+_DREAM = f"policy=entropy,schedule=dream,{_MODEL_DTYPE}"
+_DREAM_PAR = f"{_PAR},{_MODEL_DTYPE}"
+
+FASTDLLM_DREAM = Paper(
+    name="fastdllm_dream",
+    title="Fast-dLLM (arXiv 2505.22618) Table 2, Dream-v0-Base-7B",
+    published=("fastdllm_dream",),
+    blocks=(
+        Block(BENCHMARKS, (256, 512), (
+            PaperMethod("dream", "Dream", f"{_DREAM},cache=none", whole_answer=True),
+            PaperMethod("cache", "+Cache", f"{_DREAM},refresh_commit=true,cache=prefix"),
+            PaperMethod("parallel", "+Parallel", f"{_DREAM_PAR},cap=schedule,cache=none", whole_answer=True,
+                        steps_per_32=True),
+            PaperMethod("fastdllm", "Fast-dLLM (parallel + cache)", f"{_DREAM_PAR},refresh_commit=true,cache=prefix",
+                        steps_per_32=True),
+        )),
+    ),
+    # dream/eval.py _generate_batch: the chat template only with apply_chat_template=true (never in the
+    # scripts, which evaluate the Base model); a BOS before every plain prompt (add_bos_token=true).
+    raw_prompt=frozenset(BENCHMARKS),
+    seed=None,
+    model="Dream-org/Dream-v0-Base-7B",
+    common_args="add_bos_token=true",
+)
+
+PAPERS: dict[str, Paper] = {p.name: p for p in (LEARN2PD, FASTDLLM, FASTDLLM_DREAM)}
 
 
 def get_paper(name: str) -> Paper:

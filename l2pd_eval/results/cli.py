@@ -203,7 +203,7 @@ def compare_arguments(parser: argparse.ArgumentParser) -> None:
                         help="allowed accuracy drop in percentage points (default 1.0)")
     parser.add_argument("--tps-tol", type=finite_float(0), default=0.10, metavar="FRACTION",
                         help="allowed relative TPS drop (default 0.10 = 10%% slower)")
-    parser.add_argument("--tpf-tol", type=float, default=0.05, metavar="FRACTION",
+    parser.add_argument("--tpf-tol", type=finite_float(0), default=0.05, metavar="FRACTION",
                         help="allowed relative TPF drop (default 0.05); TPF does not depend on the machine")
     parser.add_argument("--ignore-tps", action="store_true",
                         help="check accuracy and TPF only (e.g. on other hardware)")

@@ -1,22 +1,18 @@
-"""Dream behind the lm-eval adapter: the family's BOS rule for plain prompts (generation and likelihood),
-ChatML chat prompts recognised and left without BOS, and the stock ``lm_eval`` CLI on a tiny Dream
-checkpoint written by ``l2pd-eval make-tiny --family dream``."""
+"""The family rules behind the lm-eval adapter, on every family: the BOS rule for plain prompts (generation and
+likelihood) and a tokenizer without one; Dream's ChatML chat prompts recognised and left without BOS; chat rule
+and the papers' dropped ids from the family table. (The stock ``lm_eval`` CLI on every family's tiny
+checkpoint, written by ``l2pd-eval make-tiny``, is in tests/test_lm_eval_model.py.)"""
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from lm_eval.api.instance import Instance
 
 from l2pd_eval.harness.lm_eval_model import Learn2PDLM
 from l2pd_eval.harness.loglikelihood import LoglikelihoodConfig, encode_pair, loglikelihood
-from l2pd_eval.model.tiny import write_tiny_dream
-
-ROOT = Path(__file__).resolve().parents[1]
+from l2pd_eval.model.tiny import write_tiny, write_tiny_dream
 
 
 @pytest.fixture(scope="module")
@@ -28,19 +24,20 @@ def _ids(lm, text):
     return lm.tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def test_plain_prompts_start_with_bos_by_the_familys_rule(dream_dir, tiny_dir):
-    dream = Learn2PDLM(pretrained=str(dream_dir), gen_length=8, block_length=8)
-    bos = dream.tokenizer.convert_tokens_to_ids("<|beginoftext|>")
-    assert dream.family.name == "dream" and dream.special.bos == bos
-    assert dream.prompts.encode("2 + 2 =") == [bos] + _ids(dream, "2 + 2 =")
-    assert dream.recorder.sidecar.manifest["family"] == "dream" and dream.recorder.sidecar.manifest["add_bos_token"] is True
-    off = Learn2PDLM(pretrained=str(dream_dir), gen_length=8, block_length=8, add_bos_token="false")
-    assert off.prompts.encode("2 + 2 =") == _ids(off, "2 + 2 =") and off.recorder.sidecar.manifest["add_bos_token"] is False
-    # LLaDA's protocol adds none; asked for, its own bos comes first.
-    llada = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8)
-    assert llada.family.name == "llada" and llada.prompts.encode("Hi") == _ids(llada, "Hi")
-    forced = Learn2PDLM(pretrained=str(tiny_dir), gen_length=8, block_length=8, add_bos_token="true")
-    assert forced.prompts.encode("Hi") == [forced.tokenizer.convert_tokens_to_ids("<|startoftext|>")] + _ids(forced, "Hi")
+def test_plain_prompts_start_with_bos_by_the_familys_rule(family):
+    """add_bos_token=auto follows the family entry (Dream's evaluation adds the BOS, LLaDA's protocol none);
+    true and false override it, and the manifest records what was done."""
+    directory = str(family.directory)
+    lm = Learn2PDLM(pretrained=directory, gen_length=8, block_length=8)
+    bos, plain = lm.special.bos, _ids(lm, "2 + 2 =")
+    assert lm.family.name == family.name and bos == lm.tokenizer.bos_token_id is not None
+    assert lm.prompts.encode("2 + 2 =") == ([bos] if family.entry.add_bos else []) + plain
+    assert lm.recorder.sidecar.manifest["family"] == family.name
+    assert lm.recorder.sidecar.manifest["add_bos_token"] is family.entry.add_bos
+    for flag, want in (("true", [bos] + plain), ("false", plain)):
+        forced = Learn2PDLM(pretrained=directory, gen_length=8, block_length=8, add_bos_token=flag)
+        assert forced.prompts.encode("2 + 2 =") == want
+        assert forced.recorder.sidecar.manifest["add_bos_token"] is (flag == "true")
 
 
 def test_chatml_prompts_are_recognised_and_get_no_bos(dream_dir, tmp_path):
@@ -53,54 +50,38 @@ def test_chatml_prompts_are_recognised_and_get_no_bos(dream_dir, tmp_path):
     assert lm.prompts.encode(rendered) == _ids(lm, rendered)  # not wrapped twice, no BOS in front
 
 
-def test_loglikelihood_contexts_get_the_bos_too(dream_dir):
-    lm = Learn2PDLM(pretrained=str(dream_dir), gen_length=8, block_length=8, mc_num=4, mc_batch_size=4,
+def test_loglikelihood_contexts_follow_the_bos_rule_too(family):
+    lm = Learn2PDLM(pretrained=str(family.directory), gen_length=8, block_length=8, mc_num=4, mc_batch_size=4,
                     progress=False)
     reqs = [Instance("loglikelihood", {}, ("Question: 2 + 2 =", " 4"), 0),
             Instance("loglikelihood", {}, ("def add(a, b):", " return"), 1)]
     got = lm.loglikelihood(reqs)
-    pairs = []
-    for r in reqs:
-        ctx, cont = encode_pair(lm.tokenizer, *r.args)
-        pairs.append(([lm.special.bos] + ctx, cont))
+    plain = [encode_pair(lm.tokenizer, *r.args) for r in reqs]
+    with_bos = [([lm.special.bos] + ctx, cont) for ctx, cont in plain]
+    chosen, other = (with_bos, plain) if family.entry.add_bos else (plain, with_bos)
     config = LoglikelihoodConfig(mc_num=4, mc_batch_size=4, seed=0)
-    assert got == loglikelihood(lm.model, pairs, lm.special.mask, config)
-    without = [(ctx[1:], cont) for ctx, cont in pairs]
-    assert got != loglikelihood(lm.model, without, lm.special.mask, config)
+    assert got == loglikelihood(lm.model, chosen, lm.special.mask, config)
+    assert got != loglikelihood(lm.model, other, lm.special.mask, config)
 
 
-def test_no_bos_token_is_one_error_naming_the_argument(tmp_path):
-    directory = write_tiny_dream(tmp_path / "no-bos")
+def test_no_bos_token_is_one_error_naming_the_argument_where_the_family_adds_one(family, tmp_path):
+    directory = write_tiny(family.name, tmp_path / "no-bos")
     tok_cfg = json.loads((directory / "tokenizer_config.json").read_text())
     tok_cfg["bos_token"] = None
     (directory / "tokenizer_config.json").write_text(json.dumps(tok_cfg))
     cfg = json.loads((directory / "config.json").read_text())
     cfg["bos_token_id"] = None
     (directory / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(ValueError, match=r"add_bos_token \(the dream family's default\): .* has no BOS token .* "
-                                         r"pass add_bos_token=false"):
-        Learn2PDLM(pretrained=str(directory), gen_length=8, block_length=8)
+    if family.entry.add_bos:
+        with pytest.raises(ValueError, match=rf"add_bos_token \(the {family.name} family's default\): .* has no BOS "
+                                             r"token .* pass add_bos_token=false"):
+            Learn2PDLM(pretrained=str(directory), gen_length=8, block_length=8)
+    else:  # the family's default asks for none
+        assert Learn2PDLM(pretrained=str(directory), gen_length=8, block_length=8).prompts.bos == []
+    with pytest.raises(ValueError, match=r"add_bos_token \(requested\): .* has no BOS token"):
+        Learn2PDLM(pretrained=str(directory), gen_length=8, block_length=8, add_bos_token="true")
     lm = Learn2PDLM(pretrained=str(directory), gen_length=8, block_length=8, add_bos_token="false")
     assert lm.prompts.encode("Hi") == _ids(lm, "Hi")
-
-
-@pytest.mark.slow
-def test_stock_lm_eval_cli_runs_a_task_on_a_tiny_dream(tmp_path):
-    directory = tmp_path / "tiny-dream"
-    make = [sys.executable, "-m", "l2pd_eval.cli", "make-tiny", str(directory), "--family", "dream"]
-    subprocess.run(make, cwd=ROOT, check=True, capture_output=True, text=True, timeout=300)
-    cmd = [sys.executable, "-m", "lm_eval", "--model", "learn2pd", "--model_args",
-           f"pretrained={directory},gen_length=16,block_length=8,policy=entropy,cache=dual,eotp=true,batch_size=2",
-           "--tasks", "l2pd_smoke", "--include_path", "tests/fixtures/lm_eval_smoke", "--output_path", str(tmp_path)]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    res = json.loads(next(tmp_path.rglob("results_*.json")).read_text())
-    assert "exact_match,none" in res["results"]["l2pd_smoke"]
-    side = json.loads(next(tmp_path.rglob("l2pd_*.json")).read_text())
-    man = side["manifest"]
-    assert (man["family"], man["add_bos_token"], man["policy"], man["cache"]) == ("dream", True, "entropy", "dual")
-    assert sorted(s["doc_id"] for s in side["samples"]) == [0, 1, 2]
-    assert all(1 <= s["nfe"] <= 16 for s in side["samples"])
 
 
 def test_the_family_table_decides_the_chat_rule_and_the_papers_dropped_ids(dream_dir, tiny_dir, tmp_path,

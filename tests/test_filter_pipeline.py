@@ -1,5 +1,6 @@
-"""The Learn2PD filter pipeline on Dream, unchanged: record trajectories with a tiny Dream checkpoint, train a
-filter on them, then decode with ``policy=learn2pd`` through the engine and the lm-eval adapter."""
+"""The Learn2PD filter pipeline on every family, unchanged: record trajectories with the family's tiny
+checkpoint, train a filter on them, then decode with ``policy=learn2pd`` through the engine and the lm-eval
+adapter."""
 
 from __future__ import annotations
 
@@ -13,15 +14,14 @@ from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.filters import load_filter
 from l2pd_eval.filters.data import load_trajectories, read_manifest
 from l2pd_eval.harness.lm_eval_model import Learn2PDLM
-from l2pd_eval.model.tiny import write_tiny_dream
 from l2pd_eval.policies import RunSettings, get_policy
 
 GEN, BLOCK = 16, 8
 QUESTIONS = ["Natalia sold 48 clips. How many?", "def add(a, b):", "What is 3 + 4?", "Half of 48 is"]
 
 
-def test_trajectories_train_filter_and_learn2pd_decoding_on_dream(tmp_path):
-    model_dir = write_tiny_dream(tmp_path / "tiny-dream")
+def test_trajectories_train_filter_and_learn2pd_decoding(family, tmp_path):
+    model_dir = family.directory
     jsonl = tmp_path / "q.jsonl"
     jsonl.write_text("".join(json.dumps({"question": q}) + "\n" for q in QUESTIONS))
     traj_dir, filt_dir = tmp_path / "traj", tmp_path / "filter"
@@ -40,10 +40,11 @@ def test_trajectories_train_filter_and_learn2pd_decoding_on_dream(tmp_path):
     outs = lm.generate_until([Instance("generate_until", {}, (q, {"until": []}), i) for i, q in enumerate(QUESTIONS)])
     assert len(outs) == len(QUESTIONS) and all(isinstance(o, str) for o in outs)
     assert all(1 <= s.nfe <= GEN for s in lm.recorder.sidecar.samples)
-    # The adapter's answers are the engine's learn2pd decode of the BOS-prefixed prompts, cut at the end token.
+    # The adapter's answers are the engine's learn2pd decode of its prompts (BOS-prefixed where the family
+    # adds one), cut at the end token.
     policy = get_policy("learn2pd", filter=str(filt_dir)).bind(RunSettings(block_length=BLOCK))
     prompts = [lm.prompts.encode(q) for q in QUESTIONS]
-    assert all(p[0] == lm.special.bos for p in prompts)
+    assert all((p[0] == lm.special.bos) is family.entry.add_bos for p in prompts)
     out = generate(lm.model, prompts, GenerationConfig(gen_length=GEN, block_length=BLOCK, cache="dual", eotp=True),
                    policy, lm.special)
     for row, s in enumerate(out.stats):
