@@ -273,7 +273,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:
         run.on_step(StepEvent(conf=st.conf, x0=st.x0, masked=masked, commit=c.commit, step=step, block=blk,
-                              rows=rows.idx, tokens=c.tokens, remask=c.remask))
+                              rows=rows.idx, tokens=c.tokens, remask=c.remask, block_start=st.block_start))
     return True
 
 

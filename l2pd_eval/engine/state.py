@@ -43,6 +43,8 @@ class StepEvent:
     tokens: Tensor | None = None  # [n, block] the tokens committed where ``commit`` (x0 unless the policy
     #                               committed others: the oracle's fallback)
     remask: Tensor | None = None  # [n, block] committed positions masked again this step (None: none)
+    block_start: int = 0  # the block's first position from the answer's start (negative: a block-causal
+    #                       network's first block starts in the prompt, ``engine.layout.block_grid``)
 
 
 @dataclass

@@ -34,7 +34,7 @@ from l2pd_eval.harness.prompts import PromptCodec
 from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, probe_outputs, task_name
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
-from l2pd_eval.model.loading import check_vocab, checkpoint_identity
+from l2pd_eval.model.loading import check_vocab, checkpoint_identity, peek_config
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.results.sidecar import SampleRecord, build_manifest, count_paper_tokens
 
@@ -93,6 +93,10 @@ class Learn2PDLM(LM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         args, policy_params = parse_model_args(kwargs)
+        if kwargs.get("block_length") is None:  # a block-causal model decodes its trained block by default
+            cfg = peek_config(args.pretrained, args.revision)
+            if family_of(cfg).attention == "block_causal":
+                args.block_length = cfg.block_size
         self.args = args
         self._device, self._rank, self._world_size = choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
