@@ -140,10 +140,10 @@ register_facts(FamilyFacts(
 
 # LLaDA2.0: block-causal over blocks of 32 (dFactory's block-diffusion SFT configs; the hub config.json has no
 # key for it); LLaDA-MoE's tokenizer family (mask 156895 in no config file, eos 156892, <|role_end|>). Every
-# released LLaDA2.0 checkpoint is an instruct model.
+# released LLaDA2.0 checkpoint is an instruct model without "instruct" in its name: CHECKPOINTS says so.
 register_facts(FamilyFacts(
     "llada2_moe", mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|role_end|>", eot_id=None,
-    mask_id=156895, add_bos=False, instruct_marker="llada2", paper_drop_ids=(156892,), attention="block_causal",
+    mask_id=156895, add_bos=False, instruct_marker="instruct", paper_drop_ids=(156892,), attention="block_causal",
     block_size=32, model_types=("llada2_moe",), architectures=("LLaDA2MoeModelLM",),
     name_markers=("llada2", "llada-2", "llada_2")))
 # SDAR: Qwen3 dense, block-causal; its config.json carries the trained block size (4 for the default release,
