@@ -113,7 +113,7 @@ def _checkpoint(hub_id: str, family: str, **facts: Any) -> None:
     CHECKPOINTS[hub_id.lower()] = Checkpoint(hub_id, family, **facts)
 
 
-# The built-in families (their networks: l2pd_eval/model/{llada,dream,llada_moe}.py).
+# The built-in families (their networks: l2pd_eval/model/{llada,dream,llada_moe,llada2_moe,sdar}.py).
 # Both papers' llada/eval_llada.py: chat template iff 'instruct' in the model path; their TPS counts the
 # re-tokenised answer without id 126081 (<|endoftext|>).
 register_facts(FamilyFacts(
@@ -139,6 +139,21 @@ register_facts(FamilyFacts(
     model_types=("llada", "lladamoe"), architectures=("LLaDAMoEModelLM",),
     name_markers=("llada-moe", "lladamoe", "llada_moe")))
 
+# LLaDA2.0: block-causal over blocks of 32 (dFactory's block-diffusion SFT configs; the hub config.json has no
+# key for it); LLaDA-MoE's tokenizer family (mask 156895 in no config file, eos 156892, <|role_end|>). Every
+# released LLaDA2.0 checkpoint is an instruct model without "instruct" in its name: CHECKPOINTS says so.
+register_facts(FamilyFacts(
+    "llada2_moe", mask_token="<|mask|>", eos_token="<|endoftext|>", eot_token="<|role_end|>", eot_id=None,
+    mask_id=156895, add_bos=False, instruct_marker="instruct", paper_drop_ids=(156892,), attention="block_causal",
+    block_size=32, model_types=("llada2_moe",), architectures=("LLaDA2MoeModelLM",),
+    name_markers=("llada2", "llada-2", "llada_2")))
+# SDAR: Qwen3 dense, block-causal; its config.json carries the trained block size (4 for the default release,
+# 8..64 for the variants), which wins over this default. Qwen's ChatML ids (<|im_end|> 151645 ends a turn).
+register_facts(FamilyFacts(
+    "sdar", mask_token="<|MASK|>", eos_token="<|endoftext|>", eot_token="<|im_end|>", eot_id=151645,
+    add_bos=False, instruct_marker="chat", paper_drop_ids=(151643,), attention="block_causal", block_size=4,
+    model_types=("sdar",), architectures=("SDARForCausalLM",)))
+
 # Released checkpoints (hub ids as their authors publish them; docs/families.md has the sources).
 _checkpoint("GSAI-ML/LLaDA-8B-Instruct", "llada")
 _checkpoint("GSAI-ML/LLaDA-8B-Base", "llada")
@@ -163,6 +178,15 @@ _checkpoint("d3LLM/d3LLM_Dream", "dream", instruct=True,
 _checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Base", "llada_moe")
 _checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Instruct", "llada_moe")
 _checkpoint("inclusionAI/LLaDA-MoE-7B-A1B-Instruct-TD", "llada_moe", instruct=True)
+_checkpoint("inclusionAI/LLaDA2.0-mini", "llada2_moe", instruct=True,
+            note="decoded with its own threshold rule over blocks of 32 (its hub generate)")
+_checkpoint("inclusionAI/LLaDA2.0-flash", "llada2_moe", instruct=True,
+            note="decoded with its own threshold rule over blocks of 32 (its hub generate)")
+_checkpoint("inclusionAI/LLaDA2.0-mini-preview", "llada2_moe", instruct=True)
+_checkpoint("JetLM/SDAR-1.7B-Chat", "sdar", instruct=True)
+_checkpoint("JetLM/SDAR-4B-Chat", "sdar", instruct=True)
+_checkpoint("JetLM/SDAR-8B-Chat", "sdar", instruct=True,
+            note="block 4, 4 denoising steps, its dynamic/static low-confidence rule (SDAR's evaluation code)")
 
 
 def family_name_of_config_json(raw: dict[str, Any], source: str = "config.json") -> str:

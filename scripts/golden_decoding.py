@@ -78,6 +78,7 @@ def _refused(message: str) -> dict[str, object]:
 
 def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
     from l2pd_eval.caches import available as cache_names
+    from l2pd_eval.caches import cache_class
     from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
     from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
     from l2pd_eval.policies import available, get_policy
@@ -90,7 +91,7 @@ def record_all(only: str | None = None) -> dict[str, dict[str, object]]:
             special = SpecialIds.resolve(tok, model.config)
             prompts, refs = _prompts_and_references(tok)
             for policy in available():
-                for cache in cache_names():
+                for cache in [c for c in cache_names() if not cache_class(c).requires_block_causal]:
                     for eotp in EOTP_MODES:
                         for temp in TEMPERATURES:
                             key = f"{fam}/{policy}/{cache}/eotp={eotp}/T={temp:g}"

@@ -3,12 +3,20 @@ invariance on each family, each cache): a policy added to the registry joins tho
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from l2pd_eval.caches import available as all_caches
+from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.policies import Policy, available, get_policy, policy_class, policy_params
 
 POLICIES = available()
+
+
+def cache_names() -> list[str]:
+    """The registered caches a bidirectional family decodes with (all but those for block-causal networks)."""
+    return [c for c in all_caches() if not cache_class(c).requires_block_causal]
 
 
 def make(name: str, filter_path=None, **params) -> Policy:
@@ -33,10 +41,18 @@ def decode(model, prompts, cfg: GenerationConfig, name: str, special, filter_pat
                     speed=speed)
 
 
+def skip_unless_it_takes(model, cache: str) -> None:
+    """Skip a test of ``cache`` on a block-causal network, which refuses it (tests/test_block_causal_engine.py
+    tests the refusal)."""
+    if getattr(model, "block_size", None) is not None and not cache_class(cache).block_causal:
+        pytest.skip(f"cache={cache} is refused on block-causal networks")
+
+
 def assert_batched_equals_alone(model, prompts, cfg: GenerationConfig, name: str, special, filter_path=None,
                                 speed=None, **params):
     """Decode ``prompts`` as one batch and each alone: the same tokens and per-step counts. A policy that
     needs a reference gets the low-confidence answer of the same lengths. Returns the batched output."""
+    skip_unless_it_takes(model, cfg.cache)
     reference = reference_for(model, prompts, cfg, name, special)
     batched = generate(model, prompts, cfg, make(name, filter_path, **params), special, reference=reference,
                        speed=speed)

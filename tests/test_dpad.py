@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from policy_cases import skip_unless_it_takes
 from scripted_model import ScriptedModel
 
 from l2pd_eval.caches import StepInput, make_strategy
@@ -161,6 +162,7 @@ def test_padding_columns_are_hidden_and_cost_no_row(monkeypatch):
 def test_keeping_every_position_decodes_exactly_as_the_inner_strategy(family, inner, policy):
     """Every keep probability >= 1: the gathered sequence is the whole sequence, so tokens and positions
     equal the inner strategy's on every family (padded batch included): the layout and its rope are right."""
+    skip_unless_it_takes(family.model, DPADS[inner])
     G = 24
     plain = generate(family.model, family.prompts, GenerationConfig(gen_length=G, block_length=8, cache=inner),
                      get_policy(policy), family.special)

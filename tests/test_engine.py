@@ -7,8 +7,14 @@ import torch
 
 from l2pd_eval.caches import available as cache_names
 from l2pd_eval.engine import GenerationConfig, Predictor, SpeedConfig, generate, left_pad, linear_schedule
+from l2pd_eval.engine.layout import block_grid
 from l2pd_eval.engine.state import RowStats
 from l2pd_eval.policies import get_policy
+
+
+def _grid(model, prompt, gen_length):
+    """The block grid of ``prompt`` decoded alone (``engine.layout.block_grid``; whole blocks of 8)."""
+    return block_grid(len(prompt), len(prompt), gen_length, 8, getattr(model, "block_size", None) is not None)
 
 
 def test_linear_schedule_matches_llada():
@@ -22,9 +28,12 @@ def test_low_confidence_commits_the_scheduled_count(family, steps):
     cfg = GenerationConfig(gen_length=32, block_length=8, steps=steps)
     out = generate(model, prompts, cfg, get_policy("low_confidence"), special)
     per_block = linear_schedule(torch.tensor([8]), cfg.steps_per_block)[0].tolist()
-    for st in out.stats:
-        assert st.committed_per_step == per_block * cfg.num_blocks
-        assert st.nfe == steps  # every position committed (a random model may predict the mask id itself)
+    for p, st in zip(prompts, out.stats, strict=True):
+        # a block-causal family's first block holds the prompt's tail and its last is whole (block_grid)
+        grid = _grid(model, p, 32)
+        first = [c for c in linear_schedule(torch.tensor([8 - grid.shift]), cfg.steps_per_block)[0].tolist() if c]
+        assert st.committed_per_step == first + per_block * (grid.num_blocks - 1)
+        assert st.nfe == len(first) + cfg.steps_per_block * (grid.num_blocks - 1)  # = steps on a bidirectional one
 
 
 def test_prompt_is_never_touched(family):
@@ -42,7 +51,8 @@ def test_batched_equals_single_prompt_runs(family, policy):
     model, special, prompts = family.model, family.special, family.prompts
     cfg = GenerationConfig(gen_length=24, block_length=8)
     batched = generate(model, prompts, cfg, get_policy(policy), special)
-    assert all(sum(st.committed_per_step) == 24 for st in batched.stats)  # every position decoded
+    for p, st in zip(prompts, batched.stats, strict=True):  # every position decoded (and a block-causal last block's tail)
+        assert sum(st.committed_per_step) == _grid(model, p, 24).total - len(p)
     for row, p in enumerate(prompts):
         alone = generate(model, [p], cfg, get_policy(policy), special)
         assert torch.equal(batched.tokens[row], alone.tokens[0])
@@ -67,7 +77,7 @@ def test_stats_count_forward_positions_and_tokens(family):
     cfg = GenerationConfig(gen_length=16, block_length=8)
     out = generate(model, prompts[:1], cfg, get_policy("low_confidence"), special)
     st = out.stats[0]
-    assert st.positions == st.nfe * (len(prompts[0]) + 16)  # no cache: every step computes the whole sequence
+    assert st.positions == st.nfe * _grid(model, prompts[0], 16).total  # no cache: every step the whole sequence
     assert 0 <= st.num_tokens <= 16 and st.seconds > 0 and st.latency >= st.seconds
     assert st.tokens_per_forward == pytest.approx(1.0)
 

@@ -10,10 +10,9 @@ import itertools
 import math
 
 import pytest
-from policy_cases import assert_batched_equals_alone
+from policy_cases import assert_batched_equals_alone, cache_names
 from scripted_model import ScriptedModel
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.engine.predict import EndTokenKnobs
 from l2pd_eval.model.loading import SpecialIds

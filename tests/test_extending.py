@@ -15,10 +15,10 @@ from typing import Any, ClassVar
 import pytest
 import torch
 import torch.nn.functional as F
+from policy_cases import cache_names
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.attention import attend_over_cache

@@ -62,7 +62,7 @@ def test_attention_is_what_the_family_entry_declares(family):
     y = x.clone()
     y[0, -1] = (x[0, -1] + 1) % family.model.config.vocab_size
     # Position 0 sees the last token if attention is bidirectional, or if block-causal with one block.
-    sees_last = entry.attention == "bidirectional" or entry.block_size >= 16
+    sees_last = entry.attention == "bidirectional" or family.model.block_size >= 16  # the checkpoint's grid
     assert torch.allclose(family.model(x)[0, 0], family.model(y)[0, 0]) != sees_last
 
 
@@ -205,13 +205,14 @@ def test_a_family_entry_that_cannot_work_is_refused_when_written(changes, messag
 def test_register_family_refuses_a_name_model_type_or_preset_taken(table, changes, message):
     with pytest.raises(ValueError, match=f"register_family: {message}"):
         register_family(_entry(**changes))
-    assert set(table) == {"llada", "dream", "llada_moe"}
+    assert set(table) == {"llada", "dream", "llada_moe", "llada2_moe", "sdar"}
 
 
-def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
-    entry = register_family(_entry())
+def test_a_block_causal_family_whose_network_has_no_grid_is_refused_at_load_naming_it(table, tmp_path):
+    entry = register_family(_entry())  # LLaDA's bidirectional network declares no block_size
     assert family_of(BlockCausalConfig()) is entry and entry.attention == "block_causal"
-    expected = "the 'test-bc' family attends block_causal \\(trained block size 4\\); only bidirectional"
+    expected = ("the 'test-bc' family attends block-causally \\(trained block size 4\\) but its network LLaDA "
+                "declares no block_size")
     with pytest.raises(ValueError, match=f"pretrained='random:bc-tiny': {expected}"):
         load_model("random:bc-tiny")
     # From a checkpoint directory: refused from config.json alone, before any weights are read.
@@ -223,7 +224,7 @@ def test_a_block_causal_family_is_refused_at_load_naming_it(table, tmp_path):
 
 
 def test_write_tiny_names_a_family_or_key_it_does_not_know(tmp_path):
-    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada, llada_moe"):
+    with pytest.raises(ValueError, match="family='llama'; valid choices: dream, llada, llada2_moe, llada_moe, sdar"):
         write_tiny("llama", tmp_path)
     with pytest.raises(ValueError, match="write_tiny: llada's config.json has no key n_kv_head; valid: .*n_kv_heads"):
         write_tiny("llada", tmp_path, n_kv_head=2)

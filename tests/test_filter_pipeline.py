@@ -29,9 +29,14 @@ def test_trajectories_train_filter_and_learn2pd_decoding(family, tmp_path):
                      "--gen-length", str(GEN), "--block-length", str(BLOCK), "--batch-size", "2",
                      "--no-progress"]) == 0
     manifest = read_manifest(traj_dir)
-    assert manifest["count"] == len(QUESTIONS) * GEN and len(manifest["finished"]) == len(QUESTIONS)
+    # one record a step, one token a step; a block-causal grid also decodes the masks that complete its
+    # last block, up to BLOCK - 1 more (docs/families.md)
+    extra = BLOCK - 1 if family.entry.attention == "block_causal" else 0
+    assert len(QUESTIONS) * GEN <= manifest["count"] <= len(QUESTIONS) * (GEN + extra)
+    assert len(manifest["finished"]) == len(QUESTIONS)
     traj = load_trajectories(traj_dir)
-    assert torch.equal(torch.bincount(traj.prompt), torch.full((len(QUESTIONS),), GEN))
+    per_prompt = torch.bincount(traj.prompt)
+    assert len(per_prompt) == len(QUESTIONS) and ((GEN <= per_prompt) & (per_prompt <= GEN + extra)).all()
     assert cli_main(["train-filter", str(traj_dir), "--out", str(filt_dir), "--max-iters", "30", "--quiet"]) == 0
     assert load_filter(filt_dir, expected_block_length=BLOCK).config.metadata["model"] == str(model_dir)
 
@@ -39,7 +44,7 @@ def test_trajectories_train_filter_and_learn2pd_decoding(family, tmp_path):
                     block_length=BLOCK, cache="dual", eotp="true", batch_size=2, progress=False)
     outs = lm.generate_until([Instance("generate_until", {}, (q, {"until": []}), i) for i, q in enumerate(QUESTIONS)])
     assert len(outs) == len(QUESTIONS) and all(isinstance(o, str) for o in outs)
-    assert all(1 <= s.nfe <= GEN for s in lm.recorder.sidecar.samples)
+    assert all(1 <= s.nfe <= GEN + extra for s in lm.recorder.sidecar.samples)
     # The adapter's answers are the engine's learn2pd decode of its prompts (BOS-prefixed where the family
     # adds one), cut at the end token.
     policy = get_policy("learn2pd", filter=str(filt_dir)).bind(RunSettings(block_length=BLOCK))
@@ -49,4 +54,4 @@ def test_trajectories_train_filter_and_learn2pd_decoding(family, tmp_path):
                    policy, lm.special)
     for row, s in enumerate(out.stats):
         assert outs[row] == lm.tokenizer.decode(out.tokens[row, :s.num_tokens].tolist(), skip_special_tokens=True)
-        assert 1 <= s.nfe <= GEN and s.nfe == len(s.committed_per_step)
+        assert 1 <= s.nfe <= GEN + extra and s.nfe == len(s.committed_per_step)

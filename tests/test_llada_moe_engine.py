@@ -7,9 +7,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from policy_cases import POLICIES, assert_batched_equals_alone
+from policy_cases import POLICIES, assert_batched_equals_alone, cache_names
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig
 from l2pd_eval.policies import policy_class, policy_params

@@ -8,9 +8,8 @@ import itertools
 import pytest
 import torch
 from end_at_policy import EndAt
-from policy_cases import POLICIES, assert_batched_equals_alone, make
+from policy_cases import POLICIES, assert_batched_equals_alone, cache_names, make
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.policies import RunSettings, StepState, available, get_policy, policy_class, policy_params

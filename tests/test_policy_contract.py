@@ -12,9 +12,8 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from policy_cases import POLICIES
+from policy_cases import POLICIES, cache_names
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.policies import (
@@ -89,7 +88,8 @@ def test_generate_binds_the_policy_to_the_run(family, filter_path):
             return get_policy("low_confidence").bind(run)  # bind may return the policy the run uses
 
     generate(model, prompts, GenerationConfig(**CFG), Recording(), special)
-    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device, family=family.name)]
+    assert seen == [RunSettings(block_length=8, gen_length=16, device=model.device, family=family.name,
+                                steps_per_block=8)]
     bound = get_policy("learn2pd", filter=str(filter_path)).bind(seen[0])
     assert bound.bind(seen[0]) is bound  # idempotent: the adapter binds once, generate again
 

@@ -9,10 +9,9 @@ import itertools
 
 import pytest
 import torch
-from policy_cases import assert_batched_equals_alone
+from policy_cases import assert_batched_equals_alone, cache_names
 from scripted_model import ScriptedModel
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import GenerationConfig, generate
 from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule

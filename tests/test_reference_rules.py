@@ -8,9 +8,9 @@ import math
 
 import pytest
 import torch
+from policy_cases import cache_names
 from scripted_model import ScriptedModel
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import GenerationConfig, eotp_mode, generate
 from l2pd_eval.engine.eotp import EotpStep, cut_at_predicted_end

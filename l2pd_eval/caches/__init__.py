@@ -1,5 +1,6 @@
 """Forward strategies: what a decoding step computes. One class per strategy (``none.py``, ``prefix.py``,
-``dual.py``; ``dpad.py``'s three over them; ``vicinity.py``; ``dllm_cache.py``; ``dkv.py``), one registry (``registry.py``), CUDA-graph
+``dual.py``; ``dpad.py``'s three over them; ``vicinity.py``; ``dllm_cache.py``; ``dkv.py``; ``block.py`` for block-causal
+networks), one registry (``registry.py``), CUDA-graph
 replay for those that declare it (``graphs.py``); ``make_strategy`` builds one from the run's settings."""
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Any
 
 # isort: off
 # The built-in strategies register in this order, the order ``available()`` lists them in.
-from l2pd_eval.caches import none, prefix, dual, dpad, vicinity, dllm_cache, dkv  # noqa: F401
+from l2pd_eval.caches import none, prefix, dual, dpad, vicinity, dllm_cache, dkv, block  # noqa: F401
 # isort: on
 from l2pd_eval.caches.base import CacheParams, ForwardStrategy, StepInput
 from l2pd_eval.caches.dual import DualCache

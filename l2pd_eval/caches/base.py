@@ -82,6 +82,10 @@ class ForwardStrategy:
     #                                        bucket lets one CUDA graph serve several blocks
     layer_parts: ClassVar[bool] = False  # runs its own layer loop over the network's parts
     #                                      (``model.layers.LayerParts``: the families' networks, not a test double)
+    block_causal: ClassVar[bool] = False  # exact on a block-causal network (model.block_causal): every chunk
+    #                                        it computes ends on a block boundary or at the live end
+    requires_block_causal: ClassVar[bool] = False  # exact only there (it never computes the suffix, which a
+    #                                                 bidirectional block attends to): refused elsewhere
     inner: ClassVar[str | None] = None  # a strategy that transforms the sequence (DPad) and hands it to
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
     horizons: ClassVar[bool] = True  # a per-row horizon (SlowFast's ``Selection.horizon``: keys and queries past it

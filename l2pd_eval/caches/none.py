@@ -14,6 +14,7 @@ class NoCache(ForwardStrategy):
     name = "none"
     logits_after = True  # the full forward has the logits after the block at no extra network cost
     query_slots = True
+    block_causal = True
 
     def logits(self, s: StepInput) -> Tensor:
         lo, hi = self.output(s, s.length if s.after else s.block[1])

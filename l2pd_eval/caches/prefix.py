@@ -28,6 +28,7 @@ class PrefixCache(ForwardStrategy):
     width_buckets = True
     recompute_suffix = True  # cached steps recompute block + suffix (False: the block only, as dual does)
     query_slots = True
+    block_causal = True  # both chunks end at a block's end or the live end; its refresh is a full forward
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  width_bucket: int = 0, params: CacheParams | None = None):

@@ -24,7 +24,7 @@ from l2pd_eval.engine import rng
 from l2pd_eval.engine.commit import StepCommit, check_remask_budget, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
-from l2pd_eval.engine.layout import left_pad
+from l2pd_eval.engine.layout import block_grid, left_pad
 from l2pd_eval.engine.predict import EndTokenKnobs, Predictor
 from l2pd_eval.engine.schedule import dream_count, dream_times, linear_schedule
 from l2pd_eval.engine.speed import SpeedConfig
@@ -87,7 +87,8 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
     speed.prepare(model)
     policy = policy.bind(RunSettings(block_length=config.block_length, gen_length=config.gen_length,
                                      device=model.device, constraints=tuple(o for o, _ in config.constraints),
-                                     family=family_name(model.config), temperature=config.temperature))
+                                     family=family_name(model.config), temperature=config.temperature,
+                                     steps_per_block=config.steps_per_block))
     check_remask_budget(policy)
     if policy.verifies and policy.finishes:
         raise ValueError(f"policy={policy.name!r}: verifies and finishes both need the step's query slots; "
@@ -112,15 +113,17 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
 
 def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, special: SpecialIds,
            reference: Tensor | Sequence[Sequence[int]] | None) -> DecodeState:
-    """Validate the request and lay the batch out: left-padded prompts, then ``gen_length`` masks."""
+    """Validate the request and lay the batch out: left-padded prompts, then ``gen_length`` masks (and, for
+    a block-causal network, the masks that complete its last block: ``engine.layout.block_grid``)."""
     if any(len(p) == 0 for p in prompts):
         raise ValueError("prompts: every prompt needs at least one token")
     device, bsz, G = model.device, len(prompts), config.gen_length
     P = max(len(p) for p in prompts)
-    if P + G > model.config.max_sequence_length:
+    grid = block_grid(P, len(prompts[0]), G, config.block_length, _grid_of(model) is not None)
+    if grid.total > model.config.max_sequence_length:
         raise ValueError(f"prompt ({P} tokens) + gen_length ({G}) exceeds the model's max_sequence_length "
                          f"({model.config.max_sequence_length})")
-    layout = left_pad(prompts, special.eos, device, tail=G, tail_id=special.mask)
+    layout = left_pad(prompts, special.eos, device, tail=grid.total - P, tail_id=special.mask)
     seeds_host = [rng.row_seed(list(p), config.seed) for p in prompts]
     seeds = torch.tensor(seeds_host, device=device)
     ref = None
@@ -128,19 +131,21 @@ def _start(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: Generat
         ref = torch.as_tensor(reference, dtype=torch.long).to(device)
         if ref.shape != (bsz, G):
             raise ValueError(f"reference must have shape [batch, gen_length] = [{bsz}, {G}], got {list(ref.shape)}")
+        if grid.total != P + G:  # indexed by the grid's columns from P - shift
+            ref = torch.nn.functional.pad(ref, (grid.shift, grid.total - P - G), value=special.mask)
     constrained = None
     if config.constraints:  # fixed answer tokens: never masked, so no schedule counts them
         offsets = torch.tensor([o for o, _ in config.constraints], device=device)
         layout.ids[:, P + offsets] = torch.tensor([t for _, t in config.constraints], device=device)
-        constrained = torch.zeros(P + G, dtype=torch.bool, device=device)
+        constrained = torch.zeros(grid.total, dtype=torch.bool, device=device)
         constrained[P + offsets] = True
     return DecodeState(
         x=layout.ids, layout=layout, seeds=seeds, reference=ref,
         end_ids=torch.tensor(special.end_ids, device=device),
-        limit=torch.full((bsz,), P + G, dtype=torch.long, device=device),
-        positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(P + G, device=device),
+        limit=torch.full((bsz,), grid.total, dtype=torch.long, device=device),
+        positions=torch.zeros(bsz, dtype=torch.long), arange=torch.arange(grid.total, device=device),
         seeds_host=seeds_host, forwards=torch.zeros(bsz, dtype=torch.long, device=device),
-        constrained=constrained,
+        constrained=constrained, grid_shift=grid.shift, answer_end=P + G, num_blocks=grid.num_blocks,
     )
 
 
@@ -148,7 +153,7 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
                 mask_id: int) -> BlockRows | None:
     """The rows with masks left in block ``blk`` (one host sync), with their schedule; None if none."""
     bsz = state.x.shape[0]
-    bs = state.prompt_width + blk * config.block_length
+    bs = state.prompt_width - state.grid_shift + blk * config.block_length
     be = bs + config.block_length
     masked_all = state.x[:, bs:be] == mask_id
     state_host = torch.cat([masked_all.any(-1).long(), state.limit]).tolist()
@@ -251,12 +256,12 @@ def _cut(state: DecodeState, rows: BlockRows, new_limit: Tensor, eos: int) -> No
 
 def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
     """Per-row statistics; the one host copy after the loop."""
-    bsz, answer = state.x.shape[0], state.x[:, state.prompt_width:]
+    bsz, answer = state.x.shape[0], state.x[:, state.prompt_width:state.answer_end]
     is_end = torch.isin(answer, state.end_ids)
     num_tokens = torch.where(is_end.any(-1), is_end.long().argmax(-1), answer.shape[1])
     per_step = torch.stack(state.counts, 1).tolist() if state.counts else [[] for _ in range(bsz)]
     remasked = torch.stack(state.remasked, 1).tolist() if state.remasked else None
-    saved, ntok = (state.total - state.limit).tolist(), num_tokens.tolist()
+    saved, ntok = (state.answer_end - state.limit).clamp(min=0).tolist(), num_tokens.tolist()
     stats = []
     for i in range(bsz):
         row = [c for c in per_step[i] if c >= 0]
@@ -290,6 +295,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
                 out: _Logits, block_x: Tensor) -> tuple[StepState, Tensor]:
     """Predict and what the policy sees; also the model's probability of x0 (EoTP ranks by it)."""
     BL, P, temperature = run.config.block_length, state.prompt_width, run.config.temperature
+    ref_col = rows.start - P + state.grid_shift  # the reference is laid out on the grid's columns
     seeds = state.seeds[rows.idx]
     x0, conf, model_conf, stats = _predict(run, out.block, seeds, blk, step)
     if out.copy is not None:
@@ -307,7 +313,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         answer = AnswerView(lo - P, logit_gap(view), live)
     return StepState(
         conf=conf, x0=x0, masked=masked, k=k, step=step, block=blk, block_start=rows.start - P, rows=rows.idx,
-        reference=None if state.reference is None else state.reference[rows.idx, rows.start - P:rows.end - P],
+        reference=None if state.reference is None else state.reference[rows.idx, ref_col:ref_col + BL],
         uniform=lambda purpose, shape=(BL,), _s=seeds, _b=blk, _t=step: rng.uniform(_s, (_b, _t, purpose), shape),
         stats=stats, memory=rows.memory, mask_id=run.special.mask, temperature=temperature,
         forwards=state.forwards[rows.idx], state=rows.policy_state,
@@ -392,7 +398,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:
         run.on_step(StepEvent(conf=st.conf, x0=st.x0, masked=masked, commit=c.commit, step=step, block=blk,
-                              rows=rows.idx, tokens=c.tokens, remask=c.remask))
+                              rows=rows.idx, tokens=c.tokens, remask=c.remask, block_start=st.block_start))
     return True
 
 
@@ -426,13 +432,18 @@ def generate(
         return GenerationOutput(torch.empty(0, config.gen_length, dtype=torch.long))
     if policy.needs_reference and reference is None:
         raise ValueError(f"policy={policy.name!r} needs a reference answer (reference= in generate)")
+    check_network_settings(model, config)
+    grid = _grid_of(model)
+    if grid is not None:
+        if len({len(p) % grid for p in prompts}) > 1:
+            return _by_grid(model, prompts, config, policy, special, reference, on_step, speed, grid)
     state = _start(model, prompts, config, special, reference)
     run = _prepare(model, len(prompts), state.total, config, policy, special, speed or SpeedConfig(), on_step)
     max_steps = config.steps_per_block if run.policy.scheduled else config.block_length
 
     _sync(model.device)
     t0 = time.perf_counter()
-    for blk in range(config.num_blocks):
+    for blk in range(state.num_blocks):
         rows = _block_rows(state, blk, config, run.policy, special.mask)
         if rows is None:
             continue
@@ -441,5 +452,60 @@ def generate(
                 break
     _sync(model.device)
     wall = time.perf_counter() - t0
-    P = state.prompt_width
-    return GenerationOutput(tokens=state.x[:, P:].cpu(), stats=_row_stats(state, wall), sequences=state.x.cpu())
+    P, end = state.prompt_width, state.answer_end
+    return GenerationOutput(tokens=state.x[:, P:end].cpu(), stats=_row_stats(state, wall),
+                            sequences=state.x[:, :end].cpu())
+
+
+def _grid_of(model: DiffusionLM) -> int | None:
+    """The block length a block-causal network's attention grid has (its ``block_size``); None otherwise."""
+    return getattr(model, "block_size", None)
+
+
+def check_network_settings(model: DiffusionLM, config: GenerationConfig) -> None:
+    """Refuse settings the network's attention cannot serve, in one line: a block-causal network decodes only
+    blocks of its grid, and only through strategies that declare ``block_causal`` (exact with its mask); a
+    strategy for block-causal networks only (``requires_block_causal``) is refused on the others."""
+    name, grid = type(model).__name__, _grid_of(model)
+    if grid is None:
+        if cache_class(config.cache).requires_block_causal:
+            raise ConfigError(f"cache={config.cache!r} is for block-causal networks; {name} attends "
+                              f"bidirectionally (use none, prefix or dual)")
+        return
+    if config.block_length != grid:
+        raise ConfigError(f"block_length={config.block_length}: {name} attends block-causally over blocks of {grid}, "
+                          f"the block length it was trained with; pass block_length={grid}")
+    if not cache_class(config.cache).block_causal:
+        from l2pd_eval.caches import available
+
+        valid = [c for c in available() if cache_class(c).block_causal]
+        raise ConfigError(f"cache={config.cache!r} cannot decode the block-causal {name} exactly; valid choices: "
+                          f"{', '.join(valid)}")
+
+
+def _by_grid(model: DiffusionLM, prompts: Sequence[Sequence[int]], config: GenerationConfig, policy: Policy,
+             special: SpecialIds, reference: Tensor | Sequence[Sequence[int]] | None,
+             on_step: Callable[[StepEvent], None] | None, speed: SpeedConfig | None, grid: int) -> GenerationOutput:
+    """Decode a batch whose prompts lie on different block grids (lengths that differ mod ``grid``) as one
+    batch per grid, and join the answers in the prompts' order: each row decodes as it would alone."""
+    groups: dict[int, list[int]] = {}
+    for i, p in enumerate(prompts):
+        groups.setdefault(len(p) % grid, []).append(i)
+    tokens = torch.empty(len(prompts), config.gen_length, dtype=torch.long)
+    stats: list[RowStats | None] = [None] * len(prompts)
+    seqs: list[Tensor | None] = [None] * len(prompts)
+    for rows in groups.values():
+        ref = None if reference is None else [list(map(int, reference[i])) for i in rows]
+        seen = None
+        if on_step is not None:
+            index = torch.tensor(rows)
+            seen = lambda e, _i=index: on_step(dataclasses.replace(e, rows=_i.to(e.rows.device)[e.rows]))  # noqa: E731
+        out = generate(model, [prompts[i] for i in rows], config, policy, special, ref, seen, speed)
+        tokens[rows] = out.tokens
+        for j, i in enumerate(rows):
+            stats[i], seqs[i] = out.stats[j], out.sequences[j]
+    width = max(len(q) for q in seqs)
+    padded = torch.full((len(prompts), width), special.eos, dtype=torch.long)
+    for i, q in enumerate(seqs):
+        padded[i, width - len(q):] = q
+    return GenerationOutput(tokens=tokens, stats=stats, sequences=padded)

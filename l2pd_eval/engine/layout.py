@@ -47,3 +47,28 @@ def left_pad(rows: Sequence[Sequence[int] | Tensor], pad_id: int, device: torch.
     ids, valid = ids.to(device), valid.to(device)
     positions = (valid.long().cumsum(-1) - 1).clamp(min=0)
     return LeftPadded(ids, valid, positions, width, bool((lengths < width).any()))
+
+
+@dataclass(frozen=True)
+class BlockGrid:
+    """Where a batch's blocks lie. Bidirectional networks count blocks from the answer's start: block ``k``
+    is answer positions ``[k B, (k + 1) B)``. A block-causal network was trained on blocks of rope positions
+    counted from the sequence's first token (``model.block_causal``), so its blocks must be decoded on that
+    grid: the first block holds the prompt's last ``len(prompt) mod B`` tokens (fixed, never masked) and the
+    last may run past the answer, masks included, so every block a row decodes is whole, as its authors'
+    canvas is. Rows whose prompts differ in length mod B have different grids; one batch holds one grid
+    (``engine.generate`` splits a batch that mixes them). ``shift``: prompt columns in the first block;
+    ``total``: the sequence width, prompt padding included."""
+
+    shift: int
+    num_blocks: int
+    total: int
+
+
+def block_grid(prompt_width: int, prompt_length: int, gen_length: int, block_length: int,
+               block_causal: bool) -> BlockGrid:
+    """The grid of a batch right-aligned at ``prompt_width`` whose rows' prompts are ``prompt_length`` long
+    mod ``block_length`` (the engine's layout: the answer at ``[prompt_width, prompt_width + gen_length)``)."""
+    shift = prompt_length % block_length if block_causal else 0
+    blocks = -(-(shift + gen_length) // block_length)
+    return BlockGrid(shift, blocks, prompt_width - shift + blocks * block_length)

@@ -43,6 +43,8 @@ class StepEvent:
     tokens: Tensor | None = None  # [n, block] the tokens committed where ``commit`` (x0 unless the policy
     #                               committed others: the oracle's fallback)
     remask: Tensor | None = None  # [n, block] committed positions masked again this step (None: none)
+    block_start: int = 0  # the block's first position from the answer's start (negative: a block-causal
+    #                       network's first block starts in the prompt, ``engine.layout.block_grid``)
 
 
 @dataclass
@@ -70,6 +72,12 @@ class DecodeState:
     #                                                        policies only)
     seeds_host: list[int] = field(default_factory=list)  # ``seeds`` on the host (strategies' host draws)
     forwards: Tensor | None = None  # [B] forwards each row took part in so far (``StepState.forwards``)
+    # The block grid (``engine.layout.block_grid``): block ``blk`` covers columns ``[P - grid_shift + blk *
+    # block_length, ...)``; a block-causal network's first block starts ``grid_shift`` prompt columns early
+    # and its last may run past the answer (``answer_end``, the column after the last answer token).
+    grid_shift: int = 0
+    answer_end: int = 0
+    num_blocks: int = 0
 
     @property
     def prompt_width(self) -> int:

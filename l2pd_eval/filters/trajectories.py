@@ -119,7 +119,7 @@ class _Capture:
         self.events: list[tuple[Tensor, Tensor, Tensor, Tensor, int, int, Tensor]] = []
 
     def __call__(self, ev) -> None:
-        self.events.append((ev.conf.float(), ev.x0, ev.masked, ev.commit, ev.step, ev.block, ev.rows))
+        self.events.append((ev.conf.float(), ev.x0, ev.masked, ev.commit, ev.step, ev.block, ev.rows, ev.block_start))
 
 
 def _run(model, prompts: list[list[int]], gen_cfg, policy, special, reference=None):
@@ -141,11 +141,13 @@ def record_batch(model, prompts: list[list[int]], cfg: TrajectoryConfig, special
     if cfg.rollout == "oracle":
         _, events = _run(model, prompts, gen_cfg, get_policy("oracle", fallback="reference"), special,
                          reference=reference)
-    ref_dev = reference.to(events[0][1].device) if events else reference
-    parts: dict[str, list[Tensor]] = {k: [] for k in ("conf", "label", "masked", "commit", "pred", "step", "block", "row")}
     BL = cfg.block_length
-    for conf, pred, masked, commit, step, blk, rows in events:
-        ref_block = ref_dev[rows, blk * BL:(blk + 1) * BL]
+    # padded by a block each side: a block-causal grid's first block starts in the prompt, its last may run
+    # past the answer (``StepEvent.block_start``); no label there
+    ref_dev = torch.nn.functional.pad(reference.to(events[0][1].device) if events else reference, (BL, BL), value=-1)
+    parts: dict[str, list[Tensor]] = {k: [] for k in ("conf", "label", "masked", "commit", "pred", "step", "block", "row")}
+    for conf, pred, masked, commit, step, blk, rows, start in events:
+        ref_block = ref_dev[rows, BL + start:BL + start + BL]
         n = rows.numel()
         parts["conf"].append(conf.cpu())
         parts["label"].append(((pred == ref_block) & masked).cpu())

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from lm_eval.api.model import LM
 
-from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, generate
+from l2pd_eval.engine import GenerationConfig, GenerationOutput, SpeedConfig, check_network_settings, generate
 from l2pd_eval.engine.generate import check_query_slots
 from l2pd_eval.engine.memory import largest_batch
 from l2pd_eval.harness.gen_kwargs import RequestSettings, request_settings
@@ -35,7 +35,7 @@ from l2pd_eval.harness.prompts import PromptCodec
 from l2pd_eval.harness.recorder import RunRecorder, doc_id, padding_copies, probe_outputs, task_name
 from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
-from l2pd_eval.model.loading import check_vocab, checkpoint_identity
+from l2pd_eval.model.loading import check_vocab, checkpoint_identity, peek_config
 from l2pd_eval.policies import RunSettings, policy_class
 from l2pd_eval.results.sidecar import SampleRecord, build_manifest, count_paper_tokens
 
@@ -45,13 +45,18 @@ log = logging.getLogger(__name__)
 Key = tuple[int, float]
 
 
-def plan_batches(keys: Sequence[Key], prompt_lengths: Sequence[int], size: Callable[[Key], int]) -> list[list[int]]:
+def plan_batches(keys: Sequence[Key], prompt_lengths: Sequence[int], size: Callable[[Key], int],
+                 grid: int | None = None) -> list[list[int]]:
     """Request indices per batch: one configuration per batch; within one, the longest prompts first (less
-    padding), in batches of that configuration's size."""
-    order = sorted(range(len(keys)), key=lambda i: (keys[i], -prompt_lengths[i]))
+    padding), in batches of that configuration's size. ``grid``: a block-causal model's block length; prompts
+    of one length mod it share a batch, so no batch is decoded as several (``engine.generate``)."""
+    def group_of(i: int) -> tuple[Key, int]:
+        return keys[i], prompt_lengths[i] % grid if grid else 0
+
+    order = sorted(range(len(keys)), key=lambda i: (group_of(i), -prompt_lengths[i]))
     batches: list[list[int]] = []
-    for key, group in itertools.groupby(order, key=keys.__getitem__):
-        rows, n = list(group), size(key)
+    for key, group in itertools.groupby(order, key=group_of):
+        rows, n = list(group), size(key[0])
         batches += [rows[s:s + n] for s in range(0, len(rows), n)]
     return batches
 
@@ -89,6 +94,10 @@ class Learn2PDLM(LM):
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
         args, policy_params = parse_model_args(kwargs)
+        if kwargs.get("block_length") is None:  # a block-causal model decodes its trained block by default
+            cfg = peek_config(args.pretrained, args.revision)
+            if family_of(cfg).attention == "block_causal":
+                args.block_length = cfg.block_size
         self.args = args
         self._device, self._rank, self._world_size = choose_device(args.device)
         self._cuda_graph = args.cuda_graph == "true" or (args.cuda_graph == "auto" and self._device.type == "cuda")
@@ -115,6 +124,7 @@ class Learn2PDLM(LM):
             log.warning(line)
         self.model = load_model(args.pretrained, dtype=args.dtype, device=self._device, revision=args.revision,
                                 seed=args.seed, adapter=args.adapter)
+        check_network_settings(self.model, self.config)  # a block-causal network's grid and caches
         self.speed.prepare(self.model)  # likelihood requests run the compiled blocks too
         self.tokenizer = load_tokenizer(args.tokenizer or args.pretrained, revision=args.revision,
                                         argument="tokenizer" if args.tokenizer else "pretrained")
@@ -310,7 +320,8 @@ class Learn2PDLM(LM):
         settings = [request_settings(r.args[1], self.args.temperature, self._warned) for r in requests]
         encoded = [self.prompts.encode(r.args[0]) for r in requests]
         keys = [(self.args.gen_length_for(s.max_gen_toks), s.temperature) for s in settings]
-        batches = plan_batches(keys, [len(e) for e in encoded], lambda key: self.batch_size_for(self.config_for(*key)))
+        batches = plan_batches(keys, [len(e) for e in encoded], lambda key: self.batch_size_for(self.config_for(*key)),
+                               getattr(self.model, "block_size", None))
         outputs: list[str] = [""] * len(requests)
         show = None if self.args.progress and not disable_tqdm and self._rank == 0 else False
         progress = LiveTPS(total=len(requests), description=f"learn2pd {self.args.policy}", enabled=show,

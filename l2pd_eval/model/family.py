@@ -19,10 +19,10 @@ from torch import nn
 from l2pd_eval import family_facts
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.family_facts import FACTS, Attention, FamilyFacts  # noqa: F401 (Attention: re-exported)
-from l2pd_eval.model import dream, llada, llada_moe
+from l2pd_eval.model import dream, llada, llada2_moe, llada_moe, sdar
 from l2pd_eval.model.config import FileConfig
 from l2pd_eval.model.interface import MEMBERS
-from l2pd_eval.model.tokenizer import DREAM_STYLE, LLADA_MOE_STYLE, LLADA_STYLE, TokenizerStyle
+from l2pd_eval.model.tokenizer import DREAM_STYLE, LLADA_MOE_STYLE, LLADA_STYLE, SDAR_STYLE, TokenizerStyle
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +102,11 @@ register_family(Family.extending(FACTS["dream"], config_class=dream.DreamConfig,
 register_family(Family.extending(FACTS["llada_moe"], config_class=llada_moe.LLaDAMoEConfig,
                                  model_class=llada_moe.LLaDAMoE, presets=llada_moe.PRESETS,
                                  tiny_preset="llada-moe-tiny", tokenizer_style=LLADA_MOE_STYLE))
+register_family(Family.extending(FACTS["llada2_moe"], config_class=llada2_moe.LLaDA2MoeConfig,
+                                 model_class=llada2_moe.LLaDA2Moe, presets=llada2_moe.PRESETS,
+                                 tiny_preset="llada2-tiny", tokenizer_style=LLADA_MOE_STYLE))
+register_family(Family.extending(FACTS["sdar"], config_class=sdar.SDARConfig, model_class=sdar.SDAR,
+                                 presets=sdar.PRESETS, tiny_preset="sdar-tiny", tokenizer_style=SDAR_STYLE))
 
 
 def family_of_config_json(raw: dict[str, Any], source: str = "config.json") -> Family:
@@ -137,9 +142,10 @@ def family_name(config: Any) -> str | None:
 
 
 def check_supported(family: Family, source: str) -> None:
-    """Refuse, at load, a family the engine and caches cannot decode yet (``source``: the ``pretrained=``
-    value). Block-causal attention needs its own network mask and an exact cache of finished blocks."""
-    if family.attention != "bidirectional":
-        raise ConfigError(f"pretrained={source!r}: the {family.name!r} family attends {family.attention} "
-                          f"(trained block size {family.block_size}); only bidirectional families can be "
-                          f"decoded so far")
+    """Refuse, at load, a family the engine and caches cannot decode (``source``: the ``pretrained=``
+    value): a block-causal family needs a network that declares its grid (``block_size``, the
+    attention mask of ``model.block_causal``)."""
+    if family.attention == "block_causal" and not hasattr(family.model_class, "block_size"):
+        raise ConfigError(f"pretrained={source!r}: the {family.name!r} family attends block-causally (trained "
+                          f"block size {family.block_size}) but its network {family.model_class.__name__} declares "
+                          f"no block_size; it cannot be decoded")

@@ -235,7 +235,10 @@ class MaskPredictor(nn.Module):
         kv_len = (start + n) if kv_len is None else kv_len
         if cache is None and start != 0:
             raise ValueError("start must be 0 without a cache")
-        mask = attention_mask(key_mask, attn_mask, n, kv_len)
+        mask = self.attention_mask(key_mask, position_ids, start, kv_len, write_index)
+        if attn_mask is not None:  # the general per-query rule, ANDed with the family's own
+            rows = attention_mask(None, attn_mask, n, kv_len)
+            mask = rows if mask is None else rows & mask
         cos, sin = self.rotary.tables(position_ids, self.dtype)
         x = self.token_embedding(input_ids)
         if embed_delta is not None:
@@ -248,11 +251,18 @@ class MaskPredictor(nn.Module):
     def head(self, h: Tensor) -> Tensor:
         """Logits of hidden rows ``h`` [b, n, d] (the last layer's output): final norm and output head."""
         raise NotImplementedError
+
     @staticmethod
     def gather_rows(x: Tensor, logits_index: Tensor) -> Tensor:
         """The hidden states [B, k, d] of the chunk columns ``logits_index`` [B, k], per row (``forward``'s
         ``logits_index``: the columns a chunk gathered per row predicts from)."""
         return x.gather(1, logits_index.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+    def attention_mask(self, key_mask: Tensor | None, position_ids: Tensor, start: int, kv_len: int,
+                       write_index: Tensor | None) -> Tensor | None:
+        """What each layer's attention may see: the key mask [B, 1, 1, kv_len] (bidirectional families), or
+        None when every key is visible. Block-causal networks override it (``model.block_causal``)."""
+        return None if key_mask is None else key_mask[:, None, None, :kv_len]
 
     def project(self, x: Tensor, weight: Tensor) -> Tensor:
         """The output head ``x @ weight.T``: ``F.linear``, or the skinny-GEMM op once ``use_skinny`` set it."""

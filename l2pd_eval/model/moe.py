@@ -71,7 +71,8 @@ class Experts(nn.Module):
         self.register_load_state_dict_pre_hook(Experts._stacked_names)
 
     def forward(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
-        """``x`` [T, d] through each token's experts ``experts`` [T, k], summed with ``weights`` [T, k]."""
+        """``x`` [T, d] through each token's experts ``experts`` [T, k], summed with ``weights`` [T, k] in
+        ``weights``' dtype (LLaDA2.0 weighs and sums in float32), returned in ``x``'s."""
         t, k = experts.shape
         flat = experts.flatten()
         order = torch.argsort(flat, stable=True)  # token-expert pairs, grouped by expert
@@ -81,7 +82,7 @@ class Experts(nn.Module):
         gate, up = hidden.split(self.width, dim=-1)
         out = grouped_linear(F.silu(gate) * up, self.down, ends)
         pairs = torch.empty_like(out).index_copy_(0, order, out)  # back to (token, slot) order
-        return (pairs.view(t, k, -1) * weights.unsqueeze(-1)).sum(1)
+        return (pairs.to(weights.dtype).view(t, k, -1) * weights.unsqueeze(-1)).sum(1).to(x.dtype)
 
     def dense(self, x: Tensor, weights: Tensor, experts: Tensor) -> Tensor:
         """The same layer with every expert on every token, the unselected ones weighted zero."""
@@ -90,7 +91,7 @@ class Experts(nn.Module):
         out = torch.einsum("tef,edf->ted", F.silu(gate) * up, self.down)
         dense_weights = torch.zeros(x.shape[0], self.num_experts, dtype=weights.dtype, device=x.device)
         dense_weights.scatter_(1, experts, weights)
-        return (out * dense_weights.unsqueeze(-1)).sum(1)
+        return (out.to(weights.dtype) * dense_weights.unsqueeze(-1)).sum(1).to(x.dtype)
 
     # The checkpoint's names <-> the stacks -------------------------------------------------------------
 

@@ -81,6 +81,15 @@ LLADA_MOE_STYLE = TokenizerStyle(
 )
 
 
+# SDAR-Chat's shape (Qwen3's ChatML): turns closed by <|im_end|>, the mask spelled <|MASK|>.
+SDAR_STYLE = TokenizerStyle(
+    ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|MASK|>"), "<|endoftext|>", "<|endoftext|>", "<|MASK|>",
+    ("<|im_start|>", "<|im_end|>"),
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}",
+)
+
+
 def build_tokenizer(corpus: Iterable[str] | None = None, vocab_size: int = 320,
                     style: TokenizerStyle = LLADA_STYLE):
     """Train a byte-level BPE on ``corpus`` (every byte stays encodable) and wrap it for transformers."""

@@ -149,6 +149,7 @@ class RunSettings:
     constraints: tuple[int, ...] = ()  # answer offsets holding fixed tokens (GenerationConfig.constraints)
     family: str | None = None  # the model family's name (model.family), None when not known
     temperature: float = 0.0  # the decode's sampling temperature
+    steps_per_block: int | None = None  # the schedule's steps per block (None: not known before a request)
 
 
 ConfidenceRule = Literal["float64", "float32", "model"]

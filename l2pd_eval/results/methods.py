@@ -91,7 +91,8 @@ MODEL_ARGS_PARAMS = ("threshold", "factor", "accept_thres", "filter")
 KNOB_DEFAULTS = {"eos_conf_zero": "false", "eos_conf_rule": "code", "logits_eos_inf": "false"}
 POLICY_ORDER = ("low_confidence", "random", "threshold", "factor", "learn2pd", "oracle")
 # l2pd_eval.caches.available(), spelled out to keep results torch-free (tests/test_caches.py checks they agree)
-CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity", "dllm_cache", "dkv_decode")
+CACHE_ORDER = ("none", "prefix", "dual", "dpad", "dpad_prefix", "dpad_dual", "vicinity", "dllm_cache", "dkv_decode",
+               "block")
 # Every registered cache's parameters (model_args keys; the same check), read from model_args without a sidecar
 CACHE_PARAMS: tuple[str, ...] = (
     "dpad_dropout", "dpad_sigma", "dpad_scale", "dpad_window", "dpad_preserved",
