@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, slices_of
 
 _LATER = torch.iinfo(torch.long).max  # the block of a key after the chunk: later than any query's
 
@@ -59,15 +59,24 @@ class BlockCausalPredictor(MaskPredictor):
 
     def forward(self, input_ids: Tensor, position_ids: Tensor | None = None, key_mask: Tensor | None = None, *,
                 cache: KVCache | None = None, start: int = 0, kv_len: int | None = None,
-                logits_slice: slice | None = None, write_index: Tensor | None = None, split_keys: bool = True,
-                embed_delta: Tensor | None = None) -> Tensor:
+                logits_slice: slice | tuple[slice, ...] | None = None, write_index: Tensor | None = None,
+                split_keys: bool = True, embed_delta: Tensor | None = None, attn_mask: Tensor | None = None,
+                logits_index: Tensor | None = None) -> Tensor:
         """Logits [B, n', V] for the ``logits_slice`` positions of ``input_ids`` occupying absolute positions
-        ``[start, start + n)``: the contract of :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
+        ``[start, start + n)`` (or its ``logits_index`` columns, per row): the contract of
+        :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`; ``attn_mask`` is ANDed with the block-causal
+        mask."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
-                               embed_delta)
-        if logits_slice is not None:
-            x = x[:, logits_slice]
-        return self.project(self.final_norm(x), self.head_weight)
+                               embed_delta=embed_delta, attn_mask=attn_mask)
+        if logits_index is not None:
+            x = self.gather_rows(x, logits_index)
+        elif logits_slice is not None:
+            parts = slices_of(logits_slice)
+            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
+        return self.head(x)
+
+    def head(self, h: Tensor) -> Tensor:
+        return self.project(self.final_norm(h), self.head_weight)
 
     @property
     def block_size(self) -> int:
