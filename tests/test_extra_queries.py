@@ -11,7 +11,7 @@ from l2pd_eval.caches.extra import ExtraQueries
 
 P, G, BL = 6, 16, 8
 SLOTTED = [c for c in available() if cache_class(c).query_slots]
-UNSLOTTED = [c for c in available() if not cache_class(c).query_slots]
+UNSLOTTED = [c for c in available() if not cache_class(c).query_slots and not cache_class(c).requires_block_causal]
 
 
 def _sequence(model, seed=0):

@@ -10,10 +10,9 @@ import logging
 
 import pytest
 import torch
-from policy_cases import assert_batched_equals_alone
+from policy_cases import assert_batched_equals_alone, cache_names
 from rule_vectors import VectorModel, load
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.model.loading import SpecialIds

@@ -9,10 +9,9 @@ import itertools
 
 import pytest
 import torch
-from policy_cases import assert_batched_equals_alone
+from policy_cases import assert_batched_equals_alone, cache_names
 from rule_vectors import VectorModel, load, row
 
-from l2pd_eval.caches import available as cache_names
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.engine.commit import check_remask_budget
