@@ -13,7 +13,7 @@ from results_runs import copy_runs, upgrade
 from l2pd_eval.cli import main as cli_main
 from l2pd_eval.family_facts import FACTS
 from l2pd_eval.reproduce.cells import Selection, plan
-from l2pd_eval.reproduce.papers import FASTDLLM, LEARN2PD, is_instruct, model_family
+from l2pd_eval.reproduce.papers import FASTDLLM, FASTDLLM_DREAM, LEARN2PD, is_instruct, model_family
 from l2pd_eval.results.methods import Method
 from l2pd_eval.results.published import load_tables, pair_published
 from l2pd_eval.results.published import model_family as report_family
@@ -105,7 +105,9 @@ def test_reproduce_reads_the_models_family_and_chat_rule_from_the_facts(dream_ba
     assert not is_instruct(str(dream_base)) and is_instruct("Dream-org/Dream-v0-Instruct-7B")
     cells = plan(FASTDLLM, Selection(model="d3LLM/d3LLM_LLaDA", benchmarks=("gsm8k",), lengths=(256,)))
     assert all("chat=true" in c.model_args for c in cells)
-    assert FASTDLLM.table_for("dream") == "fastdllm_dream" and FASTDLLM.table_for("llada") == "fastdllm_llada"
+    # Fast-dLLM's Table 1 pairs LLaDA runs; its Dream table (Table 2) is its own paper, decoded by its Dream rules
+    assert FASTDLLM.table_for("llada") == "fastdllm_llada" and FASTDLLM.table_for("dream") is None
+    assert FASTDLLM_DREAM.table_for("dream") == "fastdllm_dream"
     assert LEARN2PD.table_for("dream") is None and LEARN2PD.table_for("llada_moe") is None
 
 
