@@ -54,7 +54,9 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(family, tmp_path
     assert "exact_match,none" in res["results"]["l2pd_smoke"]
     side = json.loads(sidecars[0].read_text())
     man = side["manifest"]
-    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", {"threshold": 0.5, "confidence": "float64"}, "dual", "true")
+    # every parameter, the defaults filled in (the table's row label shows the ones model_args named)
+    every = {"threshold": 0.5, "confidence": "float64", "cap": "none", "refresh_commit": False, "threshold_decay": 0.0}
+    assert (man["policy"], man["policy_params"], man["cache"], man["eotp"]) == ("threshold", every, "dual", "true")
     assert (man["family"], man["add_bos_token"]) == (family.name, family.entry.add_bos)
     assert (man["gen_length"], man["block_length"], man["batch_size"]) == (16, 8, 2)
     assert (man["cuda_graph"], man["compile"]) == (False, False)  # auto: graphs only on CUDA devices

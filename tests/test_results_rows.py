@@ -153,3 +153,29 @@ def test_console_table_off_a_terminal_keeps_its_columns(folder):
     assert any("learn2pd(accept_thres=0.96, filter=llada_b32.pt) + prefix cache + EoTP" in line for line in table)
     narrow = render_console(report, width=60)  # a small terminal squeezes, the file never does
     assert max(map(len, narrow.splitlines()[:5])) <= 60
+
+
+def _every_parameter(confidence: str):
+    """A sidecar as the adapter now writes it: every policy parameter, the defaults filled in."""
+    def edit(data):
+        data["manifest"]["policy_params"] = {"threshold": 0.9, "confidence": confidence, "cap": "none"}
+    return edit
+
+
+def test_a_row_label_shows_the_parameters_model_args_named(folder):
+    _, side = run_files(folder, "threshold")
+    edit_json(side, _every_parameter("float64"))
+    report = build_report(discover([folder]))
+    rows = [m for m in report.methods if m.policy == "threshold"]
+    assert [m.label for m in rows] == ["threshold(threshold=0.9)"]
+    assert dict(rows[0].params)["confidence"] == "float64"  # in the key, not the label
+
+
+def test_runs_apart_in_a_parameter_no_one_named_are_rows_that_say_it(folder):
+    _, side = run_files(folder, "threshold")
+    edit_json(side, _every_parameter("float64"))
+    clone_run(folder, "threshold", edit_sidecar=_every_parameter("float32"))
+    report = build_report(discover([folder]))
+    labels = sorted(m.label for m in report.methods if m.policy == "threshold")
+    assert labels == ["threshold(cap=none, confidence=float32, threshold=0.9)",
+                      "threshold(cap=none, confidence=float64, threshold=0.9)"]

@@ -230,3 +230,24 @@ def test_sigterm_writes_the_partial_sidecar_as_ctrl_c_does(tmp_path):
     side = Sidecar.load(partial)
     assert not side.complete and side.requests_done >= max(done, 3)  # every finished request, not only the first
     assert not list(out.rglob("*.tmp*"))
+
+
+def test_a_sigterm_while_a_batch_is_recorded_stops_after_the_batch_is_whole():
+    import os
+
+    from l2pd_eval.harness import recorder
+
+    previous = recorder._catch_sigterm()
+    if previous is None:
+        pytest.skip("another SIGTERM handler is installed in this process")
+    recorded = []
+    try:
+        with pytest.raises(SystemExit) as stop, recorder._one_record():
+            os.kill(os.getpid(), signal.SIGTERM)
+            recorded.append("journal, db and sidecar")  # still runs: the stop waits for the record
+        assert stop.value.code == 128 + signal.SIGTERM and recorded
+        with pytest.raises(SystemExit):  # outside a record the signal stops at once
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(1)
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -195,14 +195,15 @@ class RunRecorder:
         share, self._mark = (now - self._mark) / len(requests), now
         keep = [(req, rec) for req, rec, pad in zip(requests, records, padding, strict=True) if not pad]
         db = getattr(cache_hook, "dbdict", None)
-        if db is not None:  # journal first: a kill before the db commit only means decoding it again
-            self._journal(db).append((hash_args("generate_until", req.args), rec, share) for req, rec in keep)
-        for req, text in zip(requests, texts, strict=True):
-            cache_hook.add_partial("generate_until", req.args, text)
-        if db is not None:
-            db.commit(blocking=True)
-        for _, rec in keep:
-            self.sidecar.add(rec)
+        with _one_record():
+            if db is not None:  # journal first: a kill before the db commit only means decoding it again
+                self._journal(db).append((hash_args("generate_until", req.args), rec, share) for req, rec in keep)
+            for req, text in zip(requests, texts, strict=True):
+                cache_hook.add_partial("generate_until", req.args, text)
+            if db is not None:
+                db.commit(blocking=True)
+            for _, rec in keep:
+                self.sidecar.add(rec)
         self.checkpoint()
 
     def restore_cached(self, requests: Sequence[Any], db: Any) -> None:
@@ -286,8 +287,28 @@ class RunRecorder:
             self.sidecar.samples, self.sidecar.loops = [], []
 
 
+_DEFERRED: dict[str, Any] = {"recording": False, "signal": None}
+
+
 def _terminate(signum: int, frame: Any) -> None:
+    if _DEFERRED["recording"]:  # a batch's journal, db and sidecar entries land together: stop right after
+        _DEFERRED["signal"] = signum
+        return
     raise SystemExit(128 + signum)  # unwinds like Ctrl-C: timed_call checkpoints, lm-eval stops
+
+
+@contextmanager
+def _one_record() -> Iterator[None]:
+    """A SIGTERM while a finished batch is being recorded waits until it is, so the partial sidecar holds
+    every request the journal holds (a kill -9 still can split them; resume then decodes those again)."""
+    _DEFERRED["recording"] = True
+    try:
+        yield
+    finally:
+        _DEFERRED["recording"] = False
+        signum, _DEFERRED["signal"] = _DEFERRED["signal"], None
+        if signum is not None:
+            raise SystemExit(128 + signum)
 
 
 def _catch_sigterm() -> Any:

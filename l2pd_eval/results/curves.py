@@ -13,7 +13,7 @@ TPF 1.0 first; the baseline's own curve is that one point.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from l2pd_eval.results.methods import Method
@@ -35,8 +35,7 @@ def _is_number(text: str) -> bool:
 
 def curve_key(method: Method) -> Method:
     """The method with its numeric parameters left out: the points of one curve share it."""
-    return Method(method.policy, tuple((k, v) for k, v in method.params if not _is_number(v)), method.cache,
-                  method.eotp, method.variant)
+    return replace(method, params=tuple((k, v) for k, v in method.params if not _is_number(v)))
 
 
 @dataclass

@@ -11,7 +11,8 @@ written before the rules were told apart stored ``true`` for what is now ``"comm
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from collections.abc import Collection
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from l2pd_eval.typed_args import FALSE_WORDS, TRUE_WORDS
@@ -29,6 +30,10 @@ class Method:
     # Settings that change answers (runs.ANSWER_SETTINGS: model, sampling, prompt format, ...) in which
     # this row's runs differ from other runs of the same method in a column; empty when none do.
     variant: tuple[tuple[str, str], ...] = ()
+    # The parameters the label shows: those the run's model_args named (its manifest records every parameter,
+    # defaults filled in, and they stay in the key, so a run from before a default changed stays apart).
+    # None: all of them (published cells and baselines spell out what they set).
+    shown: frozenset[str] | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
         if self.eotp not in EOTP_RULES:  # e.g. a bool from older code: say which rule (eotp_rule_name reads one)
@@ -37,8 +42,9 @@ class Method:
     @property
     def label(self) -> str:
         text = self.policy
-        if self.params:
-            text += "(" + ", ".join(f"{k}={v}" for k, v in self.params) + ")"
+        params = [(k, v) for k, v in self.params if self.shown is None or k in self.shown]
+        if params:
+            text += "(" + ", ".join(f"{k}={v}" for k, v in params) + ")"
         if self.cache and self.cache != "none":
             text += f" + {self.cache} cache"
         if self.eotp != "false":
@@ -50,7 +56,7 @@ class Method:
     @property
     def base(self) -> Method:
         """The method without its variant (what the paper and a baseline spec name)."""
-        return Method(self.policy, self.params, self.cache, self.eotp)
+        return replace(self, variant=())
 
     def sort_key(self) -> tuple:
         order = {p: i for i, p in enumerate(POLICY_ORDER)}
@@ -157,7 +163,9 @@ def eotp_rule_name(value: Any, bool_true: str = "committed") -> str:
 
 
 def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any, eotp: Any,
-                         bool_true: str = "committed") -> Method:
+                         bool_true: str = "committed", named: Collection[str] | None = None) -> Method:
+    """The method of recorded settings; ``named``: the parameters the run's model_args set (the label shows
+    only those), None to show all."""
     items = []
     for key, value in sorted((params or {}).items()):
         text = _fmt_param(value)
@@ -168,6 +176,7 @@ def method_from_settings(policy: Any, params: dict[str, Any] | None, cache: Any,
         params=tuple(items),
         cache=str(cache or "none"),
         eotp=eotp_rule_name(eotp, bool_true),
+        shown=None if named is None else frozenset(named),
     )
 
 

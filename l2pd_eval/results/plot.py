@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import os
+from dataclasses import replace
 from pathlib import Path
 
 from l2pd_eval.results.methods import Method
@@ -40,7 +41,7 @@ def short_label(method: Method, report: Report) -> str:
     same_policy = [m for m in report.methods if m.policy == method.policy]
     kept = tuple((k, v) for k, v in method.params
                  if k != "filter" and len({dict(m.params).get(k) for m in same_policy}) > 1)
-    return Method(method.policy, kept, method.cache, method.eotp, method.variant).label
+    return replace(method, params=kept, shown=None).label
 
 
 def _n_text(cells: list[ReportCell]) -> str:

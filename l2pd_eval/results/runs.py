@@ -263,8 +263,11 @@ class Run:
         m = self.manifest
         try:
             if "policy" in m:  # a cache's parameters are named after it: one namespace with the policy's
-                params = {**(m.get("policy_params") or {}), **(m.get("cache_params") or {}), **knob_params(m)}
-                return method_from_settings(m.get("policy"), params, m.get("cache"), m.get("eotp"))
+                knobs = knob_params(m)
+                params = {**(m.get("policy_params") or {}), **(m.get("cache_params") or {}), **knobs}
+                args = m.get("model_args")
+                named = None if args is None else {*model_args_as_text(args), *knobs}
+                return method_from_settings(m.get("policy"), params, m.get("cache"), m.get("eotp"), named=named)
             args = self.results.model_args if self.results is not None else {}
             params = {**{k: args[k] for k in (*MODEL_ARGS_PARAMS, *CACHE_PARAMS) if k in args}, **knob_params(args)}
             return method_from_settings(args.get("policy", "unknown"), params, args.get("cache"), args.get("eotp"))

@@ -13,7 +13,7 @@ it and the others.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from l2pd_eval.results import environment
 from l2pd_eval.results.columns import column_sort_key
@@ -179,6 +179,21 @@ def _differing(group: list[tuple[ReportCell, float]]) -> set[str]:
     return {k for k in keys if len({c.settings[k] for c, _ in group if k in c.settings}) > 1}
 
 
+def _distinct_labels(cells: dict[tuple[Method, Column], ReportCell]) -> dict[tuple[Method, Column], ReportCell]:
+    """Rows whose labels would read alike (they differ in a parameter no run's model_args named, e.g. a
+    default that changed between versions) show every parameter."""
+    by_label: dict[str, set[Method]] = {}
+    for method, _ in cells:
+        by_label.setdefault(method.label, set()).add(method)
+    clash = {m for alike in by_label.values() if len(alike) > 1 for m in alike}
+    out: dict[tuple[Method, Column], ReportCell] = {}
+    for (method, column), cell in cells.items():
+        if method in clash:
+            method = cell.method = replace(method, shown=None)
+        out[(method, column)] = cell
+    return out
+
+
 def _split(groups: dict[tuple[Method, Column], list[tuple[ReportCell, float]]]
            ) -> dict[tuple[Method, Column], dict[tuple[tuple[str, str], ...], list]]:
     """Each (method, column) group split by its variant: the answer settings in which runs of the method
@@ -221,7 +236,7 @@ def _collect_cells(runs: list[Run], kinds: tuple[str, str], metric_overrides: di
         for variant, part in parts.items():
             ranked = sorted(part, key=lambda item: _cell_quality(*item))  # ties: the later run last
             keep = ranked[-1][0]
-            keep.method = Method(method.policy, method.params, method.cache, method.eotp, variant)
+            keep.method = replace(method, variant=variant)
             if len(ranked) > 1:
                 others = ", ".join(c.run for c, _ in ranked[:-1])
                 notes.append(f"{column_label(column)} / {keep.method.label}: {len(ranked)} runs with the same "
@@ -311,7 +326,7 @@ def build_report(
         raise ValueError(f"--tpf {tpf_kind!r} is not valid; valid choices: {', '.join(TPF_KINDS)}")
     notes: list[str] = list(getattr(runs, "notes", []))
     empty: list[tuple[Method, str]] = []
-    cells = _collect_cells(runs, (tps_kind, tpf_kind), metric_overrides, notes, empty)
+    cells = _distinct_labels(_collect_cells(runs, (tps_kind, tpf_kind), metric_overrides, notes, empty))
     methods = sorted({m for m, _ in cells}, key=Method.sort_key)
     columns = sorted({col for _, col in cells}, key=column_sort_key)
     spec = baseline_spec or DEFAULT_BASELINE
