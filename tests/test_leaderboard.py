@@ -161,6 +161,7 @@ def test_in_chromium_at_phone_width(site):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("testbed_sweep")  # one worker runs the session's sweep once (scripts/test.sh)
 def test_a_sweeps_curve_shows_in_the_page(testbed_sweep, tmp_path, browser):
     out, _, _ = testbed_sweep
     site = tmp_path / "site"

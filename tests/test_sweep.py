@@ -81,6 +81,7 @@ def test_other_models_need_tasks(tmp_path, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("testbed_sweep")  # one worker runs the session's sweep once (scripts/test.sh)
 def test_a_testbed_sweep_runs_resumes_and_records_its_curve(testbed_sweep, capsys):
     """Three thresholds (+ the baseline) through `python -m lm_eval run`, then the curve and its AUP."""
     out, argv, first = testbed_sweep
