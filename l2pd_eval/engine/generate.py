@@ -232,6 +232,8 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     copy = None
     if extra is not None:
         logits, copy = logits[:, :-extra.returned], logits[:, -extra.returned:]
+        if run.ends is not None:  # logits_eos_inf: the copy never predicts end of text either (its softmax renormalises)
+            copy = run.ends.logits(copy)
     after = logits[:, width:] if run.after and logits.shape[1] > width else None
     if after is not None and run.ends is not None:
         after = run.ends.logits(after)
