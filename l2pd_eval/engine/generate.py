@@ -95,8 +95,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
                          f"a policy declares one of them")
     slots = check_query_slots(policy, config.cache)
     # query-only slots (caches.extra) keep their keys/values in scratch positions after the sequence
-    scratch = (0 if not slots else config.block_length + model.logit_shift if policy.verifies else
-               config.gen_length + 2 * model.logit_shift)
+    scratch = policy.forward_extras(config.block_length, config.gen_length, model.logit_shift).slots if slots else 0
     strategy = speed.strategy(config.cache, model, batch, total + scratch, config.cache_params)
     rule = eotp_rule(config)
     ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,

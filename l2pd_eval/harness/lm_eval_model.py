@@ -227,7 +227,7 @@ class Learn2PDLM(LM):
 
     def _auto_batch_size(self, config: GenerationConfig) -> int:
         size = largest_batch(self.model, config, prompt_len=AUTO_PROMPT_BUDGET,
-                             cap=self.args.max_batch_size or AUTO_BATCH_CAP, speed=self.speed)
+                             cap=self.args.max_batch_size or AUTO_BATCH_CAP, speed=self.speed, policy=self.policy)
         log.info("batch_size=auto: %d rows fit at gen_length %d, temperature %g (prompt budget %d tokens)", size,
                  config.gen_length, config.temperature, AUTO_PROMPT_BUDGET)
         return size
