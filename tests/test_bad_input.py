@@ -245,6 +245,10 @@ def test_constraints_auto_is_the_policys_default_and_what_does_not_fit_is_said(t
     want = {o + i: t for o, w in ((20, "The"), (30, "answer"), (40, "is"))  # " " + word, its ids one after another
             for i, t in enumerate(lm.tokenizer.encode(" " + w, add_special_tokens=False))}
     assert lm.config.constraints == tuple(sorted(want.items()))
-    assert Learn2PDLM(pretrained=str(tiny_dir), policy="low_confidence").config.constraints == ()
-    assert Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", constraints="none",
-                      gen_length=256).config.constraints == ()
+    assert lm.recorder.sidecar.manifest["constraints"] == "20:The|30:answer|40:is"  # the report's row setting
+    plain = Learn2PDLM(pretrained=str(tiny_dir), policy="low_confidence")
+    assert plain.config.constraints == () and plain.recorder.sidecar.manifest["constraints"] == "none"
+    off = Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", constraints="none", gen_length=256)
+    assert off.config.constraints == () and off.recorder.sidecar.manifest["constraints"] == "none"
+    auto = Learn2PDLM(pretrained=str(tiny_dir), policy="prophet", gen_length=256)
+    assert auto.recorder.sidecar.manifest["constraints"] == "200:The|201:answer|202:is"

@@ -11,9 +11,10 @@ import torch
 
 from l2pd_eval.caches import available, cache_class
 from l2pd_eval.engine import GenerationConfig, generate
+from l2pd_eval.engine.memory import bytes_per_row
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model import SpecialIds, load_model
-from l2pd_eval.policies import get_policy, policy_class
+from l2pd_eval.policies import RunSettings, get_policy, policy_class
 
 CACHES = tuple(c for c in available() if not cache_class(c).requires_block_causal)  # block: its own tests
 # (label, policy, parameters, needs query slots); parameters chosen so each rule's own mechanism acts on
@@ -72,3 +73,30 @@ def test_the_adapter_refuses_before_loading_the_model(tiny_dir):
 
     with pytest.raises(ConfigError, match=r"^policy='wino' needs query-only slots .* cache='dpad_dual' cannot serve"):
         Learn2PDLM(pretrained=str(tiny_dir), policy="wino", cache="dpad_dual", device="cpu")
+
+
+@pytest.mark.parametrize("cache", ["none", "prefix", "dual"])
+def test_batch_sizing_counts_what_each_forward_computes_beyond_the_block(family, cache):
+    """``batch_size=auto``'s bytes per row: WINO's copy adds block_length + shift query positions (activations,
+    their keys/values in the cache's scratch) and the copy's logits; Prophet's view up to the whole answer's
+    slots and the logits outside the block (which EoTP's tail search shares); threshold adds nothing."""
+    model, c, shift = family.model, family.model.config, family.model.logit_shift
+    G, BL, P = 64, 8, 24
+    elt, t, strategy = torch.finfo(model.dtype).bits // 8, P + G, cache_class(cache)
+
+    def queries(n: int) -> int:  # n more query positions in a forward: activations and cached keys/values
+        kv = 2 * c.n_layers * c.kv_heads * c.head_dim * elt
+        return n * (3 * c.mlp_width + 4 * c.d_model) * elt + (strategy.kv_positions(t + n) - strategy.kv_positions(t)) * kv
+
+    def size(name: str, eotp: str = "false", **params) -> int:
+        policy = get_policy(name, **params).bind(RunSettings(block_length=BL, gen_length=G))
+        return bytes_per_row(model, GenerationConfig(gen_length=G, block_length=BL, cache=cache, eotp=eotp), P,
+                             policy=policy)
+
+    base = size("threshold")
+    assert base == bytes_per_row(model, GenerationConfig(gen_length=G, block_length=BL, cache=cache), P)
+    assert size("wino") - base == queries(BL + shift) + BL * c.vocab_size * (elt + 3 * 4)
+    assert size("prophet", gap_window="answer") - base == queries(G + 2 * shift) + (G - BL) * c.vocab_size * elt
+    assert size("prophet") == base  # no window (no constraints, no window_start): no view
+    if strategy.logits_after:  # EoTP "true" searches the tail through the view's logits: counted once
+        assert size("prophet", "true", gap_window="answer") - size("threshold", "true") == queries(G + 2 * shift)

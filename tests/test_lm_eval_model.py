@@ -200,6 +200,7 @@ class _OnGpu:
 
     def __init__(self, model):
         self.config, self.dtype, self.device = model.config, model.dtype, torch.device("cuda")
+        self.logit_shift = model.logit_shift
 
 
 def test_auto_batch_size_is_sized_per_decode_length(family, monkeypatch):
@@ -225,7 +226,7 @@ def test_auto_batch_size_is_sized_per_decode_length(family, monkeypatch):
     short, long = lm.config_for(256), lm.config_for(1024)
     sizes = [lm.batch_size_for(c) for c in (long, short, long, short)]
     assert [c[:2] for c in calls] == [(1024, 0.0), (256, 0.0)]  # once per key, with the key's own length
-    assert all(kw == {"prompt_len": 1024, "cap": 1000, "speed": lm.speed} for *_, kw in calls)
+    assert all(kw == {"prompt_len": 1024, "cap": 1000, "speed": lm.speed, "policy": lm.policy} for *_, kw in calls)
     assert 1 < sizes[0] == sizes[2] < sizes[1] == sizes[3]
     assert lm.batch_size_for(lm.config_for(1024, 0.5)) == sizes[0] and len(calls) == 3  # a new temperature: sized
     assert lm.recorder.sidecar.manifest["batch_size"] == "auto"
@@ -234,6 +235,21 @@ def test_auto_batch_size_is_sized_per_decode_length(family, monkeypatch):
         {"gen_length": 1024, "temperature": 0.0, "batch_size": sizes[0]},
         {"gen_length": 1024, "temperature": 0.5, "batch_size": sizes[0]}]
 
+
+
+def test_auto_batch_size_leaves_room_for_wino_s_verification_copy(tiny_dir, monkeypatch):
+    """The adapter sizes with its bound policy: WINO's copy of the block costs rows threshold would get."""
+    import l2pd_eval.harness.lm_eval_model as adapter
+    from l2pd_eval.engine import memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (64 * 2**20, 128 * 2**20))
+    monkeypatch.setattr(adapter, "largest_batch", lambda model, config, **kw: memory.largest_batch(
+        _OnGpu(model), config, **kw))
+    sizes = {}
+    for name in ("threshold", "wino"):
+        lm = Learn2PDLM(pretrained=str(tiny_dir), policy=name, batch_size="auto", max_batch_size=1000, progress=False)
+        sizes[name] = lm.batch_size_for(lm.config_for(256))
+    assert 1 < sizes["wino"] < sizes["threshold"]
 
 def test_requests_are_batched_per_configuration_at_its_own_size(family, monkeypatch):
     """One generate_until call with two answer lengths: each length's requests are batched at that length's

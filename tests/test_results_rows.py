@@ -179,3 +179,64 @@ def test_runs_apart_in_a_parameter_no_one_named_are_rows_that_say_it(folder):
     labels = sorted(m.label for m in report.methods if m.policy == "threshold")
     assert labels == ["threshold(cap=none, confidence=float32, threshold=0.9)",
                       "threshold(cap=none, confidence=float64, threshold=0.9)"]
+
+
+PROPHET_TOKENS = "200:The|201:answer|202:is"
+
+
+def _fixed_tokens(text: str | None, policy: str | None = None, given: str | None = None):
+    """A sidecar edit: its manifest records ``constraints`` (None: an older sidecar without the key), its run
+    is of ``policy`` and its model_args say ``constraints=given``."""
+    def edit(data):
+        m = data["manifest"]
+        if text is not None:
+            m["constraints"] = text
+        if policy is not None:
+            m["policy"] = policy
+            m["model_args"] = m["model_args"].replace("policy=threshold", f"policy={policy}")
+        if given is not None:
+            m["model_args"] += f",constraints={given}"
+    return edit
+
+
+def _policy_in_results(policy: str, given: str | None = None):
+    def edit(data):
+        data["config"]["model_args"].update(policy=policy, **({} if given is None else {"constraints": given}))
+    return edit
+
+
+def test_fixed_answer_tokens_are_a_row_setting(folder):
+    """Two runs of one method with other fixed tokens are two rows that say so; a new sidecar without fixed
+    tokens (``none``) shares the cell of an old one that did not record the key; other methods are unchanged."""
+    clone_run(folder, "threshold", edit_results=lambda d: d["config"]["model_args"].update(constraints=PROPHET_TOKENS),
+              edit_sidecar=_fixed_tokens(PROPHET_TOKENS, given=PROPHET_TOKENS))
+    clone_run(folder, "threshold", edit_sidecar=_fixed_tokens("none"))
+    report = build_report(discover([folder]))
+    rows = sorted(m.label for m in report.methods if m.base == THRESH)
+    assert rows == [f"threshold(threshold=0.9) [constraints={PROPHET_TOKENS}]", "threshold(threshold=0.9) [constraints=none]"]
+    assert not any("constraints" in m.label for m in report.methods if m.policy != "threshold")
+    none = next(m for m in report.methods if m.base == THRESH and ("constraints", "none") in m.variant)
+    assert any(n.startswith(f"gsm8k 256 / {none.label}: 2 runs with the same settings") for n in report.notes)
+
+
+def test_an_old_prophet_sidecar_reads_as_its_default_fixed_tokens(folder):
+    """Before the manifest recorded them, a prophet run's fixed tokens were its model_args' (absent or auto:
+    Prophet's default): it shares a cell with a new run of the same tokens, typed in another order."""
+    clone_run(folder, "threshold", edit_results=_policy_in_results("prophet"), edit_sidecar=_fixed_tokens(None, "prophet"))
+    clone_run(folder, "threshold", edit_results=_policy_in_results("prophet", " 202:is | 200:The|201:answer"),
+              edit_sidecar=_fixed_tokens(" 202:is | 200:The|201:answer", "prophet", " 202:is | 200:The|201:answer"))
+    clone_run(folder, "threshold", edit_results=_policy_in_results("prophet", "none"),
+              edit_sidecar=_fixed_tokens(None, "prophet", "none"))
+    report = build_report(discover([folder]))
+    rows = [m for m in report.methods if m.policy == "prophet"]
+    assert sorted(dict(m.variant)["constraints"] for m in rows) == [PROPHET_TOKENS, "none"]
+    default = next(m for m in rows if ("constraints", PROPHET_TOKENS) in m.variant)
+    assert any(n.startswith(f"gsm8k 256 / {default.label}: 2 runs with the same settings") for n in report.notes)
+
+
+def test_the_policies_default_fixed_tokens_are_the_registry_s():
+    from l2pd_eval.policies import available, policy_class
+    from l2pd_eval.results.runs import DEFAULT_CONSTRAINTS
+
+    assert DEFAULT_CONSTRAINTS == {n: policy_class(n).default_constraints for n in available()
+                                   if policy_class(n).default_constraints is not None}

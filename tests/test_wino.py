@@ -6,6 +6,7 @@ side of it (honest statistics, WINO's termination bound) and the copy on every f
 from __future__ import annotations
 
 import itertools
+import sys
 
 import pytest
 import torch
@@ -15,7 +16,7 @@ from rule_vectors import VectorModel, load, row
 from l2pd_eval.caches import cache_class
 from l2pd_eval.engine import EOTP_MODES, GenerationConfig, generate
 from l2pd_eval.engine.commit import check_remask_budget
-from l2pd_eval.engine.verify import copy_slots
+from l2pd_eval.engine.verify import copy_slots, verify_prob
 from l2pd_eval.model.loading import SpecialIds
 from l2pd_eval.policies import Policy, StepState, get_policy
 
@@ -162,3 +163,48 @@ def test_bad_wino_parameters_are_one_clear_error():
         get_policy("wino", threshold=1.5)
     with pytest.raises(ValueError, match="max_accept_min=9 and max_accept_max=4: need 1 <= max_accept_min <= max_"):
         get_policy("wino", max_accept_min=9, max_accept_max=4)
+
+
+EOS_ID, MASK_ID = 7, 9
+
+
+def _doubting_copy(call: int, position: int, copy: int | None) -> torch.Tensor:
+    """Block of 4 after a 2-token prompt: forward 0 drafts positions 0 and 1, forward 1 positions 2 and 3 and
+    verifies 0 and 1. The copy doubts position 0's token (.6) only because it gives end of text .35: without
+    it the token has .6 / .65 = .92, above threshold_back .9."""
+    j = position - 2
+    if copy is not None:
+        return row(10, {1: 0.6, EOS_ID: 0.35} if copy == 0 else {copy + 1: 0.95})
+    return row(10, {j + 1: 0.8} if call > 0 or j < 2 else {0: 0.2})
+
+
+@pytest.mark.parametrize("knob", [False, True])
+def test_logits_eos_inf_acts_on_the_verification_copy(knob):
+    """The copy's distribution renormalises without end of text, as the block's does: the doubted token stays."""
+    cfg = GenerationConfig(gen_length=4, block_length=4, logits_eos_inf=knob)
+    out = generate(VectorModel(_doubting_copy, 10, block_length=4, dtype=torch.float64), [[5, 6]], cfg,
+                   get_policy("wino"), SpecialIds(mask=MASK_ID, eos=EOS_ID))
+    st = out.stats[0]
+    assert out.tokens[0].tolist() == [1, 2, 3, 4]
+    assert (st.committed_per_step, st.remasked_per_step) == (([2, 2], [0, 0]) if knob else ([2, 2, 1], [0, 1, 0]))
+
+
+@pytest.mark.parametrize("knob", [False, True])
+def test_with_logits_eos_inf_no_copy_of_a_tiny_model_predicts_end_of_text(family, monkeypatch, knob):
+    """On a real network: every copy's logits the policy's verification reads have end of text at -inf."""
+    engine = sys.modules["l2pd_eval.engine.generate"]  # the module (the package's ``generate`` is the function)
+    seen: list[torch.Tensor] = []
+
+    def recorded(copy_logits, tokens):
+        seen.append(copy_logits[..., family.special.eos])
+        return verify_prob(copy_logits, tokens)
+
+    monkeypatch.setattr(engine, "verify_prob", recorded)
+    cfg = GenerationConfig(gen_length=16, block_length=8, logits_eos_inf=knob)
+    out = generate(family.model, family.prompts, cfg, get_policy("wino", threshold=0.01, threshold_back=0.5),
+                   family.special)
+    eos = torch.cat([s.flatten() for s in seen])
+    assert seen  # every forward verifies
+    assert bool(torch.isneginf(eos).all()) is knob
+    if knob:
+        assert not (out.tokens == family.special.eos).any()

@@ -95,8 +95,7 @@ def _prepare(model: DiffusionLM, batch: int, total: int, config: GenerationConfi
                          f"a policy declares one of them")
     slots = check_query_slots(policy, config.cache)
     # query-only slots (caches.extra) keep their keys/values in scratch positions after the sequence
-    scratch = (0 if not slots else config.block_length + model.logit_shift if policy.verifies else
-               config.gen_length + 2 * model.logit_shift)
+    scratch = policy.forward_extras(config.block_length, config.gen_length, model.logit_shift).slots if slots else 0
     strategy = speed.strategy(config.cache, model, batch, total + scratch, config.cache_params)
     rule = eotp_rule(config)
     ends = EndTokenKnobs.of(config.eos_conf_zero, config.eos_conf_rule, config.logits_eos_inf, special.eos,
@@ -232,6 +231,8 @@ def _forward(state: DecodeState, rows: BlockRows, run: _Run, step: int, masked: 
     copy = None
     if extra is not None:
         logits, copy = logits[:, :-extra.returned], logits[:, -extra.returned:]
+        if run.ends is not None:  # logits_eos_inf: the copy never predicts end of text either (its softmax renormalises)
+            copy = run.ends.logits(copy)
     after = logits[:, width:] if run.after and logits.shape[1] > width else None
     if after is not None and run.ends is not None:
         after = run.ends.logits(after)

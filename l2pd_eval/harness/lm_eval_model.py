@@ -37,6 +37,7 @@ from l2pd_eval.model import SpecialIds, load_model, load_tokenizer
 from l2pd_eval.model.family import family_of
 from l2pd_eval.model.loading import check_vocab, checkpoint_identity, peek_config
 from l2pd_eval.policies import RunSettings, policy_class
+from l2pd_eval.results.runs import spell_constraints
 from l2pd_eval.results.sidecar import SampleRecord, build_manifest, count_paper_tokens
 
 log = logging.getLogger(__name__)
@@ -157,6 +158,7 @@ class Learn2PDLM(LM):
             steps=a.steps or "gen_length", model_args={k: v for k, v in model_args.items() if v is not None},
             temperature="task gen_kwargs" if a.temperature is None else a.temperature,
             eos_conf_zero=a.eos_conf_zero, eos_conf_rule=a.eos_conf_rule, logits_eos_inf=a.logits_eos_inf,
+            constraints=spell_constraints(a.constraints_text(policy_class(a.policy).default_constraints)),
             batch_size=a.batch_size, batch_sizes=[], dtype=str(self.model.dtype),
             device=str(self._device), seed=self.config.seed, world_size=self._world_size,
             cuda_graph=self._cuda_graph, compile=a.compile, compile_autotune=a.compile_autotune,
@@ -225,7 +227,7 @@ class Learn2PDLM(LM):
 
     def _auto_batch_size(self, config: GenerationConfig) -> int:
         size = largest_batch(self.model, config, prompt_len=AUTO_PROMPT_BUDGET,
-                             cap=self.args.max_batch_size or AUTO_BATCH_CAP, speed=self.speed)
+                             cap=self.args.max_batch_size or AUTO_BATCH_CAP, speed=self.speed, policy=self.policy)
         log.info("batch_size=auto: %d rows fit at gen_length %d, temperature %g (prompt budget %d tokens)", size,
                  config.gen_length, config.temperature, AUTO_PROMPT_BUDGET)
         return size

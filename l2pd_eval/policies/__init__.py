@@ -4,6 +4,7 @@ policy, one registry."""
 from l2pd_eval.policies.base import (
     AnswerView,
     BlockMemory,
+    ForwardExtras,
     Policy,
     RowState,
     RunSettings,
@@ -14,5 +15,5 @@ from l2pd_eval.policies.base import (
 )
 from l2pd_eval.policies.registry import available, get_policy, policy_class, policy_params, register
 
-__all__ = ["AnswerView", "BlockMemory", "Policy", "RowState", "RunSettings", "Selection", "StepState", "top1_mask",
-           "topk_mask", "available", "get_policy", "policy_class", "policy_params", "register"]
+__all__ = ["AnswerView", "BlockMemory", "ForwardExtras", "Policy", "RowState", "RunSettings", "Selection", "StepState",
+           "top1_mask", "topk_mask", "available", "get_policy", "policy_class", "policy_params", "register"]

@@ -155,6 +155,16 @@ class RunSettings:
 ConfidenceRule = Literal["float64", "float32", "model"]
 
 
+@dataclass(frozen=True)
+class ForwardExtras:
+    """What each forward of a policy computes beyond the block its cache computes (``Policy.forward_extras``):
+    ``generate`` reserves the slots' scratch positions and ``batch_size=auto`` counts all three per row."""
+
+    slots: int = 0      # query-only positions (caches.extra), their keys/values in scratch after the sequence
+    copy_rows: int = 0  # logit rows predicting the block again (WINO's verification copy)
+    view_rows: int = 0  # logit rows of answer positions outside the block (Prophet's view; EoTP's tail overlaps)
+
+
 @dataclass
 class Policy:
     """Base class. Subclasses are dataclasses of their parameters, registered by ``name``; they implement
@@ -223,6 +233,17 @@ class Policy:
         handed to each of the block's ``select`` calls as ``StepState.state``; None (the default): the
         policy keeps none. Called once per block, before its first step."""
         return None
+
+    def forward_extras(self, block_length: int, gen_length: int, logit_shift: int) -> ForwardExtras:
+        """The most a forward adds beyond the block for this bound policy (by its capabilities): a policy that
+        ``verifies`` a copy of the block (its slots start ``logit_shift`` earlier: engine/verify.py), one that
+        ``finishes`` with a view the rest of the answer (slots where the cache computes nothing: at most the
+        whole answer and a shift at each of its two gaps, engine/views.py); nothing for the others."""
+        if self.verifies:
+            return ForwardExtras(slots=block_length + logit_shift, copy_rows=block_length)
+        if self.finishes and self.view_start(0) is not None:
+            return ForwardExtras(slots=gen_length + 2 * logit_shift, view_rows=gen_length - block_length)
+        return ForwardExtras()
 
     def view_start(self, block_start: int) -> int | None:
         """For a policy that ``finishes``: the answer offset from which ``StepState.answer`` covers the answer

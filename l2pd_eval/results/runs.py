@@ -196,9 +196,29 @@ class TaskResult:
 
 
 #: What changes a run's answers besides the method (policy, parameters, cache, EoTP) and the column (task,
-#: length): the model, the block schedule, sampling, and the prompt format.
+#: length): the model, the block schedule, sampling, the prompt format, and fixed answer tokens.
 ANSWER_SETTINGS = ("model", "block_length", "steps", "temperature", "do_sample", "chat", "chat_template",
-                   "system_instruction", "fewshot", "fewshot_as_multiturn")
+                   "system_instruction", "fewshot", "fewshot_as_multiturn", "constraints")
+
+#: The policies' default fixed answer tokens (``Policy.default_constraints``, what ``constraints=auto`` gives),
+#: spelt out to keep results torch-free: sidecars from before the manifest recorded ``constraints`` are read
+#: by them (tests/test_results_rows.py checks they agree with the registry).
+DEFAULT_CONSTRAINTS = {"prophet": "200:The|201:answer|202:is"}
+
+
+def spell_constraints(text: str | None) -> str:
+    """Fixed answer tokens (``constraints=`` text, ``OFFSET:WORD|...``) spelt one way, so two runs with the
+    same tokens compare equal whatever order or spacing they were typed in: parts by offset, ``none`` for
+    none (also for ``""`` and None: a run without fixed tokens)."""
+    parts = [p.strip() for p in (text or "").split("|") if p.strip()]
+    if not parts or [p.lower() for p in parts] == ["none"]:
+        return "none"
+    pairs = []
+    for part in parts:
+        offset, _, word = (s.strip() for s in part.partition(":"))
+        number = int(offset) if offset.isdigit() else -1
+        pairs.append((number, f"{number if number >= 0 else offset}:{word}"))
+    return "|".join(spelt for _, spelt in sorted(pairs))
 
 
 @dataclass
@@ -275,6 +295,19 @@ class Run:
             raise ValueError(f"{self.name}: {err}") from None
 
     @property
+    def constraints(self) -> str:
+        """The run's fixed answer tokens (:func:`spell_constraints`): the manifest's, else what ``constraints=``
+        in its model_args gives (absent or ``auto``: its policy's default, :data:`DEFAULT_CONSTRAINTS`), so a
+        sidecar from before the manifest recorded them reads as a new one with the same tokens does."""
+        m = self.manifest
+        if "constraints" in m:
+            return spell_constraints(m["constraints"])
+        args = self.results.model_args if self.results is not None else model_args_as_text(m.get("model_args"))
+        given = args.get("constraints", "auto")
+        policy = str(m.get("policy", args.get("policy", "")))
+        return spell_constraints(DEFAULT_CONSTRAINTS.get(policy) if given.strip().lower() == "auto" else given)
+
+    @property
     def limit(self) -> float | None:
         """lm-eval's ``--limit`` of the run (a count, or a fraction below 1), None when all documents ran."""
         if self.results is None:
@@ -301,6 +334,7 @@ class Run:
             "system_instruction": data.get("system_instruction_sha"),
             "fewshot": n_shot,
             "fewshot_as_multiturn": data.get("fewshot_as_multiturn"),
+            "constraints": self.constraints,
         }
         if isinstance(m.get("temperature"), (int, float)) or args.get("temperature") is not None:
             found["temperature"] = m.get("temperature") if isinstance(m.get("temperature"), (int, float)) \

@@ -6,7 +6,7 @@ interval), TPF, NFE, the run's environment stamp, and the AUP of the curve the c
 report into text, :mod:`l2pd_eval.results.curves` groups cells into AUP curves.
 
 Runs that differ in a setting that changes answers (``runs.ANSWER_SETTINGS``: model, sampling, prompt
-format, block schedule) are different rows: the settings in which they differ become the row's
+format, block schedule, fixed answer tokens) are different rows: the settings in which they differ become the row's
 ``Method.variant``. Runs that agree in all of them share a cell; the best one is kept and one note names
 it and the others.
 """
