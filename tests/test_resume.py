@@ -31,9 +31,17 @@ def lm_eval_cmd(out: Path, cache: Path) -> list[str]:
             "--use_cache", str(cache), "--log_samples"]
 
 
+def _interruptible() -> None:
+    """In the child: SIGINT as at a terminal (Ctrl-C). A test run started as a shell's background job has
+    SIGINT ignored, children inherit that, and Python then never raises KeyboardInterrupt: the run goes on
+    to the end (seen on fresh clones run under `nohup ... &`)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def run_until(cmd: list[str], out: Path, done: int, sig: int) -> int:
     """Start the run, send ``sig`` once its partial sidecar records >= ``done`` requests; requests done then."""
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=_interruptible)
     deadline = time.monotonic() + 300
     seen = 0
     while time.monotonic() < deadline and proc.poll() is None:
