@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, slices_of
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm
 
 _LATER = torch.iinfo(torch.long).max  # the block of a key after the chunk: later than any query's
 
@@ -68,12 +68,7 @@ class BlockCausalPredictor(MaskPredictor):
         mask."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta=embed_delta, attn_mask=attn_mask)
-        if logits_index is not None:
-            x = self.gather_rows(x, logits_index)
-        elif logits_slice is not None:
-            parts = slices_of(logits_slice)
-            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
-        return self.head(x)
+        return self.head(self.rows_for(x, logits_slice, logits_index))
 
     def head(self, h: Tensor) -> Tensor:
         return self.project(self.final_norm(h), self.head_weight)

@@ -252,6 +252,18 @@ class MaskPredictor(nn.Module):
         """Logits of hidden rows ``h`` [b, n, d] (the last layer's output): final norm and output head."""
         raise NotImplementedError
 
+    def rows_for(self, x: Tensor, logits_slice: slice | tuple[slice, ...] | None,
+                 logits_index: Tensor | None) -> Tensor:
+        """The hidden rows whose logits ``forward`` returns, for a family whose row ``i`` predicts position
+        ``i``: the ``logits_index`` columns per row, else the ``logits_slice`` parts in order, else all
+        (Dream, which predicts one position later, reads its own rows: ``model.dream``)."""
+        if logits_index is not None:
+            return self.gather_rows(x, logits_index)
+        if logits_slice is None:
+            return x
+        parts = slices_of(logits_slice)
+        return x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
+
     @staticmethod
     def gather_rows(x: Tensor, logits_index: Tensor) -> Tensor:
         """The hidden states [B, k, d] of the chunk columns ``logits_index`` [B, k], per row (``forward``'s

@@ -12,13 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
-import torch
 from torch import Tensor, nn
 
 from l2pd_eval.errors import ConfigError
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, project_heads, slices_of
+from l2pd_eval.model.layers import KVCache, MaskPredictor, RMSNorm, Rotary, project_heads
 from l2pd_eval.model.skinny import swiglu
 
 
@@ -242,12 +241,7 @@ class LLaDA(MaskPredictor):
         :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta=embed_delta, attn_mask=attn_mask)
-        if logits_index is not None:
-            x = self.gather_rows(x, logits_index)
-        elif logits_slice is not None:
-            parts = slices_of(logits_slice)
-            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
-        return self.head(x)
+        return self.head(self.rows_for(x, logits_slice, logits_index))
 
     def head(self, h: Tensor) -> Tensor:
         t = self.model.transformer

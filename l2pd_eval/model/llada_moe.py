@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from l2pd_eval.model.attention import attend_over_cache
 from l2pd_eval.model.config import FileConfig
-from l2pd_eval.model.layers import KVCache, MaskPredictor, PreNormLayer, RMSNorm, Rotary, slices_of
+from l2pd_eval.model.layers import KVCache, MaskPredictor, PreNormLayer, RMSNorm, Rotary
 from l2pd_eval.model.moe import Experts
 
 
@@ -328,12 +328,7 @@ class LLaDAMoE(MaskPredictor):
         :meth:`~l2pd_eval.model.interface.DiffusionLM.forward`."""
         x = self.hidden_states(input_ids, position_ids, key_mask, cache, start, kv_len, write_index, split_keys,
                                embed_delta=embed_delta, attn_mask=attn_mask)
-        if logits_index is not None:
-            x = self.gather_rows(x, logits_index)
-        elif logits_slice is not None:
-            parts = slices_of(logits_slice)
-            x = x[:, parts[0]] if len(parts) == 1 else torch.cat([x[:, p] for p in parts], dim=1)
-        return self.head(x)
+        return self.head(self.rows_for(x, logits_slice, logits_index))
 
     def head(self, h: Tensor) -> Tensor:
         weight = self.model.embed_tokens.weight if self.config.tie_word_embeddings else self.lm_head.weight
