@@ -67,7 +67,7 @@ def check_query_slots(policy: Policy, cache: str) -> bool:
     """Whether the bound ``policy`` needs query-only slots in its forwards (WINO's verification copy,
     Prophet's view of the answer); a cache that cannot serve them (``ForwardStrategy.query_slots``) is
     refused before any decoding, never ignored."""
-    needs = policy.verifies or (policy.finishes and policy.view_start(0) is not None)
+    needs = policy.needs_query_slots
     if needs and not cache_class(cache).query_slots:
         what = "its verification copy of the block" if policy.verifies else "its view of the answer after the block"
         able = ", ".join(n for n in available_caches() if cache_class(n).query_slots)

@@ -234,16 +234,22 @@ class Policy:
         policy keeps none. Called once per block, before its first step."""
         return None
 
+    @property
+    def needs_query_slots(self) -> bool:
+        """Whether this bound policy's forwards carry query-only slots (caches.extra): a verification copy of
+        the block (``verifies``), or a view of the answer (``finishes`` with a ``view_start``)."""
+        return self.verifies or (self.finishes and self.view_start(0) is not None)
+
     def forward_extras(self, block_length: int, gen_length: int, logit_shift: int) -> ForwardExtras:
         """The most a forward adds beyond the block for this bound policy (by its capabilities): a policy that
         ``verifies`` a copy of the block (its slots start ``logit_shift`` earlier: engine/verify.py), one that
         ``finishes`` with a view the rest of the answer (slots where the cache computes nothing: at most the
         whole answer and a shift at each of its two gaps, engine/views.py); nothing for the others."""
+        if not self.needs_query_slots:
+            return ForwardExtras()
         if self.verifies:
             return ForwardExtras(slots=block_length + logit_shift, copy_rows=block_length)
-        if self.finishes and self.view_start(0) is not None:
-            return ForwardExtras(slots=gen_length + 2 * logit_shift, view_rows=gen_length - block_length)
-        return ForwardExtras()
+        return ForwardExtras(slots=gen_length + 2 * logit_shift, view_rows=gen_length - block_length)
 
     def view_start(self, block_start: int) -> int | None:
         """For a policy that ``finishes``: the answer offset from which ``StepState.answer`` covers the answer
