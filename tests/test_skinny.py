@@ -70,6 +70,13 @@ def test_tile_choice():
         del skinny.TUNED[(4096, 4096, 32, False)]
 
 
+def test_every_tuned_tile_is_the_one_its_shape_gets():
+    """A tile the table keeps must pass the eligibility checks, or the shape silently runs on cuBLAS."""
+    dev = torch.device("cpu")
+    for (n, k, rows, swiglu), tile in skinny.TUNED.items():
+        assert choose_tile(rows, n, k, swiglu, dev) == tile, (n, k, rows, swiglu)
+
+
 CASES = [(32, 128, 256, Tile(64, 64, 1, 4, 2)), (33, 128, 512, Tile(64, 128, 2)), (5, 256, 512, Tile(128, 64, 4)),
          (1, 64, 1024, Tile(64, 128, 8)), (128, 64, 128, Tile(64, 64, 2))]
 
