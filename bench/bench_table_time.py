@@ -70,10 +70,10 @@ def install_bench_model(end_ids: tuple[int, ...]) -> None:
     built: dict[tuple, object] = {}
     load = adapter.load_model
 
-    def once(pretrained, dtype="auto", device="cpu", revision=None, seed=0):
-        key = (pretrained, str(dtype), str(device), seed)
+    def once(pretrained, dtype="auto", device="cpu", revision=None, seed=0, adapter=None):
+        key = (pretrained, str(dtype), str(device), seed, adapter)
         if key not in built:
-            model = load(pretrained, dtype=dtype, device=device, revision=revision, seed=seed)
+            model = load(pretrained, dtype=dtype, device=device, revision=revision, seed=seed, adapter=adapter)
             head = model.model.transformer.ff_out.weight
             with torch.no_grad():
                 for i in end_ids:
