@@ -64,7 +64,26 @@ def run_one(model, special, cache: str, batch: int, args) -> dict:
             "wall_s": wall, "forwards": nfe, "step_ms": 1e3 * wall / max(nfe, 1),
             "tokens_per_s": batch * args.gen / wall,
             "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
-            "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(model.dtype)}
+            "device": torch.cuda.get_device_name() if cuda else "cpu", "dtype": str(model.dtype),
+            **({"profile": profile_decode(model, prompts, cfg, policy, special, speed, args.profile)}
+               if args.profile else {})}
+
+
+def profile_decode(model, prompts, cfg, policy, special, speed, top: int) -> list[dict]:
+    """One more decode under ``torch.profiler``: the ``top`` ops by device time (CPU time off CUDA), so a step
+    that costs more than its arithmetic shows whether kernels or the host take the time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = model.device.type == "cuda"
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        generate(model, prompts, cfg, policy, special, speed=speed)
+        if cuda:
+            torch.cuda.synchronize()
+    dev = "self_device_time_total" if cuda else "self_cpu_time_total"
+    ops = sorted(prof.key_averages(), key=lambda e: getattr(e, dev), reverse=True)[:top]
+    return [{"op": e.key, "calls": e.count, "self_device_ms": getattr(e, dev) / 1e3,
+             "self_cpu_ms": e.self_cpu_time_total / 1e3} for e in ops]
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
@@ -79,6 +98,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--ragged", action="store_true", help="prompt lengths that differ mod the block")
     ap.add_argument("--out", default="bench_block_diffusion.jsonl")
     ap.add_argument("--smoke", action="store_true", help="CPU, tiny shapes, a few seconds")
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile one decode per configuration and record its N costliest ops")
     args = ap.parse_args(argv)
     device, dtype = ("cpu", "float32") if args.smoke or not torch.cuda.is_available() else ("cuda", "bfloat16")
     if args.smoke:
@@ -99,6 +120,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     fh.flush()
                     print(f"{name:22s} {cache:6s} batch {batch:3d}  {row['step_ms']:8.2f} ms/step  "
                           f"{row['tokens_per_s']:9.1f} tok/s  grids {row['grids']}  peak {row['peak_gib']}")
+                    for op in row.get("profile", []):
+                        print(f"    {op['self_device_ms']:9.2f} ms  {op['calls']:6d} calls  {op['op'][:90]}")
             del model
             gc.collect()
             if device == "cuda":

@@ -34,3 +34,12 @@ def test_ragged_prompts_lie_on_several_grids(tmp_path):
     rows = _bench().main(["--smoke", "--ragged", "--models", "random:sdar-tiny", "--caches", "block",
                           "--batches", "4", "--out", str(tmp_path / "r.jsonl")])
     assert [r["grids"] for r in rows] == [4]
+
+
+def test_the_profile_names_the_costliest_ops_of_a_decode(tmp_path):
+    rows = _bench().main(["--smoke", "--models", "random:sdar-tiny", "--caches", "block", "--batches", "1",
+                          "--profile", "5", "--out", str(tmp_path / "p.jsonl")])
+    ops = rows[0]["profile"]
+    assert len(ops) == 5 and all(op["calls"] >= 1 for op in ops)
+    times = [op["self_device_ms"] for op in ops]
+    assert times == sorted(times, reverse=True) and times[0] > 0
