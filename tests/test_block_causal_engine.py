@@ -87,7 +87,8 @@ def tiny_bc(request, tmp_path_factory):
 @pytest.mark.parametrize("policy, cache, eotp", [  # a rule a cache cannot serve is refused: tests/test_field_policies.py
     (p, c, e) for p, c, e in itertools.product(POLICIES, ["none", "block"], EOTP_MODES)
     if not ((policy_class(p).verifies or policy_class(p).finishes) and not cache_class(c).query_slots)
-    and not (policy_class(p).horizons and not cache_class(c).horizons)])
+    and not (policy_class(p).horizons and not cache_class(c).horizons)
+    and not (policy_class(p).edits and not cache_class(c).edits)])
 def test_every_combination_batched_equals_unbatched(tiny_bc, filter_path, policy, cache, eotp):
     """Every policy and EoTP rule over the full forward and the block cache (the other exact caches: below;
     all of them x every policy passed too, 18 minutes on this machine's CPU: not worth every run)."""

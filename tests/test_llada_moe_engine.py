@@ -28,7 +28,8 @@ def moe(tmp_path_factory):
                          [(p, c, e, t) for p, c, e, t in itertools.product(POLICIES, cache_names(), EOTP_MODES, [0.0, 0.7])
                           # a verifying policy (WINO) on a cache without query slots is refused: test_field_policies
                           if not (policy_class(p).verifies and not cache_class(c).query_slots)
-                          and not (policy_class(p).horizons and not cache_class(c).horizons)])
+                          and not (policy_class(p).horizons and not cache_class(c).horizons)
+                          and not (policy_class(p).edits and not cache_class(c).edits)])
 def test_every_combination_batched_equals_unbatched(moe, filter_path, policy, cache, eotp, temperature):
     model, special, prompts = moe
     cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache, eotp=eotp, temperature=temperature)

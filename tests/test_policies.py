@@ -157,7 +157,8 @@ def test_eotp_matches_plain_decoding_up_to_end_of_text_on_a_trained_model():
 EOTP_TEMPERATURES = [*((mode, 0.0) for mode in EOTP_MODES), ("false", 0.7), ("true", 0.7)]
 COMBOS = [(p, c, e, t) for p, c, (e, t) in itertools.product(POLICIES, cache_names(), EOTP_TEMPERATURES)
           if not (policy_class(p).verifies and not cache_class(c).query_slots)
-          and not (policy_class(p).horizons and not cache_class(c).horizons)]
+          and not (policy_class(p).horizons and not cache_class(c).horizons)
+          and not (policy_class(p).edits and not cache_class(c).edits)]
 
 
 @pytest.mark.parametrize("policy, cache, eotp, temperature", COMBOS)

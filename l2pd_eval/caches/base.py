@@ -90,6 +90,8 @@ class ForwardStrategy:
     #                                     this registered strategy, which ``make_strategy`` builds as ``inner=``
     horizons: ClassVar[bool] = True  # a per-row horizon (SlowFast's ``Selection.horizon``: keys and queries past it
     #                                  hidden in the next forward) keeps rows independent; False: refused
+    edits: ClassVar[bool] = True  # predicts every block position afresh at each step, so an editing policy
+    #                               (``Policy.edits``) sees its edits and its post-edit steps predict; False: refused
     query_slots: ClassVar[bool] = False  # serves ``s.extra`` (query-only slots: WINO's verification copy) and
     #                                      ``s.out`` within ``computed(s)`` (Prophet's answer view); the engine
     #                                      refuses a policy that needs them with a strategy that does not

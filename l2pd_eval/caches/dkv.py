@@ -67,6 +67,7 @@ class DKVParams(CacheParams):
 class DelayedKVCache(ForwardStrategy):
     name = "dkv_decode"
     Params = DKVParams
+    edits = False  # reuses the predictions of positions not masked at the last step: an edit would read stale ones
 
     def __init__(self, model: DiffusionLM, batch: int, total_length: int, split_keys: bool = True,
                  params: DKVParams | None = None):

@@ -16,6 +16,12 @@ within the policy's ``remask_budget``:
   <= m_{t-1} + a_{t-1} - 1``, and ``m_1 + a_1 <= block_length``: the sum falls by one a step and stays above
   ``m_t``, so ``m_t <= block_length - t`` and the block finishes within ``block_length`` steps, though a
   single step may leave more masks than it found.
+
+Edits (policies that declare ``edits``) land where re-masks may and after the prompt (a block-causal network's
+first block holds the prompt's tail), only where the written token differs from the one there and is not the
+mask id, so an edit never adds a mask: the mask count still falls every step. Once a row's block has no mask
+left it steps again while its last step changed the block (``post_edit``), at most ``max_post_edit_steps``
+times, so a block ends within the engine's step budget plus those steps.
 """
 
 from __future__ import annotations
@@ -39,6 +45,8 @@ class StepCommit:
     #                           a policy with ``remasks`` always has one, all False on steps it re-masks none)
     finish: Tensor | None = None   # [n] bool: rows whose whole answer is committed now (``finishes``)
     horizon: Tensor | None = None  # [n] long: answer offset cutting the row's next forward (``horizons``)
+    edit: Tensor | None = None     # bool: committed positions whose token ``tokens`` replaced (None: the policy
+    #                                does not edit; all False on steps it edits none)
 
 
 REMASK_BUDGETS = ("step", "previous")
@@ -55,13 +63,18 @@ def check_remask_budget(policy: Policy) -> None:
     if policy.remasks and policy.remask_budget == "previous" and not policy.stall_fallback:
         raise ValueError(f"policy={policy.name!r}: remask_budget='previous' bounds a block only when every step "
                          f"commits (stall_fallback = True); use remask_budget='step'")
+    if policy.edits and policy.scheduled and policy.max_post_edit_steps:
+        raise ValueError(f"policy={policy.name!r}: post-edit steps run past the schedule's steps; an editing "
+                         f"policy with max_post_edit_steps > 0 is unscheduled")
 
 
-def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None) -> StepCommit:
+def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None,
+            answer: Tensor | None = None) -> StepCommit:
     """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions a
-    re-mask may touch (before each row's live end, and before the position a cut kept; asked only when the
-    policy re-masks). ``previous``: [n] each row's commits at its previous step of the block (None at the
-    block's first step), for ``remask_budget = "previous"``."""
+    re-mask or an edit may touch (before each row's live end, and before the position a cut kept; asked only
+    when the policy re-masks or edits). ``previous``: [n] each row's commits at its previous step of the block
+    (None at the block's first step), for ``remask_budget = "previous"``. ``answer``: [block] bool, the block's
+    positions after the prompt (None: all), where an edit may land."""
     sel = policy.select(step)
     if not isinstance(sel, Selection):
         sel = Selection(sel)
@@ -74,7 +87,7 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previou
         commit = commit | (top1_mask(step.masked_conf) & stalled.unsqueeze(-1))
     accepted = None if sel.accepted is None else sel.accepted & step.masked
     tokens = step.x0 if sel.tokens is None else sel.tokens
-    for field, flag in (("remask", "remasks"), ("finish", "finishes"), ("horizon", "horizons")):
+    for field, flag in (("remask", "remasks"), ("finish", "finishes"), ("horizon", "horizons"), ("edit", "edits")):
         if getattr(sel, field) is not None and not getattr(policy, flag):
             raise ValueError(f"policy={policy.name!r} returned Selection.{field} but does not declare {flag} = True")
     remask = None
@@ -84,7 +97,21 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previou
             remask = wanted if previous is None else _within(wanted, (previous - 1).clamp(min=0))
         else:
             remask = _within(wanted, (commit.sum(-1) - step.k.clamp(min=1)).clamp(min=0))
-    return StepCommit(commit, tokens, accepted, remask, sel.finish, sel.horizon)
+    edit = None
+    if policy.edits:
+        edit = commit.new_zeros(commit.shape) if sel.edit is None else sel.edit & ~step.masked & live()
+        edit &= (tokens != step.current) & (tokens != step.mask_id)
+        if answer is not None:
+            edit &= answer
+    return StepCommit(commit, tokens, accepted, remask, sel.finish, sel.horizon, edit)
+
+
+def post_edit(policy: Policy, c: StepCommit, masked: Tensor, taken: Tensor | None) -> tuple[Tensor, Tensor]:
+    """For a policy that ``edits``: ([n] post-edit steps each row has taken in the block, counting this one if
+    its block had no mask left at its start; [n] bool whether the row steps its block again once no mask is
+    left: this step changed the block and the row has taken fewer than ``max_post_edit_steps``)."""
+    taken = (~masked.any(-1)).long() + (0 if taken is None else taken)
+    return taken, (c.commit.any(-1) | c.edit.any(-1)) & (taken < policy.max_post_edit_steps)
 
 
 def _within(remask: Tensor, budget: Tensor) -> Tensor:

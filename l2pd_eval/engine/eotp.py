@@ -16,7 +16,7 @@ from l2pd_eval.engine.state import BlockRows, DecodeState
 class EotpStep:
     """What an EoTP rule sees of one step, for the block's rows (``[n, block]`` unless noted)."""
 
-    commit: Tensor            # positions committed this step
+    commit: Tensor            # positions committed this step (an edit's position too: it commits its token)
     x0: Tensor                # the step's tokens: predictions, with the policy's own tokens where it chose them
     conf: Tensor              # probability of the prediction under the model
     masked: Tensor            # masked before this step's commit
@@ -27,6 +27,8 @@ class EotpStep:
     remask: Tensor | None = None      # committed positions masked again this step (re-masking policies)
     seen_end: Tensor | None = None    # [n] absolute end of what this forward saw, where a policy's horizon
     #                                   cut it short: positions from there have no prediction
+    more: Tensor | None = None        # [n] bool: the row steps its block again with no mask left (post-edit
+    #                                   steps, policies that ``edits``): the block is not finished yet
 
 
 # An EoTP rule: from the state after the step's commit (``state.x``, ``state.limit``) and the step, the new
@@ -70,13 +72,14 @@ def cut_at_predicted_end(state: DecodeState, rows: BlockRows, step: EotpStep) ->
 def cut_after_a_finished_block_with_an_end(state: DecodeState, rows: BlockRows, step: EotpStep) -> Tensor:
     """EoTP ``block_end``, DPad's and dInfer's early termination: once the current block has no mask left
     and holds an end id anywhere, the answer ends at the block's end. The block itself is kept as decoded
-    (tokens after its end id included); everything after it is end-of-text, never decoded
-    (docs/conventions.md)."""
+    (tokens after its end id included); everything after it is end-of-text, never decoded. A block that goes
+    on with post-edit steps is finished after its last one (docs/conventions.md)."""
     left = step.masked & ~step.commit
     if step.remask is not None:
         left = left | step.remask
+    done = ~left.any(-1) if step.more is None else ~left.any(-1) & ~step.more
     ends = torch.isin(state.x[rows.idx, rows.start:rows.end], state.end_ids).any(-1)
-    cut = torch.where(ends & ~left.any(-1), rows.end, state.total)
+    cut = torch.where(ends & done, rows.end, state.total)
     return torch.minimum(state.limit[rows.idx], cut)
 
 

@@ -21,7 +21,7 @@ from torch import Tensor
 from l2pd_eval.caches import ForwardStrategy, StepInput, cache_class
 from l2pd_eval.caches import available as available_caches
 from l2pd_eval.engine import rng
-from l2pd_eval.engine.commit import StepCommit, check_remask_budget, resolve
+from l2pd_eval.engine.commit import StepCommit, check_remask_budget, post_edit, resolve
 from l2pd_eval.engine.config import GenerationConfig
 from l2pd_eval.engine.eotp import EotpRule, EotpStep, cut_at_predicted_end, eotp_rule
 from l2pd_eval.engine.layout import block_grid, left_pad
@@ -65,8 +65,8 @@ class _Run:
 
 def check_query_slots(policy: Policy, cache: str) -> bool:
     """Whether the bound ``policy`` needs query-only slots in its forwards (WINO's verification copy,
-    Prophet's view of the answer); a cache that cannot serve them (``ForwardStrategy.query_slots``) is
-    refused before any decoding, never ignored."""
+    Prophet's view of the answer); a cache that cannot serve them (``ForwardStrategy.query_slots``), a
+    policy's horizons or its edits is refused before any decoding, never ignored."""
     needs = policy.needs_query_slots
     if needs and not cache_class(cache).query_slots:
         what = "its verification copy of the block" if policy.verifies else "its view of the answer after the block"
@@ -77,6 +77,11 @@ def check_query_slots(policy: Policy, cache: str) -> bool:
         able = ", ".join(n for n in available_caches() if cache_class(n).horizons)
         raise ConfigError(f"policy={policy.name!r} cuts a row's next forward at a horizon, which cache={cache!r} "
                           f"cannot serve (its kept state was computed over the hidden positions); use cache={able}")
+    if policy.edits and not cache_class(cache).edits:
+        able = ", ".join(n for n in available_caches() if cache_class(n).edits)
+        raise ConfigError(f"policy={policy.name!r} edits committed tokens from each step's predictions, which "
+                          f"cache={cache!r} cannot serve (it reuses the predictions of committed positions); use "
+                          f"cache={able}")
     return needs
 
 
@@ -169,11 +174,13 @@ def _block_rows(state: DecodeState, blk: int, config: GenerationConfig, policy: 
 
 def _narrow(state: DecodeState, rows: BlockRows, block_x: Tensor, masked: Tensor,
             strategy: ForwardStrategy) -> tuple[Tensor, Tensor] | None:
-    """The step's one host sync: drop the rows whose block is done (also from the strategy's state).
-    Returns the remaining rows' (block tokens, mask positions), or None when no row is left."""
+    """The step's one host sync: drop the rows whose block is done (no mask left, and no post-edit step
+    asked for: ``rows.more``; also from the strategy's state). Returns the remaining rows' (block tokens,
+    mask positions), or None when no row is left."""
     ends = rows.live_end(state.limit)
     extra = strategy.sync_values(masked, ends)  # the strategy's host values ride along
-    synced = torch.cat([masked.any(-1).long(), ends, *(() if extra is None else (extra.long(),))]).tolist()
+    going = masked.any(-1) if rows.more is None else masked.any(-1) | rows.more
+    synced = torch.cat([going.long(), ends, *(() if extra is None else (extra.long(),))]).tolist()
     n = rows.idx.numel()
     keep_host = [j for j in range(n) if synced[j]]
     if not keep_host:
@@ -262,14 +269,16 @@ def _row_stats(state: DecodeState, wall: float) -> list[RowStats]:
     num_tokens = torch.where(is_end.any(-1), is_end.long().argmax(-1), answer.shape[1])
     per_step = torch.stack(state.counts, 1).tolist() if state.counts else [[] for _ in range(bsz)]
     remasked = torch.stack(state.remasked, 1).tolist() if state.remasked else None
+    edited = torch.stack(state.edited, 1).tolist() if state.edited else None
     saved, ntok = (state.answer_end - state.limit).clamp(min=0).tolist(), num_tokens.tolist()
     stats = []
     for i in range(bsz):
         row = [c for c in per_step[i] if c >= 0]
         undone = [0] * len(row) if remasked is None else [c for c in remasked[i] if c >= 0]
+        changed = [0] * len(row) if edited is None else [c for c in edited[i] if c >= 0]
         stats.append(RowStats(nfe=len(row), committed_per_step=row, seconds=wall / bsz, latency=wall,
                               num_tokens=ntok[i], eotp_saved=saved[i], positions=int(state.positions[i]),
-                              remasked_per_step=undone))
+                              remasked_per_step=undone, edited_per_step=changed))
     return stats
 
 
@@ -320,7 +329,7 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
         forwards=state.forwards[rows.idx], state=rows.policy_state,
         global_step=blk * run.config.steps_per_block + step + 1, total_steps=run.config.total_steps, answer=answer,
         live=state.arange[rows.start:rows.end] < state.limit[rows.idx].unsqueeze(1),
-        steps=run.config.steps_per_block,
+        steps=run.config.steps_per_block, current=block_x,
     ), model_conf
 
 
@@ -330,6 +339,11 @@ def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
     limit = state.limit[rows.idx]
     live = state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
     return live if state.constrained is None else live & ~state.constrained[rows.start:rows.end]
+
+
+def _answer_columns(state: DecodeState, rows: BlockRows) -> Tensor | None:
+    """[block] the block's positions after the prompt (where an edit may land); None when all are."""
+    return None if rows.start >= state.prompt_width else state.arange[rows.start:rows.end] >= state.prompt_width
 
 
 def _tail_x0(run: _Run, state: DecodeState, rows: BlockRows, logits: Tensor, salt: tuple[int, ...]) -> Tensor:
@@ -353,13 +367,17 @@ def _finish(run: _Run, state: DecodeState, rows: BlockRows, c: StepCommit, tail_
 
 def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: StepCommit,
            filled: Tensor | None = None) -> None:
-    """Commit (and re-mask) in the block, and count both per row (-1: the row sat this step out);
-    ``filled`` [n]: what finishing rows committed after the block (``_finish``), counted as commits."""
+    """Commit (edit, and re-mask) in the block, and count each per row (-1: the row sat this step out);
+    ``filled`` [n]: what finishing rows committed after the block (``_finish``), counted as commits. An edit
+    is counted as an edit, never as a commit."""
     block = torch.where(c.commit, c.tokens, block_x)
+    if c.edit is not None:
+        block = torch.where(c.edit, c.tokens, block)
     if c.remask is not None:
         block = block.masked_fill(c.remask, run.special.mask)
     state.x[rows.idx, rows.start:rows.end] = block
-    for counts, per_row, extra in ((state.counts, c.commit, filled), (state.remasked, c.remask, None)):
+    for counts, per_row, extra in ((state.counts, c.commit, filled), (state.remasked, c.remask, None),
+                                   (state.edited, c.edit, None)):
         if per_row is not None:
             step_counts = torch.full((state.x.shape[0],), -1, dtype=torch.long, device=state.x.device)
             step_counts[rows.idx] = per_row.sum(-1) if extra is None else per_row.sum(-1) + extra
@@ -379,9 +397,11 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     out = _forward(state, rows, run, step, masked)
     st, model_conf = _step_state(run, state, rows, blk, step, masked, out, block_x)
     state.forwards[rows.idx] += 1
-    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits)
+    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits, _answer_columns(state, rows))
     if run.policy.remask_budget == "previous":
         rows.last_commits = c.commit.sum(-1)
+    if run.policy.edits:
+        rows.post_taken, rows.more = post_edit(run.policy, c, masked, rows.post_taken)
     rows.horizon = None if c.horizon is None else state.prompt_width + c.horizon
     after = None
     if run.after and out.after is not None and out.after.shape[1]:
@@ -393,13 +413,16 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         filled = _finish(run, state, rows, c, tail_x0)
     _write(run, state, rows, block_x, c, filled)
     if run.eotp is not None:
-        eot = EotpStep(c.commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask, seen_end=seen_end)
+        commit = c.commit if c.edit is None else c.commit | c.edit
+        eot = EotpStep(commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask, seen_end=seen_end,
+                       more=rows.more)
         if after is not None:
             eot.after_x0, eot.after_conf = after
         _cut(state, rows, run.eotp(state, rows, eot), run.special.eos)
     if run.on_step is not None:
         run.on_step(StepEvent(conf=st.conf, x0=st.x0, masked=masked, commit=c.commit, step=step, block=blk,
-                              rows=rows.idx, tokens=c.tokens, remask=c.remask, block_start=st.block_start))
+                              rows=rows.idx, tokens=c.tokens, remask=c.remask, block_start=st.block_start,
+                              edit=c.edit))
     return True
 
 
@@ -441,6 +464,8 @@ def generate(
     state = _start(model, prompts, config, special, reference)
     run = _prepare(model, len(prompts), state.total, config, policy, special, speed or SpeedConfig(), on_step)
     max_steps = config.steps_per_block if run.policy.scheduled else config.block_length
+    if run.policy.edits:
+        max_steps += run.policy.max_post_edit_steps
 
     _sync(model.device)
     t0 = time.perf_counter()

@@ -22,6 +22,8 @@ class RowStats:
     positions: int               # query positions the network computed for this row (cost proxy)
     remasked_per_step: list[int] = field(default_factory=list)  # committed tokens masked again per forward
     #                                                             (policies with ``remasks``; else zeros)
+    edited_per_step: list[int] = field(default_factory=list)  # committed tokens replaced per forward (policies
+    #                                                           with ``edits``; else zeros): never commits
 
     @property
     def tokens_per_forward(self) -> float:
@@ -45,6 +47,7 @@ class StepEvent:
     remask: Tensor | None = None  # [n, block] committed positions masked again this step (None: none)
     block_start: int = 0  # the block's first position from the answer's start (negative: a block-causal
     #                       network's first block starts in the prompt, ``engine.layout.block_grid``)
+    edit: Tensor | None = None  # [n, block] committed positions whose token was replaced this step (None: none)
 
 
 @dataclass
@@ -70,6 +73,7 @@ class DecodeState:
     counts: list[Tensor] = field(default_factory=list)  # per step: committed count per row, -1 sat out
     remasked: list[Tensor] = field(default_factory=list)  # per step: re-masked count per row (remasking
     #                                                        policies only)
+    edited: list[Tensor] = field(default_factory=list)  # per step: edited count per row (editing policies only)
     seeds_host: list[int] = field(default_factory=list)  # ``seeds`` on the host (strategies' host draws)
     forwards: Tensor | None = None  # [B] forwards each row took part in so far (``StepState.forwards``)
     # The block grid (``engine.layout.block_grid``): block ``blk`` covers columns ``[P - grid_shift + blk *
@@ -103,6 +107,8 @@ class BlockRows:
     policy_state: RowState | None = None  # the policy's per-row state for this block (Policy.init_state)
     last_commits: Tensor | None = None  # [n] commits at each row's previous step (remask_budget "previous")
     horizon: Tensor | None = None  # [n] absolute: the policy's one-step cut of each row's next forward
+    post_taken: Tensor | None = None  # [n] post-edit steps each row took in the block (``edits``)
+    more: Tensor | None = None  # [n] bool: the row steps its block again even with no mask left (``edits``)
 
     def live_end(self, limit: Tensor) -> Tensor:
         """[n] where each row's next forward ends: its live end ``limit[idx]``, or the policy's horizon."""
@@ -118,6 +124,8 @@ class BlockRows:
             self.memory.keep(idx)
         self.last_commits = None if self.last_commits is None else self.last_commits[idx]
         self.horizon = None if self.horizon is None else self.horizon[idx]
+        self.post_taken = None if self.post_taken is None else self.post_taken[idx]
+        self.more = None if self.more is None else self.more[idx]
         if self.policy_state is not None:
             self.policy_state.keep(idx)
         self.host = [self.host[j] for j in keep_host]

@@ -1,10 +1,11 @@
 """Policy interface: given one decoding step's block predictions, choose which masked positions to commit
-(and, for policies that declare ``remasks``, which committed ones of the block to mask again).
+(and, for policies that declare ``remasks``, which committed ones of the block to mask again; for those that
+declare ``edits``, which committed ones of the block to replace by the step's prediction).
 
 Everything is batched over rows: a policy sees [B, block_length] tensors of a read-only ``StepState`` and
 returns a ``Selection`` (or just its commit mask) of the same shape. The engine restricts a selection to what
-it may touch (masked positions for commits, the block's committed ones for re-masks: never the prompt or
-another block) and guarantees progress; policies never sync with the host.
+it may touch (masked positions for commits, the block's committed ones for re-masks and edits: never the
+prompt or another block) and guarantees progress; policies never sync with the host.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ class StepState:
     global_step: int = 0  # 1-based step over the whole answer: block * steps_per_block + step + 1
     total_steps: int = 0  # the run's steps (GenerationConfig.total_steps)
     answer: AnswerView | None = None  # predictions beyond the block (policies that ``finishes``)
+    current: Tensor | None = None  # [B, L] long: the block's tokens before this step (the mask id where masked)
 
     @property
     def masked_conf(self) -> Tensor:
@@ -111,6 +113,8 @@ class Selection:
     accepted: Tensor | None = None  # bool: positions accepted on their own merit before any schedule fill
     #                                 (Learn2PD's filter); EoTP "true" cuts first after an accepted end
     remask: Tensor | None = None    # bool: committed positions of the block to mask again (``remasks`` only)
+    edit: Tensor | None = None      # bool: committed positions of the block to replace by ``tokens`` (x0) where
+    #                                 they differ from the token there (``edits`` only)
     finish: Tensor | None = None    # [B] bool: commit every masked position of the row's answer now, at this
     #                                 forward's predictions, and end the row (``finishes`` only)
     horizon: Tensor | None = None   # [B] long answer offset: the row's next forward sees nothing at or after
@@ -213,6 +217,13 @@ class Policy:
     # max(k, 1), so every step makes net progress; "previous": its previous step's commits minus one (WINO's
     # own bound; unscheduled policies only), so a block still ends within block_length steps.
     remask_budget: ClassVar[str] = "step"
+    # May return ``Selection.edit``: committed tokens of the current block replaced by the step's prediction
+    # (LLaDA2.1's token-to-token editing). A row whose block has no mask left then steps it again while its
+    # last step changed the block (a commit or an edit), at most ``max_post_edit_steps`` such steps a block
+    # (engine/commit.py); unscheduled policies only.
+    edits: ClassVar[bool] = False
+    # The post-edit steps a block may take (``edits`` only): plain, so a policy makes it a parameter.
+    max_post_edit_steps = 0
     # Each forward also predicts the block from a verification copy that hides each position's own token
     # (WINO; engine/verify.py); ``StepState.stats["verify_prob"]``: the copy's probability of the block's
     # current token (meaningful where committed).
@@ -269,7 +280,9 @@ class Policy:
         Returns:
             A [B, L] bool mask of the positions to commit with their ``x0``, or a ``Selection`` when the
             policy also commits other tokens (``tokens``), reports positions accepted on their own merit
-            (``accepted``), re-masks (``remask``, only with ``remasks = True``) or finishes rows (``finish``,
+            (``accepted``), re-masks (``remask``, only with ``remasks = True``), edits committed tokens
+            (``edit``, only with ``edits = True``: the block's positions committed before this step take
+            ``tokens`` where they differ, never the mask id) or finishes rows (``finish``,
             only with ``finishes = True``: their masked positions after the block take this forward's
             predictions there; the block's follow the commit mask like any other). The engine commits only
             positions still masked; a row whose selection commits none commits its most confident masked

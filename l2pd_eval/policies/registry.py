@@ -13,7 +13,7 @@ from l2pd_eval.typed_args import coerce_fields
 POLICIES: Registry[type[Policy]] = Registry("policy")
 _BUILTIN = ("low_confidence", "random", "threshold", "factor", "oracle", "learn2pd",
             "entropy", "topk_margin", "maskgit_plus", "origin", "dinfer_threshold", "dinfer_hierarchy",
-            "dinfer_credit", "wino", "prophet", "slowfast", "block_threshold")
+            "dinfer_credit", "wino", "prophet", "slowfast", "block_threshold", "llada21_joint")
 
 
 def register(cls: type[Policy]) -> type[Policy]:
