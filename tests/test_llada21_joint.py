@@ -261,3 +261,16 @@ def test_a_cache_that_reuses_committed_positions_predictions_is_refused_in_one_l
     assert "\n" not in message and message.startswith("policy='llada21_joint' edits committed tokens")
     assert message.endswith(f"cache='dkv_decode' cannot serve (it reuses the predictions of committed positions); "
                             f"use cache={able}")
+
+
+@pytest.mark.parametrize("cache", ["none", "dual"])  # block refuses WINO's query slots
+def test_wino_never_remasks_the_prompts_tail_in_a_block_causal_first_block(tiny_llada2, cache):
+    """The engine's contract holds for re-masks as for edits: the first block of a block-causal network holds
+    the prompt's tail, and WINO's narrow-out once re-masked (and rewrote) it there."""
+    model, special, prompts = tiny_llada2
+    cfg = GenerationConfig(gen_length=16, block_length=8, cache=cache)
+    events = []
+    out = generate(model, prompts, cfg, get_policy("wino"), special, on_step=events.append)
+    for row, prompt in enumerate(prompts):
+        assert out.sequences[row, -16 - len(prompt):-16].tolist() == prompt
+    assert any(e.remask is not None and e.remask.any() for e in events)  # WINO re-masks in these decodes

@@ -4,7 +4,7 @@ A commit lands only on positions still masked, and a row that would stall commit
 so every step commits at least one token per row (unless its schedule asks for none at that step: Dream's,
 engine/schedule.py; a policy with ``stall_fallback = False`` commits only what its own rule allows: a row it cannot serve waits, and the step budget still ends the block). Re-masks
 (policies that declare ``remasks``) land only on positions of the block committed before this step and
-inside the row's live answer (never the last position before an EoTP cut, so the end it cut on stays),
+inside the row's live answer (never the prompt: a block-causal network's first block holds its tail) (never the last position before an EoTP cut, so the end it cut on stays),
 within the policy's ``remask_budget``:
 
 - ``"step"``: at most the step's new commits beyond ``max(k, 1)``. A row's masked count falls every step,
@@ -17,8 +17,7 @@ within the policy's ``remask_budget``:
   ``m_t``, so ``m_t <= block_length - t`` and the block finishes within ``block_length`` steps, though a
   single step may leave more masks than it found.
 
-Edits (policies that declare ``edits``) land where re-masks may and after the prompt (a block-causal network's
-first block holds the prompt's tail), only where the written token differs from the one there and is not the
+Edits (policies that declare ``edits``) land where re-masks may, only where the written token differs from the one there and is not the
 mask id, so an edit never adds a mask: the mask count still falls every step. Once a row's block has no mask
 left it steps again while its last step changed the block (``post_edit``), at most ``max_post_edit_steps``
 times, so a block ends within the engine's step budget plus those steps.
@@ -68,13 +67,12 @@ def check_remask_budget(policy: Policy) -> None:
                          f"policy with max_post_edit_steps > 0 is unscheduled")
 
 
-def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None,
-            answer: Tensor | None = None) -> StepCommit:
+def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previous: Tensor | None = None
+            ) -> StepCommit:
     """Apply the contract to ``policy.select(step)``. ``live()``: [n, block] bool, the block positions a
-    re-mask or an edit may touch (before each row's live end, and before the position a cut kept; asked only
-    when the policy re-masks or edits). ``previous``: [n] each row's commits at its previous step of the block
-    (None at the block's first step), for ``remask_budget = "previous"``. ``answer``: [block] bool, the block's
-    positions after the prompt (None: all), where an edit may land."""
+    re-mask or an edit may touch (after the prompt, before each row's live end, and before the position a cut
+    kept; asked only when the policy re-masks or edits). ``previous``: [n] each row's commits at its previous
+    step of the block (None at the block's first step), for ``remask_budget = "previous"``."""
     sel = policy.select(step)
     if not isinstance(sel, Selection):
         sel = Selection(sel)
@@ -101,8 +99,6 @@ def resolve(policy: Policy, step: StepState, live: Callable[[], Tensor], previou
     if policy.edits:
         edit = commit.new_zeros(commit.shape) if sel.edit is None else sel.edit & ~step.masked & live()
         edit &= (tokens != step.current) & (tokens != step.mask_id)
-        if answer is not None:
-            edit &= answer
     return StepCommit(commit, tokens, accepted, remask, sel.finish, sel.horizon, edit)
 
 

@@ -334,16 +334,13 @@ def _step_state(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: 
 
 
 def _remaskable(state: DecodeState, rows: BlockRows) -> Tensor:
-    """[n, block] the positions a re-mask may touch: before each row's live end, and for a row an EoTP cut
-    ended, before the position the cut kept (the end it cut on stays; docs/conventions.md)."""
+    """[n, block] the positions a re-mask or an edit may touch: after the prompt (a block-causal network's
+    first block holds the prompt's tail), before each row's live end, and for a row an EoTP cut ended,
+    before the position the cut kept (the end it cut on stays; docs/conventions.md)."""
     limit = state.limit[rows.idx]
-    live = state.arange[rows.start:rows.end] < (limit - (limit < state.total).long()).unsqueeze(1)
+    cols = state.arange[rows.start:rows.end]
+    live = (cols < (limit - (limit < state.total).long()).unsqueeze(1)) & (cols >= state.prompt_width)
     return live if state.constrained is None else live & ~state.constrained[rows.start:rows.end]
-
-
-def _answer_columns(state: DecodeState, rows: BlockRows) -> Tensor | None:
-    """[block] the block's positions after the prompt (where an edit may land); None when all are."""
-    return None if rows.start >= state.prompt_width else state.arange[rows.start:rows.end] >= state.prompt_width
 
 
 def _tail_x0(run: _Run, state: DecodeState, rows: BlockRows, logits: Tensor, salt: tuple[int, ...]) -> Tensor:
@@ -397,7 +394,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
     out = _forward(state, rows, run, step, masked)
     st, model_conf = _step_state(run, state, rows, blk, step, masked, out, block_x)
     state.forwards[rows.idx] += 1
-    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits, _answer_columns(state, rows))
+    c = resolve(run.policy, st, lambda: _remaskable(state, rows), rows.last_commits)
     if run.policy.remask_budget == "previous":
         rows.last_commits = c.commit.sum(-1)
     if run.policy.edits:
