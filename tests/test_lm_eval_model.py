@@ -66,7 +66,7 @@ def test_stock_lm_eval_cli_runs_a_local_task_and_writes_results(family, tmp_path
 
 @pytest.mark.parametrize("args, message", [
     (dict(policy="fastest"), "policy='fastest' is unknown; valid choices: dinfer_credit, dinfer_hierarchy, "
-                             "dinfer_threshold, entropy, factor, learn2pd, llada2_threshold, low_confidence"),
+                             "dinfer_threshold, entropy, factor, learn2pd, (.+, )?low_confidence, .*wino$"),
     (dict(threshhold=0.9, policy="threshold"), "unknown argument\\(s\\) threshhold for policy='threshold'; valid:"),
     (dict(gen_length=100), "gen_length=100 is not divisible by block_length=(32|8)"),  # 8: a block-causal tiny's
     (dict(cache="triple"), "cache='triple' is unknown; valid choices: none, prefix, dual"),
