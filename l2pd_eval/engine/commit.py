@@ -4,8 +4,9 @@ A commit lands only on positions still masked, and a row that would stall commit
 so every step commits at least one token per row (unless its schedule asks for none at that step: Dream's,
 engine/schedule.py; a policy with ``stall_fallback = False`` commits only what its own rule allows: a row it cannot serve waits, and the step budget still ends the block). Re-masks
 (policies that declare ``remasks``) land only on positions of the block committed before this step and
-inside the row's live answer (never the prompt: a block-causal network's first block holds its tail) (never the last position before an EoTP cut, so the end it cut on stays),
-within the policy's ``remask_budget``:
+inside the row's live answer (never the prompt, whose tail a block-causal network's first block holds, and
+never the last position before an EoTP cut, so the end it cut on stays), within the policy's
+``remask_budget``:
 
 - ``"step"``: at most the step's new commits beyond ``max(k, 1)``. A row's masked count falls every step,
   by the schedule's count when the policy commits at least that many, so a block finishes within the
@@ -17,8 +18,8 @@ within the policy's ``remask_budget``:
   ``m_t``, so ``m_t <= block_length - t`` and the block finishes within ``block_length`` steps, though a
   single step may leave more masks than it found.
 
-Edits (policies that declare ``edits``) land where re-masks may, only where the written token differs from the one there and is not the
-mask id, so an edit never adds a mask: the mask count still falls every step. Once a row's block has no mask
+Edits (policies that declare ``edits``) land where re-masks may, only where the written token differs from
+the one there and is not the mask id, so an edit never adds a mask: the mask count still falls every step. Once a row's block has no mask
 left it steps again while its last step changed the block (``post_edit``), at most ``max_post_edit_steps``
 times, so a block ends within the engine's step budget plus those steps.
 """
@@ -46,6 +47,11 @@ class StepCommit:
     horizon: Tensor | None = None  # [n] long: answer offset cutting the row's next forward (``horizons``)
     edit: Tensor | None = None     # bool: committed positions whose token ``tokens`` replaced (None: the policy
     #                                does not edit; all False on steps it edits none)
+
+    @property
+    def written(self) -> Tensor:
+        """bool: the positions that take ``tokens`` this step (commits and edits)."""
+        return self.commit if self.edit is None else self.commit | self.edit
 
 
 REMASK_BUDGETS = ("step", "previous")
@@ -107,7 +113,7 @@ def post_edit(policy: Policy, c: StepCommit, masked: Tensor, taken: Tensor | Non
     its block had no mask left at its start; [n] bool whether the row steps its block again once no mask is
     left: this step changed the block and the row has taken fewer than ``max_post_edit_steps``)."""
     taken = (~masked.any(-1)).long() + (0 if taken is None else taken)
-    return taken, (c.commit.any(-1) | c.edit.any(-1)) & (taken < policy.max_post_edit_steps)
+    return taken, c.written.any(-1) & (taken < policy.max_post_edit_steps)
 
 
 def _within(remask: Tensor, budget: Tensor) -> Tensor:

@@ -367,9 +367,7 @@ def _write(run: _Run, state: DecodeState, rows: BlockRows, block_x: Tensor, c: S
     """Commit (edit, and re-mask) in the block, and count each per row (-1: the row sat this step out);
     ``filled`` [n]: what finishing rows committed after the block (``_finish``), counted as commits. An edit
     is counted as an edit, never as a commit."""
-    block = torch.where(c.commit, c.tokens, block_x)
-    if c.edit is not None:
-        block = torch.where(c.edit, c.tokens, block)
+    block = torch.where(c.written, c.tokens, block_x)
     if c.remask is not None:
         block = block.masked_fill(c.remask, run.special.mask)
     state.x[rows.idx, rows.start:rows.end] = block
@@ -410,8 +408,7 @@ def _step(run: _Run, state: DecodeState, rows: BlockRows, blk: int, step: int) -
         filled = _finish(run, state, rows, c, tail_x0)
     _write(run, state, rows, block_x, c, filled)
     if run.eotp is not None:
-        commit = c.commit if c.edit is None else c.commit | c.edit
-        eot = EotpStep(commit, c.tokens, model_conf, masked, c.accepted, remask=c.remask, seen_end=seen_end,
+        eot = EotpStep(c.written, c.tokens, model_conf, masked, c.accepted, remask=c.remask, seen_end=seen_end,
                        more=rows.more)
         if after is not None:
             eot.after_x0, eot.after_conf = after

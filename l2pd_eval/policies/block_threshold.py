@@ -24,6 +24,13 @@ from l2pd_eval.policies.base import Policy, RunSettings, StepState, topk_mask
 from l2pd_eval.policies.registry import register
 
 
+def above_else_top(conf: Tensor, threshold: float, k: Tensor) -> Tensor:
+    """Per row, every position of ``conf`` (-inf where not eligible) strictly above ``threshold`` when there
+    are at least ``k`` of them, else the ``k`` highest (the block-diffusion models' commit rule)."""
+    above = conf > threshold
+    return torch.where((above.sum(-1) >= k).unsqueeze(-1), above, topk_mask(conf, k))
+
+
 def block_counts(block_length: int, steps: int, step: int) -> int:
     """Tokens the authors' schedule asks for at ``step`` of a block (their ``get_num_transfer_tokens``)."""
     return block_length // steps + (step < block_length % steps)
@@ -51,10 +58,7 @@ class LLaDA2Threshold(Policy):
         if self._steps is not None:  # the authors' counts (the engine's spread the masks left instead)
             wanted = block_counts(state.conf.shape[-1], self._steps, state.step)
             k = torch.clamp(state.masked.sum(-1), max=wanted)
-        conf = state.masked_conf
-        above = conf > self.threshold
-        enough = above.sum(-1) >= k
-        return torch.where(enough.unsqueeze(-1), above, topk_mask(conf, k))
+        return above_else_top(state.masked_conf, self.threshold, k)
 
 
 @register

@@ -19,10 +19,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
 from l2pd_eval.errors import ConfigError
-from l2pd_eval.policies.base import Policy, Selection, StepState, topk_mask
+from l2pd_eval.policies.base import Policy, Selection, StepState
+from l2pd_eval.policies.block_threshold import above_else_top
 from l2pd_eval.policies.registry import register
 
 
@@ -48,9 +47,7 @@ class LLaDA21Joint(Policy):
             raise ConfigError(f"num_to_transfer={self.num_to_transfer} must be >= 1")
 
     def select(self, state: StepState) -> Selection:
-        conf = state.masked_conf
-        above = conf > self.threshold
         k = state.masked.sum(-1).clamp(max=self.num_to_transfer)
-        commit = torch.where((above.sum(-1) >= k).unsqueeze(-1), above, topk_mask(conf, k))
+        commit = above_else_top(state.masked_conf, self.threshold, k)
         edit = ~state.masked & (state.conf > self.edit_threshold) & (state.x0 != state.current)
         return Selection(commit, edit=edit)
